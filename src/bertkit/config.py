@@ -1,0 +1,176 @@
+"""BertConfig: the network's shape, read from and written to a Hugging Face `config.json`, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertkit.errors import CheckpointError
+from bertkit.fileio import atomic_write_text
+
+CONFIG_NAME = "config.json"
+
+# Activations bertkit implements; HF names on the left.
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+# Keys that transformers writes into BERT configs and that do not change the encoder's math. They are kept in
+# `BertConfig.extra` and written back unchanged, so nothing a user had in config.json is lost.
+_PASSTHROUGH_KEYS = {
+    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "gradient_checkpointing", "use_cache",
+    "output_past", "chunk_size_feed_forward", "output_hidden_states", "output_attentions", "return_dict",
+    "pruned_heads", "torchscript", "problem_type", "bos_token_id", "eos_token_id",
+    "sep_token_id", "directionality", "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers",
+    "pooler_size_per_head", "pooler_type", "classifier_dropout", "id2label", "label2id", "finetuning_task",
+    "tokenizer_class", "prefix", "task_specific_params", "use_return_dict", "embedding_size",
+}
+
+# Keys that would make a different network than the one bertkit builds: loading them silently would give wrong
+# outputs, so a value other than the one shown is rejected with a message.
+_REQUIRED_VALUES: dict[str, Any] = {
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "is_encoder_decoder": False,
+    "position_embedding_type": "absolute",
+    "tie_word_embeddings": True,
+}
+
+
+@dataclass
+class BertConfig:
+    """Shape of a BERT encoder; field names are Hugging Face's so `config.json` files move both ways."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    architectures: list[str] = field(default_factory=lambda: ["BertModel"])
+    # Keys from config.json that do not change the network (see _PASSTHROUGH_KEYS and unknown ones), kept verbatim.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"BertConfig.pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
+        """One of the named sizes (`tiny`, `mini`, `small`, `medium`, `base`), with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    # ---- Hugging Face config.json -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json content: HF keys, `model_type: bert`, and every kept extra key."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        data["model_type"] = "bert"
+        data["position_embedding_type"] = "absolute"
+        # Extras go first so a field of ours always wins over a stale copy of the same key.
+        return {**self.extra, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> BertConfig:
+        """Build from a config.json dict; rejects settings that would change the network, keeps harmless extras."""
+        data = dict(data)
+        model_type = data.pop("model_type", "bert")
+        if model_type != "bert":
+            raise CheckpointError(f"{source}: model_type is {model_type!r}; bertkit loads only 'bert' checkpoints")
+        for key, required in _REQUIRED_VALUES.items():
+            value = data.pop(key, required)
+            if value != required:
+                raise CheckpointError(
+                    f"{source}: {key}={value!r} is not supported (bertkit builds the standard "
+                    f"bidirectional BERT encoder, which needs {key}={required!r})"
+                )
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: data.pop(k) for k in list(data) if k in known}
+        extra = dict(data)
+        unknown = sorted(k for k in extra if k not in _PASSTHROUGH_KEYS)
+        if unknown:
+            warnings.warn(
+                f"{source}: keys {unknown} are not used by bertkit; they are kept and written back on save",
+                stacklevel=2,
+            )
+        try:
+            return cls(**kwargs, extra=extra)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> BertConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: config file not found")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"{path}: not UTF-8 text ({exc})") from exc
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BertConfig:
+        return cls.from_json_file(Path(directory) / CONFIG_NAME)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(directory / CONFIG_NAME, self.to_json_string())
+
+
+# Google's BERT miniatures (Turc et al., 2019) and BERT-base: layers, hidden, heads, with intermediate = 4 * hidden.
+PRESETS: dict[str, dict[str, int]] = {
+    name: {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+    }
+    for name, (layers, hidden, heads) in {
+        "tiny": (2, 128, 2),
+        "mini": (4, 256, 4),
+        "small": (4, 512, 8),
+        "medium": (8, 512, 8),
+        "base": (12, 768, 12),
+    }.items()
+}

@@ -1,0 +1,21 @@
+"""The exceptions bertkit raises for bad input, each carrying a message that says what is wrong and where."""
+
+from __future__ import annotations
+
+
+class BertkitError(Exception):
+    """Base class: an error a user can fix, reported without a traceback by the CLI."""
+
+
+class CheckpointError(BertkitError, ValueError):
+    """A checkpoint directory, config, vocabulary or weight file is missing, unreadable or inconsistent."""
+
+
+class DataError(BertkitError, ValueError):
+    """An input file or record is malformed; the message names the file, the line and what was expected."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        where = f"{path}:{line}: " if path is not None and line is not None else (f"{path}: " if path else "")
+        super().__init__(f"{where}{message}")
+        self.path = path
+        self.line = line

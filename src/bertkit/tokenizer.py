@@ -1,0 +1,438 @@
+"""BERT tokenizer over the `tokenizers` library: BERT normalisation, one token per CJK character, WordPiece, pairs.
+
+Reads and writes the Hugging Face layout (`vocab.txt` + `tokenizer_config.json`), so ids equal
+`transformers.BertTokenizer`'s for the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer as _RustTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from bertkit.errors import CheckpointError, DataError
+from bertkit.fileio import atomic_write_text
+
+VOCAB_NAME = "vocab.txt"
+TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Google's WordPiece gives up on words longer than this and emits [UNK] for the whole word.
+MAX_INPUT_CHARS_PER_WORD = 100
+# transformers writes a huge sentinel (1e30) when a vocabulary has no length limit.
+_NO_LIMIT = 10**9
+
+
+@dataclass(frozen=True)
+class TokenizerOptions:
+    """What `tokenizer_config.json` says about normalisation; defaults are Google's uncased BERT."""
+
+    do_lower_case: bool = True
+    strip_accents: bool | None = None  # None: strip exactly when lower-casing, as BERT does
+    tokenize_chinese_chars: bool = True
+    model_max_length: int = 512
+    unk_token: str = "[UNK]"
+    sep_token: str = "[SEP]"
+    pad_token: str = "[PAD]"
+    cls_token: str = "[CLS]"
+    mask_token: str = "[MASK]"
+
+
+def read_vocab(path: str | Path) -> list[str]:
+    """Tokens of a `vocab.txt`, one per line, id = line number; errors name the file and the bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: vocabulary file not found")
+    raw = path.read_bytes()
+    tokens: list[str] = []
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the final newline
+    for number, line in enumerate(lines, start=1):
+        try:
+            tokens.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(
+                f"{path}:{number}: vocabulary is not UTF-8 (byte {line[exc.start]:#04x} at column {exc.start + 1}); "
+                "re-save it as UTF-8"
+            ) from exc
+    if not tokens:
+        raise CheckpointError(f"{path}: vocabulary is empty")
+    return tokens
+
+
+def _read_options(directory: Path) -> TokenizerOptions:
+    path = directory / TOKENIZER_CONFIG_NAME
+    if not path.is_file():
+        return TokenizerOptions()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a valid UTF-8 JSON file ({exc})") from exc
+    fields = {}
+    for name in TokenizerOptions.__dataclass_fields__:
+        if (name in data and data[name] is not None) or (name == "strip_accents" and name in data):
+            fields[name] = data[name]
+    if int(fields.get("model_max_length", 512)) >= _NO_LIMIT:
+        fields["model_max_length"] = 512
+    for name in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+        if isinstance(fields.get(name), dict):  # transformers' AddedToken serialisation
+            fields[name] = fields[name]["content"]
+    return TokenizerOptions(**fields)
+
+
+class Tokenizer:
+    """`tok(texts, text_pairs=None, max_length=..., truncation=True)` -> dict of (B, T) long tensors."""
+
+    def __init__(self, vocab: Sequence[str], options: TokenizerOptions | None = None) -> None:
+        self.options = options or TokenizerOptions()
+        self.vocab = list(vocab)
+        # Like transformers' load_vocab: a token listed twice maps to its last line.
+        self.token_to_index = {token: index for index, token in enumerate(self.vocab)}
+        specials = self.special_tokens
+        missing = [t for t in specials if t not in self.token_to_index]
+        if missing:
+            raise CheckpointError(f"vocabulary lacks the special tokens {missing}")
+        duplicates = len(self.vocab) - len(self.token_to_index)
+        if duplicates:
+            warnings.warn(f"vocabulary lists {duplicates} token(s) twice; the later line wins", stacklevel=2)
+        self._rust = self._build(self.token_to_index, self.options)
+        self.truncated_count = 0  # inputs cut to max_length so far, over all calls
+
+    # ---- construction --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _normalizer(options: TokenizerOptions) -> normalizers.Normalizer:
+        return normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=options.tokenize_chinese_chars,
+            strip_accents=options.strip_accents,
+            lowercase=options.do_lower_case,
+        )
+
+    @classmethod
+    def _build(cls, vocab: dict[str, int], options: TokenizerOptions) -> _RustTokenizer:
+        rust = _RustTokenizer(
+            models.WordPiece(
+                vocab=vocab, unk_token=options.unk_token, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD
+            )
+        )
+        rust.normalizer = cls._normalizer(options)
+        rust.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        cls_token, sep_token = options.cls_token, options.sep_token
+        rust.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep_token}",
+            pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+            special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
+        )
+        rust.decoder = decoders.WordPiece(prefix="##")
+        return rust
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Tokenizer:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: not a directory (expected a checkpoint with {VOCAB_NAME})")
+        return cls(read_vocab(directory / VOCAB_NAME), _read_options(directory))
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / VOCAB_NAME, "".join(f"{token}\n" for token in self.vocab))
+        config = {"tokenizer_class": "BertTokenizer", **self.options.__dict__}
+        atomic_write_text(directory / TOKENIZER_CONFIG_NAME, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        return directory
+
+    @classmethod
+    def train(
+        cls,
+        files_or_iterator: Iterable[str] | Sequence[str | Path],
+        vocab_size: int = 30000,
+        *,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+        tokenize_chinese_chars: bool = True,
+        model_max_length: int = 512,
+        show_progress: bool = False,
+    ) -> Tokenizer:
+        """Train a WordPiece vocabulary on text files (paths) or an iterator of strings.
+
+        Every character seen at least `min_frequency` times gets its own entry (so Chinese text, split per
+        character, never turns into [UNK] for a character the corpus uses); rarer characters are left out.
+        """
+        if vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise ValueError(f"vocab_size must be larger than the {len(SPECIAL_TOKENS)} special tokens")
+        options = TokenizerOptions(
+            do_lower_case=lowercase,
+            strip_accents=strip_accents,
+            tokenize_chinese_chars=tokenize_chinese_chars,
+            model_max_length=model_max_length,
+        )
+        texts = _TextSource(files_or_iterator)
+        normalizer = cls._normalizer(options)
+        char_counts: Counter[str] = Counter()
+        for text in texts:
+            char_counts.update(normalizer.normalize_str(text))
+        for space in " \t\n\r":
+            char_counts.pop(space, None)
+        alphabet_size = sum(1 for count in char_counts.values() if count >= min_frequency)
+        if alphabet_size == 0:
+            raise DataError(f"no character occurs {min_frequency} or more times in the training text")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            limit_alphabet=alphabet_size,  # exactly the characters at or above the frequency cut
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+        rust = _RustTokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+        rust.normalizer = normalizer
+        rust.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        rust.train_from_iterator(iter(texts), trainer=trainer)
+        learned = rust.get_vocab()
+        vocab = [token for token, _ in sorted(learned.items(), key=lambda item: item[1])]
+        if len(vocab) > vocab_size:
+            warnings.warn(
+                f"the trained vocabulary has {len(vocab)} entries, more than vocab_size={vocab_size}: the corpus has "
+                f"{alphabet_size} distinct characters seen >= {min_frequency} times and each needs an entry; raise "
+                "min_frequency for a smaller vocabulary",
+                stacklevel=2,
+            )
+        return cls(vocab, options)
+
+    # ---- vocabulary ------------------------------------------------------------------------------------------------
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        o = self.options
+        return (o.pad_token, o.unk_token, o.cls_token, o.sep_token, o.mask_token)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def token_to_id(self, token: str) -> int:
+        return self.token_to_index.get(token, self.unk_token_id)
+
+    def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+        return [self.token_to_id(token) for token in tokens]
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        return [self.vocab[int(i)] for i in ids]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.token_to_index[self.options.pad_token]
+
+    @property
+    def unk_token_id(self) -> int:
+        return self.token_to_index[self.options.unk_token]
+
+    @property
+    def cls_token_id(self) -> int:
+        return self.token_to_index[self.options.cls_token]
+
+    @property
+    def sep_token_id(self) -> int:
+        return self.token_to_index[self.options.sep_token]
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.token_to_index[self.options.mask_token]
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        return {self.token_to_index[t] for t in self.special_tokens}
+
+    @property
+    def model_max_length(self) -> int:
+        return self.options.model_max_length
+
+    # ---- encoding --------------------------------------------------------------------------------------------------
+
+    def normalize(self, text: str) -> str:
+        return self._rust.normalizer.normalize_str(text)
+
+    def tokenize(self, text: str) -> list[str]:
+        """Word pieces of one text, without [CLS]/[SEP]."""
+        _check_text(text, "text")
+        return self._rust.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True) -> list[int]:
+        """Ids of one text (or pair), unpadded and untruncated."""
+        _check_text(text, "text")
+        if pair is not None:
+            _check_text(pair, "pair")
+        return self._rust.encode(text, pair, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
+        return self._rust.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def __call__(
+        self,
+        texts: str | Sequence[str] | Sequence[Sequence[str]],
+        text_pairs: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        *,
+        max_length: int | None = None,
+        truncation: bool = True,
+        is_split_into_words: bool = False,
+        return_offsets_mapping: bool = False,
+        return_word_ids: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Encode a batch (or one text) to `input_ids`, `token_type_ids`, `attention_mask`, padded to the longest.
+
+        Pairs are `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1; truncation is longest-first and a warning
+        says how many inputs were cut. With `truncation=False`, an input over `max_length` is an error.
+        `is_split_into_words` takes lists of words (for tagging tasks); `return_word_ids` then maps tokens to
+        words (-1 for special tokens and padding). Offsets are (start, end) character spans (0, 0 for specials).
+        """
+        single = isinstance(texts, str) or (is_split_into_words and _is_word_list(texts))
+        batch = [texts] if single else list(texts)
+        pairs = None
+        if text_pairs is not None:
+            pairs = [text_pairs] if single else list(text_pairs)
+            if len(pairs) != len(batch):
+                raise ValueError(f"got {len(batch)} texts but {len(pairs)} text_pairs; they must be the same length")
+        for index, text in enumerate(batch):
+            _check_item(text, f"texts[{index}]", is_split_into_words)
+        for index, text in enumerate(pairs or ()):
+            _check_item(text, f"text_pairs[{index}]", is_split_into_words)
+        if not batch:
+            raise ValueError("texts is empty: nothing to tokenize")
+        max_length = self.options.model_max_length if max_length is None else max_length
+        if max_length < (4 if pairs is not None else 3):
+            raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]")
+
+        inputs = list(zip(batch, pairs, strict=True)) if pairs is not None else batch
+        encodings = self._rust.encode_batch(inputs, is_pretokenized=is_split_into_words)
+        lengths = [len(e.ids) for e in encodings]
+        too_long = [i for i, n in enumerate(lengths) if n > max_length]
+        if too_long:
+            if not truncation:
+                i = too_long[0]
+                raise ValueError(
+                    f"input {i} has {lengths[i]} tokens, more than max_length={max_length} "
+                    f"({len(too_long)} input(s) too long); pass truncation=True or split the text"
+                )
+            self._rust.enable_truncation(max_length, strategy="longest_first")
+            try:
+                for i in too_long:
+                    encodings[i] = self._rust.encode(*_as_args(inputs[i]), is_pretokenized=is_split_into_words)
+            finally:
+                self._rust.no_truncation()
+            self.truncated_count += len(too_long)
+            # One stable message per max_length, so a training loop warns once, not every batch; the running
+            # total is in `tokenizer.truncated_count`.
+            warnings.warn(
+                f"inputs longer than max_length={max_length} tokens were truncated (longest first); "
+                "see Tokenizer.truncated_count for how many, or pass truncation=False to get an error instead",
+                stacklevel=2,
+            )
+        width = max(len(e.ids) for e in encodings)
+        B = len(encodings)
+        input_ids = torch.full((B, width), self.pad_token_id, dtype=torch.long)
+        token_type_ids = torch.zeros((B, width), dtype=torch.long)
+        attention_mask = torch.zeros((B, width), dtype=torch.long)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            input_ids[row, :n] = torch.tensor(encoding.ids, dtype=torch.long)
+            token_type_ids[row, :n] = torch.tensor(encoding.type_ids, dtype=torch.long)
+            attention_mask[row, :n] = 1
+        out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        if return_offsets_mapping:
+            offsets = torch.zeros((B, width, 2), dtype=torch.long)
+            for row, encoding in enumerate(encodings):
+                if encoding.offsets:
+                    offsets[row, : len(encoding.offsets)] = torch.tensor(encoding.offsets, dtype=torch.long)
+            out["offset_mapping"] = offsets
+        if return_word_ids:
+            word_ids = torch.full((B, width), -1, dtype=torch.long)
+            for row, encoding in enumerate(encodings):
+                ids = [-1 if w is None else w for w in encoding.word_ids]
+                word_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out["word_ids"] = word_ids
+        if return_offsets_mapping or return_word_ids:
+            out["sequence_ids"] = torch.tensor(
+                [[-1 if s is None else s for s in e.sequence_ids] + [-1] * (width - len(e.ids)) for e in encodings],
+                dtype=torch.long,
+            )
+        return out
+
+
+def _as_args(item: str | tuple) -> tuple:
+    return item if isinstance(item, tuple) else (item,)
+
+
+def _is_word_list(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(w, str) for w in value) and (
+        len(value) == 0 or isinstance(value[0], str)
+    )
+
+
+def _check_text(text: object, name: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+
+
+def _check_item(item: object, name: str, is_split_into_words: bool) -> None:
+    if is_split_into_words:
+        if not _is_word_list(item):
+            raise TypeError(f"{name} must be a list of words (str) when is_split_into_words=True")
+    else:
+        _check_text(item, name)
+
+
+def _is_existing_file(text: str) -> bool:
+    if "\n" in text or len(text) > 4096:
+        return False
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a long line of text is not a valid file name
+        return False
+
+
+class _TextSource:
+    """Texts from file paths (Path objects, or strings that all name existing files; streamed line by line) or
+    from any iterable of strings (held in memory, since training reads the texts twice)."""
+
+    def __init__(self, source: Iterable[str] | Sequence[str | Path]) -> None:
+        if isinstance(source, str | Path):
+            source = [source]
+        items = list(source)
+        self.paths: list[Path] | None = None
+        if items and all(isinstance(item, Path) for item in items):
+            self.paths = list(items)
+        elif items and all(isinstance(item, str) and _is_existing_file(item) for item in items):
+            self.paths = [Path(item) for item in items]
+        self.items = items
+
+    def __iter__(self) -> Iterator[str]:
+        if self.paths is None:
+            for index, item in enumerate(self.items):
+                if not isinstance(item, str):
+                    raise DataError(f"training text {index} is {type(item).__name__}, expected str")
+                yield item
+            return
+        for path in self.paths:
+            if not path.is_file():
+                raise DataError("file not found", str(path))
+            with open(path, "rb") as handle:
+                for number, raw in enumerate(handle, start=1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                        raise DataError(reason, str(path), number) from exc
+                    if line.strip():
+                        yield line

