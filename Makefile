@@ -34,6 +34,8 @@ test-slow: data
 
 bench: data
 	$(PY) bench/parity.py
+	$(PY) bench/attention.py
+	$(PY) bench/speed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -1,11 +1,17 @@
 """The BERT encoder and its pre-training heads (MLM tied to the word embeddings, NSP), top to bottom in one file.
 
-Shape legend: B batch, T tokens (padded length), H hidden, N heads, D head dim (H = N * D), I intermediate,
-V vocabulary. Models return tensors in a NamedTuple; losses live with the tasks and the training loop.
+Shape legend: B batch, T tokens (padded length), S rows the layers work on (the B*T positions, or only the real
+tokens when the batch has padding), H hidden, N heads, D head dim (H = N * D), I intermediate, V vocabulary,
+M masked positions.
+
+No work on padding: every token-wise op (embeddings, QKV, FFN, LayerNorm) runs on the (S, H) matrix of real
+tokens; attention runs per sequence; outputs are re-padded (zeros at padding) only at the end. Models return
+tensors in a NamedTuple; losses live with the tasks and the training loop.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +28,7 @@ class BertOutput(NamedTuple):
 
 
 class PreTrainingOutput(NamedTuple):
-    mlm_logits: Tensor  # (B, T, V)
+    mlm_logits: Tensor  # (B, T, V), or (M, V) for the positions selected by `mlm_positions`
     nsp_logits: Tensor  # (B, 2)
     last_hidden_state: Tensor  # (B, T, H)
     pooler_output: Tensor  # (B, H)
@@ -34,6 +40,58 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
+    """Bool mask, True with probability 1 - p (p resolved to 1/65536), drawn from torch's seeded generator.
+
+    On CPU, torch's Bernoulli sampler costs ~6 ns per element (13 ms for one BERT-small activation); drawing 64
+    random bits at a time and comparing 16-bit slices costs a quarter of that and makes dropout no longer the
+    largest non-matmul cost of a training step.
+    """
+    if device.type != "cpu":
+        return torch.empty(shape, device=device).bernoulli_(1.0 - p).bool()
+    numel = math.prod(shape)
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits random
+    threshold = round(p * 65536) - 32768  # P(int16 < threshold) = p
+    return words.view(torch.int16)[:numel].view(shape) >= threshold
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, same distribution as F.dropout, faster on CPU (see keep_mask)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    keep = keep_mask(x.shape, p, x.device)
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(D) + bias) v with dropout on the probabilities; (…, N, T, D) in and out.
+
+    Without dropout this is SDPA's fused kernel. With dropout, SDPA on CPU falls back to its math path and
+    Bernoulli sampling; the same math here uses the faster mask (softmax accumulates in fp32 for bf16 inputs).
+    """
+    if dropout_p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))  # (…, N, T, T)
+    if bias is not None:
+        scores = scores + bias
+    probs = dropout(torch.softmax(scores, dim=-1), dropout_p, training=True)
+    return torch.matmul(probs, v)  # (…, N, T, D)
 
 
 def check_inputs(
@@ -99,6 +157,74 @@ class CheckpointIO:
         return save_model(self, directory)
 
 
+class Layout:
+    """Where a (B, T) batch's tokens sit in the (S, H) activations, and how attention reaches them.
+
+    Packed (the default when the mask has padding): S = real tokens, attention per sequence.
+    Dense: S = B * T, attention over the padded batch with an additive mask (no padding, or `unpad=False`).
+    """
+
+    def __init__(self, attention_mask: Tensor | None, batch: int, seq_len: int, dtype: torch.dtype,
+                 unpad: bool = True) -> None:
+        self.batch, self.seq_len = batch, seq_len
+        self.indices: Tensor | None = None  # (S,) positions of the real tokens in the flattened (B * T) batch
+        self.bias: Tensor | None = None  # (B, 1, 1, T) additive mask for the dense path
+        if attention_mask is None:
+            return
+        keep = attention_mask.to(torch.bool)  # (B, T)
+        if bool(keep.all()):
+            return
+        lengths = keep.sum(dim=1)  # (B,)
+        # Packing needs every sequence to start with a real token (its [CLS], read by the pooler).
+        if unpad and bool(keep[:, 0].all()):
+            self.indices = keep.flatten().nonzero().squeeze(1)  # (S,)
+            self.lengths = lengths.tolist()
+            self.starts = torch.cumsum(lengths, 0) - lengths  # (B,) row of each sequence's first token
+            return
+        # Additive (not boolean) so a fully padded row stays finite instead of NaN, as transformers does.
+        self.bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(
+            ~keep, torch.finfo(dtype).min)[:, None, None, :]
+
+    @property
+    def packed(self) -> bool:
+        return self.indices is not None
+
+    def rows(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (S, ...): the rows the layers work on."""
+        flat = x.reshape(self.batch * self.seq_len, *x.shape[2:])
+        return flat if self.indices is None else flat.index_select(0, self.indices)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(S, ...) -> (B, T, ...), zeros at padding."""
+        if self.indices is None:
+            return x.view(self.batch, self.seq_len, *x.shape[1:])
+        out = x.new_zeros(self.batch * self.seq_len, *x.shape[1:])
+        return out.index_copy(0, self.indices, x).view(self.batch, self.seq_len, *x.shape[1:])
+
+    def first_tokens(self, x: Tensor) -> Tensor:
+        """(S, H) -> (B, H): the [CLS] row of each sequence."""
+        if self.indices is None:
+            return x.view(self.batch, self.seq_len, -1)[:, 0]
+        return x.index_select(0, self.starts)
+
+    def attention(self, qkv: Tensor, num_heads: int, dropout: float) -> Tensor:
+        """(S, 3H) fused projections -> (S, H) attention output."""
+        S, H = qkv.shape[0], qkv.shape[1] // 3
+        N, D = num_heads, H // num_heads
+        if self.indices is None:
+            B, T = self.batch, self.seq_len
+            q, k, v = qkv.view(B, T, 3, N, D).permute(2, 0, 3, 1, 4)  # each (B, N, T, D)
+            y = attend(q, k, v, self.bias, dropout)  # (B, N, T, D)
+            return y.transpose(1, 2).reshape(S, H)
+        # One call per sequence, no mask: on CPU this beats padding + masking (measured in bench/attention.py).
+        outputs = []
+        for part in torch.split(qkv, self.lengths):  # (L, 3H) per sequence
+            q, k, v = part.view(1, -1, 3, N, D).permute(2, 0, 3, 1, 4)  # each (1, N, L, D)
+            y = attend(q, k, v, None, dropout)  # (1, N, L, D)
+            outputs.append(y.transpose(1, 2).reshape(-1, H))  # (L, H)
+        return torch.cat(outputs)  # (S, H)
+
+
 class Embeddings(nn.Module):
     """Word + position + segment embeddings, then LayerNorm and dropout."""
 
@@ -108,13 +234,19 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)  # (B, T, H)
-        return self.dropout(self.norm(x))
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor, layout: Layout) -> Tensor:
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)  # (B, T)
+        ids, types, positions = layout.rows(input_ids), layout.rows(token_type_ids), layout.rows(positions)  # (S,)
+        x = self.word(ids) + self.token_type(types) + self.position(positions)  # (S, H)
+        x = self.norm(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # Embeddings are not autocast, so without this the residual stream would stay fp32 and every linear
+            # would cast its input (forward and backward). bf16 activations, fp32 master weights, as Megatron does.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        return self.dropout(x)
 
 
 class EncoderLayer(nn.Module):
@@ -132,31 +264,14 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.act = _ACTIVATIONS[config.hidden_act]
         self.attn_dropout = config.attention_probs_dropout_prob
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None) -> Tensor:
-        B, T, H = x.shape
-        N = self.num_heads
-        q, k, v = self.qkv(x).view(B, T, 3, N, H // N).permute(2, 0, 3, 1, 4)  # each (B, N, T, D)
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)  # (B, N, T, D)
-        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
-        x = self.attn_norm(x + self.dropout(self.attn_out(y)))
-        h = self.ffn_out(self.act(self.ffn_in(x)))  # (B, T, I) -> (B, T, H)
+        y = layout.attention(self.qkv(x), self.num_heads, dropout)  # (S, 3H) -> (S, H)
+        x = self.attn_norm(x + self.dropout(self.attn_out(y)))  # (S, H)
+        h = self.ffn_out(self.act(self.ffn_in(x)))  # (S, I) -> (S, H)
         return self.ffn_norm(x + self.dropout(h))
-
-
-def attention_bias(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """(B, T) mask of 1 = token, 0 = padding -> additive (B, 1, 1, T) bias: 0 for tokens, dtype-min for padding.
-
-    An additive bias (not a boolean mask) keeps a fully padded row finite instead of NaN, as Hugging Face does.
-    """
-    if attention_mask is None:
-        return None
-    keep = attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T)
-    if bool(keep.all()):
-        return None
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 class BertModel(CheckpointIO, nn.Module):
@@ -170,22 +285,31 @@ class BertModel(CheckpointIO, nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.unpad = True  # False: compute on padding too (the reference path transformers takes)
         init_weights(self, config)
+
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> tuple[Tensor, Layout]:
+        """The encoder's output rows (S, H) and the layout that places them in the (B, T) batch."""
+        check_inputs(self.config, input_ids, attention_mask, token_type_ids)
+        input_ids = input_ids.long()
+        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.long()
+        B, T = input_ids.shape
+        layout = Layout(attention_mask, B, T, self.embeddings.word.weight.dtype, unpad=self.unpad)
+        x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
+        for layer in self.layers:
+            x = layer(x, layout)
+        return x, layout
+
+    def pool(self, x: Tensor, layout: Layout) -> Tensor:
+        return torch.tanh(self.pooler(layout.first_tokens(x)))  # (B, H)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
     ) -> BertOutput:
-        check_inputs(self.config, input_ids, attention_mask, token_type_ids)
-        input_ids = input_ids.long()
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids.long())  # (B, T, H)
-        bias = attention_bias(attention_mask, x.dtype)  # (B, 1, 1, T) or None
-        for layer in self.layers:
-            x = layer(x, bias)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, H)
-        return BertOutput(x, pooled)
-
+        x, layout = self.encode(input_ids, attention_mask, token_type_ids)
+        return BertOutput(layout.pad(x), self.pool(x, layout))
 
 
 class BertForPreTraining(CheckpointIO, nn.Module):
@@ -217,16 +341,27 @@ class BertForPreTraining(CheckpointIO, nn.Module):
         return F.linear(h, self.bert.embeddings.word.weight, self.mlm_bias)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        mlm_positions: Tensor | None = None,
     ) -> PreTrainingOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids)
-        return PreTrainingOutput(
-            mlm_logits=self.mlm_logits(out.last_hidden_state),  # (B, T, V)
-            nsp_logits=self.nsp(out.pooler_output),  # (B, 2)
-            last_hidden_state=out.last_hidden_state,
-            pooler_output=out.pooler_output,
-        )
-
+        """With `mlm_positions` (a (B, T) bool mask, e.g. `labels != -100`), the vocabulary projection runs only
+        there and `mlm_logits` is (M, V) in row-major order of the mask; otherwise (B, T, V)."""
+        x, layout = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (S, H)
+        if mlm_positions is None:
+            mlm_logits = layout.pad(self.mlm_logits(x))  # (B, T, V)
+        else:
+            if mlm_positions.shape != input_ids.shape or mlm_positions.dtype != torch.bool:
+                raise ValueError(f"mlm_positions must be a bool tensor of shape {tuple(input_ids.shape)}, got "
+                                 f"{mlm_positions.dtype} {tuple(mlm_positions.shape)}")
+            selected = layout.rows(mlm_positions)  # (S,) bool
+            if int(selected.sum()) != int(mlm_positions.sum()):
+                raise ValueError("mlm_positions selects padding positions (attention_mask == 0)")
+            mlm_logits = self.mlm_logits(x[selected])  # (M, V)
+        pooled = self.bert.pool(x, layout)
+        return PreTrainingOutput(mlm_logits, self.nsp(pooled), layout.pad(x), pooled)
 
 
 def init_weights(module: nn.Module, config: BertConfig) -> None:
