@@ -93,10 +93,16 @@ def matmul_peak(dtype: torch.dtype, repeats: int) -> float:
     return best
 
 
-def alternate(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, run in alternation so machine noise hits all of them alike."""
+def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0) -> dict[str, float]:
+    """Median seconds per call of each function, run in alternation so machine noise hits all of them alike;
+    fast functions get more rounds (at least `min_seconds` of timing each)."""
+    warm = []
     for fn in fns.values():
         fn()  # warm-up
+        start = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - start)
+    repeats = max(repeats, min(50, int(min_seconds / max(min(warm), 1e-3))))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -292,7 +298,8 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             f"{memory['bench']}: bertkit {memory['bertkit']['peak_rss_mib']:,.0f} MiB, transformers "
-            f"{memory['transformers']['peak_rss_mib']:,.0f} MiB (ratio {memory['ratio_bertkit_over_transformers']:.2f}).",
+            f"{memory['transformers']['peak_rss_mib']:,.0f} MiB "
+            f"(ratio {memory['ratio_bertkit_over_transformers']:.2f}).",
         ]
     lines += ["", "Batches: `var` = 32 sequences, lengths uniform in 16..128 (right-padded); `full` = 32 x 128. "
               "tok/s counts real (non-padding) tokens. MFU = useful matmul FLOPs on real tokens / time / the bf16 "

@@ -23,7 +23,7 @@ def _pair(model):
 
 
 def test_layout_packs_only_real_tokens():
-    ids, mask, _ = batch_with_padding_and_pairs(100)
+    _, mask, _ = batch_with_padding_and_pairs(100)
     layout = Layout(mask, *mask.shape, torch.float32)
     assert layout.packed and layout.indices.numel() == int(mask.sum())
     x = torch.randn(*mask.shape, 3)
