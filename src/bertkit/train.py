@@ -1,0 +1,540 @@
+"""ONE training loop, `fit()`, for pre-training and fine-tuning: AdamW, warmup + linear decay, accumulation, clipping,
+bf16 autocast, evaluation, JSONL metrics, curves, atomic checkpoints, exact resume and DDP.
+
+A task supplies data and losses through the small `TrainTask` protocol; `fit` owns everything else. Example `i`
+of epoch `e` is the same tensor whatever the batch size, process count or resume point, so a resumed run or a
+2-process run computes exactly the update a single uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from bertkit.errors import BertkitError
+from bertkit.fileio import atomic_write, atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+STATE_NAME = "training_state.pt"
+MANIFEST_NAME = "checkpoint.json"
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+
+class TrainingError(BertkitError):
+    """Training cannot go on (repeated non-finite losses, a checkpoint that does not fit the run)."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train; every field is a `--flag` of the CLI commands that train."""
+
+    output_dir: str = "runs/train"
+    batch_size: int = 32  # examples per process per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
+    warmup: float = 0.06  # fraction of the steps (< 1) or a number of steps (>= 1)
+    max_steps: int = 0  # 0: derive from epochs
+    epochs: float = 1.0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-6
+    bf16: bool | None = None  # None: bf16 autocast where the hardware has native bf16 (AVX512-BF16/AMX, CUDA)
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    save_every: int = 0  # 0: checkpoint at the end only
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    progress: bool = True
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
+            raise ValueError("give a positive max_steps or epochs")
+        self.adam_betas = tuple(self.adam_betas)
+
+
+class TrainTask(Protocol):
+    """What `fit` needs from a task (pre-training, classification, NER, ...)."""
+
+    def num_examples(self, epoch: int) -> int:
+        """Training examples in this epoch (may vary: NSP pairs are rebuilt every epoch)."""
+
+    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
+        """The batch of these example indices of `epoch` (tensors; masking etc. seeded per example)."""
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Denominator of each loss term (e.g. masked tokens, pairs), known from the data alone."""
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The SUM of each loss term over the batch; `fit` divides by the counts over all micro-batches and ranks."""
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        """Real (non-padding) tokens in the batch, for tokens/s."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics (called on one process, in eval mode, without gradients)."""
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        """Write a self-describing checkpoint directory (weights, config, vocab, labels)."""
+
+
+@dataclass
+class FitResult:
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    output_dir: Path = Path()
+
+
+# ---- distributed -----------------------------------------------------------------------------------------------------
+
+def distributed_setup() -> tuple[int, int]:
+    """(rank, world size): joins the process group when started by torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ---- pieces of the loop ------------------------------------------------------------------------------------------
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay for weight matrices and embeddings, none for biases and LayerNorm (BERT's rule)."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: 0 -> 1 linearly over warmup, then 1 -> 0 linearly at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 7]).permutation(size)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_dirs(output: Path) -> list[Path]:
+    root = output / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+
+
+def verify_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a complete, intact checkpoint, or None (torn write, missing or altered file)."""
+    manifest_path = directory / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for name, expected in manifest["files"].items():
+            if _sha256(directory / name) != expected:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """Newest checkpoint whose every file matches its manifest; damaged ones are skipped with a warning."""
+    for directory in _checkpoint_dirs(output):
+        if verify_checkpoint(directory) is not None:
+            return directory
+        warnings.warn(f"{directory}: incomplete or damaged checkpoint, skipped", stacklevel=2)
+    return None
+
+
+def _write_checkpoint(output: Path, step: int, task: TrainTask, model: nn.Module, state: dict[str, Any],
+                      keep: int) -> Path:
+    """Write into a temporary directory, record every file's sha256 last, then rename into place."""
+    root = output / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    task.save(model, tmp)
+    atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    atomic_write_text(tmp / MANIFEST_NAME, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in _checkpoint_dirs(output)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """After a resume from `step`, drop records a crashed run wrote past it, so the log has no duplicates."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
+    """Training loss and every evaluation metric against the step, one PNG next to the checkpoints."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency; plotting is never worth a crash
+        return None
+    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if not train and not evals:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted({k for r in train for k in r if k.startswith("loss")}):
+        axes[0].plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r], label=key)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    for key in sorted({k for r in evals for k in r if k not in ("kind", "step", "epoch", "elapsed_s")}):
+        axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], marker="o",
+                     label=key)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("held-out evaluation")
+    if evals:
+        axes[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(out_path, lambda p: fig.savefig(p, format="png", dpi=90))
+    plt.close(fig)
+    return out_path
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------------
+
+def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = "training") -> FitResult:
+    """Train `model` on `task` as `config` says; returns the final step and the last evaluation."""
+    rank, world = distributed_setup()
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    use_bf16 = bf16_supported(device) if config.bf16 is None else config.bf16
+    global_batch = config.batch_size * config.grad_accum * world
+    first_epoch_examples = task.num_examples(0)
+    if first_epoch_examples < global_batch:
+        raise TrainingError(f"{first_epoch_examples} training examples are fewer than one global batch "
+                            f"({config.batch_size} x {config.grad_accum} accumulation x {world} processes)")
+    total_steps = config.max_steps or max(1, round(config.epochs * (first_epoch_examples // global_batch)))
+    warmup_steps = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    warmup_steps = max(1, min(warmup_steps, total_steps))
+
+    torch.manual_seed(config.seed + rank)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                                  betas=config.adam_betas, eps=config.adam_eps,
+                                  fused=device.type in ("cpu", "cuda"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, warmup_steps))
+    step, epoch, step_in_epoch = 0, 0, 0
+
+    metrics_path = output / METRICS_NAME
+    resumed_from = latest_checkpoint(output) if config.resume else None
+    if config.resume and resumed_from is None and rank == 0:
+        print(f"no checkpoint in {output / CHECKPOINTS}: starting from scratch")
+    if resumed_from is not None:
+        state = torch.load(resumed_from / STATE_NAME, map_location="cpu", weights_only=True)
+        if state["world_size"] != world or state["global_batch"] != global_batch:
+            raise TrainingError(f"{resumed_from} was written by a run with {state['world_size']} process(es) and "
+                                f"global batch {state['global_batch']}; this run has {world} and {global_batch}")
+        from bertkit.checkpoint import from_hf_state_dict, read_weights
+
+        weights, source = read_weights(resumed_from)
+        from_hf_state_dict(model, weights, source, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"][rank])
+        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        if rank == 0:
+            _trim_metrics(metrics_path, step)
+            print(f"resumed from {resumed_from} at step {step} (epoch {epoch}, batch {step_in_epoch})")
+    elif rank == 0 and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=getattr(task, "find_unused_parameters", False))
+
+    def checkpoint() -> Path | None:
+        rng_states = [torch.get_rng_state()]
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, torch.get_rng_state())
+            rng_states = gathered
+        path = None
+        if rank == 0:
+            state = {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": world,
+                     "global_batch": global_batch, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_states, "config": _plain(asdict(config))}
+            path = _write_checkpoint(output, step, task, model, state, config.keep_checkpoints)
+        _barrier()
+        return path
+
+    def evaluate() -> dict[str, float]:
+        result: dict[str, float] = {}
+        if rank == 0:
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                result = task.evaluate(model)
+            model.train()
+            _append(metrics_path, {"kind": "eval", "step": step, "epoch": epoch, **result})
+            plot_curves(metrics_path, output / CURVES_NAME, title)
+        _barrier()
+        return result
+
+    progress = None
+    if config.progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, desc=title, unit="step", dynamic_ncols=True)
+    model.train()
+    last_eval: dict[str, float] = {}
+    bad_steps = 0
+    window_tokens, window_start = 0, time.perf_counter()
+    started = time.perf_counter()
+    running: dict[str, float] = {}
+    running_n = 0
+    order = epoch_order(config.seed, epoch, task.num_examples(epoch))
+    try:
+        while step < total_steps:
+            steps_this_epoch = len(order) // global_batch
+            if step_in_epoch >= steps_this_epoch:
+                epoch, step_in_epoch = epoch + 1, 0
+                order = epoch_order(config.seed, epoch, task.num_examples(epoch))
+                continue
+            base = step_in_epoch * global_batch
+            micro = []
+            for m in range(config.grad_accum):
+                offset = base + (m * world + rank) * config.batch_size
+                indices = order[offset : offset + config.batch_size].tolist()
+                micro.append(task.make_batch(epoch, indices))
+            # Each loss term is divided by its count over ALL micro-batches of ALL processes, so accumulation
+            # and DDP (which averages gradients over processes, hence * world) give the one-big-batch gradient.
+            names = sorted({k for b in micro for k in task.counts(b)})
+            local = [sum(task.counts(b).get(n, 0.0) for b in micro) for n in names]
+            totals = dict(zip(names, _all_reduce_sum(local), strict=True))
+            step_loss: dict[str, float] = dict.fromkeys(names, 0.0)
+            finite = True
+            for m, batch in enumerate(micro):
+                sync = contextlib.nullcontext() if (world == 1 or m == len(micro) - 1) else train_model.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        parts = task.loss(train_model, batch)
+                    loss = sum(parts[n] / max(totals[n], 1.0) for n in parts) * world
+                    if not torch.isfinite(loss):
+                        finite = False
+                    loss.backward()
+                for n, value in parts.items():
+                    step_loss[n] += float(value.detach()) / max(totals[n], 1.0)
+                window_tokens += task.tokens(batch)
+            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                         if config.max_grad_norm > 0 else torch.tensor(0.0))
+            finite = bool(_all_reduce_sum([0.0 if finite and torch.isfinite(grad_norm) else 1.0])[0] == 0.0)
+            if not finite:
+                bad_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+                warnings.warn(f"step {step + 1}: non-finite loss or gradient, update skipped "
+                              f"({bad_steps} in a row)", stacklevel=2)
+                _append(metrics_path, {"kind": "skipped", "step": step + 1, "reason": "non-finite"}, rank)
+                if bad_steps >= config.max_bad_steps:
+                    raise TrainingError(
+                        f"step {step + 1}: {bad_steps} consecutive non-finite losses or gradients; stopping. "
+                        f"Likely causes: learning rate too high ({config.lr}), fp16/bf16 overflow, or corrupt "
+                        f"input. The last good checkpoint is in {output / CHECKPOINTS}"
+                    )
+            else:
+                bad_steps = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            step_in_epoch += 1
+            # each process holds its share of the global mean; the sum over processes is the mean
+            step_means = _all_reduce_sum([step_loss[n] for n in names])
+            for n, value in zip(names, step_means, strict=True):
+                running[n] = running.get(n, 0.0) + value
+            running_n += 1
+            if step % config.log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens * world / max(now - window_start, 1e-9)
+                record = {"kind": "train", "step": step, "epoch": epoch,
+                          "loss": sum(running.values()) / running_n,
+                          **{f"loss_{n}": v / running_n for n, v in running.items()},
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                          "tokens_per_s": tokens_per_s, "elapsed_s": now - started}
+                _append(metrics_path, record, rank)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                running, running_n = {}, 0
+                window_tokens, window_start = 0, now
+            if progress is not None:
+                progress.update(1)
+            if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+                last_eval = evaluate()
+                window_start = time.perf_counter()  # tokens/s measures training, not evaluation
+            if config.save_every and step % config.save_every == 0 and step < total_steps:
+                checkpoint()
+                window_start = time.perf_counter()
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        if rank == 0:
+            print(f"\ninterrupted at step {step}: saving a checkpoint (resume with --resume)")
+        checkpoint()
+        raise
+    if progress is not None:
+        progress.close()
+    last_eval = evaluate()
+    final = checkpoint()
+    if rank == 0 and final is not None:
+        model_dir = output / "model"
+        tmp = output / f".tmp-model-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(STATE_NAME, MANIFEST_NAME))
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(tmp, model_dir)
+        plot_curves(metrics_path, output / CURVES_NAME, title)
+    _barrier()
+    return FitResult(step=step, metrics=last_eval, output_dir=output)
+
+
+def _append(path: Path, record: dict[str, Any], rank: int = 0) -> None:
+    if rank != 0:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def _plain(value: Any) -> Any:
+    """Config values as plain types (tuples become lists) so torch.load(weights_only=True) reads them back."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_from_args(args: Any, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from an argparse namespace (attributes named like the fields), plus overrides."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> None:
+    """`--flag` for every TrainConfig field (the field comments are the help)."""
+    defaults = defaults or TrainConfig()
+    helps = {
+        "output_dir": "run directory: model/, checkpoints/, metrics.jsonl, curves.png",
+        "batch_size": "examples per process per micro-batch",
+        "grad_accum": "micro-batches per optimizer step",
+        "lr": "peak learning rate",
+        "weight_decay": "AdamW weight decay (not on biases and LayerNorm)",
+        "warmup": "warmup: a fraction of the steps (< 1) or a number of steps",
+        "max_steps": "optimizer steps (0: from --epochs)",
+        "epochs": "passes over the training data when --max-steps is 0",
+        "max_grad_norm": "gradient clipping norm (0: off)",
+        "seed": "random seed (data order, masking, initialisation, dropout)",
+        "log_every": "steps between metrics.jsonl records",
+        "eval_every": "steps between held-out evaluations (0: at the end)",
+        "save_every": "steps between checkpoints (0: at the end)",
+        "keep_checkpoints": "how many checkpoints to keep",
+        "max_bad_steps": "consecutive non-finite steps before stopping",
+    }
+    for f in fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.name in ("adam_betas", "adam_eps"):
+            continue
+        if f.name == "bf16":
+            parser.add_argument("--bf16", dest="bf16", action="store_true", default=default,
+                                help="bf16 autocast (default: on where the CPU/GPU has native bf16)")
+            parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32")
+        elif f.name == "progress":
+            parser.add_argument("--no-progress", dest="progress", action="store_false", default=default,
+                                help="no progress bar")
+        elif f.name == "resume":
+            parser.add_argument("--resume", action="store_true", default=default,
+                                help="continue from the newest intact checkpoint in --output-dir")
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(name, dest=f.name, type=kind, default=default,
+                                help=f"{helps.get(f.name, f.name)} (default: %(default)s)")
+
+
+def steps_summary(config: TrainConfig, examples: int) -> str:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    global_batch = config.batch_size * config.grad_accum * world
+    steps = config.max_steps or max(1, round(config.epochs * (examples // global_batch)))
+    epochs = steps * global_batch / max(examples, 1)
+    return f"{examples:,} examples, global batch {global_batch}, {steps:,} steps (~{epochs:.2f} epochs)"
