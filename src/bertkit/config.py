@@ -119,7 +119,7 @@ class BertConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: data.pop(k) for k in list(data) if k in known}
         extra = dict(data)
-        unknown = sorted(k for k in extra if k not in _PASSTHROUGH_KEYS)
+        unknown = sorted(k for k in extra if k not in _PASSTHROUGH_KEYS and not k.startswith("bertkit_"))
         if unknown:
             warnings.warn(
                 f"{source}: keys {unknown} are not used by bertkit; they are kept and written back on save",

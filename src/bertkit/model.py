@@ -302,6 +302,21 @@ class BertModel(CheckpointIO, nn.Module):
             x = layer(x, layout)
         return x, layout
 
+    def resize_token_embeddings(self, size: int) -> None:
+        """Grow the vocabulary to `size` rows (new tokens start at the mean embedding, as a neutral point)."""
+        old = self.embeddings.word
+        if size < old.num_embeddings:
+            raise ValueError(f"cannot shrink the vocabulary from {old.num_embeddings} to {size}")
+        if size == old.num_embeddings:
+            return
+        new = nn.Embedding(size, old.embedding_dim, padding_idx=old.padding_idx,
+                           device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+            new.weight[old.num_embeddings :] = old.weight.mean(0)
+        self.embeddings.word = new
+        self.config.vocab_size = size
+
     def pool(self, x: Tensor, layout: Layout) -> Tensor:
         return torch.tanh(self.pooler(layout.first_tokens(x)))  # (B, H)
 

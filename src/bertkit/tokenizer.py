@@ -6,6 +6,7 @@ Reads and writes the Hugging Face layout (`vocab.txt` + `tokenizer_config.json`)
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
@@ -44,6 +46,7 @@ class TokenizerOptions:
     pad_token: str = "[PAD]"
     cls_token: str = "[CLS]"
     mask_token: str = "[MASK]"
+    additional_special_tokens: tuple[str, ...] = ()  # never split (entity markers); saved like transformers does
 
 
 def read_vocab(path: str | Path) -> list[str]:
@@ -86,6 +89,9 @@ def _read_options(directory: Path) -> TokenizerOptions:
     for name in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
         if isinstance(fields.get(name), dict):  # transformers' AddedToken serialisation
             fields[name] = fields[name]["content"]
+    if "additional_special_tokens" in fields:
+        fields["additional_special_tokens"] = tuple(
+            t["content"] if isinstance(t, dict) else t for t in fields["additional_special_tokens"])
     return TokenizerOptions(**fields)
 
 
@@ -134,6 +140,8 @@ class Tokenizer:
             special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
         )
         rust.decoder = decoders.WordPiece(prefix="##")
+        if options.additional_special_tokens:
+            rust.add_special_tokens(list(options.additional_special_tokens))
         return rust
 
     @classmethod
@@ -148,6 +156,7 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / VOCAB_NAME, "".join(f"{token}\n" for token in self.vocab))
         config = {"tokenizer_class": "BertTokenizer", **self.options.__dict__}
+        config["additional_special_tokens"] = list(self.options.additional_special_tokens)
         atomic_write_text(directory / TOKENIZER_CONFIG_NAME, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return directory
 
@@ -194,6 +203,15 @@ class Tokenizer:
             )
         return cls(vocab, options)
 
+    def with_special_tokens(self, tokens: Sequence[str]) -> Tokenizer:
+        """A copy whose vocabulary ends with `tokens` (if missing) and never splits them (e.g. entity markers);
+        the model's embedding table must grow to the new size (`model.resize_token_embeddings`)."""
+        extra = tuple(t for t in tokens if t not in self.options.additional_special_tokens)
+        vocab = self.vocab + [t for t in tokens if t not in self.token_to_index]
+        options = dataclasses.replace(
+            self.options, additional_special_tokens=self.options.additional_special_tokens + extra)
+        return Tokenizer(vocab, options)
+
     # ---- vocabulary ------------------------------------------------------------------------------------------------
 
     @property
@@ -239,7 +257,8 @@ class Tokenizer:
 
     @property
     def special_token_ids(self) -> set[int]:
-        return {self.token_to_index[t] for t in self.special_tokens}
+        tokens = (*self.special_tokens, *self.options.additional_special_tokens)
+        return {self.token_to_index[t] for t in tokens}
 
     @property
     def model_max_length(self) -> int:
@@ -268,10 +287,16 @@ class Tokenizer:
             _check_text(text, f"texts[{index}]")
         return [(e.ids, e.offsets, e.tokens) for e in self._rust.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_word_lists(self, sentences: Sequence[Sequence[str]]) -> list[Any]:
+        """Encodings (no special tokens, no truncation) of pre-split sentences; `.word_ids` maps tokens to words."""
+        for index, words in enumerate(sentences):
+            _check_item(words, f"sentences[{index}]", True)
+        return self._rust.encode_batch([list(w) for w in sentences], is_pretokenized=True, add_special_tokens=False)
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         return self._rust.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def __call__(
+    def encode_batch(
         self,
         texts: str | Sequence[str] | Sequence[Sequence[str]],
         text_pairs: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
@@ -279,15 +304,12 @@ class Tokenizer:
         max_length: int | None = None,
         truncation: bool = True,
         is_split_into_words: bool = False,
-        return_offsets_mapping: bool = False,
-        return_word_ids: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        """Encode a batch (or one text) to `input_ids`, `token_type_ids`, `attention_mask`, padded to the longest.
+    ) -> list[Any]:
+        """Unpadded encodings (tokenizers `Encoding`: .ids, .type_ids, .offsets, .word_ids, .sequence_ids).
 
         Pairs are `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1; truncation is longest-first and a warning
-        says how many inputs were cut. With `truncation=False`, an input over `max_length` is an error.
-        `is_split_into_words` takes lists of words (for tagging tasks); `return_word_ids` then maps tokens to
-        words (-1 for special tokens and padding). Offsets are (start, end) character spans (0, 0 for specials).
+        says inputs were cut (the running total is `truncated_count`). With `truncation=False`, an input over
+        `max_length` is an error.
         """
         single = isinstance(texts, str) or (is_split_into_words and _is_word_list(texts))
         batch = [texts] if single else list(texts)
@@ -305,16 +327,14 @@ class Tokenizer:
         max_length = self.options.model_max_length if max_length is None else max_length
         if max_length < (4 if pairs is not None else 3):
             raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]")
-
         inputs = list(zip(batch, pairs, strict=True)) if pairs is not None else batch
         encodings = self._rust.encode_batch(inputs, is_pretokenized=is_split_into_words)
-        lengths = [len(e.ids) for e in encodings]
-        too_long = [i for i, n in enumerate(lengths) if n > max_length]
+        too_long = [i for i, e in enumerate(encodings) if len(e.ids) > max_length]
         if too_long:
             if not truncation:
                 i = too_long[0]
                 raise ValueError(
-                    f"input {i} has {lengths[i]} tokens, more than max_length={max_length} "
+                    f"input {i} has {len(encodings[i].ids)} tokens, more than max_length={max_length} "
                     f"({len(too_long)} input(s) too long); pass truncation=True or split the text"
                 )
             self._rust.enable_truncation(max_length, strategy="longest_first")
@@ -329,8 +349,29 @@ class Tokenizer:
             warnings.warn(
                 f"inputs longer than max_length={max_length} tokens were truncated (longest first); "
                 "see Tokenizer.truncated_count for how many, or pass truncation=False to get an error instead",
-                stacklevel=2,
+                stacklevel=3,
             )
+        return encodings
+
+    def __call__(
+        self,
+        texts: str | Sequence[str] | Sequence[Sequence[str]],
+        text_pairs: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        *,
+        max_length: int | None = None,
+        truncation: bool = True,
+        is_split_into_words: bool = False,
+        return_offsets_mapping: bool = False,
+        return_word_ids: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Encode a batch (or one text) to `input_ids`, `token_type_ids`, `attention_mask`, padded to the longest.
+
+        See `encode_batch` for pairs and truncation. `is_split_into_words` takes lists of words (for tagging
+        tasks); `return_word_ids` then maps tokens to words (-1 for special tokens and padding). Offsets are
+        (start, end) character spans (0, 0 for specials).
+        """
+        encodings = self.encode_batch(texts, text_pairs, max_length=max_length, truncation=truncation,
+                                      is_split_into_words=is_split_into_words)
         width = max(len(e.ids) for e in encodings)
         B = len(encodings)
         input_ids = torch.full((B, width), self.pad_token_id, dtype=torch.long)

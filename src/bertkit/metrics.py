@@ -1,0 +1,101 @@
+"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+
+
+def accuracy(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> float:
+    _same_length(gold, pred)
+    return sum(g == p for g, p in zip(gold, pred, strict=True)) / len(gold) if gold else 0.0
+
+
+def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    """Precision, recall, F1 from counts (0 where undefined, as seqeval and sklearn's zero_division=0)."""
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def per_class_f1(gold: Sequence[Hashable], pred: Sequence[Hashable],
+                 labels: Iterable[Hashable] | None = None) -> dict[Hashable, tuple[float, float, float]]:
+    _same_length(gold, pred)
+    classes = list(labels) if labels is not None else sorted(set(gold) | set(pred), key=str)
+    out = {}
+    for c in classes:
+        tp = sum(g == c and p == c for g, p in zip(gold, pred, strict=True))
+        fp = sum(g != c and p == c for g, p in zip(gold, pred, strict=True))
+        fn = sum(g == c and p != c for g, p in zip(gold, pred, strict=True))
+        out[c] = prf(tp, fp, fn)
+    return out
+
+
+def macro_f1(gold: Sequence[Hashable], pred: Sequence[Hashable], labels: Iterable[Hashable] | None = None) -> float:
+    """Unweighted mean of per-class F1 over `labels` (default: every class in gold or pred)."""
+    scores = per_class_f1(gold, pred, labels)
+    return sum(f for _, _, f in scores.values()) / len(scores) if scores else 0.0
+
+
+def matthews_corrcoef(gold: Sequence[int], pred: Sequence[int]) -> float:
+    """Binary MCC (GLUE's CoLA metric); 0 when a marginal is empty."""
+    _same_length(gold, pred)
+    tp = sum(g == 1 and p == 1 for g, p in zip(gold, pred, strict=True))
+    tn = sum(g == 0 and p == 0 for g, p in zip(gold, pred, strict=True))
+    fp = sum(g == 0 and p == 1 for g, p in zip(gold, pred, strict=True))
+    fn = sum(g == 1 and p == 0 for g, p in zip(gold, pred, strict=True))
+    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def _same_length(gold: Sequence, pred: Sequence) -> None:
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} items but pred has {len(pred)}")
+
+
+# ---- entity spans (seqeval's default, conlleval-compatible definition) --------------------------------------------
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    if tag in ("O", ""):
+        return "O", ""
+    prefix, _, kind = tag.partition("-")
+    return prefix, kind or "_"
+
+
+def _end_of_chunk(prev_tag: str, tag: str, prev_type: str, kind: str) -> bool:
+    return (prev_tag in ("E", "S") or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+            or (prev_tag != "O" and prev_type != kind))
+
+
+def _start_of_chunk(prev_tag: str, tag: str, prev_type: str, kind: str) -> bool:
+    return (tag in ("B", "S") or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
+            or (tag != "O" and prev_type != kind))
+
+
+def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last) spans of a BIO / BIOES tag sequence, inclusive, as seqeval.get_entities (default mode):
+    an I- after O or after another type starts an entity, like conlleval."""
+    chunks = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, kind = _split_tag(tag)
+        if _end_of_chunk(prev_tag, prefix, prev_type, kind):
+            chunks.append((prev_type, begin, i - 1))
+        if _start_of_chunk(prev_tag, prefix, prev_type, kind):
+            begin = i
+        prev_tag, prev_type = prefix, kind
+    return chunks
+
+
+def span_prf(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Entity-level micro precision / recall / F1 over sentences (seqeval's f1_score default)."""
+    _same_length(gold, pred)
+    true, found = set(), set()
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: {len(g)} gold tags but {len(p)} predicted")
+        true.update((i, *e) for e in get_entities(g))
+        found.update((i, *e) for e in get_entities(p))
+    precision, recall, f1 = prf(len(true & found), len(found - true), len(true - found))
+    return {"precision": precision, "recall": recall, "f1": f1}

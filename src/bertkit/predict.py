@@ -1,0 +1,83 @@
+"""Predictor: a fine-tuned checkpoint directory -> predictions for raw inputs, whatever the task (no HTTP here)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertkit.errors import DataError
+from bertkit.tasks import task_module
+from bertkit.tasks.base import read_task_info
+from bertkit.tokenizer import Tokenizer
+
+# What each task reads from an input object (besides "text").
+INPUT_KEYS = {
+    "classification": ("text", "text_pair"),
+    "ner": ("text",),
+    "intent_slot": ("text",),
+    "relation": ("text", "head", "tail"),
+    "spelling": ("text",),
+    "qa": ("question", "context"),
+}
+
+
+class Predictor:
+    """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string}."""
+
+    def __init__(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        self.directory = Path(directory)
+        self.info = read_task_info(self.directory)
+        self.task = self.info["task"]
+        self.module = task_module(self.task)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = self.module.MODEL.from_pretrained(self.directory).eval()
+        if dtype is not None:
+            self.model.to(dtype)
+        self.tokenizer = Tokenizer.from_pretrained(self.directory)
+        self.loaded_at = time.time()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.info.get("labels", []))
+
+    def normalise(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Check every input before any model work; errors say which input and what was expected."""
+        keys = INPUT_KEYS[self.task]
+        required = ("question", "context") if self.task == "qa" else ("text",)
+        out = []
+        for index, item in enumerate(inputs):
+            if isinstance(item, str) and self.task != "qa":
+                item = {"text": item}
+            if not isinstance(item, dict):
+                raise DataError(f"input {index}: expected an object with {list(required)}, got "
+                                f"{type(item).__name__}")
+            unknown = sorted(set(item) - set(keys))
+            if unknown:
+                raise DataError(f"input {index}: unknown field(s) {unknown}; this {self.task} model reads {list(keys)}")
+            for key in keys:
+                if key in required and key not in item:
+                    raise DataError(f"input {index}: missing {key!r}")
+                if key in item and item[key] is not None and not isinstance(item[key], str):
+                    raise DataError(f"input {index}: {key!r} must be a string, got {type(item[key]).__name__}")
+            if not item[required[0]].strip():
+                raise DataError(f"input {index}: {required[0]!r} is empty")
+            out.append(item)
+        return out
+
+    @torch.no_grad()
+    def predict(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        items = self.normalise(inputs)
+        if not items:
+            return []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="inputs longer than max_length")
+            return self.module.predict_inputs(self.model, self.tokenizer, self.info, items)
+
+    def evaluate(self, path: str | Path, fmt: str) -> dict[str, float]:
+        with torch.no_grad():
+            return self.module.evaluate_file(self.model, self.tokenizer, self.info, path, fmt)

@@ -1,0 +1,126 @@
+"""What every fine-tuning task shares: the task.json that makes a checkpoint self-describing, loading an encoder to
+fine-tune (pre-trained or fresh), batching token sequences, and a line-numbered file reader."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import CheckpointError, DataError
+from bertkit.fileio import atomic_write_text
+from bertkit.tokenizer import Tokenizer
+
+TASK_FILE = "task.json"
+
+
+def write_task_info(directory: Path, info: dict[str, Any]) -> None:
+    """task.json: which task, its label set(s) and encoding settings: all a Predictor needs besides the weights."""
+    atomic_write_text(Path(directory) / TASK_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_task_info(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / TASK_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; is {directory} a fine-tuned bertkit checkpoint? "
+                              "(pre-trained encoders have no task; fine-tune one with `bertkit finetune`)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(info, dict) or "task" not in info:
+        raise CheckpointError(f"{path}: expected an object with a 'task' key")
+    return info
+
+
+def encoder_config(init_from: str | Path | None, tokenizer: Tokenizer, size: str = "mini",
+                   max_seq_len: int = 128, **extra: Any) -> BertConfig:
+    """Config for the model to fine-tune: the pre-trained checkpoint's, or a fresh preset (training from scratch).
+
+    `extra` lands in config.json (e.g. id2label), so transformers sees the labels too.
+    """
+    if init_from is not None:
+        config = BertConfig.from_pretrained(init_from)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise CheckpointError(f"the vocabulary has {tokenizer.vocab_size} tokens but {init_from} has only "
+                                  f"{config.vocab_size} embeddings")
+        if max_seq_len > config.max_position_embeddings:
+            raise DataError(f"max_seq_len {max_seq_len} exceeds {init_from}'s max_position_embeddings "
+                            f"{config.max_position_embeddings}")
+    else:
+        config = BertConfig.preset(size, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id,
+                                   max_position_embeddings=max(max_seq_len, 128))
+    config.extra.update(extra)
+    return config
+
+
+def build_task_model(cls: type[nn.Module], init_from: str | Path | None, config: BertConfig, seed: int,
+                     **kwargs: Any) -> nn.Module:
+    """The task model: encoder weights from `init_from` (head newly initialised), or all fresh."""
+    torch.manual_seed(seed)
+    if init_from is None:
+        return cls(config, **kwargs)
+    with warnings.catch_warnings():
+        # a pre-trained encoder has no task head and may carry MLM/NSP heads: both are expected here
+        warnings.filterwarnings("ignore", message=".*(newly initialised|not used by).*")
+        model = cls.from_pretrained(init_from, config=config, **kwargs)
+    model.train()
+    return model
+
+
+def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Sequence[int]] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """(input_ids, token_type_ids, attention_mask), padded to the longest row."""
+    B, T = len(rows), max(len(r) for r in rows)
+    out = {"input_ids": torch.full((B, T), pad_id, dtype=torch.long),
+           "token_type_ids": torch.zeros((B, T), dtype=torch.long),
+           "attention_mask": torch.zeros((B, T), dtype=torch.long)}
+    for i, row in enumerate(rows):
+        out["input_ids"][i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        out["attention_mask"][i, : len(row)] = 1
+        if types is not None:
+            out["token_type_ids"][i, : len(row)] = torch.tensor(types[i], dtype=torch.long)
+    return out
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without newline) of a UTF-8 file (a BOM is dropped); errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", str(path))
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            yield number, line.rstrip("\r\n")
+
+
+class SkipReport:
+    """Counts input lines skipped and why, so no data is dropped silently; printed once at the end of reading."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.reasons: dict[str, list[int]] = {}
+
+    def skip(self, line: int, reason: str) -> None:
+        self.reasons.setdefault(reason, []).append(line)
+
+    def report(self) -> str | None:
+        if not self.reasons:
+            return None
+        parts = [f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} "
+                 f"{', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''})"
+                 for reason, lines in self.reasons.items()]
+        message = f"{self.path}: skipped " + "; ".join(parts)
+        warnings.warn(message, stacklevel=3)
+        return message

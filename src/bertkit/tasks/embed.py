@@ -1,0 +1,91 @@
+"""Feature extraction: sentence vectors from any BERT checkpoint ([CLS]/pooler or mean over real tokens), cosine
+similarity, and a paraphrase score (threshold picked on one split, accuracy and ROC-AUC on another)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertkit.model import BertModel
+from bertkit.tokenizer import Tokenizer
+
+NAME = "embed"
+POOLINGS = ("mean", "cls", "pooler")
+
+
+@torch.no_grad()
+def embed(model: BertModel, tokenizer: Tokenizer, texts: list[str], pooling: str = "mean", batch_size: int = 64,
+          max_seq_len: int = 128, normalize: bool = True) -> np.ndarray:
+    """(N, H) float32 vectors: `mean` of the last layer over real tokens (what sentence-transformers models such as
+    all-MiniLM-L6-v2 are trained for), the `cls` token's state, or the tanh `pooler` output."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], max_length=max_seq_len)
+        result = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        hidden = result.last_hidden_state.float()  # (B, T, H)
+        if pooling == "mean":
+            mask = batch["attention_mask"][:, :, None].float()
+            vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        elif pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            vectors = result.pooler_output.float()
+        if normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        out.append(vectors.numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (N, H) arrays (or of two vectors)."""
+    a, b = np.atleast_2d(a).astype(np.float64), np.atleast_2d(b).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.where(norms == 0, 1, norms)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[labels], scores[~labels]
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The cosine threshold with the highest accuracy on (labels, scores): pick it on training data."""
+    candidates = np.unique(scores)
+    accuracies = [((scores >= t) == labels.astype(bool)).mean() for t in candidates]
+    return float(candidates[int(np.argmax(accuracies))])
+
+
+def paraphrase_eval(model: BertModel, tokenizer: Tokenizer, train_pairs: list[tuple[str, str, int]],
+                    test_pairs: list[tuple[str, str, int]], pooling: str = "mean") -> dict[str, Any]:
+    """Feature-based paraphrase detection: cosine of the two sentence vectors, no fine-tuning."""
+
+    def scores(pairs: list[tuple[str, str, int]]) -> tuple[np.ndarray, np.ndarray]:
+        a = embed(model, tokenizer, [p[0] for p in pairs], pooling)
+        b = embed(model, tokenizer, [p[1] for p in pairs], pooling)
+        return cosine_similarity(a, b), np.array([p[2] for p in pairs])
+
+    train_scores, train_labels = scores(train_pairs)
+    test_scores, test_labels = scores(test_pairs)
+    threshold = best_threshold(train_labels, train_scores)
+    return {"accuracy": float(((test_scores >= threshold) == test_labels.astype(bool)).mean()),
+            "roc_auc": roc_auc(test_labels, test_scores), "threshold": threshold}
+
+
+def load(directory: str | Path) -> tuple[BertModel, Tokenizer]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not used by BertModel.*")
+        return BertModel.from_pretrained(directory), Tokenizer.from_pretrained(directory)

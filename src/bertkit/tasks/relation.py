@@ -1,0 +1,309 @@
+"""Relation extraction for knowledge graphs, R-BERT style: entity markers around the two entities, [CLS] + averaged
+entity states -> relation; SemEval-2010 Task 8's official macro-F1 (9 relations, Other excluded, direction
+counted), macro-F1 without the no-relation class for FinRE / SanWen.
+
+Input formats (`--format`):
+- `semeval`: `relation<TAB>sentence`, entities marked in the sentence as `<e1> ... </e1>` and `<e2> ... </e2>`.
+- `chinese_nre` (FinRE, SanWen): `head<TAB>tail<TAB>relation<TAB>sentence`; the first occurrences of head and
+  tail in the sentence are marked (non-overlapping); blank lines are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import DataError
+from bertkit.metrics import accuracy, prf
+from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
+from bertkit.tasks.base import SkipReport, pad_sequences, read_lines, write_task_info
+from bertkit.tokenizer import Tokenizer
+
+NAME = "relation"
+FORMATS = ("semeval", "chinese_nre")
+MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
+NO_RELATION = {"semeval": "Other", "chinese_nre": "unknown"}
+
+
+@dataclass
+class Example:
+    text: str  # with the four markers
+    label: str | None
+    line: int
+
+
+def _occurrences(text: str, part: str) -> list[int]:
+    found, position = [], text.find(part)
+    while position >= 0:
+        found.append(position)
+        position = text.find(part, position + 1)
+    return found
+
+
+def mark(sentence: str, head: str, tail: str) -> str:
+    """Insert <e1> </e1> around `head` and <e2> </e2> around `tail`: the earliest pair of occurrences that do not
+    overlap (one entity is often part of the other, e.g. 云天化 / 云天化集团), else nested, else crossing."""
+    heads, tails = _occurrences(sentence, head), _occurrences(sentence, tail)
+    if not heads:
+        raise ValueError(f"head entity {head!r} not found in the sentence")
+    if not tails:
+        raise ValueError(f"tail entity {tail!r} not found in the sentence")
+    pairs = [(h, t) for h in heads for t in tails if t + len(tail) <= h or t >= h + len(head)]
+    if not pairs:  # nested entities (SanWen: 莫扎特 inside 莫扎特的歌曲): markers nest too
+        pairs = [(h, t) for h in heads for t in tails
+                 if (t <= h and h + len(head) <= t + len(tail)) or (h <= t and t + len(tail) <= h + len(head))]
+    if not pairs:  # crossing spans (3 of SanWen's 21k): the entity masks between the markers still work
+        pairs = [(h, t) for h in heads for t in tails]
+    h, t = min(pairs, key=lambda p: (max(p), min(p)))
+    events = []
+    for start, end, open_, close in ((h, h + len(head), "<e1>", "</e1>"), (t, t + len(tail), "<e2>", "</e2>")):
+        events.append((start, 1, start - end, f" {open_} "))  # at one position: closes first, outer opens first
+        events.append((end, 0, end - start, f" {close} "))
+    out, position = [], 0
+    for at, _, _, marker in sorted(events):
+        out += [sentence[position:at], marker]
+        position = at
+    out.append(sentence[position:])
+    return "".join(out)
+
+
+def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: bool = False) -> list[Example]:
+    if fmt not in FORMATS:
+        raise DataError(f"unknown relation format {fmt!r}; choose one of {FORMATS}")
+    report = SkipReport(path)
+    examples = []
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        try:
+            if fmt == "semeval":
+                if len(cells) != 2:
+                    raise ValueError(f"expected 2 tab-separated columns (relation, sentence), got {len(cells)}")
+                label, text = cells[0].strip(), cells[1]
+                if any(text.count(m) != 1 for m in MARKERS):
+                    raise ValueError("the sentence must contain each of <e1> </e1> <e2> </e2> exactly once")
+            else:
+                if len(cells) != 4:
+                    raise ValueError(f"expected 4 tab-separated columns (head, tail, relation, sentence), "
+                                     f"got {len(cells)}")
+                head, tail, label, sentence = cells
+                text = mark(sentence, head, tail)
+            examples.append(Example(text, label.strip() or None, number))
+        except ValueError as exc:
+            if not skip_bad_lines:
+                raise DataError(str(exc), str(path), number) from exc
+            report.skip(number, "malformed line(s)")
+    report.report()
+    return examples
+
+
+class BertForRelation(CheckpointIO, nn.Module):
+    """R-BERT: tanh-dense of [CLS], of the mean of e1's tokens and of e2's tokens, concatenated, then linear."""
+
+    hf_architecture = "BertModel"
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        H, p = config.hidden_size, config.hidden_dropout_prob
+        self.dropout = Dropout(p)
+        self.cls_fc = nn.Linear(H, H)
+        self.entity_fc = nn.Linear(H, H)  # shared by both entities, as R-BERT
+        self.classifier = nn.Linear(3 * H, len(config.extra["id2label"]))
+        for layer in (self.cls_fc, self.entity_fc, self.classifier):
+            init_weights(layer, config)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None, e1_mask: Tensor,
+                e2_mask: Tensor) -> Tensor:
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        h = out.last_hidden_state  # (B, T, H)
+
+        def average(mask: Tensor) -> Tensor:  # (B, T) -> (B, H)
+            m = mask.to(h.dtype)[:, :, None]
+            return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+        parts = [self.cls_fc(torch.tanh(self.dropout(out.pooler_output))),
+                 self.entity_fc(torch.tanh(self.dropout(average(e1_mask)))),
+                 self.entity_fc(torch.tanh(self.dropout(average(e2_mask))))]
+        return self.classifier(self.dropout(torch.cat(parts, dim=-1)))  # (B, C)
+
+
+def semeval_official_f1(gold: list[str], pred: list[str], other: str = "Other") -> dict[str, float]:
+    """SemEval-2010 Task 8's official score: macro-F1 over the 9 relation types (Other excluded), a prediction
+    right only with the right direction; predictions and gold of a type count in either direction."""
+
+    def kind(label: str) -> str:
+        return label.split("(")[0]
+
+    types = sorted({kind(g) for g in gold + pred} - {other})
+    f1s = []
+    for t in types:
+        correct = sum(g == p and kind(g) == t for g, p in zip(gold, pred, strict=True))
+        predicted = sum(kind(p) == t for p in pred)
+        actual = sum(kind(g) == t for g in gold)
+        f1s.append(prf(correct, predicted - correct, actual - correct)[2])
+    return {"official_macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "accuracy": accuracy(gold, pred)}
+
+
+def macro_f1_without(gold: list[str], pred: list[str], none_label: str) -> dict[str, float]:
+    """Macro-F1 over the relations other than the no-relation label (FinRE / SanWen practice), plus accuracy."""
+    labels = sorted(set(gold) - {none_label})
+    f1s = []
+    for label in labels:
+        tp = sum(g == p == label for g, p in zip(gold, pred, strict=True))
+        f1s.append(prf(tp, sum(p == label for p in pred) - tp, sum(g == label for g in gold) - tp)[2])
+    return {"macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "accuracy": accuracy(gold, pred)}
+
+
+class RelationTask:
+    def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], labels: list[str],
+                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64) -> None:
+        self.tokenizer, self.labels, self.max_seq_len, self.info = tokenizer, labels, max_seq_len, info
+        self.label_ids = {label: i for i, label in enumerate(labels)}
+        self.train = encode(tokenizer, train, max_seq_len, self.label_ids)
+        self.heldout = heldout
+        self.heldout_rows = encode(tokenizer, heldout, max_seq_len, None) if heldout else []
+        self.eval_batch_size = eval_batch_size
+
+    def num_examples(self, epoch: int) -> int:
+        return len(self.train)
+
+    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
+        return collate([self.train[i] for i in indices], self.tokenizer)
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"relation": float(len(batch["labels"]))}
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        logits = model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"], batch["e2_mask"])
+        return {"relation": F.cross_entropy(logits.float(), batch["labels"], reduction="sum")}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if not self.heldout:
+            return {}
+        pred = predict_rows(model, self.tokenizer, self.heldout_rows, self.labels, self.eval_batch_size)
+        gold = [e.label or "" for e in self.heldout]
+        if self.info["format"] == "semeval":
+            return semeval_official_f1(gold, pred)
+        return macro_f1_without(gold, pred, NO_RELATION[self.info["format"]])
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        write_task_info(directory, {**self.info, "labels": self.labels, "max_seq_len": self.max_seq_len})
+
+
+def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, label_ids: dict[str, int] | None
+           ) -> list[tuple[list[int], int, int, int, int, int]]:
+    """(ids, e1 start, e1 end, e2 start, e2 end, label) with entity token ranges between the markers."""
+    marker_ids = [tokenizer.token_to_index[m] for m in MARKERS]
+    rows = []
+    encodings = tokenizer.encode_batch([e.text for e in examples], max_length=10**6) if examples else []
+    for example, encoding in zip(examples, encodings, strict=True):
+        ids = encoding.ids
+        if len(ids) > max_seq_len:
+            raise DataError(f"{len(ids)} tokens with the markers, more than max_seq_len={max_seq_len}; raise "
+                            "--max-seq-len (cutting could remove an entity)", line=example.line)
+        try:
+            positions = [ids.index(m) for m in marker_ids]
+        except ValueError:
+            raise DataError("an entity marker did not survive tokenization", line=example.line) from None
+        label = -1
+        if label_ids is not None:
+            if example.label not in label_ids:
+                raise DataError(f"relation {example.label!r} is not in the label set", line=example.line)
+            label = label_ids[example.label]
+        rows.append((ids, positions[0] + 1, positions[1], positions[2] + 1, positions[3], label))
+    return rows
+
+
+def collate(rows: list[tuple[list[int], int, int, int, int, int]], tokenizer: Tokenizer) -> dict[str, Any]:
+    batch = pad_sequences([r[0] for r in rows], tokenizer.pad_token_id)
+    T = batch["input_ids"].shape[1]
+    positions = torch.arange(T)
+    batch["e1_mask"] = torch.stack([(positions >= r[1]) & (positions < r[2]) for r in rows])
+    batch["e2_mask"] = torch.stack([(positions >= r[3]) & (positions < r[4]) for r in rows])
+    batch["labels"] = torch.tensor([r[5] for r in rows])
+    return batch
+
+
+def predict_rows(model: nn.Module, tokenizer: Tokenizer, rows: list, labels: list[str], batch_size: int = 64
+                 ) -> list[str]:
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], tokenizer)
+        logits = model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"], batch["e2_mask"])
+        out += [labels[i] for i in logits.argmax(-1).tolist()]
+    return out
+
+
+def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "semeval",
+             init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
+             max_seq_len: int = 128, limit: int | None = None) -> Any:
+    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.train import fit
+
+    vocab_dir = init_from if tokenizer is None else tokenizer
+    if vocab_dir is None:
+        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
+    tok = Tokenizer.from_pretrained(vocab_dir).with_special_tokens(MARKERS)
+    train = read_examples(train_file, fmt)[:limit]
+    heldout = read_examples(eval_file, fmt) if eval_file else []
+    labels = sorted({e.label for e in train if e.label})
+    model_config = encoder_config(init_from, tok if init_from is None else Tokenizer.from_pretrained(vocab_dir),
+                                  model_size, max_seq_len, id2label={str(i): x for i, x in enumerate(labels)},
+                                  label2id={x: i for i, x in enumerate(labels)})
+    model = build_task_model(BertForRelation, init_from, model_config, config.seed)
+    model.bert.resize_token_embeddings(tok.vocab_size)  # room for the four entity markers
+    info = {"task": NAME, "format": fmt}
+    task = RelationTask(tok, train, heldout, labels, max_seq_len, info)
+    return fit(model, task, config, title=f"relation ({Path(train_file).parent.name or 'data'})")
+
+
+@torch.no_grad()
+def predict(model: BertForRelation, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 128
+            ) -> list[dict[str, Any]]:
+    """Relation of each marked sentence (`... <e1> head </e1> ... <e2> tail </e2> ...`), with probabilities."""
+    labels = [model.config.extra["id2label"][str(i)] for i in range(len(model.config.extra["id2label"]))]
+    rows = encode(tokenizer, [Example(t, None, i + 1) for i, t in enumerate(texts)], max_seq_len, None)
+    batch = collate(rows, tokenizer)
+    probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"],
+                                batch["e2_mask"]).float(), -1)
+    return [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist(), strict=True))}
+            for p in probs]
+
+
+MODEL = BertForRelation
+
+
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    task = RelationTask(tokenizer, [], read_examples(path, fmt), info["labels"], info["max_seq_len"],
+                        {**info, "format": fmt})
+    return task.evaluate(model)
+
+
+def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """Each input is a marked `text`, or a plain `text` with its `head` and `tail` entity strings."""
+    texts = []
+    for item in inputs:
+        if "head" in item or "tail" in item:
+            try:
+                texts.append(mark(item["text"], item["head"], item["tail"]))
+            except (KeyError, ValueError) as exc:
+                raise DataError(f"cannot mark the entities: {exc}") from exc
+        else:
+            texts.append(item["text"])
+    return predict(model, tokenizer, texts, info["max_seq_len"])

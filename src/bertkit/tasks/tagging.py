@@ -1,0 +1,186 @@
+"""What the two tagging tasks (NER, slot filling) share: tag schemes, word -> word-piece alignment, chunking of long
+sentences, the word-level tagging head (linear, optional CRF), batching, decoding and span scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+from bertkit.crf import CRF
+from bertkit.errors import DataError
+from bertkit.metrics import get_entities
+from bertkit.model import Dropout, init_weights
+from bertkit.tasks.base import pad_sequences
+from bertkit.tokenizer import Tokenizer
+
+IGNORE = -100
+
+
+def normalise_tag(tag: str) -> str:
+    """BMES/BMEO/IOBES spellings -> B/I/E/S/O (M- means inside)."""
+    tag = tag.strip()
+    if tag.startswith("M-"):
+        return "I-" + tag[2:]
+    return tag
+
+
+def convert_scheme(tags: list[str], scheme: str) -> list[str]:
+    """Re-tag entity spans as BIO or BIOES (entities are the same; only the spelling changes)."""
+    if scheme not in ("bio", "bioes"):
+        raise ValueError(f"unknown tag scheme {scheme!r}; use bio or bioes")
+    out = ["O"] * len(tags)
+    for kind, first, last in get_entities(tags):
+        if scheme == "bioes" and first == last:
+            out[first] = f"S-{kind}"
+            continue
+        out[first] = f"B-{kind}"
+        for i in range(first + 1, last + 1):
+            out[i] = f"I-{kind}"
+        if scheme == "bioes":
+            out[last] = f"E-{kind}"
+    return out
+
+
+def spans_to_tags(length: int, spans: list[tuple[str, int, int]]) -> list[str]:
+    """(type, first, last inclusive) entity spans -> BIO tags; overlapping spans are an error."""
+    tags = ["O"] * length
+    for kind, first, last in sorted(spans, key=lambda s: (s[1], s[2])):
+        if not 0 <= first <= last < length:
+            raise ValueError(f"span {first}..{last} outside a sentence of {length}")
+        if any(t != "O" for t in tags[first : last + 1]):
+            raise ValueError(f"span {kind} {first}..{last} overlaps another entity")
+        tags[first] = f"B-{kind}"
+        for i in range(first + 1, last + 1):
+            tags[i] = f"I-{kind}"
+    return tags
+
+
+@dataclass
+class Piece:
+    """One model input: a chunk of a sentence. `positions` are the word indices that have a first word piece."""
+
+    sentence: int
+    input_ids: list[int]
+    first_pieces: list[int]  # token position of each word in `positions`
+    positions: list[int]  # word index (in the sentence) of each first piece
+    labels: list[int]  # tag id per position (IGNORE when unknown)
+
+
+def encode_sentences(tokenizer: Tokenizer, sentences: list[list[str]], tag_ids: list[list[int]] | None,
+                     max_seq_len: int) -> list[Piece]:
+    """Word lists -> model inputs. A word that tokenizes to nothing (a space, a control character) gets no position
+    (predicted O); a sentence longer than max_seq_len is cut into chunks at word boundaries, so no word is lost."""
+    pieces: list[Piece] = []
+    budget = max_seq_len - 2
+    for start in range(0, len(sentences), 1024):
+        batch = sentences[start : start + 1024]
+        for offset, encoding in enumerate(tokenizer.encode_word_lists(batch)):
+            index = start + offset
+            tags = tag_ids[index] if tag_ids is not None else None
+            word_tokens: dict[int, list[int]] = {}
+            for token_id, word in zip(encoding.ids, encoding.word_ids, strict=True):
+                if word is not None:
+                    word_tokens.setdefault(word, []).append(token_id)
+            # a single word longer than a whole sequence keeps its first pieces
+            words = [(w, word_tokens[w][:budget]) for w in range(len(batch[offset])) if word_tokens.get(w)]
+            chunk: list[tuple[int, list[int]]] = []
+            used = 0
+            for word, ids in [*words, (-1, [])]:
+                if chunk and (word < 0 or used + len(ids) > budget):
+                    first, token_ids = [], [tokenizer.cls_token_id]
+                    for _, chunk_ids in chunk:
+                        first.append(len(token_ids))
+                        token_ids.extend(chunk_ids)
+                    positions = [w for w, _ in chunk]
+                    labels = [tags[w] for w in positions] if tags is not None else [IGNORE] * len(positions)
+                    pieces.append(Piece(index, [*token_ids, tokenizer.sep_token_id], first, positions, labels))
+                    chunk, used = [], 0
+                if word >= 0:
+                    chunk.append((word, ids))
+                    used += len(ids)
+    return pieces
+
+
+def collate(pieces: list[Piece], pad_id: int) -> dict[str, Any]:
+    batch = pad_sequences([p.input_ids for p in pieces], pad_id)
+    W = max(len(p.positions) for p in pieces)
+    batch["word_index"] = torch.zeros((len(pieces), W), dtype=torch.long)
+    batch["word_mask"] = torch.zeros((len(pieces), W), dtype=torch.bool)
+    batch["tags"] = torch.full((len(pieces), W), IGNORE, dtype=torch.long)
+    for i, p in enumerate(pieces):
+        batch["word_index"][i, : len(p.first_pieces)] = torch.tensor(p.first_pieces)
+        batch["word_mask"][i, : len(p.first_pieces)] = True
+        batch["tags"][i, : len(p.labels)] = torch.tensor(p.labels)
+    return batch
+
+
+class TaggingHead(nn.Module):
+    """Word-level tagging on the encoder's output: first-piece states -> dropout -> linear (-> CRF)."""
+
+    def __init__(self, config: BertConfig, num_tags: int, use_crf: bool) -> None:
+        super().__init__()
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_tags)
+        self.crf = CRF(num_tags) if use_crf else None
+        init_weights(self.classifier, config)
+
+    def emissions(self, hidden: Tensor, word_index: Tensor) -> Tensor:
+        """(B, T, H) hidden states, (B, W) first-piece positions -> (B, W, C) tag scores."""
+        words = hidden.gather(1, word_index[:, :, None].expand(-1, -1, hidden.shape[-1]))  # (B, W, H)
+        return self.classifier(self.dropout(words))
+
+    def loss_sum(self, emissions: Tensor, tags: Tensor, word_mask: Tensor) -> tuple[Tensor, float]:
+        """(sum of the loss, its count): tokens for cross-entropy, sentences for the CRF likelihood."""
+        if self.crf is not None:
+            known = word_mask & (tags != IGNORE)
+            nll = self.crf.neg_log_likelihood(emissions, tags.clamp(min=0), word_mask)
+            if not bool((known == word_mask).all()):
+                raise DataError("CRF training needs a tag for every word piece position")
+            return nll.sum(), float(len(tags))
+        flat = tags[word_mask]
+        selected = flat != IGNORE
+        loss = F.cross_entropy(emissions[word_mask][selected].float(), flat[selected], reduction="sum")
+        return loss, float(selected.sum())
+
+    def decode(self, emissions: Tensor, word_mask: Tensor) -> list[list[int]]:
+        if self.crf is not None:
+            return self.crf.decode(emissions, word_mask)
+        best = emissions.argmax(-1)
+        return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
+
+
+def assemble(pieces: list[Piece], decoded: list[list[int]], lengths: list[int], labels: list[str]
+             ) -> list[list[str]]:
+    """Per-chunk predictions back to one tag per word of each sentence (O where a word had no token)."""
+    out = [["O"] * n for n in lengths]
+    for piece, tags in zip(pieces, decoded, strict=True):
+        for word, tag in zip(piece.positions, tags, strict=True):
+            out[piece.sentence][word] = labels[tag]
+    return out
+
+
+def words_of(text: str, level: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Split raw text into the words a model was trained on, with character offsets: `char` (every non-space
+    character, for Chinese) or `space` (whitespace-separated words)."""
+    if level == "char":
+        pairs = [(ch, (i, i + 1)) for i, ch in enumerate(text) if not ch.isspace()]
+    else:
+        pairs, position = [], 0
+        for word in text.split():
+            start = text.index(word, position)
+            pairs.append((word, (start, start + len(word))))
+            position = start + len(word)
+    return [w for w, _ in pairs], [o for _, o in pairs]
+
+
+def entities_with_offsets(text: str, tags: list[str], offsets: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    spans = []
+    for kind, first, last in get_entities(tags):
+        start, end = offsets[first][0], offsets[last][1]
+        spans.append({"type": kind, "start": start, "end": end, "text": text[start:end]})
+    return spans

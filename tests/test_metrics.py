@@ -1,0 +1,46 @@
+"""Metric functions against values computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertkit.metrics import accuracy, get_entities, macro_f1, matthews_corrcoef, per_class_f1, span_prf
+
+
+def test_accuracy_macro_f1_mcc_by_hand():
+    gold = [0, 0, 1, 1, 1, 2]
+    pred = [0, 1, 1, 1, 0, 2]
+    assert accuracy(gold, pred) == pytest.approx(4 / 6)
+    # class 0: tp 1, fp 1, fn 1 -> F1 0.5; class 1: tp 2, fp 1, fn 1 -> 2/3; class 2: 1.0
+    assert per_class_f1(gold, pred)[1] == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    assert macro_f1(gold, pred) == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    # MCC: tp=2 tn=1 fp=1 fn=1 -> (2*1 - 1*1) / sqrt(3*3*2*2) = 1/6
+    assert matthews_corrcoef([1, 1, 1, 0, 0], [1, 1, 0, 1, 0]) == pytest.approx(1 / 6)
+    assert matthews_corrcoef([1, 1], [1, 1]) == 0.0  # undefined -> 0, as sklearn
+    with pytest.raises(ValueError, match="gold has 2 items but pred has 1"):
+        accuracy([1, 2], [1])
+
+
+def test_get_entities_follows_seqeval():
+    assert get_entities(["B-PER", "I-PER", "O", "B-LOC"]) == [("PER", 0, 1), ("LOC", 3, 3)]
+    # I- after O starts an entity (conlleval); a type change splits; B after B splits
+    assert get_entities(["O", "I-ORG", "I-ORG", "I-LOC", "B-LOC", "B-LOC"]) == [
+        ("ORG", 1, 2), ("LOC", 3, 3), ("LOC", 4, 4), ("LOC", 5, 5)]
+    # BIOES
+    assert get_entities(["S-PER", "B-LOC", "I-LOC", "E-LOC", "O", "S-ORG"]) == [
+        ("PER", 0, 0), ("LOC", 1, 3), ("ORG", 5, 5)]
+    assert get_entities(["B-X", "E-X", "E-X"]) == [("X", 0, 1), ("X", 2, 2)]
+    assert get_entities([]) == []
+
+
+def test_span_f1_by_hand():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
+    # gold: PER(0-1), LOC(3), ORG  -> 3; pred: PER(0-1), ORG, LOC(1) -> 3; correct: PER, ORG -> 2
+    scores = span_prf(gold, pred)
+    assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 / 3)
+    # a span with the right type but a wrong boundary is wrong
+    assert span_prf([["B-PER", "I-PER"]], [["B-PER", "O"]])["f1"] == 0.0
+    with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted"):
+        span_prf([["O", "O"]], [["O"]])

@@ -1,0 +1,75 @@
+"""Relation extraction: marking, the SemEval official score by hand, real readers, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertkit import DataError, Tokenizer
+from bertkit.tasks import relation
+from bertkit.tasks.relation import macro_f1_without, mark, read_examples, semeval_official_f1
+from bertkit.train import TrainConfig
+from tests.conftest import shared_data
+
+
+def test_mark_inserts_markers_around_first_non_overlapping_occurrences():
+    assert mark("张三的父亲是张三丰", "张三丰", "张三") == " <e2> 张三 </e2> 的父亲是 <e1> 张三丰 </e1> "
+    assert mark("东方航空与上航合并", "东方航空", "上航").startswith(" <e1> 东方航空 </e1> 与 <e2> 上航 </e2> ")
+    expected = " <e2> 云天化集团 </e2> 旗下只保留 <e1> 云天化 </e1> "
+    assert mark("云天化集团旗下只保留云天化", "云天化", "云天化集团") == expected
+    assert mark("莫扎特的歌曲", "莫扎特", "莫扎特的歌曲") == " <e2>  <e1> 莫扎特 </e1> 的歌曲 </e2> "
+    with pytest.raises(ValueError, match=r"head entity .北京. not found"):
+        mark("上海很大", "北京", "上海")
+
+
+def test_semeval_official_score_by_hand():
+    gold = ["Cause-Effect(e1,e2)", "Cause-Effect(e2,e1)", "Other", "Message-Topic(e1,e2)"]
+    pred = ["Cause-Effect(e1,e2)", "Cause-Effect(e1,e2)", "Message-Topic(e1,e2)", "Message-Topic(e1,e2)"]
+    # Cause-Effect: correct 1 (the wrong direction is wrong), predicted 2, gold 2 -> P=R=F1=0.5
+    # Message-Topic: correct 1, predicted 2 (one is really Other), gold 1 -> P=0.5 R=1 F1=2/3
+    score = semeval_official_f1(gold, pred)
+    assert score["official_macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert score["accuracy"] == pytest.approx(0.5)
+    # FinRE/SanWen: macro over relations, the no-relation class excluded
+    result = macro_f1_without(["a", "b", "unknown", "a"], ["a", "unknown", "unknown", "b"], "unknown")
+    # a: tp1 fp0 fn1 -> 2/3; b: tp0 fp1 fn1 -> 0
+    assert result["macro_f1"] == pytest.approx(1 / 3)
+
+
+def test_real_files_read():
+    assert len(read_examples(shared_data("semeval2010_task8", "train.tsv"), "semeval")) == 8000
+    assert len(read_examples(shared_data("semeval2010_task8", "test.tsv"), "semeval")) == 2717
+    finre = read_examples(shared_data("chinese_re_finre", "valid.txt"), "chinese_nre")
+    assert len(finre) == 1489 and all("<e1>" in e.text and "<e2>" in e.text for e in finre)
+    assert len(read_examples(shared_data("chinese_re_sanwen", "test.txt"), "chinese_nre")) == 2220
+
+
+def test_malformed_lines(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("Other\tno markers here\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:1: the sentence must contain each of <e1>"):
+        read_examples(bad, "semeval")
+    bad.write_text("a\tb\tunknown\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:1: expected 4 tab-separated columns"):
+        read_examples(bad, "chinese_nre")
+
+
+def test_tiny_end_to_end(tmp_path):
+    rows = [("Cause-Effect(e1,e2)", "the <e1> fire </e1> caused the <e2> smoke </e2> ."),
+            ("Cause-Effect(e2,e1)", "the <e1> smoke </e1> came from the <e2> fire </e2> ."),
+            ("Other", "the <e1> cat </e1> sat near the <e2> door </e2> ."),
+            ("Cause-Effect(e1,e2)", "a <e1> virus </e1> caused the <e2> flu </e2> ."),
+            ("Cause-Effect(e2,e1)", "the <e1> flu </e1> came from a <e2> virus </e2> .")] * 5
+    data = tmp_path / "train.tsv"
+    data.write_text("".join(f"{a}\t{b}\n" for a, b in rows))
+    tok = Tokenizer.train([r[1] for r in rows], vocab_size=80, min_frequency=1)
+    tok.save_pretrained(tmp_path / "vocab")
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=5, max_steps=40, lr=3e-3, warmup=2,
+                         log_every=10, progress=False, bf16=False)
+    result = relation.finetune(data, config, eval_file=data, tokenizer=tmp_path / "vocab", model_size="tiny")
+    assert result.metrics["accuracy"] == 1.0 and result.metrics["official_macro_f1"] == 1.0
+    directory = tmp_path / "run" / "model"
+    loaded_tok = Tokenizer.from_pretrained(directory)
+    assert loaded_tok.tokenize("<e1> fire </e1>") == ["<e1>", "fire", "</e1>"]  # markers stay whole
+    model = relation.BertForRelation.from_pretrained(directory)
+    out = relation.predict(model, loaded_tok, ["the <e1> smoke </e1> came from the <e2> fire </e2> ."])
+    assert out[0]["label"] == "Cause-Effect(e2,e1)"
