@@ -151,3 +151,24 @@ def test_low_precision_cross_entropy_matches_autograd():
         cross_entropy(logits, targets[:5])
     empty = cross_entropy(torch.zeros(0, 7, requires_grad=True), torch.zeros(0, dtype=torch.long))
     assert empty.item() == 0.0
+
+
+def test_attention_maps_equal_transformers_attentions(minilm_dir):
+    import transformers
+
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    ours = BertModel.from_pretrained(minilm_dir)
+    hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    batch = tok(["The cat sat on the mat.", "Attention, please."])
+    maps = ours.attention_maps(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    with torch.no_grad():
+        expected = hf(**batch, output_attentions=True).attentions
+    assert maps.shape == (6, 2, 12, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    keep = batch["attention_mask"].bool()
+    for layer in range(6):
+        for b in range(2):
+            real = keep[b]
+            got = maps[layer, b][:, real][:, :, real]
+            want = expected[layer][b][:, real][:, :, real]
+            assert (got - want).abs().max() < 1e-5
+    assert torch.allclose(maps.sum(-1), torch.ones(maps.shape[:-1]), atol=1e-5)  # rows are distributions

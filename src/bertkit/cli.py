@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bertkit import resources
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, CheckpointError
@@ -249,11 +251,69 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /)."""
+    from bertkit.serve import ServeConfig, serve
+
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         max_inputs=args.max_inputs)
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint's encoder to ONNX (dynamic batch and sequence axes) and check it against PyTorch."""
+    import numpy as np
+
+    from bertkit.export import export_onnx
+    from bertkit.model import BertModel
+
+    if not args.onnx:
+        raise BertkitError("choose a format: --onnx FILE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = BertModel.from_pretrained(args.checkpoint)
+    path = export_onnx(model, args.onnx)
+    tok = Tokenizer.from_pretrained(args.checkpoint)
+    batch = tok(["a first check sentence", "二"], ["with a pair", "第二"])
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print(f"{path}: written (onnxruntime not installed: not checked)")
+        return 0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hidden, pooled = session.run(None, {k: v.numpy() for k, v in batch.items()})
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    keep = batch["attention_mask"].bool().numpy()
+    worst = max(float(np.abs(hidden[keep] - expected.last_hidden_state.numpy()[keep]).max()),
+                float(np.abs(pooled - expected.pooler_output.numpy()).max()))
+    print(f"{path}: written; max |onnxruntime - torch| = {worst:.1e}")
+    return 0 if worst <= 1e-4 else 1
+
+
 DEFAULT_FORMATS = {"classification": "tsv", "ner": "conll", "intent_slot": "atis", "relation": "semeval",
                    "spelling": "sighan", "qa": "squad"}
 TASK_OPTIONS = ("crf", "scheme", "word_level", "augment_corpus", "augment", "doc_stride")
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=32, help="inputs per forward pass; 1 = no batching (32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests (default: 5 ms)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued inputs before 503 (default: 256)")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request before 413 (default: 64)")
+    p.add_argument("--onnx", default=None, help="run the encoder from this ONNX file (bertkit export --onnx)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint directory")
+    p.add_argument("--onnx", default=None, help="write the encoder as ONNX to this file")
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -370,6 +430,8 @@ COMMANDS.update({
     "evaluate": (cmd_evaluate, _evaluate_args),
     "predict": (cmd_predict, _predict_args),
     "embed": (cmd_embed, _embed_args),
+    "serve": (cmd_serve, _serve_args),
+    "export": (cmd_export, _export_args),
     "info": (cmd_info, _info_args),
     "fetch-data": (cmd_fetch_data, _fetch_args),
 })

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,3 +56,48 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
                 raise BertkitError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
 
     return atomic_write(Path(path), write)
+
+
+class OnnxEncoder(nn.Module):
+    """A drop-in for a task model's `.bert` that runs the encoder in onnxruntime; heads stay in PyTorch.
+
+    Exposes what heads use: forward() -> BertOutput, encode()/pool() (dense layout), and the word embeddings
+    (the MLM decoder is tied to them).
+    """
+
+    def __init__(self, path: str | Path, original: BertModel, threads: int | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BertkitError("onnxruntime is not installed (pip install onnxruntime)") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.config = original.config
+        self.embeddings = original.embeddings
+        self._pooled: Tensor | None = None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Any:
+        from bertkit.model import BertOutput, check_inputs
+
+        check_inputs(self.config, input_ids, attention_mask, token_type_ids)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        hidden, pooled = self.session.run(None, {"input_ids": input_ids.long().numpy(),
+                                                 "attention_mask": mask.long().numpy(),
+                                                 "token_type_ids": types.long().numpy()})
+        return BertOutput(torch.from_numpy(hidden), torch.from_numpy(pooled))
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+               token_type_ids: Tensor | None = None) -> tuple[Tensor, Any]:
+        from bertkit.model import Layout
+
+        out = self.forward(input_ids, attention_mask, token_type_ids)
+        self._pooled = out.pooler_output
+        B, T = input_ids.shape
+        return out.last_hidden_state.reshape(B * T, -1), Layout(None, B, T, torch.float32)
+
+    def pool(self, x: Tensor, layout: Any) -> Tensor:
+        return self._pooled

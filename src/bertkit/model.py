@@ -167,6 +167,7 @@ class Layout:
     def __init__(self, attention_mask: Tensor | None, batch: int, seq_len: int, dtype: torch.dtype,
                  unpad: bool = True) -> None:
         self.batch, self.seq_len = batch, seq_len
+        self.record: list[Tensor] | None = None  # when a list: attention probabilities are computed and kept
         self.indices: Tensor | None = None  # (S,) positions of the real tokens in the flattened (B * T) batch
         self.bias: Tensor | None = None  # (B, 1, 1, T) additive mask for the dense path
         if attention_mask is None:
@@ -214,6 +215,11 @@ class Layout:
         if self.indices is None:
             B, T = self.batch, self.seq_len
             q, k, v = qkv.view(B, T, 3, N, D).permute(2, 0, 3, 1, 4)  # each (B, N, T, D)
+            if self.record is not None:  # explicit math, to look at the probabilities (attention maps)
+                scores = q.float() @ k.float().transpose(-1, -2) * D**-0.5  # (B, N, T, T)
+                probs = torch.softmax(scores if self.bias is None else scores + self.bias.float(), dim=-1)
+                self.record.append(probs)
+                return (probs.to(v.dtype) @ v).transpose(1, 2).reshape(S, H)
             y = attend(q, k, v, self.bias, dropout)  # (B, N, T, D)
             return y.transpose(1, 2).reshape(S, H)
         # One call per sequence, no mask: on CPU this beats padding + masking (measured in bench/attention.py).
@@ -289,14 +295,18 @@ class BertModel(CheckpointIO, nn.Module):
         init_weights(self, config)
 
     def encode(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+        record_attention: list[Tensor] | None = None,
     ) -> tuple[Tensor, Layout]:
-        """The encoder's output rows (S, H) and the layout that places them in the (B, T) batch."""
+        """The encoder's output rows (S, H) and the layout that places them in the (B, T) batch. With a list as
+        `record_attention`, each layer appends its (B, N, T, T) attention probabilities to it."""
         check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         input_ids = input_ids.long()
         token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.long()
         B, T = input_ids.shape
-        layout = Layout(attention_mask, B, T, self.embeddings.word.weight.dtype, unpad=self.unpad)
+        layout = Layout(attention_mask, B, T, self.embeddings.word.weight.dtype,
+                        unpad=self.unpad and record_attention is None)
+        layout.record = record_attention
         x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
         for layer in self.layers:
             x = layer(x, layout)
@@ -325,6 +335,14 @@ class BertModel(CheckpointIO, nn.Module):
     ) -> BertOutput:
         x, layout = self.encode(input_ids, attention_mask, token_type_ids)
         return BertOutput(layout.pad(x), self.pool(x, layout))
+
+    @torch.no_grad()
+    def attention_maps(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                       token_type_ids: Tensor | None = None) -> Tensor:
+        """(L, B, N, T, T) attention probabilities of every layer and head (what the web page draws)."""
+        maps: list[Tensor] = []
+        self.encode(input_ids, attention_mask, token_type_ids, record_attention=maps)
+        return torch.stack(maps)
 
 
 class BertForPreTraining(CheckpointIO, nn.Module):

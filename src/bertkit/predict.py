@@ -28,7 +28,9 @@ INPUT_KEYS = {
 class Predictor:
     """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string}."""
 
-    def __init__(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None
+                 ) -> None:
+        """`onnx`: an encoder exported by `bertkit export --onnx`; the encoder then runs in onnxruntime."""
         self.directory = Path(directory)
         self.info = read_task_info(self.directory)
         self.task = self.info["task"]
@@ -38,6 +40,10 @@ class Predictor:
             self.model = self.module.MODEL.from_pretrained(self.directory).eval()
         if dtype is not None:
             self.model.to(dtype)
+        if onnx is not None:
+            from bertkit.export import OnnxEncoder
+
+            self.model.bert = OnnxEncoder(onnx, self.model.bert)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

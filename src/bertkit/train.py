@@ -262,7 +262,7 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
                      label=key)
     axes[1].set_xlabel("step")
     axes[1].set_title("held-out evaluation")
-    if evals:
+    if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()

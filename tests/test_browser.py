@@ -1,0 +1,57 @@
+"""The web page in headless Chromium: type a text, see the entities and the attention heatmap; screenshot saved."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.serving import Server, make_ner_checkpoint
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+def test_page_predicts_and_draws_attention(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = Server(make_ner_checkpoint(tmp_path))
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "task ner" in d.find_element(By.ID, "model-info").text)
+        box = driver.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys("张三去北京了")
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
+        marks = driver.find_elements(By.CSS_SELECTOR, "#entities mark")
+        assert [m.text.replace("\n", "") for m in marks] == ["张三PER", "北京LOC"]
+        driver.find_element(By.ID, "show-attention").click()
+        wait.until(lambda d: d.find_element(By.ID, "heatmap").get_attribute("data-drawn"))
+        assert driver.find_element(By.ID, "heatmap").get_attribute("data-drawn") == "0:0:8"
+        # the canvas really has colour in it (not a blank white square)
+        painted = driver.execute_script(
+            "const c = document.getElementById('heatmap'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            "for (let i = 0; i < d.length; i += 4) if (d[i + 2] > d[i] + 40) n++; return n;")
+        assert painted > 1000
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "web-page.png"))
+    finally:
+        driver.quit()
+        server.stop()
