@@ -13,7 +13,8 @@ from bertkit import DataError, Tokenizer
 from bertkit.cli import main
 from bertkit.predict import Predictor
 
-ROWS = [("1", "这家酒店非常好，服务很棒"), ("0", "房间太差了，服务很糟糕"), ("1", "环境好，很满意"), ("0", "糟糕透了，不满意")]
+ROWS = [("1", "这家酒店非常好，服务很棒"), ("0", "房间太差了，服务很糟糕"),
+        ("1", "环境好，很满意"), ("0", "糟糕透了，不满意")]
 
 
 @pytest.fixture(scope="module")
