@@ -47,24 +47,38 @@ def read_questions(path: str | Path, fmt: str = "squad") -> list[Question]:
         raise DataError("file not found", str(path))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         raise DataError(f"not SQuAD-format JSON ({exc})", str(path)) from exc
     questions: list[Question] = []
     repaired = 0
+    if not isinstance(data, list):
+        raise DataError('"data" must be a list of articles', str(path))
     for a, article in enumerate(data):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            try:
-                context = paragraph["context"]
-                qas = paragraph["qas"]
-            except (KeyError, TypeError) as exc:
-                raise DataError(f"data[{a}].paragraphs[{p}] lacks {exc}", str(path)) from exc
-            for q in qas:
-                answers = [x["text"] for x in q.get("answers", []) if x.get("text")]
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise DataError(f'data[{a}]: expected an object with a "paragraphs" list', str(path))
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str) or not isinstance(
+                    paragraph.get("qas"), list):
+                raise DataError(f'{where}: expected {{"context": str, "qas": [...]}}', str(path))
+            context = paragraph["context"]
+            for k, q in enumerate(paragraph["qas"]):
+                if not isinstance(q, dict) or not isinstance(q.get("question"), str) or "id" not in q:
+                    raise DataError(f'{where}.qas[{k}]: expected {{"id", "question": str, "answers": [...]}}',
+                                    str(path))
+                raw_answers = q.get("answers", [])
+                if not isinstance(raw_answers, list) or not all(
+                        isinstance(x, dict) and isinstance(x.get("text", ""), str)
+                        and isinstance(x.get("answer_start", -1), int) for x in raw_answers):
+                    raise DataError(f'{where}.qas[{k}]: answers must be [{{"text": str, "answer_start": int}}]',
+                                    str(path))
+                answers = [x["text"] for x in raw_answers if x.get("text")]
                 start = -1
                 if answers:
-                    given = q["answers"][0].get("answer_start", -1)
+                    given = next(x.get("answer_start", -1) for x in raw_answers if x.get("text"))
                     start = given
-                    if context[given : given + len(answers[0])] != answers[0]:
+                    if context[max(given, 0) : max(given, 0) + len(answers[0])] != answers[0] or given < 0:
                         found = [m.start() for m in re.finditer(re.escape(answers[0]), context)]
                         start = min(found, key=lambda s: abs(s - given)) if found else -1
                         repaired += 1

