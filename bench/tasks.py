@@ -137,7 +137,8 @@ def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| task | dataset | model | result (ours) | published anchor | minutes (2 cores) |", "|---|---|---|---|---|---|"]
+    lines = ["| task | dataset | model | result (ours) | published anchor | minutes (2 cores) |",
+             "|---|---|---|---|---|---|"]
     for name in [*RUNS, *EMBED_RUNS]:
         r = results.get(name)
         if not r:

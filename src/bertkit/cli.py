@@ -85,8 +85,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"NSP accuracy {pre['nsp_accuracy']:.3f}; curves: {out / 'pretrain' / 'curves.png'}")
     sentiment = {}
     for step, (name, init) in enumerate((("pre-trained", out / "pretrain" / "model"), ("from scratch", None)), 4):
-        print(f"[{step}/5] sentiment fine-tuning {name}, {finetune_steps} steps -> {out / f'sentiment-{step}'}")
-        ft = TrainConfig(output_dir=str(out / ("sentiment-pretrained" if init else "sentiment-scratch")),
+        run_dir = out / ("sentiment-pretrained" if init else "sentiment-scratch")
+        print(f"[{step}/5] sentiment fine-tuning {name}, {finetune_steps} steps -> {run_dir}")
+        ft = TrainConfig(output_dir=str(run_dir),
                          batch_size=32, max_steps=finetune_steps, lr=args.finetune_lr, warmup=0.1, log_every=10,
                          progress=not quick)
         with warnings.catch_warnings():
@@ -404,8 +405,10 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="runs/demo", help="run directory (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size (default: %(default)s)")
-    p.add_argument("--model-size", default="mini", help="preset to pre-train (default: %(default)s)")
-    p.add_argument("--pretrain-steps", type=int, default=1500, help="(default: %(default)s)")
+    # tiny for 2400 steps reached a higher held-out MLM accuracy (14.5%) than mini for 600 steps (14.0%) in the
+    # same ~10 minutes on 2 cores (README, "Choosing the demo's model")
+    p.add_argument("--model-size", default="tiny", help="preset to pre-train (default: %(default)s)")
+    p.add_argument("--pretrain-steps", type=int, default=2400, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="pre-training batch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="pre-training peak learning rate (default: %(default)s)")
     p.add_argument("--finetune-steps", type=int, default=300, help="(default: %(default)s)")

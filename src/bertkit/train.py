@@ -254,14 +254,16 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key in sorted({k for r in train for k in r if k.startswith("loss")}):
         axes[0].plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r], label=key)
-    axes[0].set_xlabel("step")
-    axes[0].set_title("training loss")
-    axes[0].legend()
+    # held-out losses share the loss axis; scores (accuracy, F1, EM ...) get their own panel
     for key in sorted({k for r in evals for k in r if k not in ("kind", "step", "epoch", "elapsed_s")}):
-        axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], marker="o",
-                     label=key)
+        axis = axes[0] if "loss" in key else axes[1]
+        axis.plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], marker="o",
+                  linestyle="--" if axis is axes[0] else "-", label=f"held-out {key}")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("loss")
+    axes[0].legend()
     axes[1].set_xlabel("step")
-    axes[1].set_title("held-out evaluation")
+    axes[1].set_title("held-out scores")
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend()
     fig.suptitle(title)
@@ -353,9 +355,13 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
 
     progress = None
     if config.progress and rank == 0:
+        import sys
+
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=total_steps, initial=step, desc=title, unit="step", dynamic_ncols=True)
+        # In a log file (not a terminal) a bar redrawn every step would flood it: redraw every 30 s there.
+        progress = tqdm(total=total_steps, initial=step, desc=title, unit="step", dynamic_ncols=True,
+                        mininterval=0.5 if sys.stderr.isatty() else 30)
     model.train()
     last_eval: dict[str, float] = {}
     bad_steps = 0

@@ -18,7 +18,8 @@ from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelli
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400)
-MIXED = st.text(alphabet=st.sampled_from(list("北京欢迎你abc XYZ123，。！?\t\u00e9\u0301😀\x00\x7f\u200b")), max_size=200)
+MIXED = st.text(alphabet=st.sampled_from(list("北京欢迎你abc XYZ123，。！?\t\u00e9\u0301😀\x00\x7f\u200b")),
+                max_size=200)
 TALLY: dict[str, int] = {}
 
 

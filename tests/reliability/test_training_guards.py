@@ -32,7 +32,8 @@ class Poisoned(PretrainingTask):
 
 
 def _task(bad_calls):
-    texts = [["北京欢迎你。", "今天天气很好。"], ["人民日报发表社论。", "新年快乐！"], ["我们去上海。", "上海很大。"]] * 10
+    texts = [["北京欢迎你。", "今天天气很好。"], ["人民日报发表社论。", "新年快乐！"],
+             ["我们去上海。", "上海很大。"]] * 10
     tok = Tokenizer.train([s for d in texts for s in d], vocab_size=60, min_frequency=1)
     docs = tokenize_documents(texts, tok)
     return tok, Poisoned(tok, docs, docs[:3], PretrainingOptions(max_seq_len=32), bad_calls=bad_calls)
