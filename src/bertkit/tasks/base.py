@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,14 @@ def read_task_info(directory: str | Path) -> dict[str, Any]:
     if not isinstance(info, dict) or "task" not in info:
         raise CheckpointError(f"{path}: expected an object with a 'task' key")
     return info
+
+
+def finetune_tokenizer(init_from: str | Path | None, tokenizer: str | Path | None) -> Tokenizer:
+    """The vocabulary to fine-tune with: the pre-trained checkpoint's, or (training from scratch) `tokenizer`."""
+    directory = init_from if tokenizer is None else tokenizer
+    if directory is None:
+        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
+    return Tokenizer.from_pretrained(directory)
 
 
 def encoder_config(init_from: str | Path | None, tokenizer: Tokenizer, size: str = "mini",
@@ -87,22 +95,6 @@ def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Se
         if types is not None:
             out["token_type_ids"][i, : len(row)] = torch.tensor(types[i], dtype=torch.long)
     return out
-
-
-def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without newline) of a UTF-8 file (a BOM is dropped); errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", str(path))
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            yield number, line.rstrip("\r\n")
 
 
 class SkipReport:

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
+from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, read_lines, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
 from bertkit.tokenizer import Tokenizer
 
 NAME = "classification"
@@ -268,13 +269,10 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
              max_seq_len: int = 128, limit: int | None = None) -> Any:
     """Fine-tune a classifier (from `init_from`, or from scratch with `tokenizer` and a `model_size` preset)."""
-    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    vocab_dir = init_from if tokenizer is None else tokenizer
-    if vocab_dir is None:
-        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
-    tok = Tokenizer.from_pretrained(vocab_dir)
+    tok = finetune_tokenizer(init_from, tokenizer)
     train = read_examples(train_file, fmt)[:limit]
     heldout = read_examples(eval_file, fmt) if eval_file else []
     labels = sorted({e.label for e in train if e.label is not None})

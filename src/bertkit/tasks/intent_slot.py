@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
+from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import read_lines, write_task_info
+from bertkit.tasks.base import write_task_info
 from bertkit.tasks.ner import _read_conll
 from bertkit.tasks.tagging import (
     Piece,
@@ -34,6 +35,7 @@ from bertkit.tasks.tagging import (
     encode_sentences,
     entities_with_offsets,
     normalise_tag,
+    tag_set,
     words_of,
 )
 from bertkit.tokenizer import Tokenizer
@@ -195,20 +197,16 @@ def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None
              max_seq_len: int = 64, limit: int | None = None, crf: bool = False, scheme: str = "bio",
              word_level: str = "space") -> Any:
     """Fine-tune joint intent + slot model on a dataset directory; scores the `eval_file` directory."""
-    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    vocab_dir = init_from if tokenizer is None else tokenizer
-    if vocab_dir is None:
-        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
-    tok = Tokenizer.from_pretrained(vocab_dir)
+    tok = finetune_tokenizer(init_from, tokenizer)
     train = read_utterances(train_dir, fmt)[:limit]
     heldout = read_utterances(eval_file, fmt) if eval_file else []
     for u in train:
         u.tags = convert_scheme(u.tags, scheme)
     intents = sorted({u.intent for u in train})
-    types = sorted({t[2:] for u in train for t in u.tags if t != "O"})
-    slots = ["O"] + [f"{p}-{k}" for k in types for p in ("BIES" if scheme == "bioes" else "BI")]
+    slots = tag_set([u.tags for u in train], scheme)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, bertkit_intents=intents,
                                   bertkit_slots=slots, bertkit_crf=crf)
     model = build_task_model(BertForIntentSlot, init_from, model_config, config.seed)

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
+from bertkit.fileio import read_lines
 from bertkit.metrics import span_prf
 from bertkit.model import BertModel, CheckpointIO
-from bertkit.tasks.base import SkipReport, read_lines, write_task_info
+from bertkit.tasks.base import SkipReport, write_task_info
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
@@ -35,6 +36,7 @@ from bertkit.tasks.tagging import (
     entities_with_offsets,
     normalise_tag,
     spans_to_tags,
+    tag_set,
     words_of,
 )
 from bertkit.tokenizer import Tokenizer
@@ -268,19 +270,15 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
              max_seq_len: int = 128, limit: int | None = None, crf: bool = False, scheme: str = "bio",
              word_level: str = "char") -> Any:
     """Fine-tune a tagger on `train_file` (BIO or BIOES, optional CRF); scores entity F1 on `eval_file`."""
-    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    vocab_dir = init_from if tokenizer is None else tokenizer
-    if vocab_dir is None:
-        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
-    tok = Tokenizer.from_pretrained(vocab_dir)
+    tok = finetune_tokenizer(init_from, tokenizer)
     train = read_sentences(train_file, fmt)[:limit]
     heldout = read_sentences(eval_file, fmt) if eval_file else []
     for s in train:
         s.tags = convert_scheme(s.tags, scheme)
-    types = sorted({kind for s in train for t in s.tags if t != "O" for kind in [t[2:]]})
-    tags = ["O"] + [f"{p}-{k}" for k in types for p in ("BIES" if scheme == "bioes" else "BI")]
+    tags = tag_set([s.tags for s in train], scheme)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len,
                                   id2label={str(i): t for i, t in enumerate(tags)},
                                   label2id={t: i for i, t in enumerate(tags)}, bertkit_crf=crf)

@@ -317,13 +317,10 @@ def answer_spans(model: nn.Module, tokenizer: Tokenizer, questions: list[Questio
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "squad",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
              max_seq_len: int = 256, limit: int | None = None, doc_stride: int = 128) -> Any:
-    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    vocab_dir = init_from if tokenizer is None else tokenizer
-    if vocab_dir is None:
-        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
-    tok = Tokenizer.from_pretrained(vocab_dir)
+    tok = finetune_tokenizer(init_from, tokenizer)
     train = read_questions(train_file, fmt)[:limit]
     heldout = read_questions(eval_file, fmt) if eval_file else []
     model_config = encoder_config(init_from, tok, model_size, max_seq_len)

@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
+from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, read_lines, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
 from bertkit.tokenizer import Tokenizer
 
 NAME = "relation"
@@ -251,17 +252,15 @@ def predict_rows(model: nn.Module, tokenizer: Tokenizer, rows: list, labels: lis
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "semeval",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
              max_seq_len: int = 128, limit: int | None = None) -> Any:
-    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    vocab_dir = init_from if tokenizer is None else tokenizer
-    if vocab_dir is None:
-        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
-    tok = Tokenizer.from_pretrained(vocab_dir).with_special_tokens(MARKERS)
+    base_tok = finetune_tokenizer(init_from, tokenizer)
+    tok = base_tok.with_special_tokens(MARKERS)
     train = read_examples(train_file, fmt)[:limit]
     heldout = read_examples(eval_file, fmt) if eval_file else []
     labels = sorted({e.label for e in train if e.label})
-    model_config = encoder_config(init_from, tok if init_from is None else Tokenizer.from_pretrained(vocab_dir),
+    model_config = encoder_config(init_from, tok if init_from is None else base_tok,
                                   model_size, max_seq_len, id2label={str(i): x for i, x in enumerate(labels)},
                                   label2id={x: i for i, x in enumerate(labels)})
     model = build_task_model(BertForRelation, init_from, model_config, config.seed)

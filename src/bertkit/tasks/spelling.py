@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.errors import DataError
+from bertkit.fileio import read_lines
 from bertkit.metrics import prf
 from bertkit.model import BertForPreTraining
-from bertkit.tasks.base import SkipReport, pad_sequences, read_lines, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
@@ -249,13 +250,10 @@ def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | Non
     pycorrector's same-pinyin / same-stroke confusion sets."""
     from bertkit import resources
     from bertkit.corpus import read_documents
-    from bertkit.tasks.base import build_task_model, encoder_config
+    from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    vocab_dir = init_from if tokenizer is None else tokenizer
-    if vocab_dir is None:
-        raise DataError("give --init-from (a pre-trained checkpoint) or --tokenizer (to train from scratch)")
-    tok = Tokenizer.from_pretrained(vocab_dir)
+    tok = finetune_tokenizer(init_from, tokenizer)
     train = read_pairs(train_path, fmt)[:limit]
     heldout = read_pairs(eval_file, fmt, split="test") if eval_file else []
     if augment and augment_corpus:

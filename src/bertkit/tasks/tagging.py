@@ -46,6 +46,12 @@ def convert_scheme(tags: list[str], scheme: str) -> list[str]:
     return out
 
 
+def tag_set(sequences: list[list[str]], scheme: str) -> list[str]:
+    """O plus every entity type's tags in the scheme (B, I or B, I, E, S), in a stable order."""
+    types = sorted({tag[2:] for tags in sequences for tag in tags if tag != "O"})
+    return ["O"] + [f"{p}-{k}" for k in types for p in ("BIES" if scheme == "bioes" else "BI")]
+
+
 def spans_to_tags(length: int, spans: list[tuple[str, int, int]]) -> list[str]:
     """(type, first, last inclusive) entity spans -> BIO tags; overlapping spans are an error."""
     tags = ["O"] * length
