@@ -136,9 +136,24 @@ def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
             "command": "bench/tasks.py --only mrpc-features (cosine of mean-pooled vectors, threshold from train)"}
 
 
+def settings_text(spec: dict[str, Any]) -> str:
+    s = dict(spec.get("settings", {}))
+    if not s:
+        return "no training (frozen features)"
+    parts = [f"{s.pop('epochs')} ep", f"lr {s.pop('lr'):g}", f"batch {s.pop('batch_size')}",
+             f"len {s.pop('max_seq_len')}"]
+    return ", ".join(parts + [k if v is True else f"{k} {v}" for k, v in s.items()])
+
+
+def model_text(model: str) -> str:
+    if model.startswith("bertkit Chinese"):
+        return "bertkit-zh tiny (L2/H128, 1.2M; own pre-training, `make demo`)"
+    return model
+
+
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| task | dataset | model | result (ours) | published anchor | minutes (2 cores) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | dataset | model | result (ours) | published anchor | settings | minutes (2 cores) |",
+             "|---|---|---|---|---|---|---|"]
     for name in [*RUNS, *EMBED_RUNS]:
         r = results.get(name)
         if not r:
@@ -147,7 +162,9 @@ def markdown(results: dict[str, Any]) -> str:
             "sentence_")}
         ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {100 * v if v <= 1 else v:.1f}"
                          f"{'**' if k == r['headline'] else ''}" for k, v in shown.items() if k != "threshold")
-        lines.append(f"| {r['task']} | {name} | {r['model']} | {ours} | {r['anchor']} | {r['minutes']} |")
+        spec = {**RUNS, **EMBED_RUNS}[name]
+        lines.append(f"| {r['task']} | {name} | {model_text(r['model'])} | {ours} | {r['anchor']} | "
+                     f"{settings_text(spec)} | {r['minutes']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +172,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help=f"runs: {', '.join([*RUNS, *EMBED_RUNS])}")
     parser.add_argument("--chinese-model", default=str(ROOT / "runs" / "demo" / "pretrain" / "model"))
+    parser.add_argument("--table-only", action="store_true", help="rewrite tasks.md from tasks.json, run nothing")
     args = parser.parse_args()
+    if args.table_only:
+        (OUT / "tasks.md").write_text(markdown(json.loads((OUT / "tasks.json").read_text())))
+        return 0
     names = args.only or [*RUNS, *EMBED_RUNS]
     unknown = set(names) - set(RUNS) - set(EMBED_RUNS)
     if unknown:
