@@ -45,10 +45,12 @@ bench: data
 	$(PY) bench/attention.py
 	$(PY) bench/speed.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/readme_tables.py
 
 # reference fine-tuning runs on the real datasets (needs `make demo` first for the Chinese model; ~1.5 h)
 bench-tasks: data
 	$(PY) bench/tasks.py
+	$(PY) bench/readme_tables.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
