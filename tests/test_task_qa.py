@@ -46,6 +46,9 @@ def test_windows_cover_long_contexts_and_locate_the_answer():
         assert context[s:e] == "答案"
     covered = {o for w in windows for o in w.offsets if o is not None}
     assert len(covered) == len(context)  # every character is in some window
+    # a stride longer than a window's room for context would leave gaps: it is capped, nothing is skipped
+    wide = make_windows(tok, [q], max_seq_len=48, doc_stride=128)
+    assert len({o for w in wide for o in w.offsets if o is not None}) == len(context)
 
 
 def test_tiny_end_to_end(tmp_path):

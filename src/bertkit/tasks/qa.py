@@ -101,7 +101,11 @@ class Window:
 
 def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: int = 256, doc_stride: int = 128,
                  max_question_len: int = 64, training: bool = False) -> list[Window]:
-    """Windows over each context, sharing `doc_stride` tokens of overlap; training windows mark the answer."""
+    """Windows over each context; training windows mark the answer.
+
+    `doc_stride` is the step between window starts, in context tokens (Google's BERT meaning: 128 with 384-token
+    windows). It is capped at the room a window has for context, so no context token is ever left out of every
+    window, whatever the question length."""
     windows: list[Window] = []
     q_enc = tokenizer.encode_batch([q.question for q in questions], max_length=10**6) if questions else []
     c_enc = tokenizer.encode_many([q.context for q in questions]) if questions else []
@@ -132,7 +136,7 @@ def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: i
             windows.append(Window(index, ids, types, offsets, start, end))
             if span.stop >= len(c_ids):
                 break
-            position += doc_stride
+            position += min(doc_stride, room)
     return windows
 
 
