@@ -4,7 +4,8 @@ scorer defines them.
 
 Input format (`--format squad`): SQuAD v1.1 JSON `{"data": [{"paragraphs": [{"context", "qas": [{"id",
 "question", "answers": [{"text", "answer_start"}]}]}]}]}`. An `answer_start` that does not point at the answer
-text (200 of CMRC2018 dev's 9657 answers) is repaired to the nearest occurrence of the text.
+text (200 of CMRC2018 dev's 9657 answers; 3 of them first answers, the only ones whose offset is used — the
+others are only compared as text) is repaired to the nearest occurrence of the text.
 """
 
 from __future__ import annotations
