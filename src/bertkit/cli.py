@@ -363,7 +363,8 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
                    help="ner, intent_slot: how raw text is split into words when predicting")
     p.add_argument("--augment-corpus", default=None, help="spelling: clean text to corrupt with confusion sets")
     p.add_argument("--augment", type=int, default=None, help="spelling: how many corrupted sentences to add")
-    p.add_argument("--doc-stride", type=int, default=None, help="qa: step between window starts, in tokens (128; capped at the window's context room)")
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help="qa: step between window starts, in tokens (128; capped at the window's context room)")
     add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
