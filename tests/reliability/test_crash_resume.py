@@ -34,32 +34,50 @@ def corpus(tmp_path_factory) -> Path:
 def _pretrain(corpus: Path, output: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bertkit.cli", "pretrain", "--train", str(corpus / "heldout.txt"),
             "--output-dir", str(output), "--model-size", "tiny", "--vocab-size", "2000", "--batch-size", "8",
-            "--max-steps", "150", "--save-every", "5", "--no-bf16", "--no-progress", "--seed", "5", *extra]
+            "--max-steps", "400", "--save-every", "10", "--no-bf16", "--no-progress", "--seed", "5", *extra]
 
 
 def _finetune(corpus: Path, output: Path, init: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bertkit.cli", "finetune", "--task", "classification", "--train",
             str(corpus / "sentiment" / "test.tsv"), "--format", "snownlp", "--init-from", str(init),
-            "--output-dir", str(output), "--batch-size", "8", "--max-steps", "120", "--save-every", "5",
+            "--output-dir", str(output), "--batch-size", "8", "--max-steps", "300", "--save-every", "10",
             "--no-bf16", "--no-progress", "--seed", "5", "--limit", "400", *extra]
 
 
+def _progress(output: Path) -> str | None:
+    newest = latest_checkpoint(output)  # whatever it finds has passed its checksums
+    assert newest is None or (newest / "model.safetensors").is_file()
+    return None if newest is None else newest.name
+
+
 def _kill_resume_loop(make_command, output: Path, rng: random.Random) -> int:
-    """Start, kill -9 after a random delay, resume; repeat until a run finishes. Returns the kills survived."""
+    """Start, kill -9 at a random moment, resume; repeat until a run finishes. Returns the kills survived.
+
+    The moment is drawn relative to the run's own progress, not to the clock alone (a fixed delay lets a fast
+    machine finish before the kill): one kill in four lands during start-up, the others a random 0-1.5 s after
+    the run has saved a new checkpoint — mid-step, mid-save or mid-evaluation."""
     kills = 0
     command = make_command(output)
     while True:
         process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            process.wait(timeout=rng.uniform(4.0, 10.0) if kills < CYCLES else 600)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            newest = latest_checkpoint(output)  # whatever it finds has passed its checksums
-            assert newest is None or (newest / "model.safetensors").is_file()
-            command = [*make_command(output), "--resume"]
-            continue
+        if kills < CYCLES:
+            start_state, started = _progress(output), time.monotonic()
+            early = rng.random() < 0.25
+            deadline = started + rng.uniform(0.5, 2.0) if early else None
+            while process.poll() is None and time.monotonic() - started < 300:
+                if deadline is None and _progress(output) != start_state:
+                    deadline = time.monotonic() + rng.uniform(0.0, 1.5)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills += 1
+                _progress(output)
+                command = [*make_command(output), "--resume"]
+                continue
+        process.wait(timeout=600)
         assert process.returncode == 0, process.stderr.read().decode()[-2000:]
         return kills
 
