@@ -116,7 +116,7 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
             else f"bertkit Chinese ({init})", "metrics": result.metrics, "headline": spec["metric"],
             "minutes": round(minutes, 1), "steps": result.step, "anchor": spec["anchor"],
-            "command": command(name, spec, init)}
+            "settings": spec["settings"], "command": command(name, spec, init)}
 
 
 def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
@@ -133,12 +133,12 @@ def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     metrics = paraphrase_eval(model, tok, pairs(spec["train"]), pairs(spec["eval"]))
     return {"task": "embed", "dataset": name, "model": "MiniLM-L6-H384 (22M)", "metrics": metrics,
             "headline": "accuracy", "minutes": round((time.perf_counter() - started) / 60, 1), "steps": 0,
-            "anchor": spec["anchor"],
+            "anchor": spec["anchor"], "settings": {},
             "command": "bench/tasks.py --only mrpc-features (cosine of mean-pooled vectors, threshold from train)"}
 
 
-def settings_text(spec: dict[str, Any]) -> str:
-    s = dict(spec.get("settings", {}))
+def settings_text(settings: dict[str, Any]) -> str:
+    s = dict(settings)
     if not s:
         return "no training (frozen features)"
     parts = [f"{s.pop('epochs')} ep", f"lr {s.pop('lr'):g}", f"batch {s.pop('batch_size')}",
@@ -163,9 +163,8 @@ def markdown(results: dict[str, Any]) -> str:
             "sentence_")}
         ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {100 * v if v <= 1 else v:.1f}"
                          f"{'**' if k == r['headline'] else ''}" for k, v in shown.items() if k != "threshold")
-        spec = {**RUNS, **EMBED_RUNS}[name]
         lines.append(f"| {r['task']} | {name} | {model_text(r['model'])} | {ours} | {r['anchor']} | "
-                     f"{settings_text(spec)} | {r['minutes']} |")
+                     f"{settings_text(r['settings'])} | {r['minutes']} |")
     return "\n".join(lines) + "\n"
 
 
