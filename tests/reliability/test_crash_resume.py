@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertkit.train import latest_checkpoint
+from bertkit.train import _checkpoint_dirs, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 CYCLES = int(os.environ.get("BERTKIT_KILL_CYCLES", "6"))
@@ -44,10 +44,11 @@ def _finetune(corpus: Path, output: Path, init: Path, *extra: str) -> list[str]:
             "--no-bf16", "--no-progress", "--seed", "5", "--limit", "400", *extra]
 
 
-def _progress(output: Path) -> str | None:
-    newest = latest_checkpoint(output)  # whatever it finds has passed its checksums
-    assert newest is None or (newest / "model.safetensors").is_file()
-    return None if newest is None else newest.name
+def _newest_name(output: Path) -> str | None:
+    """The newest checkpoint directory's name: a cheap progress signal, polled while the run works (verifying
+    checksums here would hash whole checkpoints many times a second beside the run being timed)."""
+    dirs = _checkpoint_dirs(output)
+    return dirs[0].name if dirs else None
 
 
 def _kill_resume_loop(make_command, output: Path, rng: random.Random) -> int:
@@ -61,11 +62,11 @@ def _kill_resume_loop(make_command, output: Path, rng: random.Random) -> int:
     while True:
         process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills < CYCLES:
-            start_state, started = _progress(output), time.monotonic()
+            start_state, started = _newest_name(output), time.monotonic()
             early = rng.random() < 0.25
             deadline = started + rng.uniform(0.5, 2.0) if early else None
             while process.poll() is None and time.monotonic() - started < 300:
-                if deadline is None and _progress(output) != start_state:
+                if deadline is None and _newest_name(output) != start_state:
                     deadline = time.monotonic() + rng.uniform(0.0, 1.5)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -74,7 +75,8 @@ def _kill_resume_loop(make_command, output: Path, rng: random.Random) -> int:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 kills += 1
-                _progress(output)
+                newest = latest_checkpoint(output)  # whatever it finds has passed its checksums
+                assert newest is None or (newest / "model.safetensors").is_file()
                 command = [*make_command(output), "--resume"]
                 continue
         process.wait(timeout=600)
