@@ -138,7 +138,8 @@ def from_hf_state_dict(
         keys = hf_names(model, name)
         absent = [k for k in keys if k not in state]
         if absent:
-            missing.append(name if len(keys) == 1 else f"{name} (from {', '.join(absent)})")
+            # bertkit's name, and the checkpoint key it was looked up under when that differs
+            missing.append(f"{name} (from {', '.join(absent)})" if absent != [name] else name)
             continue
         used.update(keys)
         tensor = torch.cat([state[k] for k in keys], dim=0) if len(keys) > 1 else state[keys[0]]
@@ -209,15 +210,36 @@ def check_vocab_fits(directory: Path, config: BertConfig) -> None:
             )
 
 
+def nonfinite_tensors(state: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return sorted(name for name, tensor in state.items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+
+
+def check_finite(state: dict[str, Tensor], source: str) -> None:
+    """A NaN or inf weight makes every output NaN (invalid JSON, a wrong label): refuse it at load, by name."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise CheckpointError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values: {shown} (a diverged "
+                              "run's weights; use an earlier checkpoint)")
+
+
 def load_model(cls: type[M], directory: str | Path, *, strict: bool = False, config: BertConfig | None = None,
                **model_kwargs) -> M:
-    """Build `cls` from a checkpoint directory; warns about newly initialised and unused weights."""
+    """Build `cls` from a checkpoint directory; warns about newly initialised and unused weights.
+
+    `strict`: every weight of `cls` must be in the checkpoint and every checkpoint weight used (how a fine-tuned
+    checkpoint is loaded for prediction: a missing head would otherwise predict with random weights).
+    Non-finite weights are always refused.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found")
     config = config or BertConfig.from_pretrained(directory)
     check_vocab_fits(directory, config)
     state, source = read_weights(directory)
+    check_finite(state, source)
     model = cls(config, **model_kwargs)
     new, unused = from_hf_state_dict(model, state, source, strict=strict)
     if new:

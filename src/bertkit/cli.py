@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,106 @@ import torch
 
 from bertkit import resources
 from bertkit.config import BertConfig
-from bertkit.errors import BertkitError, CheckpointError
+from bertkit.errors import BertkitError, CheckpointError, DataError
 from bertkit.tokenizer import Tokenizer
+
+# ---- argument types: a bad number is refused while parsing (exit 2, the flag named), before any work -----------
+
+def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+    words = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
+        return value
+
+    return parse
+
+
+def float_range(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+                ) -> Callable[[str], float]:
+    """An argparse type: a finite number between low and high (each bound inclusive unless `*_open`)."""
+    words = f"a number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        words += f" and {'<' if high_open else '<='} {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
+        inside = math.isfinite(value) and (value > low if low_open else value >= low)
+        if high is not None:
+            inside = inside and (value < high if high_open else value <= high)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE = int_range(1)
+# [CLS] + [SEP] + at least a few tokens; the top is the largest max_position_embeddings bertkit builds.
+SEQ_LEN = int_range(8, 131_072)
+# The 5 special tokens plus at least one more; the top is BertConfig's vocab_size limit.
+VOCAB_SIZE = int_range(6, 2_000_000)
+LEARNING_RATE = float_range(0.0, 1.0, low_open=True)
+
+
+# ---- files named on the command line: checked before a model is loaded, so a typo costs no waiting ------------
+
+def check_input_file(name: str) -> None:
+    """'-' (stdin) or a readable regular file; else DataError naming the path and what it is instead."""
+    if name == "-":
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise DataError("is a directory; expected a file", name)
+    if not path.exists():
+        raise DataError("file not found", name)
+    if not os.access(path, os.R_OK):
+        raise DataError("not readable (permission denied)", name)
+
+
+def check_output_file(name: str) -> None:
+    """'-' (stdout) or a file name whose directory exists and is writable; else an error naming the path."""
+    if name == "-":
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise DataError("is a directory; expected a file name to write", name)
+    parent = path.parent
+    if not parent.exists():
+        raise DataError(f"directory {parent} does not exist", name)
+    if not parent.is_dir():
+        raise DataError(f"{parent} is not a directory", name)
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DataError("cannot write here (permission denied)", name)
+
+
+def input_lines(name: str) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) of a UTF-8 file or of stdin ('-'): a BOM before the first line is
+    dropped, and bytes that are not UTF-8 are a DataError naming the line."""
+    from bertkit.fileio import read_lines
+
+    if name != "-":
+        check_input_file(name)
+        yield from read_lines(name)
+        return
+    source = getattr(sys.stdin, "buffer", sys.stdin)  # bytes when it is a real stream, text when replaced in tests
+    for number, raw in enumerate(source, start=1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", "<stdin>", number) from exc
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        yield number, line.rstrip("\r\n")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -30,6 +131,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     check_vocab_fits(directory, config)
     state, source = read_weights(directory)
+    from bertkit.checkpoint import nonfinite_tensors
+
+    bad = nonfinite_tensors(state)
     print(f"checkpoint   {directory}")
     print(f"weights      {source} ({sum(t.numel() for t in state.values()):,} values in {len(state)} tensors)")
     print(f"architecture {', '.join(config.architectures)}")
@@ -37,6 +141,12 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"I={config.intermediate_size} V={config.vocab_size} max_len={config.max_position_embeddings}")
     if (directory / "vocab.txt").is_file():
         print(f"vocabulary   {len(Tokenizer.from_pretrained(directory))} tokens")
+    if bad:
+        # reported, not raised: info is how one inspects a broken checkpoint; the exit code says it is unusable
+        print(f"finite       NO: {len(bad)} tensor(s) hold NaN or infinite values: {', '.join(bad[:8])}"
+              f"{' ...' if len(bad) > 8 else ''}")
+        return 1
+    print("finite       yes")
     return 0
 
 
@@ -186,12 +296,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Predict for JSONL inputs (objects, or plain lines of text) from a file or stdin; JSONL out."""
     from tqdm.auto import tqdm
 
-    from bertkit.errors import DataError
     from bertkit.predict import Predictor
 
+    check_input_file(args.input)
+    check_output_file(args.output)
     predictor = Predictor(args.checkpoint)
-    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    source = "<stdin>" if args.input == "-" else args.input
+    count = 0
     try:
         batch: list[Any] = []
         lines: list[int] = []
@@ -201,33 +313,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 results = predictor.predict(batch)
             except DataError as exc:
-                raise DataError(f"{args.input}, lines {lines[0]}-{lines[-1]}: {exc}") from exc
-            for result in results:
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                raise DataError(f"{source}, lines {lines[0]}-{lines[-1]}: {exc}") from exc
+            for number, result in zip(lines, results, strict=True):
+                try:
+                    # allow_nan=False: NaN is not JSON; a reader of the output would fail on it, far from here
+                    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
+                except ValueError as exc:
+                    raise DataError("the model produced a non-finite score (NaN or infinity) for this input",
+                                    source, number) from exc
             progress.update(len(batch))
             batch.clear()
             lines.clear()
 
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+        for number, text in input_lines(args.input):
+            if not text.strip():
                 continue
-            text = line.rstrip("\n")
             try:
                 item = json.loads(text) if text.lstrip().startswith("{") else text
             except json.JSONDecodeError as exc:
-                raise DataError(f"not a JSON object: {exc.msg}", args.input, number) from exc
+                raise DataError(f"not a JSON object: {exc.msg}", source, number) from exc
             batch.append(item)
             lines.append(number)
+            count += 1
             if len(batch) == args.batch_size:
                 flush()
         if batch:
             flush()
         progress.close()
     finally:
-        if handle is not sys.stdin:
-            handle.close()
         if out is not sys.stdout:
             out.close()
+    if not count:
+        raise DataError("no inputs: every line is empty or blank (give one JSON object or text per line)", source)
     return 0
 
 
@@ -237,9 +354,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from bertkit.tasks.embed import embed, load
 
+    check_input_file(args.input)
+    check_output_file(args.output)
     model, tok = load(args.checkpoint)
-    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
-    texts = [line.rstrip("\n") for line in handle if line.strip()]
+    if args.max_seq_len > model.config.max_position_embeddings:
+        raise BertkitError(f"--max-seq-len {args.max_seq_len} exceeds {args.checkpoint}'s max_position_embeddings "
+                           f"{model.config.max_position_embeddings}")
+    source = "<stdin>" if args.input == "-" else args.input
+    texts = [text for _, text in input_lines(args.input)]
+    if not texts:
+        raise DataError("no input lines (the input is empty)", source)
+    # Row i of the output is line i of the input, always: a blank line is embedded as empty text (and counted)
+    # rather than skipped, which would shift every later row against its line.
+    blank = [number for number, text in enumerate(texts, start=1) if not text.strip()]
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        print(f"bertkit embed: warning: {source}: {len(blank)} blank line(s) (line {shown}) embedded as empty "
+              "text, keeping row i = line i", file=sys.stderr)
     vectors = embed(model, tok, texts, args.pooling, max_seq_len=args.max_seq_len, normalize=not args.raw)
     if args.output.endswith(".npy"):
         np.save(args.output, vectors)
@@ -272,6 +403,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.onnx:
         raise BertkitError("choose a format: --onnx FILE")
+    if Path(args.onnx).is_dir():
+        raise BertkitError(f"--onnx {args.onnx}: is a directory; give the file to write (e.g. "
+                           f"{Path(args.onnx) / 'model.onnx'})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = BertModel.from_pretrained(args.checkpoint)
@@ -327,7 +461,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
     p.add_argument("--input", default="-", help="JSONL objects or plain text lines; '-' for stdin (default)")
     p.add_argument("--output", default="-", help="JSONL predictions; '-' for stdout (default)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="(default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -335,10 +469,11 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     from bertkit.tasks.embed import POOLINGS
 
     p.add_argument("checkpoint", help="any BERT checkpoint directory")
-    p.add_argument("--input", default="-", help="one text per line; '-' for stdin (default)")
+    p.add_argument("--input", default="-", help="one text per line; '-' for stdin (default). Row i of the output is "
+                   "line i: a blank line is embedded as empty text, with a warning counting them")
     p.add_argument("--output", required=True, help="a .npy file, or JSONL of {text, vector}")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="(default: %(default)s)")
-    p.add_argument("--max-seq-len", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="(default: %(default)s)")
     p.add_argument("--raw", action="store_true", help="do not L2-normalise the vectors")
 
 
@@ -355,29 +490,29 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None, help="pre-trained checkpoint directory (its vocab is used)")
     p.add_argument("--tokenizer", default=None, help="vocabulary directory, to train from scratch")
     p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset when from scratch")
-    p.add_argument("--max-seq-len", type=int, default=None, help="tokens per input (default: the task's, 64-256)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--max-seq-len", type=SEQ_LEN, default=None, help="tokens per input (default: the task's, 64-256)")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N training examples (N >= 1)")
     p.add_argument("--crf", action="store_true", help="ner, intent_slot: a CRF layer on top (Viterbi decoding)")
     p.add_argument("--scheme", default=None, choices=["bio", "bioes"], help="ner, intent_slot: tag scheme (bio)")
     p.add_argument("--word-level", default=None, choices=["char", "space"],
                    help="ner, intent_slot: how raw text is split into words when predicting")
     p.add_argument("--augment-corpus", default=None, help="spelling: clean text to corrupt with confusion sets")
-    p.add_argument("--augment", type=int, default=None, help="spelling: how many corrupted sentences to add")
-    p.add_argument("--doc-stride", type=int, default=None,
+    p.add_argument("--augment", type=int_range(0), default=None, help="spelling: how many corrupted sentences to add")
+    p.add_argument("--doc-stride", type=POSITIVE, default=None,
                    help="qa: step between window starts, in tokens (128; capped at the window's context room)")
     add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
 def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="runs/corpus", help="directory to write (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    p.add_argument("--seed", type=int_range(0), default=0, help="split seed (default: %(default)s)")
 
 
 def _train_tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="+", help="text files (UTF-8)")
     p.add_argument("--output", required=True, help="directory for vocab.txt and tokenizer_config.json")
-    p.add_argument("--vocab-size", type=int, default=8000, help="target size (default: %(default)s)")
-    p.add_argument("--min-frequency", type=int, default=2,
+    p.add_argument("--vocab-size", type=VOCAB_SIZE, default=8000, help="target size (default: %(default)s)")
+    p.add_argument("--min-frequency", type=POSITIVE, default=2,
                    help="a character or merge must occur this often (default: %(default)s)")
     p.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip)")
 
@@ -389,31 +524,37 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", nargs="+", required=True, help="training text files (one sentence per line, blank "
                    "line between documents; long lines are split into sentences)")
     p.add_argument("--heldout", nargs="*", default=None, help="held-out text files for evaluation")
-    p.add_argument("--heldout-fraction", type=float, default=0.0,
+    p.add_argument("--heldout-fraction", type=float_range(0.0, 1.0, high_open=True), default=0.0,
                    help="without --heldout: hold out this fraction of the training documents (default: 0)")
     p.add_argument("--tokenizer", default=None, help="checkpoint/vocabulary directory (default: train one)")
-    p.add_argument("--vocab-size", type=int, default=8000, help="when training a vocabulary (default: 8000)")
+    p.add_argument("--vocab-size", type=VOCAB_SIZE, default=8000, help="when training a vocabulary (default: 8000)")
     p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset (default: mini)")
     p.add_argument("--init-from", default=None, help="continue pre-training from this checkpoint directory")
-    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
+    p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--no-nsp", action="store_true", help="MLM only, sentences packed to full length (RoBERTa)")
-    p.add_argument("--mask-prob", type=float, default=0.15, help="fraction of tokens to mask (default: 0.15)")
+    p.add_argument("--mask-prob", type=float_range(0.0, 1.0, low_open=True, high_open=True), default=0.15,
+                   help="fraction of tokens to mask (default: 0.15)")
     p.add_argument("--whole-word-masking", action="store_true", help="mask whole jieba words (Chinese)")
-    p.add_argument("--max-predictions", type=int, default=None, help="cap on masked tokens per sequence")
+    p.add_argument("--max-predictions", type=POSITIVE, default=None, help="cap on masked tokens per sequence")
     add_train_arguments(p, TrainConfig(output_dir="runs/pretrain", lr=5e-4, warmup=0.06))
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.config import PRESETS
+
     p.add_argument("--output", default="runs/demo", help="run directory (default: %(default)s)")
-    p.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary size (default: %(default)s)")
+    p.add_argument("--vocab-size", type=VOCAB_SIZE, default=8000,
+                   help="WordPiece vocabulary size (default: %(default)s)")
     # tiny for 2400 steps reached a higher held-out MLM accuracy (14.5%) than mini for 600 steps (14.0%) in the
     # same ~10 minutes on 2 cores (README, "Choosing the demo's model")
-    p.add_argument("--model-size", default="tiny", help="preset to pre-train (default: %(default)s)")
-    p.add_argument("--pretrain-steps", type=int, default=2400, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="pre-training batch (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="pre-training peak learning rate (default: %(default)s)")
-    p.add_argument("--finetune-steps", type=int, default=300, help="(default: %(default)s)")
-    p.add_argument("--finetune-lr", type=float, default=1e-4, help="(default: %(default)s)")
+    p.add_argument("--model-size", default="tiny", choices=sorted(PRESETS),
+                   help="preset to pre-train (default: %(default)s)")
+    p.add_argument("--pretrain-steps", type=POSITIVE, default=2400, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="pre-training batch (default: %(default)s)")
+    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3,
+                   help="pre-training peak learning rate (default: %(default)s)")
+    p.add_argument("--finetune-steps", type=POSITIVE, default=300, help="(default: %(default)s)")
+    p.add_argument("--finetune-lr", type=LEARNING_RATE, default=1e-4, help="(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (a smoke test)")
 
 
@@ -456,13 +597,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.function(args)
+        code = args.function(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return code
     except BertkitError as exc:
         print(f"bertkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`bertkit predict ... | head -1`): stop quietly, as Unix tools do. stdout is pointed
+        # at devnull so that Python's final flush does not raise again (Python's docs, "Note on SIGPIPE"); 141 is
+        # the status a shell reports for a process ended by SIGPIPE.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # An unreadable or vanished file, a full disk: the path and the reason, not a traceback.
+        where = "".join(f"{name}: " for name in (exc.filename, exc.filename2) if name)
+        print(f"bertkit {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

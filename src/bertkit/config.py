@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,17 @@ _REQUIRED_VALUES: dict[str, Any] = {
 }
 
 
+# Upper bounds on each size field, checked before any tensor is allocated: a config.json with
+# max_position_embeddings 1e12 would otherwise attempt a 512 TB allocation. Each bound is far above any published
+# BERT (base: 30522 / 768 / 12 / 12 / 3072 / 512 / 2) while small enough that one field alone stays allocatable.
+_SIZE_LIMITS = {
+    "vocab_size": 2_000_000, "hidden_size": 16_384, "num_hidden_layers": 512, "num_attention_heads": 1024,
+    "intermediate_size": 65_536, "max_position_embeddings": 131_072, "type_vocab_size": 1024,
+}
+# The fields together must stay within this many weights (about 37 GiB in float32; BERT-large has 0.34 B).
+MAX_PARAMETERS = 10_000_000_000
+
+
 @dataclass
 class BertConfig:
     """Shape of a BERT encoder; field names are Hugging Face's so `config.json` files move both ways."""
@@ -61,11 +73,31 @@ class BertConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
+        for name, limit in _SIZE_LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+            if value > limit:
+                raise ValueError(f"BertConfig.{name} must be at most {limit:,}, got {value:,}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"BertConfig.{name} must be a finite number, got {value!r}")
+        if not 0.0 < self.layer_norm_eps < 1.0:
+            raise ValueError(f"BertConfig.layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
+        if self.initializer_range < 0:
+            raise ValueError(f"BertConfig.initializer_range must be >= 0, got {self.initializer_range!r}")
+        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
+            raise ValueError(f"BertConfig.pad_token_id must be an integer, got {self.pad_token_id!r}")
+        if not isinstance(self.architectures, list) or not all(isinstance(a, str) for a in self.architectures):
+            raise ValueError(f"BertConfig.architectures must be a list of strings, got {self.architectures!r}")
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"BertConfig.hidden_act must be a string, got {self.hidden_act!r}")
+        if self.parameter_estimate() > MAX_PARAMETERS:
+            raise ValueError(
+                f"BertConfig describes about {self.parameter_estimate():,} parameters, more than bertkit's limit of "
+                f"{MAX_PARAMETERS:,} ({4 * MAX_PARAMETERS / 2**30:.0f} GiB in float32); refused before allocating"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -80,6 +112,12 @@ class BertConfig:
             raise ValueError(
                 f"BertConfig.pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})"
             )
+
+    def parameter_estimate(self) -> int:
+        """Roughly how many weights this shape allocates: embeddings, layers and pooler (heads are small)."""
+        H, I = self.hidden_size, self.intermediate_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * H
+        return embeddings + self.num_hidden_layers * (4 * H * H + 2 * H * I) + H * H
 
     @property
     def head_dim(self) -> int:
@@ -125,6 +163,7 @@ class BertConfig:
                 f"{source}: keys {unknown} are not used by bertkit; they are kept and written back on save",
                 stacklevel=2,
             )
+        _check_label_keys(extra, source)
         try:
             return cls(**kwargs, extra=extra)
         except (TypeError, ValueError) as exc:
@@ -156,6 +195,26 @@ class BertConfig:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         return atomic_write_text(directory / CONFIG_NAME, self.to_json_string())
+
+
+def _check_label_keys(extra: dict[str, Any], source: str) -> None:
+    """The label sets a task head is sized from: id2label must number its labels 0..n-1 (as transformers writes
+    them), and bertkit's own lists must hold strings; anything else would size the head wrongly or fail later."""
+    id2label = extra.get("id2label")
+    if id2label is not None:
+        if not isinstance(id2label, dict) or not all(isinstance(v, str) for v in id2label.values()):
+            raise CheckpointError(f"{source}: id2label must be an object of label names, got {id2label!r:.200}")
+        expected = [str(i) for i in range(len(id2label))]
+        if sorted(id2label, key=lambda k: (len(k), k)) != expected:
+            raise CheckpointError(f"{source}: id2label keys must be \"0\"..\"{len(id2label) - 1}\", got "
+                                  f"{sorted(id2label)!r:.200}")
+    for key in ("bertkit_intents", "bertkit_slots"):
+        value = extra.get(key)
+        if value is not None and (not isinstance(value, list) or not value
+                                  or not all(isinstance(v, str) for v in value)):
+            raise CheckpointError(f"{source}: {key} must be a non-empty list of strings, got {value!r:.200}")
+    if "bertkit_crf" in extra and not isinstance(extra["bertkit_crf"], bool):
+        raise CheckpointError(f"{source}: bertkit_crf must be true or false, got {extra['bertkit_crf']!r}")
 
 
 # Google's BERT miniatures (Turc et al., 2019) and BERT-base: layers, hidden, heads, with intermediate = 4 * hidden.

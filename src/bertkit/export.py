@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bertkit.errors import BertkitError
+from bertkit.errors import BertkitError, CheckpointError
 from bertkit.fileio import atomic_write
 from bertkit.model import BertModel
 
@@ -30,9 +32,46 @@ class _Traceable(nn.Module):
         return tuple(self.model(input_ids, attention_mask, token_type_ids))
 
 
+FINGERPRINT_KEY = "bertkit_fingerprint"
+# The config fields that change the encoder's outputs; dropout and initialisation do not, so editing them does not
+# orphan an exported file.
+_FINGERPRINT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                       "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
+
+
+def fingerprint(encoder: nn.Module) -> str:
+    """sha256 of an encoder's shape-defining config fields and its float32 weights (transformers' names, sorted):
+    what binds an ONNX file to the checkpoint it was exported from."""
+    from bertkit.checkpoint import to_hf_state_dict
+
+    digest = hashlib.sha256()
+    config = encoder.config
+    digest.update(json.dumps({k: getattr(config, k) for k in _FINGERPRINT_FIELDS}, sort_keys=True).encode())
+    for name, tensor in sorted(to_hf_state_dict(encoder).items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _add_metadata(path: Path, values: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
 def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
-    """Write `model` as ONNX with inputs (input_ids, attention_mask, token_type_ids), all int64 (B, T)."""
+    """Write `model` as ONNX with inputs (input_ids, attention_mask, token_type_ids), all int64 (B, T); its
+    metadata carries the encoder's fingerprint, which OnnxEncoder checks against the checkpoint it runs beside."""
+    path = Path(path)
+    if path.is_dir():
+        raise BertkitError(f"{path}: is a directory; give the ONNX file's name (e.g. {path / 'model.onnx'})")
     wrapper = _Traceable(model)
+    encoder = wrapper.model if isinstance(wrapper.model, BertModel) else wrapper.model.bert
+    stamp = fingerprint(encoder)
     # A batch with padding, so the traced graph keeps the attention mask for every input.
     ids = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
@@ -54,8 +93,9 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
                                   output_names=names, dynamic_axes=axes, opset_version=opset, dynamo=False)
             except Exception as exc:  # pragma: no cover - depends on the installed exporter
                 raise BertkitError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+        _add_metadata(tmp, {FINGERPRINT_KEY: stamp})
 
-    return atomic_write(Path(path), write)
+    return atomic_write(path, write)
 
 
 class OnnxEncoder(nn.Module):
@@ -73,7 +113,25 @@ class OnnxEncoder(nn.Module):
             raise BertkitError("onnxruntime is not installed (pip install onnxruntime)") from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        path = Path(path)
+        if not path.is_file():
+            raise BertkitError(f"{path}: ONNX file not found")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:300]})") from exc
+        stored = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+        # A file without a fingerprint is refused rather than warned about: nothing else shows that it belongs to
+        # this checkpoint, a wrong encoder changes predictions silently, and re-exporting costs seconds.
+        if stored is None:
+            raise CheckpointError(f"{path}: has no {FINGERPRINT_KEY} in its metadata (exported by an older bertkit "
+                                  "or another tool), so it cannot be matched to this checkpoint; re-export it with "
+                                  "`bertkit export CHECKPOINT --onnx FILE`")
+        expected = fingerprint(original)
+        if stored != expected:
+            raise CheckpointError(f"{path}: exported from a different model than this checkpoint (fingerprint "
+                                  f"{stored[:12]}... in the file, {expected[:12]}... for these weights and "
+                                  "config); re-export it from this checkpoint")
         self.config = original.config
         self.embeddings = original.embeddings
         self._pooled: Tensor | None = None

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from bertkit.errors import DataError
+from bertkit.config import BertConfig
+from bertkit.errors import CheckpointError, DataError
 from bertkit.tasks import task_module
-from bertkit.tasks.base import read_task_info
+from bertkit.tasks.base import check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
 
 # What each task reads from an input object (besides "text").
@@ -30,20 +31,30 @@ class Predictor:
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None
                  ) -> None:
-        """`onnx`: an encoder exported by `bertkit export --onnx`; the encoder then runs in onnxruntime."""
+        """`onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
+        the encoder then runs in onnxruntime.
+
+        Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
+        task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
+        """
         self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory}: checkpoint directory not found")
         self.info = read_task_info(self.directory)
         self.task = self.info["task"]
         self.module = task_module(self.task)
+        config = BertConfig.from_pretrained(self.directory)
+        check_task_fits_config(self.directory, self.info, config, self.module.MODEL.hf_architecture)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.model = self.module.MODEL.from_pretrained(self.directory).eval()
-        if dtype is not None:
-            self.model.to(dtype)
+            warnings.simplefilter("ignore")  # strict: anything those warnings would say is an error instead
+            self.model = self.module.MODEL.from_pretrained(self.directory, strict=True, config=config).eval()
         if onnx is not None:
             from bertkit.export import OnnxEncoder
 
+            # before any dtype change: the fingerprint is of the float32 weights the file was exported from
             self.model.bert = OnnxEncoder(onnx, self.model.bert)
+        if dtype is not None:
+            self.model.to(dtype)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

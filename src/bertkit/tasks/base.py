@@ -36,7 +36,89 @@ def read_task_info(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(info, dict) or "task" not in info:
         raise CheckpointError(f"{path}: expected an object with a 'task' key")
+    check_task_info(info, str(path))
     return info
+
+
+def _label_list(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+            and len(set(value)) == len(value))
+
+
+def _int_in(low: int, high: int) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+# task.json fields: a check and the words for what it expects. An unchecked value would fail deep inside
+# predict (a string max_seq_len) or, worse, predict with the wrong label names.
+_TASK_FIELDS: dict[str, tuple[Any, str]] = {
+    "labels": (_label_list, "a non-empty list of distinct, non-empty strings"),
+    "intents": (_label_list, "a non-empty list of distinct, non-empty strings"),
+    "max_seq_len": (_int_in(8, 131_072), "an integer from 8 to 131072"),
+    "doc_stride": (_int_in(1, 131_072), "a positive integer"),
+    "scheme": (lambda v: v in ("bio", "bioes"), '"bio" or "bioes"'),
+    "crf": (lambda v: isinstance(v, bool), "true or false"),
+    "word_level": (lambda v: v in ("char", "space"), '"char" or "space"'),
+    "format": (lambda v: isinstance(v, str) and bool(v), "a format name"),
+    "metric": (lambda v: isinstance(v, str) and bool(v), "a metric name"),
+}
+# What each task's predict and evaluate read from task.json.
+_TASK_REQUIRED = {
+    "classification": ("labels", "max_seq_len"),
+    "ner": ("labels", "max_seq_len", "scheme", "crf", "word_level"),
+    "intent_slot": ("intents", "labels", "max_seq_len", "scheme", "crf", "word_level"),
+    "relation": ("labels", "max_seq_len", "format"),
+    "spelling": ("max_seq_len",),
+    "qa": ("max_seq_len", "doc_stride"),
+}
+
+
+def check_task_info(info: dict[str, Any], source: str) -> None:
+    """Every field a task reads has the right type and range; unknown keys are left alone (newer writers may
+    add some). Raises CheckpointError naming the file, the field and what was expected."""
+    task = info["task"]
+    if task not in _TASK_REQUIRED:
+        raise CheckpointError(f"{source}: task must be one of {sorted(_TASK_REQUIRED)}, got {task!r:.100}")
+    missing = [key for key in _TASK_REQUIRED[task] if key not in info]
+    if missing:
+        raise CheckpointError(f"{source}: a {task} task.json needs {missing}; it has {sorted(info)}")
+    for key, (valid, expected) in _TASK_FIELDS.items():
+        if key in info and not valid(info[key]):
+            raise CheckpointError(f"{source}: {key} must be {expected}, got {info[key]!r:.200}")
+
+
+def check_task_fits_config(directory: str | Path, info: dict[str, Any], config: BertConfig,
+                           architecture: str) -> None:
+    """task.json and config.json describe the same model: its class (config `architectures`), label sets, CRF
+    and length. A mismatch means files from two checkpoints were mixed, and loading would predict nonsense."""
+    task_path, config_path = Path(directory) / TASK_FILE, Path(directory) / "config.json"
+    task = info["task"]
+    problems = []
+    if architecture not in config.architectures:
+        problems.append(f"{task_path} says task {task!r} (a {architecture}) but {config_path} says architectures "
+                        f"{config.architectures}")
+    sets = {"labels": "id2label", "intents": "bertkit_intents"}
+    if task == "intent_slot":
+        sets["labels"] = "bertkit_slots"
+    for key, config_key in sets.items():
+        if key not in info:
+            continue
+        value = config.extra.get(config_key)
+        theirs = [value[str(i)] for i in range(len(value))] if isinstance(value, dict) else value
+        if theirs is None:
+            problems.append(f"{config_path} has no {config_key}, the label set {task_path} names ({key})")
+        elif theirs != info[key]:
+            problems.append(f"{task_path} has {len(info[key])} {key} {info[key]!r:.200} but {config_path} has "
+                            f"{len(theirs)} in {config_key} {theirs!r:.200}")
+    if "crf" in info and info["crf"] != bool(config.extra.get("bertkit_crf", False)):
+        problems.append(f"{task_path} says crf={info['crf']} but {config_path} says "
+                        f"bertkit_crf={config.extra.get('bertkit_crf', False)}")
+    if info["max_seq_len"] > config.max_position_embeddings:
+        problems.append(f"{task_path} says max_seq_len={info['max_seq_len']} but {config_path} has only "
+                        f"max_position_embeddings={config.max_position_embeddings}")
+    if problems:
+        raise CheckpointError(f"{directory}: task.json and config.json do not describe the same model:\n  "
+                              + "\n  ".join(problems))
 
 
 def finetune_tokenizer(init_from: str | Path | None, tokenizer: str | Path | None) -> Tokenizer:
