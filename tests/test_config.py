@@ -58,6 +58,11 @@ def test_json_round_trip_keeps_extra_keys(tmp_path):
         ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
         ({"hidden_dropout_prob": 1.5}, r"hidden_dropout_prob must be in \[0, 1\)"),
         ({"pad_token_id": 500, "vocab_size": 100}, r"pad_token_id \(500\) must be in \[0, vocab_size=100\)"),
+        ({"layer_norm_eps": "1e-12"}, r"layer_norm_eps must be a finite number, got '1e-12'"),
+        ({"initializer_range": float("nan")}, r"initializer_range must be a finite number"),
+        ({"max_position_embeddings": 10**12}, r"max_position_embeddings must be at most 131,072"),
+        ({"num_hidden_layers": 512, "hidden_size": 16384, "num_attention_heads": 16, "intermediate_size": 65536},
+         r"more than bertkit's limit of 10,000,000,000"),
     ],
 )
 def test_invalid_values_are_refused(overrides, message):

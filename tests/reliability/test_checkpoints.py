@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from bertkit import BertConfig, CheckpointError
 from bertkit.cli import main
 from bertkit.predict import Predictor
-from tests.reliability.tiny_checkpoints import TEXTS, make_classifier
+from tests.reliability.tiny_checkpoints import TEXTS, finetune_tiny, make_classifier
 
 
 def _edit_json(path, **changes) -> None:
@@ -202,3 +202,12 @@ def test_onnx_fingerprint_ignores_dropout_but_not_weights(tmp_path):
     with torch.no_grad():
         model.pooler.bias[0] += 1e-3
     assert fingerprint(model) != before
+
+
+@pytest.mark.parametrize("task", ["classification", "ner", "intent_slot", "relation", "spelling", "qa"])
+def test_every_task_checkpoint_passes_the_strict_checks(tmp_path, task):
+    """The checks refuse mixed-up checkpoints, not the ones `finetune` writes: each task's own loads and predicts."""
+    directory, inputs = finetune_tiny(task, tmp_path)
+    predictor = Predictor(directory)
+    assert predictor.task == task
+    assert len(predictor.predict(inputs)) == len(inputs)
