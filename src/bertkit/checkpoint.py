@@ -210,6 +210,13 @@ def check_vocab_fits(directory: Path, config: BertConfig) -> None:
             )
 
 
+def check_directory(directory: Path) -> None:
+    """A checkpoint is a directory: say which of 'missing' or 'not a directory' it is."""
+    if not directory.is_dir():
+        what = "is a file, not a checkpoint directory" if directory.exists() else "checkpoint directory not found"
+        raise CheckpointError(f"{directory}: {what}")
+
+
 def nonfinite_tensors(state: dict[str, Tensor]) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an infinity."""
     return sorted(name for name, tensor in state.items()
@@ -234,8 +241,7 @@ def load_model(cls: type[M], directory: str | Path, *, strict: bool = False, con
     Non-finite weights are always refused.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    check_directory(directory)
     config = config or BertConfig.from_pretrained(directory)
     check_vocab_fits(directory, config)
     state, source = read_weights(directory)

@@ -19,7 +19,7 @@ import torch
 
 from bertkit import resources
 from bertkit.config import BertConfig
-from bertkit.errors import BertkitError, CheckpointError, DataError
+from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
 
 # ---- argument types: a bad number is refused while parsing (exit 2, the flag named), before any work -----------
@@ -123,11 +123,11 @@ def input_lines(name: str) -> Iterator[tuple[int, str]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a checkpoint directory: config, parameter count, vocabulary."""
+    from bertkit.checkpoint import check_directory, check_vocab_fits, read_weights
+
     directory = Path(args.checkpoint)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    check_directory(directory)
     config = BertConfig.from_pretrained(directory)
-    from bertkit.checkpoint import check_vocab_fits, read_weights
 
     check_vocab_fits(directory, config)
     state, source = read_weights(directory)

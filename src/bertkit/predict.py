@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
-from bertkit.errors import CheckpointError, DataError
+from bertkit.errors import DataError
 from bertkit.tasks import task_module
 from bertkit.tasks.base import check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
@@ -38,8 +39,7 @@ class Predictor:
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
         """
         self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise CheckpointError(f"{self.directory}: checkpoint directory not found")
+        check_directory(self.directory)
         self.info = read_task_info(self.directory)
         self.task = self.info["task"]
         self.module = task_module(self.task)

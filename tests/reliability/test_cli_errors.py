@@ -189,3 +189,13 @@ def test_predict_into_head_exits_quietly(checkpoint, tmp_path):
     err = (tmp_path / "err").read_text()
     assert "Traceback" not in err and "BrokenPipeError" not in err and err.strip() == "", err
     assert lines[-1] == "status=141"
+
+
+def test_a_file_given_as_checkpoint_is_called_a_file(tmp_path, capsys, monkeypatch):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    assert main(["info", str(weights)]) == 2
+    _one_error_line(capsys, "model.safetensors: is a file, not a checkpoint directory")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("x\n"))
+    assert main(["predict", str(weights)]) == 2
+    _one_error_line(capsys, "is a file, not a checkpoint directory")
