@@ -43,10 +43,10 @@ class Predictor:
         self.info = read_task_info(self.directory)
         self.task = self.info["task"]
         self.module = task_module(self.task)
-        config = BertConfig.from_pretrained(self.directory)
-        check_task_fits_config(self.directory, self.info, config, self.module.MODEL.hf_architecture)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # strict: anything those warnings would say is an error instead
+            warnings.simplefilter("ignore")  # strict: anything the weight warnings would say is an error instead
+            config = BertConfig.from_pretrained(self.directory)
+            check_task_fits_config(self.directory, self.info, config, self.module.MODEL.hf_architecture)
             self.model = self.module.MODEL.from_pretrained(self.directory, strict=True, config=config).eval()
         if onnx is not None:
             from bertkit.export import OnnxEncoder

@@ -32,7 +32,7 @@ def test_intact_checkpoint_predicts(tmp_path):
     assert [p["label"] for p in predictions] and all(p["label"] in ("neg", "pos") for p in predictions)
 
 
-def test_missing_head_weights_are_named_not_randomly_initialised(tmp_path):
+def test_missing_head_weights_are_named_not_randomly_initialised(tmp_path, capsys):
     directory = make_classifier(tmp_path)
 
     def drop_head(state):
@@ -42,7 +42,9 @@ def test_missing_head_weights_are_named_not_randomly_initialised(tmp_path):
     with pytest.raises(CheckpointError, match="missing weights") as info:
         Predictor(directory)
     assert "classifier.weight" in str(info.value) and "classifier.bias" in str(info.value)
+    capsys.readouterr()
     assert main(["evaluate", str(directory), "--data", str(tmp_path / "none.tsv")]) == 2  # evaluate loads the same way
+    assert "missing weights" in capsys.readouterr().err
 
 
 def test_ner_task_json_over_classifier_weights_is_refused(tmp_path):
