@@ -459,7 +459,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
-    p.add_argument("--input", default="-", help="JSONL objects or plain text lines; '-' for stdin (default)")
+    p.add_argument("--input", default="-", help="JSONL objects or plain text lines, UTF-8 (a BOM is ignored, blank "
+                   "lines skipped; no input at all is an error); '-' for stdin (default)")
     p.add_argument("--output", default="-", help="JSONL predictions; '-' for stdout (default)")
     p.add_argument("--batch-size", type=POSITIVE, default=32, help="(default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
