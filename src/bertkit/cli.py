@@ -256,12 +256,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /)."""
     import os
 
-    from bertkit.serve import ServeConfig, serve
+    from bertkit.serve import ServeConfig, check_exposure, serve
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_inputs=args.max_inputs, max_request_chars=args.max_request_chars,
                          header_timeout_s=args.header_timeout, max_connections=args.max_connections)
     api_key = args.api_key or os.environ.get("BERTKIT_API_KEY") or None
+    check_exposure(args.host, api_key, args.insecure)  # refused before the model loads
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
           allow_hosts=args.allow_host)
