@@ -117,6 +117,7 @@ def main() -> int:
     result = {"requests": sum(statuses.values()), "statuses": {str(k): v for k, v in sorted(statuses.items())},
               "5xx": sum(v for k, v in statuses.items() if k >= 500), "unreadable_or_failed": len(bad),
               "server_tracebacks": log.count("Traceback"), "server_alive_after": alive,
+              "server_exceptions": sorted({line for line in log.splitlines() if "Error:" in line})[:10],
               "examples_of_bad": [[s, p, b.decode("latin-1")] for s, p, b in bad[:5]]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fuzz_server.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -69,6 +69,8 @@ class Predictor:
             for key in keys:
                 if key in required and key not in item:
                     raise DataError(f"input {index}: missing {key!r}")
+                if key in required and item[key] is None:
+                    raise DataError(f"input {index}: {key!r} must be a string, got null")
                 if key in item and item[key] is not None and not isinstance(item[key], str):
                     raise DataError(f"input {index}: {key!r} must be a string, got {type(item[key]).__name__}")
                 if isinstance(item.get(key), str):
