@@ -1,4 +1,5 @@
-"""Test helpers: a tiny fine-tuned NER checkpoint and a real `bertkit serve` process on a free loopback port."""
+"""Test helpers: tiny fine-tuned checkpoints (NER, sentence-pair classification, intent + slots) and a real
+`bertkit serve` process on a free loopback port."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from bertkit import Tokenizer
-from bertkit.tasks import ner
+from bertkit.tasks import classification, intent_slot, ner
 from bertkit.train import TrainConfig
 
 
@@ -32,6 +34,38 @@ def make_ner_checkpoint(root: Path) -> Path:
     return root / "run" / "model"
 
 
+def make_pair_checkpoint(root: Path, max_seq_len: int = 64) -> Path:
+    """A two-class sentence-pair classifier (RTE-style TSV) trained for a few steps: for serving, not accuracy."""
+    rows = ["sentence1\tsentence2\tlabel"]
+    for i, (a, b) in enumerate([("the cat sat", "a cat sat"), ("dogs run fast", "the dog is slow"),
+                                ("it is raining", "the street is wet"), ("he won the race", "he lost")] * 6):
+        rows.append(f"{a}\t{b}\t{i % 2}")
+    data = root / "train.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    Tokenizer.train([data], vocab_size=80, min_frequency=1).save_pretrained(root / "vocab")
+    config = TrainConfig(output_dir=str(root / "run"), batch_size=8, max_steps=10, lr=3e-3, warmup=2,
+                         progress=False, bf16=False)
+    classification.finetune(data, config, fmt="rte", tokenizer=root / "vocab", model_size="tiny",
+                            max_seq_len=max_seq_len)
+    return root / "run" / "model"
+
+
+def make_intent_checkpoint(root: Path, max_seq_len: int = 16) -> Path:
+    """A tiny intent + slot model (ATIS layout) with a short max_seq_len, so an ordinary sentence is over-long."""
+    data = root / "train"
+    data.mkdir(parents=True)
+    utterances = [("fly from boston to denver", "O O B-from O B-to", "flight"),
+                  ("show fares to dallas", "O O O B-to", "airfare")] * 8
+    (data / "seq.in").write_text("\n".join(u[0] for u in utterances) + "\n", encoding="utf-8")
+    (data / "seq.out").write_text("\n".join(u[1] for u in utterances) + "\n", encoding="utf-8")
+    (data / "label").write_text("\n".join(u[2] for u in utterances) + "\n", encoding="utf-8")
+    Tokenizer.train([data / "seq.in"], vocab_size=60, min_frequency=1).save_pretrained(root / "vocab")
+    config = TrainConfig(output_dir=str(root / "run"), batch_size=8, max_steps=10, lr=3e-3, warmup=2,
+                         progress=False, bf16=False)
+    intent_slot.finetune(data, config, tokenizer=root / "vocab", model_size="tiny", max_seq_len=max_seq_len)
+    return root / "run" / "model"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,26 +75,30 @@ def free_port() -> int:
 class Server:
     """`bertkit serve` in a child process; stopped on exit."""
 
-    def __init__(self, checkpoint: Path, *extra: str) -> None:
+    def __init__(self, checkpoint: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # a file, not a pipe: a server that logs more than a pipe holds would block on its next write
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (open as long as the server runs)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bertkit.cli", "serve", str(checkpoint), "--port", str(self.port), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        self.headers: dict[str, str] = {}  # sent with every request (e.g. an Authorization header)
         deadline = time.time() + 60
         while time.time() < deadline:
+            if self.process.poll() is not None:
+                break
             try:
-                if self.get("/health")[0] == 200:
+                if self.get("/health")[0] in (200, 401):
                     return
             except OSError:
                 time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start: " + self.process.stdout.read().decode(errors="replace")[-2000:])
+        raise RuntimeError("server did not start: " + self.stop()[-2000:])
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
                 ) -> tuple[int, dict, dict]:
         req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+                                     headers={"Content-Type": "application/json", **self.headers, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=60) as response:
                 return response.status, json.loads(response.read() or b"null"), dict(response.headers)
@@ -73,9 +111,17 @@ class Server:
     def post(self, path: str, payload) -> tuple[int, dict, dict]:
         return self.request("POST", path, json.dumps(payload).encode())
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop the server; returns everything it printed (stdout and stderr)."""
         self.process.terminate()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        return self.output()
+
+    def output(self) -> str:
+        """What the server has printed so far (stdout and stderr)."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")

@@ -53,6 +53,7 @@ def test_health_predict_metrics_page(server):
         (b'{"inputs": []}', 422, '"inputs" must be a non-empty list'),
         (b'{"inputs": [42]}', 422, "input 0: expected an object"),
         (b'{"inputs": [{"text": 5}]}', 422, "'text' must be a string, got int"),
+        (b'{"inputs": [{"text": null}]}', 422, "input 0: 'text' must be a string, got null"),
         (b'{"inputs": [{"txt": "a"}]}', 422, "unknown field(s) ['txt']"),
         (b'{"inputs": ["   "]}', 422, "'text' is empty"),
         (json.dumps({"inputs": ["x"] * 9}).encode(), 413, "9 inputs in one request; the limit is 8"),

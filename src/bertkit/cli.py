@@ -385,12 +385,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /)."""
-    from bertkit.serve import ServeConfig, serve
+    import os
+
+    from bertkit.serve import ServeConfig, check_exposure, serve
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                         max_inputs=args.max_inputs)
+                         max_inputs=args.max_inputs, max_request_chars=args.max_request_chars,
+                         header_timeout_s=args.header_timeout, max_connections=args.max_connections)
+    api_key = args.api_key or os.environ.get("BERTKIT_API_KEY") or None
+    check_exposure(args.host, api_key, args.insecure)  # refused before the model loads
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
-    serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx)
+    serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
+          allow_hosts=args.allow_host)
     return 0
 
 
@@ -438,12 +444,42 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=32, help="inputs per forward pass; 1 = no batching (32)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests (default: 5 ms)")
-    p.add_argument("--max-queue", type=int, default=256, help="queued inputs before 503 (default: 256)")
-    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request before 413 (default: 64)")
+    p.add_argument("--port", type=_serve_number(int, 0, 65535), default=8000, help="(default: %(default)s)")
+    p.add_argument("--max-batch", type=_serve_number(int, 1), default=32,
+                   help="inputs per forward pass; 1 = no batching (32)")
+    p.add_argument("--max-wait-ms", type=_serve_number(float, 0, 10_000), default=5.0,
+                   help="wait for more requests (default: 5 ms)")
+    p.add_argument("--max-queue", type=_serve_number(int, 1), default=256,
+                   help="queued inputs before 503 (default: 256)")
+    p.add_argument("--max-inputs", type=_serve_number(int, 1), default=64,
+                   help="inputs per request before 413 (default: 64)")
     p.add_argument("--onnx", default=None, help="run the encoder from this ONNX file (bertkit export --onnx)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but the page "
+                   "(default: $BERTKIT_API_KEY); needed to bind beyond loopback")
+    p.add_argument("--insecure", action="store_true", help="allow binding beyond loopback with no API key")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host-header name to answer besides loopback and --host (repeatable; '*' for any)")
+    p.add_argument("--max-request-chars", type=_serve_number(int, 1), default=100_000,
+                   help="characters over all texts of one request before 413 (default: %(default)s)")
+    p.add_argument("--header-timeout", type=_serve_number(float, 0.01, 3600), default=10.0,
+                   help="seconds a connection may take to send its request headers (default: %(default)s)")
+    p.add_argument("--max-connections", type=_serve_number(int, 1), default=512,
+                   help="open connections before new ones are refused (default: %(default)s)")
+
+
+def _serve_number(kind: type, minimum: float, maximum: float = float("inf")) -> Callable[[str], Any]:
+    """An argparse type: a finite number of `kind` in [minimum, maximum], else a one-line error naming the value."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum or value != value:
+            bounds = f"from {minimum:g} to {maximum:g}" if maximum != float("inf") else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bounds}, "
+                                             f"got {text!r}")
+        return value
+    return parse
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
-from bertkit.errors import DataError
+from bertkit.errors import BertkitError, DataError
 from bertkit.tasks import task_module
 from bertkit.tasks.base import check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
@@ -79,8 +80,12 @@ class Predictor:
             for key in keys:
                 if key in required and key not in item:
                     raise DataError(f"input {index}: missing {key!r}")
+                if key in required and item[key] is None:
+                    raise DataError(f"input {index}: {key!r} must be a string, got null")
                 if key in item and item[key] is not None and not isinstance(item[key], str):
                     raise DataError(f"input {index}: {key!r} must be a string, got {type(item[key]).__name__}")
+                if isinstance(item.get(key), str):
+                    _check_encodable(item[key], index, key)
             if not item[required[0]].strip():
                 raise DataError(f"input {index}: {required[0]!r} is empty")
             out.append(item)
@@ -88,13 +93,40 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Predictions for `inputs` (any mix of shapes the task reads); an error if the model gives NaN or inf."""
         items = self.normalise(inputs)
         if not items:
             return []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="inputs longer than max_length")
-            return self.module.predict_inputs(self.model, self.tokenizer, self.info, items)
+            results = self.module.predict_inputs(self.model, self.tokenizer, self.info, items)
+        for index, result in enumerate(results):
+            # NaN is not JSON: the predict CLI would write an unreadable file and the server a 500.
+            if not _all_finite(result):
+                raise BertkitError(f"input {index}: the model produced non-finite values (NaN or infinity); its "
+                                   f"weights in {self.directory} may be corrupt")
+        return results
 
     def evaluate(self, path: str | Path, fmt: str) -> dict[str, float]:
         with torch.no_grad():
             return self.module.evaluate_file(self.model, self.tokenizer, self.info, path, fmt)
+
+
+def _check_encodable(text: str, index: int, key: str) -> None:
+    """Text the tokenizer cannot take (a lone surrogate such as "\\ud800", which UTF-8 cannot encode) is this
+    input's error, found before it is batched with other inputs it would otherwise fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"input {index}: {key!r} has a lone surrogate (U+{ord(text[exc.start]):04X}) at character "
+                        f"{exc.start}; send valid Unicode text") from None
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True

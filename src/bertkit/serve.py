@@ -2,7 +2,12 @@
 
 Requests that arrive together are grouped into one forward pass (up to `max_batch` inputs, waiting at most
 `max_wait_ms` for company); when `max_queue` inputs are already waiting the server answers 503 with Retry-After
-instead of growing without limit. Bad requests get a 4xx with a readable message, never a traceback.
+instead of growing without limit. Bad requests get a 4xx with a readable message, never a traceback, and an
+input that fails fails only its own request: a batch that raises is re-run job by job.
+
+Exposure: binding beyond loopback needs an API key (a bearer token on every route but the page) or `--insecure`;
+the Host header must name this server (DNS rebinding); POSTs must be `application/json` (a cross-site form can
+only send text/plain without a preflight); slow or silent connections are closed after a timeout.
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
+import ipaddress
 import json
+import logging
+import re
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources as importlib_resources
@@ -36,6 +46,15 @@ class ServeConfig:
     max_chars: int = 10_000  # characters per text field (413 above)
     max_body_bytes: int = 2_000_000  # request body (413 above)
     attention_max_tokens: int = 96  # the attention view is for reading, not for long documents
+    # Characters, not tokens: what a request costs before truncation (normalising and tokenizing) grows with its
+    # characters, and counting them needs no tokenizer work on the event loop; after truncation every input costs
+    # at most max_seq_len tokens.
+    max_request_chars: int = 100_000  # characters over all text fields of one request (413 above)
+    max_json_depth: int = 32  # nesting of the request body (400 above), checked before json.loads recurses
+    header_timeout_s: float = 10.0  # a connection that has not sent its request headers by then is closed
+    body_timeout_s: float = 10.0  # a request body not received by then gets 408
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
+    max_connections: int = 512  # open connections; beyond it new ones are closed at once (503 from near it)
 
 
 class HttpError(Exception):
@@ -104,6 +123,19 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self.executor, self.predictor.predict, items)
         except Exception as exc:  # a failure in one batch must not stop the server
+            if len(jobs) > 1:
+                # One client's input must not fail the others batched with it: run each job alone, so only the
+                # job that raises gets the error (and its message's input index is the one in its own request).
+                for job in jobs:
+                    try:
+                        alone = await loop.run_in_executor(self.executor, self.predictor.predict, job.items)
+                    except Exception as job_exc:
+                        if not job.future.done():
+                            job.future.set_exception(job_exc)
+                    else:
+                        if not job.future.done():
+                            job.future.set_result(alone)
+                return
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -115,6 +147,9 @@ class Batcher:
             start += len(job.items)
 
 
+ROUTES = ("/", "/health", "/metrics", "/predict", "/attention")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.started = time.time()
@@ -123,7 +158,8 @@ class Metrics:
         self.inputs = 0
 
     def record(self, path: str, status: int, seconds: float) -> None:
-        self.requests[f"{path} {status}"] += 1
+        # Unknown paths share one counter: a counter per requested path grows without bound and echoes them.
+        self.requests[f"{path if path in ROUTES else 'other'} {status}"] += 1
         if path == "/predict" and status == 200:
             self.latencies.append(seconds)
 
@@ -146,29 +182,109 @@ class Metrics:
         }
 
 
-def _parse_json(body: bytes) -> Any:
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _parse_json(body: bytes, max_depth: int = 32) -> Any:
+    # json.loads recurses once per level: 100,000 levels raised RecursionError (a 500); refuse deep nesting first.
+    if body.count(b"[") + body.count(b"{") > max_depth and json_depth(body) > max_depth:
+        raise HttpError(400, f"JSON nested deeper than {max_depth} levels; a request needs 3")
     try:
         return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise HttpError(400, f"request body is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise HttpError(400, f"malformed JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4,300 digits
+        raise HttpError(400, f"JSON value refused: {exc}") from exc
 
 
 def _check_sizes(items: list[Any], config: ServeConfig) -> None:
     if len(items) > config.max_inputs:
         raise HttpError(413, f"{len(items)} inputs in one request; the limit is {config.max_inputs}")
+    total = 0
     for index, item in enumerate(items):
         values = [item] if isinstance(item, str) else list(item.values()) if isinstance(item, dict) else []
         for value in values:
             if isinstance(value, str) and len(value) > config.max_chars:
                 raise HttpError(413, f"input {index} has a text of {len(value)} characters; the limit is "
                                      f"{config.max_chars}")
+            total += len(value) if isinstance(value, str) else 0
+    if total > config.max_request_chars:
+        raise HttpError(413, f"the request's texts have {total} characters in all; the limit per request is "
+                             f"{config.max_request_chars} (send fewer inputs per request)")
 
 
-def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None):
-    """The FastAPI application serving one checkpoint directory."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+log = logging.getLogger("bertkit.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> str | None:
+    """Whether `serve` may bind `host`: the warning to print (None on loopback), or a BertkitError when binding
+    beyond this machine has neither an API key nor `--insecure`."""
+    if is_loopback(host):
+        return None
+    if api_key:
+        return (f"serving on {host}: reachable from other machines; every request but the page needs "
+                "'Authorization: Bearer <key>'; the key travels in clear over HTTP, so put TLS in front")
+    if not insecure:
+        raise BertkitError(f"--host {host} makes the server reachable from other machines, with no "
+                           "authentication: pass --api-key KEY (or set BERTKIT_API_KEY), or --insecure to serve "
+                           "anyone who can reach it")
+    return (f"serving on {host} WITHOUT authentication (--insecure): anyone who can reach this port can use the "
+            "model")
+
+
+def allowed_host_names(host: str, extra: Collection[str] = ()) -> set[str] | None:
+    """Host-header names this server answers (None: any); a page on another name that resolves here (DNS
+    rebinding) is refused."""
+    if "*" in extra:
+        return None
+    names = {*LOOPBACK_NAMES, *(e.lower() for e in extra)}
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(host.strip("[]").lower())
+    return names
+
+
+def _host_name(header: str) -> str:
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None, *,
+               api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES):
+    """The FastAPI application serving one checkpoint directory.
+
+    `api_key`: every request but `GET /` must send `Authorization: Bearer <api_key>`. `allowed_hosts`: the names a
+    Host header may carry (default: the loopback names; None: any).
+    """
     config = config or ServeConfig()
+    hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+    expected = f"Bearer {api_key}".encode() if api_key else None
     predictor = Predictor(directory, onnx=onnx)
     batcher = Batcher(predictor, config)
     metrics = Metrics()
@@ -183,30 +299,54 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise HttpError(413, f"request body of {declared} bytes; the limit is {config.max_body_bytes}")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > config.max_body_bytes:
-                raise HttpError(413, f"request body over {config.max_body_bytes} bytes")
+        body = bytearray()
+        try:
+            async with asyncio.timeout(config.body_timeout_s):  # a client trickling its body holds a connection
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > config.max_body_bytes:
+                        raise HttpError(413, f"request body over {config.max_body_bytes} bytes")
+        except TimeoutError as exc:
+            raise HttpError(408, f"request body not received within {config.body_timeout_s:g} s") from exc
         if not body:
             raise HttpError(400, "empty request body: send JSON")
-        return _parse_json(body)
+        return _parse_json(bytes(body), config.max_json_depth)
+
+    def check_request(request: Request) -> None:
+        if hosts is not None:
+            name = _host_name(request.headers.get("host", ""))
+            if name not in hosts:
+                raise HttpError(400, f"Host header {name!r} is not one this server answers ({sorted(hosts)}); "
+                                     "start it with --allow-host NAME to add one")
+        if expected is not None and not (request.method == "GET" and request.url.path == "/"):
+            given = request.headers.get("authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, expected):
+                raise HttpError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                {"WWW-Authenticate": "Bearer"})
+        if request.method == "POST":
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                raise HttpError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
 
     @app.middleware("http")
     async def errors_and_metrics(request: Request, call_next):
         started = time.perf_counter()
         try:
+            check_request(request)
             response = await call_next(request)
-        except HttpError as exc:
-            response = JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        except Exception as exc:  # never a plain-text 500 or a traceback to the client
+            response = handle(exc)
         metrics.record(request.url.path, response.status_code, time.perf_counter() - started)
         return response
 
     def handle(exc: Exception) -> JSONResponse:
         if isinstance(exc, HttpError):
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-        if isinstance(exc, (DataError, BertkitError, ValueError, TypeError)):
+        if isinstance(exc, (DataError, ValueError, TypeError)):
             return JSONResponse({"error": str(exc)}, status_code=422)
+        if isinstance(exc, BertkitError):  # the model's fault, not the request's (e.g. non-finite outputs)
+            return JSONResponse({"error": str(exc)}, status_code=500)
+        log.error("internal error answering a request", exc_info=exc)  # the operator's log gets the traceback
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
@@ -253,6 +393,12 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
             pair = body.get("text_pair")
             if pair is not None and not isinstance(pair, str):
                 raise HttpError(422, '"text_pair" must be a string')
+            for key in ("text", "text_pair"):
+                try:
+                    (body.get(key) or "").encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise HttpError(422, f"{key!r} has a lone surrogate at character {exc.start}; send valid "
+                                         "Unicode text") from exc
             _check_sizes([body], config)
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(batcher.executor, attention_view, predictor, body["text"], pair,
@@ -281,7 +427,63 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
 
 
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          onnx: str | Path | None = None) -> None:
+          onnx: str | Path | None = None, *, api_key: str | None = None, insecure: bool = False,
+          allow_hosts: Collection[str] = ()) -> None:
+    """Run the server (blocking). A non-loopback `host` needs `api_key` or `insecure` (`check_exposure`), and
+    warns on stderr either way; `allow_hosts`: Host-header names besides loopback and `host` ("*": any)."""
+    import sys
+
     import uvicorn
 
-    uvicorn.run(create_app(directory, config, onnx), host=host, port=port, log_level="warning")
+    warning = check_exposure(host, api_key, insecure)
+    if warning:
+        print(f"bertkit serve: warning: {warning}", file=sys.stderr)
+    config = config or ServeConfig()
+    app = create_app(directory, config, onnx, api_key=api_key, allowed_hosts=allowed_host_names(host, allow_hosts))
+    uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
+        timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections)).run()
+
+
+def _guarded_protocol(config: ServeConfig) -> type:
+    """uvicorn's h11 protocol with a header timeout and a hard connection cap, which uvicorn lacks: a connection
+    that opens and sends nothing (or half its headers) was held forever (2,200 of them for as long as they liked).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > config.max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the next request on a keep-alive connection gets the same deadline
+            super().data_received(data)
+
+        def _arm(self) -> None:
+            waiting_after = self.cycle  # the request (if any) before the one whose headers we wait for
+
+            def expire() -> None:
+                self._header_timer = None
+                if self.transport.is_closing():
+                    return
+                if self.cycle is waiting_after:
+                    self.transport.close()
+                elif self.cycle.response_complete:
+                    self._arm()  # between requests: half the next request's headers may already be here
+
+            self._header_timer = self.loop.call_later(config.header_timeout_s, expire)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol

@@ -307,8 +307,9 @@ class Tokenizer:
     ) -> list[Any]:
         """Unpadded encodings (tokenizers `Encoding`: .ids, .type_ids, .offsets, .word_ids, .sequence_ids).
 
-        Pairs are `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1; truncation is longest-first and a warning
-        says inputs were cut (the running total is `truncated_count`). With `truncation=False`, an input over
+        Pairs are `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1 (a `None` in `text_pairs` encodes that text
+        alone); truncation is longest-first (`truncate_longest_first`) and a warning says inputs were cut (the
+        running total is `truncated_count`). With `truncation=False`, an input over
         `max_length` is an error.
         """
         single = isinstance(texts, str) or (is_split_into_words and _is_word_list(texts))
@@ -321,13 +322,15 @@ class Tokenizer:
         for index, text in enumerate(batch):
             _check_item(text, f"texts[{index}]", is_split_into_words)
         for index, text in enumerate(pairs or ()):
-            _check_item(text, f"text_pairs[{index}]", is_split_into_words)
+            if text is not None:
+                _check_item(text, f"text_pairs[{index}]", is_split_into_words)
         if not batch:
             raise ValueError("texts is empty: nothing to tokenize")
         max_length = self.options.model_max_length if max_length is None else max_length
-        if max_length < (4 if pairs is not None else 3):
+        if max_length < (4 if pairs is not None and any(p is not None for p in pairs) else 3):
             raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]")
-        inputs = list(zip(batch, pairs, strict=True)) if pairs is not None else batch
+        # A pair whose second text is None is encoded alone, so inputs with and without pairs can share a batch.
+        inputs = [(a, b) if b is not None else a for a, b in zip(batch, pairs, strict=True)] if pairs else batch
         encodings = self._rust.encode_batch(inputs, is_pretokenized=is_split_into_words)
         too_long = [i for i, e in enumerate(encodings) if len(e.ids) > max_length]
         if too_long:
@@ -337,12 +340,8 @@ class Tokenizer:
                     f"input {i} has {len(encodings[i].ids)} tokens, more than max_length={max_length} "
                     f"({len(too_long)} input(s) too long); pass truncation=True or split the text"
                 )
-            self._rust.enable_truncation(max_length, strategy="longest_first")
-            try:
-                for i in too_long:
-                    encodings[i] = self._rust.encode(*_as_args(inputs[i]), is_pretokenized=is_split_into_words)
-            finally:
-                self._rust.no_truncation()
+            for i in too_long:
+                encodings[i] = truncate_longest_first(encodings[i], max_length)
             self.truncated_count += len(too_long)
             # One stable message per max_length, so a training loop warns once, not every batch; the running
             # total is in `tokenizer.truncated_count`.
@@ -401,6 +400,60 @@ class Tokenizer:
                 dtype=torch.long,
             )
         return out
+
+
+@dataclass(frozen=True)
+class TruncatedEncoding:
+    """The fields of a tokenizers `Encoding` that bertkit reads, for an input cut to `max_length` tokens."""
+
+    ids: list[int]
+    type_ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+    sequence_ids: list[int | None]
+    attention_mask: list[int]
+    special_tokens_mask: list[int]
+
+
+def truncate_longest_first(encoding: Any, max_length: int) -> TruncatedEncoding:
+    """`[CLS] A [SEP] (B [SEP])` cut to `max_length` tokens longest-first, as tokenizers' `longest_first` cuts it.
+
+    The one truncation for training and prediction. It slices the untruncated encoding's token lists and never
+    asks tokenizers to truncate: tokenizers' truncation keeps every overflow piece, and for a pair it builds
+    every combination of A's and B's pieces (a 10,000 + 10,000-token pair: seconds and gigabytes). The lengths
+    follow tokenizers' rule: the shorter text stays whole if the longer one can take the rest; otherwise each
+    gets half, and the longer (B on a tie) gets the odd token.
+    """
+    sequence_ids, ids = encoding.sequence_ids, encoding.ids
+    n1, n2 = sequence_ids.count(0), sequence_ids.count(1)
+    pair = encoding.type_ids[-1] == 1  # the closing [SEP] of B has segment 1, even when B is empty
+    budget = max_length - (3 if pair else 2)
+    if not pair:
+        keep = {0: min(n1, budget), 1: 0}
+    else:
+        short, long_ = (n2, n1) if n1 > n2 else (n1, n2)
+        long_ = short if short > budget else max(short, budget - short)
+        if short + long_ > budget:
+            short, long_ = budget // 2, budget // 2 + budget % 2
+        keep = {0: long_, 1: short} if n1 > n2 else {0: short, 1: long_}
+    kept = _kept_positions(sequence_ids, keep)
+    fields = (encoding.type_ids, encoding.tokens, encoding.offsets, encoding.word_ids, sequence_ids,
+              encoding.attention_mask, encoding.special_tokens_mask)
+    return TruncatedEncoding([ids[p] for p in kept], *([field[p] for p in kept] for field in fields))
+
+
+def _kept_positions(sequence_ids: list[int | None], keep: dict[int, int]) -> list[int]:
+    """Positions of the special tokens and of the first `keep[s]` tokens of each sequence s."""
+    seen = {0: 0, 1: 0}
+    kept = []
+    for position, sequence in enumerate(sequence_ids):
+        if sequence is None:
+            kept.append(position)
+        elif seen[sequence] < keep[sequence]:
+            seen[sequence] += 1
+            kept.append(position)
+    return kept
 
 
 def train_wordpiece(word_counts: Counter[str], size: int, min_frequency: int) -> tuple[list[str], int]:

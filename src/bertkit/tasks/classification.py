@@ -299,6 +299,8 @@ def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], 
 
 def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
                    ) -> list[dict[str, Any]]:
+    # Each input keeps its own shape (a missing pair encodes the text alone), so a result never depends on what
+    # the input was batched with, and inputs with and without text_pair share a batch.
     pairs = [i.get("text_pair") for i in inputs]
-    return predict(model, tokenizer, [i["text"] for i in inputs], pairs if any(pairs) else None,
-                   info["max_seq_len"])
+    return predict(model, tokenizer, [i["text"] for i in inputs],
+                   pairs if any(p is not None for p in pairs) else None, info["max_seq_len"])

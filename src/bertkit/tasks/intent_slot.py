@@ -245,4 +245,45 @@ def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], 
 
 def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
                    ) -> list[dict[str, Any]]:
-    return predict(model, tokenizer, [i["text"] for i in inputs], info["max_seq_len"], info["word_level"])
+    """Intent and slots per input. The intent needs the whole utterance in one sequence, so an utterance over
+    max_seq_len is cut to the words that fit, with a warning, and its result counts the words left untagged
+    ("truncated_words"); an utterance with no token at all (only control characters) gets the intent of an empty
+    sequence. Either used to fail every input batched with it."""
+    import warnings
+
+    texts = [i["text"] for i in inputs]
+    split = [words_of(text, info["word_level"]) for text in texts]
+    budget = info["max_seq_len"] - 2
+    kept_words = []
+    for (words, _), encoding in zip(split, tokenizer.encode_word_lists([w for w, _ in split]), strict=True):
+        counts = [0] * len(words)
+        for word in encoding.word_ids:
+            if word is not None:
+                counts[word] += 1
+        used, keep = 0, 0
+        for count in counts:
+            if used + count > budget and keep:  # a first word longer than the budget keeps its first pieces
+                break
+            used, keep = used + min(count, budget), keep + 1
+        kept_words.append(keep if any(counts[:keep]) else 0)
+    cut = [n < len(words) and n > 0 for n, (words, _) in zip(kept_words, split, strict=True)]
+    if any(cut):
+        warnings.warn(f"{sum(cut)} utterance(s) longer than max_seq_len={info['max_seq_len']} tokens were cut to "
+                      "the words that fit", stacklevel=2)
+    fitting = [i for i, n in enumerate(kept_words) if n > 0]
+    shortened = [texts[i][: split[i][1][kept_words[i] - 1][1]] for i in fitting]
+    results: list[dict[str, Any]] = [{} for _ in texts]
+    for i, result in zip(fitting, predict(model, tokenizer, shortened, info["max_seq_len"], info["word_level"])
+                                  if fitting else [], strict=True):
+        dropped = len(split[i][0]) - kept_words[i]
+        results[i] = {**result, "tags": result["tags"] + ["O"] * dropped, "truncated_words": dropped}
+    empty = [i for i, n in enumerate(kept_words) if n == 0]
+    if empty:
+        ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]] * len(empty))
+        no_words = torch.zeros((len(empty), 1), dtype=torch.long)
+        logits, _ = model(ids, torch.ones_like(ids), torch.zeros_like(ids), no_words)
+        intents = model.config.extra["bertkit_intents"]
+        for i, p in zip(empty, torch.softmax(logits.float(), -1), strict=True):
+            results[i] = {"intent": intents[int(p.argmax())], "intent_probability": float(p.max()), "slots": [],
+                          "tags": ["O"] * len(split[i][0]), "truncated_words": 0}
+    return results
