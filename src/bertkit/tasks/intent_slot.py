@@ -24,7 +24,7 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import write_task_info
+from bertkit.tasks.base import report_inconsistent_tags, require_examples, take, write_task_info
 from bertkit.tasks.ner import _read_conll
 from bertkit.tasks.tagging import (
     Piece,
@@ -75,6 +75,9 @@ def read_utterances(directory: str | Path, fmt: str = "atis") -> list[Utterance]
                                 str(directory / "seq.out"), number)
             if not ws or not intent:
                 raise DataError("empty utterance or intent", str(directory / "seq.in"), number)
+            bad = next((x for x in ts if x != "O" and (len(x) < 3 or x[1] != "-" or x[0] not in "BIES")), None)
+            if bad is not None:
+                raise DataError(f"tag {bad!r} is not O or B-/I-/E-/S-/M-TYPE", str(directory / "seq.out"), number)
             out.append(Utterance(ws, ts, intent, number))
         return out
     texts = sorted(p for p in directory.glob("ch.*") if not p.name.endswith(".intent"))
@@ -201,8 +204,9 @@ def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None
     from bertkit.train import fit
 
     tok = finetune_tokenizer(init_from, tokenizer)
-    train = read_utterances(train_dir, fmt)[:limit]
-    heldout = read_utterances(eval_file, fmt) if eval_file else []
+    train = require_examples(take(read_utterances(train_dir, fmt), limit), train_dir, "training")
+    heldout = require_examples(read_utterances(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    report_inconsistent_tags([(u.tags, u.line) for u in train], train_dir)
     for u in train:
         u.tags = convert_scheme(u.tags, scheme)
     intents = sorted({u.intent for u in train})
@@ -238,8 +242,8 @@ MODEL = BertForIntentSlot
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    task = IntentSlotTask(tokenizer, [], read_utterances(path, fmt), info["intents"], info["labels"],
-                          info["max_seq_len"], info)
+    utterances = require_examples(read_utterances(path, fmt), path, "evaluation")
+    task = IntentSlotTask(tokenizer, [], utterances, info["intents"], info["labels"], info["max_seq_len"], info)
     return task.evaluate(model)
 
 
