@@ -101,7 +101,7 @@ def read_examples(path: str | Path, fmt: str = "tsv", *, skip_bad_lines: bool = 
                 if not skip_bad_lines:
                     raise
                 report.skip(number, "line(s) with a label that is not a string, number or boolean")
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to parse
                 if not skip_bad_lines:
                     raise DataError(f"bad JSON line: {exc}", str(path), number) from exc
                 report.skip(number, "malformed JSON line(s)")

@@ -152,7 +152,7 @@ def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
                             raise ValueError(f"span {first}..{last} is {text[first:last + 1]!r}, not {surface!r}")
                         spans.append((kind, first, last))
             sentences.append(Sentence(list(text), spans_to_tags(len(text), spans), number))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             if not skip_bad_lines:
                 raise DataError(f"bad CLUENER record: {exc}", str(path), number) from exc
             report.skip(number, "bad record(s)")
@@ -171,6 +171,8 @@ def _read_peoples_daily(path: str | Path, skip_bad_lines: bool) -> list[Sentence
         for word, _, pos in items:
             word = word.lstrip("[")
             pos = pos.split("]")[0]
+            if not word:  # a bare "/nr" item names no characters: nothing to tag
+                continue
             kind = _MSRA_TYPES.get(pos)
             if kind:
                 if kind == "PER" and spans and spans[-1][0] == "PER" and spans[-1][2] == len(words) - 1:
