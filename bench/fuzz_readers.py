@@ -2,8 +2,12 @@
 each format, mutated, random Unicode, invalid UTF-8, BOMs, CRLF, deep JSON, huge lines -- fed to each task's
 readers, the pre-training corpus readers and tokenizer training. Every outcome must be a result or a BertkitError.
 
-    .venv/bin/python bench/fuzz_readers.py [LINES_PER_READER]     (default 1000 lines per reader; ~1 minute)
+    .venv/bin/python bench/fuzz_readers.py [LINES_PER_READER]     (default 3,000 lines per reader; ~30 s)
 
+What a reader returns is then encoded by its task for training (tokenized, windowed, chunked), the step where a
+bad example would surface as a crash in the tokenizer or torch. Per reader: `files` = `results` (read) +
+`bertkit_errors` (refused while reading); of the results, `encoded` were also encoded and `encode_errors` were
+refused while encoding (e.g. an example too long for relation markers); the rest held nothing to encode.
 Writes bench/results/fuzz_readers.json: lines and files fed per reader, outcomes, and any traceback found.
 """
 
@@ -176,6 +180,43 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
     return readers
 
 
+def _encoder(tok: Any) -> Callable[[str, Any], Any]:
+    """name, what the reader returned -> the task's training encoding of it (the step after reading, where a bad
+    example would otherwise surface as a crash in the tokenizer or torch)."""
+    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling
+    from bertkit.tasks.tagging import convert_scheme, tag_set
+
+    relation_tok = tok.with_special_tokens(relation.MARKERS)
+
+    def encode(name: str, result: Any) -> Any:
+        task = name.split()[0]
+        if not result or task in ("corpus", "tokenizer") or name.startswith("spelling confusions"):
+            return None
+        if task == "classification":
+            labels = sorted({e.label for e in result if e.label is not None}) or ["x"]
+            return classification.ClassificationTask(tok, result, result, labels, 24, source="fuzz")
+        if task in ("ner", "intent_slot"):
+            for item in result:
+                item.tags = convert_scheme(item.tags, "bioes")
+            tags = tag_set([x.tags for x in result], "bioes")
+            info = {"crf": False, "scheme": "bioes"}
+            if task == "ner":
+                return ner.NerTask(tok, result, result, tags, 24, info, source="fuzz")
+            intents = sorted({u.intent for u in result})
+            return intent_slot.IntentSlotTask(tok, result, result, intents, tags, 64, info)
+        if task == "relation":
+            labels = sorted({e.label for e in result if e.label})
+            return relation.RelationTask(relation_tok, [e for e in result if e.label], result, labels, 64,
+                                         {"format": name.split()[1]}, source="fuzz")
+        if task == "spelling":
+            return spelling.SpellingTask(tok, result, result, 16)
+        if task == "qa":
+            return qa.QATask(tok, result, result, 48, 16, source="fuzz")
+        return None
+
+    return encode
+
+
 def _materialise(work: Path, name: str, layout: str, lines: list[str], rng: random.Random) -> Path:
     """Write the generated lines in the reader's layout; returns the path to read."""
     if layout.startswith("header:"):
@@ -221,7 +262,10 @@ def _materialise(work: Path, name: str, layout: str, lines: list[str], rng: rand
 
 def fuzz(lines_per_reader: int = 1000, seed: int = 0, only: list[str] | None = None) -> dict[str, Any]:
     """Feed every reader about `lines_per_reader` generated lines in files of 1-12 lines; returns the tally."""
+    from bertkit.tokenizer import Tokenizer
+
     readers = _readers()
+    encode = _encoder(Tokenizer.train([CJK, "abcXYZ 019 Other unknown rel"], vocab_size=80, min_frequency=1))
     result: dict[str, Any] = {"lines_per_reader": lines_per_reader, "seed": seed, "readers": {}, "tracebacks": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -231,7 +275,8 @@ def fuzz(lines_per_reader: int = 1000, seed: int = 0, only: list[str] | None = N
                 continue
             rng = random.Random(f"{seed}:{name}")
             fmt = name.removesuffix(" skip")
-            tally = {"lines": 0, "files": 0, "results": 0, "bertkit_errors": 0, "tracebacks": 0}
+            tally = {"lines": 0, "files": 0, "results": 0, "bertkit_errors": 0, "encoded": 0, "encode_errors": 0,
+                     "tracebacks": 0}
             case = 0
             while tally["lines"] < lines_per_reader:
                 clean = rng.random() < 0.3  # a third of the files hold only near-valid lines: deeper paths run
@@ -242,11 +287,15 @@ def fuzz(lines_per_reader: int = 1000, seed: int = 0, only: list[str] | None = N
                 path = _materialise(work, name, layout, lines, rng)
                 tally["lines"] += len(lines)
                 tally["files"] += 1
+                stage = "bertkit_errors"
                 try:
-                    read(path)
+                    examples = read(path)
                     tally["results"] += 1
+                    stage = "encode_errors"
+                    if encode(name, examples) is not None:
+                        tally["encoded"] += 1
                 except BertkitError:
-                    tally["bertkit_errors"] += 1
+                    tally[stage] += 1
                 except Exception as exc:  # the point: anything but a BertkitError is a finding
                     tally["tracebacks"] += 1
                     if len(result["tracebacks"]) < 50:
@@ -254,13 +303,14 @@ def fuzz(lines_per_reader: int = 1000, seed: int = 0, only: list[str] | None = N
                                                      "where": traceback.format_exc(limit=-3)[-1200:]})
             result["readers"][name] = tally
     totals = {k: sum(t[k] for t in result["readers"].values()) for k in ("lines", "files", "results",
-                                                                          "bertkit_errors", "tracebacks")}
+                                                                          "bertkit_errors", "encoded", "encode_errors",
+                                                                          "tracebacks")}
     result.update(totals=totals, seconds=round(time.perf_counter() - started, 1))
     return result
 
 
 def main(argv: list[str]) -> int:
-    lines = int(argv[0]) if argv else 1000
+    lines = int(argv[0]) if argv else 3000
     result = fuzz(lines)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fuzz_readers.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
