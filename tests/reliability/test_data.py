@@ -315,3 +315,14 @@ def test_intent_slot_file_in_place_of_a_directory_is_named(tmp_path):
     (directory / "label").mkdir()
     with pytest.raises(DataError, match=r"label: is a directory"):
         intent_slot.read_utterances(directory)
+
+
+def test_tagging_word_cut_and_intent_overflow_are_named(tmp_path, vocab_dir, no_training):
+    path = _write(tmp_path / "train.bio", "北京欢迎你今天 B-X\n好 O\n\n北 B-LOC\n")  # one word, 7 pieces
+    with pytest.warns(UserWarning, match=r"train\.bio: 1 of 3 words were longer than max_seq_len - 2=4 tokens"):
+        ner.finetune(path, _config(tmp_path), tokenizer=vocab_dir, model_size="tiny", max_seq_len=6)
+    directory = _atis(tmp_path)
+    _write(directory / "seq.in", "good apple\n" + "bad " * 40 + "pear\n")
+    _write(directory / "seq.out", "O B-fruit\n" + "O " * 40 + "B-fruit\n")
+    with pytest.raises(DataError, match=r"atis:2: the utterance needs more than max_seq_len=16 tokens"):
+        intent_slot.finetune(directory, _config(tmp_path), tokenizer=vocab_dir, model_size="tiny", max_seq_len=16)

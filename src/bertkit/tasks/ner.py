@@ -224,15 +224,17 @@ class NerTask:
     """TrainTask: sentences -> chunks of word pieces; loss on first pieces; entity-level F1 on held-out."""
 
     def __init__(self, tokenizer: Tokenizer, train: list[Sentence], heldout: list[Sentence], tags: list[str],
-                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64, source: str = "train") -> None:
+                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64, source: str = "train",
+                 heldout_source: str | None = None) -> None:
         self.tokenizer, self.tags, self.max_seq_len, self.info = tokenizer, tags, max_seq_len, info
         self.tag_ids = {t: i for i, t in enumerate(tags)}
         self.train = self._pieces(train, source)
         self.heldout = heldout
-        self.heldout_pieces = self._pieces(heldout, None) if heldout else []
+        self.heldout_pieces = self._pieces(heldout, None, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
-    def _pieces(self, sentences: list[Sentence], source: str | None) -> list[Piece]:
+    def _pieces(self, sentences: list[Sentence], source: str | None, heldout_source: str | None = None
+                ) -> list[Piece]:
         ids = None
         if source is not None:
             ids = []
@@ -241,7 +243,8 @@ class NerTask:
                 if unknown:
                     raise DataError(f"tag {unknown[0]!r} is not in the tag set", source, s.line)
                 ids.append([self.tag_ids[t] for t in s.tags])
-        return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len)
+        return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len,
+                                source if source is not None else heldout_source)
 
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
@@ -296,7 +299,8 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
                                   label2id={t: i for i, t in enumerate(tags)}, bertkit_crf=crf)
     model = build_task_model(BertForTokenClassification, init_from, model_config, config.seed)
     info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
-    task = NerTask(tok, train, heldout, tags, max_seq_len, info, source=str(train_file))
+    task = NerTask(tok, train, heldout, tags, max_seq_len, info, source=str(train_file),
+                   heldout_source=str(eval_file))
     return fit(model, task, config, title=f"NER ({Path(train_file).parent.name or 'data'})")
 
 
@@ -319,7 +323,7 @@ MODEL = BertForTokenClassification
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
     sentences = require_examples(read_sentences(path, fmt), path, "evaluation")
-    task = NerTask(tokenizer, [], sentences, info["labels"], info["max_seq_len"], info)
+    task = NerTask(tokenizer, [], sentences, info["labels"], info["max_seq_len"], info, heldout_source=str(path))
     return task.evaluate(model)
 
 

@@ -117,7 +117,9 @@ def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: i
         cut += len(qe.ids) - 2 > max_question_len
         room = max_seq_len - len(question_ids) - 3
         if room < 16:
-            raise DataError(f"max_seq_len={max_seq_len} leaves no room for the context after the question")
+            raise DataError(f"max_seq_len={max_seq_len} leaves no room for the context after question {q.qid!r} "
+                            f"({len(question_ids)} tokens); raise --max-seq-len to {len(question_ids) + 19} or more",
+                            source)
         answer_tokens = None
         if q.answer_start >= 0:
             a_start, a_end = q.answer_start, q.answer_start + len(q.answers[0])
