@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from bertkit.errors import DataError
 
@@ -50,17 +52,61 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without its newline) of a UTF-8 text file, a leading BOM dropped; a missing file or a
-    byte sequence that is not UTF-8 is a DataError naming the file and the line."""
+    """(line number, line without its newline) of a UTF-8 text file, a leading BOM dropped; a file that is missing,
+    a directory, unreadable, or a byte sequence that is not UTF-8 is a DataError naming the file (and the line)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", str(path))
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            yield number, line.rstrip("\r\n")
+    with open_for_reading(path) as handle:
+        number = 0
+        try:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc
+                if number == 1:
+                    line = line.removeprefix("\ufeff")
+                yield number, line.rstrip("\r\n")
+        except OSError as exc:  # e.g. EIO mid-file: still the file's fault, not a crash
+            raise DataError(f"read failed after line {number} ({exc.strerror or exc})", str(path)) from exc
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (for JSON documents), a leading BOM dropped; the same errors as `read_lines`."""
+    path = Path(path)
+    with open_for_reading(path) as handle:
+        try:
+            data = handle.read()
+        except OSError as exc:
+            raise DataError(f"read failed ({exc.strerror or exc})", str(path)) from exc
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), line) from exc
+
+
+def open_for_reading(path: str | Path) -> BinaryIO:
+    """`open(path, "rb")`, every way it can fail turned into a DataError that says what is wrong with the path:
+    not found, a broken symbolic link, a directory, not a regular file (a FIFO would block), permission denied."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"broken symbolic link (it points to {os.readlink(path)!r}, which does not exist)",
+                            str(path)) from None
+        raise DataError("file not found", str(path)) from None
+    except NotADirectoryError:
+        raise DataError("not found: a parent of this path is a file, not a directory", str(path)) from None
+    except OSError as exc:  # EACCES on a parent directory, ELOOP, ENAMETOOLONG, ...
+        raise DataError(f"cannot read ({exc.strerror or exc})", str(path)) from None
+    if stat.S_ISDIR(mode):
+        raise DataError("is a directory; expected a file", str(path))
+    if not stat.S_ISREG(mode):
+        raise DataError("is not a regular file (a pipe, socket or device); expected a file", str(path))
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise DataError("permission denied: the file is not readable by this user", str(path)) from None
+    except OSError as exc:
+        raise DataError(f"cannot read ({exc.strerror or exc})", str(path)) from None

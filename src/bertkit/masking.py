@@ -98,22 +98,46 @@ def nsp_instances(
     max_seq_len: int,
     rng: np.random.Generator,
     short_seq_prob: float = 0.1,
+    stats: dict[str, int] | None = None,
 ) -> list[Instance]:
     """Sentence-pair instances with NSP labels, following Google's create_instances_from_document.
 
     Segments are built from whole sentences up to a target length (shorter with probability `short_seq_prob`);
     A is a random prefix of the chunk; B is the rest of the chunk (IsNext) or text from a different document
-    (NotNext), chosen by a fair coin. A chunk of one sentence cannot give an IsNext pair, so it is skipped as an
-    A (it still serves as random B text): Google's builder forces those to NotNext, which skews the label balance
-    away from 50/50 on corpora of short documents such as reviews.
+    (NotNext), chosen by a fair coin. A chunk closes at its target only once it holds two sentences, since a chunk
+    of one sentence cannot give an IsNext pair; one is left only where a document (or its tail) is a single
+    sentence, and it is skipped as an A (it still serves as random B text): Google's builder forces those to
+    NotNext, which skews the label balance away from 50/50 on corpora of short documents such as reviews.
+    A sentence of `max_seq_len - 3` tokens or more (a long line without sentence ends) is first split into pieces
+    of half that, so two consecutive pieces make an IsNext pair; it used to be a one-sentence chunk, and dropped.
+    `stats`, when given, receives counts: `split_sentences`, `unused_chunks` and `unused_tokens` (what no
+    instance uses as A or IsNext B).
     """
     max_tokens = max_seq_len - 3  # [CLS] A [SEP] B [SEP]
+    if max_tokens < 2:
+        raise ValueError(f"max_seq_len={max_seq_len} leaves no room for two segments (needs 5 or more)")
+    piece = (max_tokens + 1) // 2
+    split = 0
+
+    def pieces(document: list[list[int]]) -> list[list[int]]:
+        nonlocal split
+        out = []
+        for sentence in document:
+            if len(sentence) >= max_tokens:
+                split += 1
+                out += [sentence[k : k + piece] for k in range(0, len(sentence), piece)]
+            elif sentence:
+                out.append(sentence)
+        return out
+
     usable = [d for d, doc in enumerate(documents) if any(doc)]
     if len(usable) < 2:
         raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
+    split_documents = {d: pieces(documents[d]) for d in usable}
+    unused_chunks = unused_tokens = 0
     instances: list[Instance] = []
     for doc_index in usable:
-        document = [s for s in documents[doc_index] if s]
+        document = split_documents[doc_index]
         target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
         chunk: list[list[int]] = []
         length = 0
@@ -121,15 +145,18 @@ def nsp_instances(
         while i < len(document):
             chunk.append(document[i])
             length += len(document[i])
-            if i == len(document) - 1 or length >= target:
-                if len(chunk) >= 2:
+            if i == len(document) - 1 or (length >= target and len(chunk) >= 2):
+                if len(chunk) < 2:
+                    unused_chunks += 1
+                    unused_tokens += length
+                else:
                     a_end = int(rng.integers(1, len(chunk)))
                     tokens_a = [t for s in chunk[:a_end] for t in s]
                     if rng.random() < 0.5:
                         other = doc_index
                         while other == doc_index:
                             other = usable[int(rng.integers(len(usable)))]
-                        source = [s for s in documents[other] if s]
+                        source = split_documents[other]
                         tokens_b: list[int] = []
                         for sentence in source[int(rng.integers(len(source))):]:
                             tokens_b.extend(sentence)
@@ -146,6 +173,8 @@ def nsp_instances(
                 chunk, length = [], 0
                 target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
             i += 1
+    if stats is not None:
+        stats.update(split_sentences=split, unused_chunks=unused_chunks, unused_tokens=unused_tokens)
     return instances
 
 

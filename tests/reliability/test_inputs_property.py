@@ -8,6 +8,7 @@ import re
 import string
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -155,7 +156,81 @@ def test_qa_reader(tmp_path_factory, payload):
         assert "data.json" in str(exc)
 
 
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children,
+                                                                                       max_size=3), max_leaves=6)
+
+
+@SETTINGS
+@given(labels=st.lists(JSON, min_size=1, max_size=6), bom=st.booleans())
+def test_classification_jsonl_labels_are_normalised_or_refused(tmp_path_factory, labels, bom):
+    _count("classification jsonl labels")
+    path = tmp_path_factory.mktemp("labels") / "data.jsonl"
+    lines = [json.dumps({"text": "x", "label": value}) for value in labels]
+    path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        examples = classification.read_examples(path, "jsonl")
+    except DataError as exc:
+        assert re.search(r"data\.jsonl:\d+: label", str(exc)), exc
+        return
+    for example, value in zip(examples, labels, strict=True):
+        assert example.label is None or isinstance(example.label, str)
+        if isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
+            assert example.label == str(int(value))  # 1 and 1.0 are one class
+
+
+@SETTINGS
+@given(lengths=st.lists(st.lists(st.integers(1, 400), min_size=1, max_size=4), min_size=2, max_size=6),
+       max_seq_len=st.integers(8, 64), seed=st.integers(0, 2**16))
+def test_nsp_instances_fit_and_every_multi_piece_document_is_used(lengths, max_seq_len, seed):
+    _count("nsp instances")
+    from bertkit.masking import nsp_instances
+
+    documents = [[[d * 1000 + s] * n for s, n in enumerate(doc)] for d, doc in enumerate(lengths)]
+    stats: dict[str, int] = {}
+    instances = nsp_instances(documents, max_seq_len, np.random.default_rng(seed), 0.1, stats)
+    assert all(len(i.tokens_a) + len(i.tokens_b) <= max_seq_len - 3 and i.tokens_a and i.tokens_b
+               for i in instances)
+    piece = (max_seq_len - 3 + 1) // 2
+    for d, doc in enumerate(lengths):
+        pieces = sum(-(-n // piece) if n >= max_seq_len - 3 else 1 for n in doc)
+        if pieces >= 2:  # a long sentence alone used to give no instance at all
+            assert any(i.source_a == d for i in instances), (doc, max_seq_len)
+
+
+# ---- every reader, generated files (bench/fuzz_readers.py) -----------------------------------------------------
+def _fuzz_readers():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "fuzz_readers.py"
+    spec = importlib.util.spec_from_file_location("fuzz_readers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_reader_gives_a_result_or_a_bertkit_error():
+    """A small round of the reader fuzz (bench/fuzz_readers.py runs the big one): near-valid and mutated lines,
+    invalid UTF-8, BOMs, CRLF, deep JSON, in every format of every task, the corpus readers and tokenizer
+    training; anything but a result or a BertkitError is a finding."""
+    result = _fuzz_readers().fuzz(lines_per_reader=40, seed=1)
+    TALLY["reader fuzz lines"] = result["totals"]["lines"]
+    assert len(result["readers"]) >= 38
+    assert result["totals"]["tracebacks"] == 0, result["tracebacks"][:3]
+    assert all(t["results"] > 0 for name, t in result["readers"].items() if "skip" in name)  # not all errors
+
+
+@pytest.mark.slow
+def test_reader_fuzz_big_round():
+    """The acceptance round: 3,000 generated lines per reader (~114,000 lines), 0 tracebacks; writes the tally to
+    bench/results/fuzz_readers.json."""
+    module = _fuzz_readers()
+    assert module.main(["3000"]) == 0
+
+
 def test_tally_is_reported():
     """Runs last in this module: how many generated cases each property saw (the README's fuzz figure)."""
     assert sum(TALLY.values()) > 1000, TALLY
     print("property cases:", TALLY)
+

@@ -198,3 +198,84 @@ class SkipReport:
         message = f"{self.path}: skipped " + "; ".join(parts)
         warnings.warn(message, stacklevel=3)
         return message
+
+
+def take(examples: list[Any], limit: int | None) -> list[Any]:
+    """The first `limit` examples (all with None); a limit of 0 or less is an error, since `examples[:-30]` would
+    silently drop the last 30 instead."""
+    if limit is None:
+        return examples
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise DataError(f"limit must be a positive number of examples, got {limit!r}")
+    return examples[:limit]
+
+
+def require_examples(examples: list[Any], path: str | Path | None, role: str) -> list[Any]:
+    """An empty training or evaluation set is an error naming the file (an empty eval file used to exit 0 with
+    no metrics, which reads as success)."""
+    if not examples:
+        raise DataError(f"no examples in the {role} file (empty, or every line blank)",
+                        str(path) if path is not None else None)
+    return examples
+
+
+def normalise_label(value: Any, path: str | Path, line: int) -> str | None:
+    """A JSON label as the string it is stored under: strings stripped; integers and integral floats as digits
+    (1 and 1.0 are one class, "1"); other finite floats as Python writes them ("0.5"); booleans as JSON writes
+    them ("true", "false"); null is no label. Lists, objects and NaN / infinity are errors naming file and line."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DataError(f"label {value!r} is not a finite number", str(path), line)
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return value.strip()
+    raise DataError(f"label must be a string, number or boolean, got a JSON {_json_type(value)}: {value!r:.60}",
+                    str(path), line)
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def warn_truncated(source: str | Path | None, count: int, total: int, max_len: int, what: str = "examples",
+                   limit_name: str = "max_seq_len", hint: str = "; raise --max-seq-len to keep them whole") -> None:
+    """One warning per file read that counts the examples cut to `max_len` tokens (the model never sees their end)."""
+    if count:
+        where = f"{source}: " if source is not None else ""
+        warnings.warn(f"{where}{count} of {total} {what} were longer than {limit_name}={max_len} tokens and were "
+                      f"truncated{hint}", stacklevel=3)
+
+
+def inconsistent_tags(tags: Sequence[str]) -> list[int]:
+    """Positions of I-/E- tags that do not continue an entity of their type (`O I-PER`, `B-LOC I-PER`): the
+    scheme conversion repairs each into the start of a new entity, which changes the data, so callers count them."""
+    bad = []
+    previous = "O"
+    for i, tag in enumerate(tags):
+        if tag[:2] in ("I-", "E-") and not (previous[:2] in ("B-", "I-") and previous[2:] == tag[2:]):
+            bad.append(i)
+        previous = tag
+    return bad
+
+
+def report_inconsistent_tags(sequences: Sequence[tuple[Sequence[str], int]], path: str | Path) -> int:
+    """Warn once with how many I-/E- tags (and in which lines' sentences) start an entity without its B- tag."""
+    lines = []
+    count = 0
+    for tags, line in sequences:
+        bad = inconsistent_tags(tags)
+        if bad:
+            count += len(bad)
+            lines.append(line)
+    if count:
+        shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+        warnings.warn(f"{path}: repaired {count} I-/E- tag(s) that continue no entity of their type (read as the "
+                      f"start of a new entity) in {len(lines)} sentence(s) (line{'s' if len(lines) > 1 else ''} "
+                      f"{shown})", stacklevel=3)
+    return count

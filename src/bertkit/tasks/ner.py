@@ -25,7 +25,7 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import span_prf
 from bertkit.model import BertModel, CheckpointIO
-from bertkit.tasks.base import SkipReport, write_task_info
+from bertkit.tasks.base import SkipReport, report_inconsistent_tags, require_examples, take, write_task_info
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
@@ -134,16 +134,25 @@ def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
             continue
         try:
             record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError('expected an object with a string "text"')
             text = record["text"]
+            label = record.get("label") or {}
+            if not isinstance(label, dict) or not all(isinstance(e, dict) for e in label.values()):
+                raise ValueError('"label" must be an object {type: {entity: [[start, end], ...]}}, got '
+                                 f"{type(label).__name__} {label!r:.60}")
             spans = []
-            for kind, entities in (record.get("label") or {}).items():
+            for kind, entities in label.items():
                 for surface, positions in entities.items():
+                    if not isinstance(positions, list) or not all(
+                            isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p) for p in positions):
+                        raise ValueError(f"positions of {surface!r} must be [[start, end], ...] integer pairs")
                     for first, last in positions:
-                        if text[first : last + 1] != surface:
+                        if first < 0 or text[first : last + 1] != surface:
                             raise ValueError(f"span {first}..{last} is {text[first:last + 1]!r}, not {surface!r}")
                         spans.append((kind, first, last))
             sentences.append(Sentence(list(text), spans_to_tags(len(text), spans), number))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             if not skip_bad_lines:
                 raise DataError(f"bad CLUENER record: {exc}", str(path), number) from exc
             report.skip(number, "bad record(s)")
@@ -162,6 +171,8 @@ def _read_peoples_daily(path: str | Path, skip_bad_lines: bool) -> list[Sentence
         for word, _, pos in items:
             word = word.lstrip("[")
             pos = pos.split("]")[0]
+            if not word:  # a bare "/nr" item names no characters: nothing to tag
+                continue
             kind = _MSRA_TYPES.get(pos)
             if kind:
                 if kind == "PER" and spans and spans[-1][0] == "PER" and spans[-1][2] == len(words) - 1:
@@ -213,15 +224,17 @@ class NerTask:
     """TrainTask: sentences -> chunks of word pieces; loss on first pieces; entity-level F1 on held-out."""
 
     def __init__(self, tokenizer: Tokenizer, train: list[Sentence], heldout: list[Sentence], tags: list[str],
-                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64) -> None:
+                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64, source: str = "train",
+                 heldout_source: str | None = None) -> None:
         self.tokenizer, self.tags, self.max_seq_len, self.info = tokenizer, tags, max_seq_len, info
         self.tag_ids = {t: i for i, t in enumerate(tags)}
-        self.train = self._pieces(train, "train")
+        self.train = self._pieces(train, source)
         self.heldout = heldout
-        self.heldout_pieces = self._pieces(heldout, None) if heldout else []
+        self.heldout_pieces = self._pieces(heldout, None, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
-    def _pieces(self, sentences: list[Sentence], source: str | None) -> list[Piece]:
+    def _pieces(self, sentences: list[Sentence], source: str | None, heldout_source: str | None = None
+                ) -> list[Piece]:
         ids = None
         if source is not None:
             ids = []
@@ -230,7 +243,8 @@ class NerTask:
                 if unknown:
                     raise DataError(f"tag {unknown[0]!r} is not in the tag set", source, s.line)
                 ids.append([self.tag_ids[t] for t in s.tags])
-        return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len)
+        return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len,
+                                source if source is not None else heldout_source)
 
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
@@ -274,8 +288,9 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     from bertkit.train import fit
 
     tok = finetune_tokenizer(init_from, tokenizer)
-    train = read_sentences(train_file, fmt)[:limit]
-    heldout = read_sentences(eval_file, fmt) if eval_file else []
+    train = require_examples(take(read_sentences(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_sentences(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    report_inconsistent_tags([(s.tags, s.line) for s in train], train_file)
     for s in train:
         s.tags = convert_scheme(s.tags, scheme)
     tags = tag_set([s.tags for s in train], scheme)
@@ -284,7 +299,8 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
                                   label2id={t: i for i, t in enumerate(tags)}, bertkit_crf=crf)
     model = build_task_model(BertForTokenClassification, init_from, model_config, config.seed)
     info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
-    task = NerTask(tok, train, heldout, tags, max_seq_len, info)
+    task = NerTask(tok, train, heldout, tags, max_seq_len, info, source=str(train_file),
+                   heldout_source=str(eval_file))
     return fit(model, task, config, title=f"NER ({Path(train_file).parent.name or 'data'})")
 
 
@@ -306,7 +322,8 @@ MODEL = BertForTokenClassification
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    task = NerTask(tokenizer, [], read_sentences(path, fmt), info["labels"], info["max_seq_len"], info)
+    sentences = require_examples(read_sentences(path, fmt), path, "evaluation")
+    task = NerTask(tokenizer, [], sentences, info["labels"], info["max_seq_len"], info, heldout_source=str(path))
     return task.evaluate(model)
 
 

@@ -100,6 +100,7 @@ class PretrainingTask:
         self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials)
         self._epoch_cache: tuple[int, list[Instance]] | None = None
         self._heldout: list[dict[str, Any]] | None = None
+        self._reported: set[str] = set()
 
     # ---- data -------------------------------------------------------------------------------------------------
     def instances(self, epoch: int, documents: list[list[list[int]]] | None = None) -> list[Instance]:
@@ -108,12 +109,29 @@ class PretrainingTask:
             return self._epoch_cache[1]
         rng = np.random.default_rng([self.seed, epoch, 11])
         if self.options.nsp:
-            built = nsp_instances(documents, self.options.max_seq_len, rng, self.options.short_seq_prob)
+            stats: dict[str, int] = {}
+            built = nsp_instances(documents, self.options.max_seq_len, rng, self.options.short_seq_prob, stats)
+            self._report(stats, "held-out" if documents is self.heldout_documents else "training")
         else:
             built = packed_instances(documents, self.options.max_seq_len)
         if documents is self.train_documents:
             self._epoch_cache = (epoch, built)
         return built
+
+    def _report(self, stats: dict[str, int], role: str) -> None:
+        """Say once per corpus what NSP could not use as a pair (the count changes a little with each epoch's
+        random targets; the first is representative)."""
+        if role in self._reported:
+            return
+        self._reported.add(role)
+        if stats["split_sentences"]:
+            warnings.warn(f"{role} corpus: {stats['split_sentences']} sentence(s) of max_seq_len - 3 = "
+                          f"{self.options.max_seq_len - 3} tokens or more were split into pieces for NSP",
+                          stacklevel=3)
+        if stats["unused_chunks"]:
+            warnings.warn(f"{role} corpus: {stats['unused_chunks']} one-sentence document(s) or document tail(s) "
+                          f"({stats['unused_tokens']:,} tokens) cannot form an IsNext pair and are used only as "
+                          "random NotNext text", stacklevel=3)
 
     def num_examples(self, epoch: int) -> int:
         return len(self.instances(epoch))
@@ -270,8 +288,14 @@ def pretrain(
     if not train_text:
         raise DataError("no text in the training files", ", ".join(map(str, train_files)))
     heldout_text = [doc for path in heldout_files or [] for doc in read_documents(path)]
+    if heldout_files and not heldout_text:
+        raise DataError("no text in the held-out files", ", ".join(map(str, heldout_files)))
     if not heldout_text and heldout_fraction > 0:
         train_text, heldout_text = split_heldout(train_text, heldout_fraction, config.seed)
+    for role, text, files in (("training", train_text, train_files), ("held-out", heldout_text, heldout_files)):
+        if options.nsp and text and len(text) < 2:
+            raise DataError(f"the {role} text has one document; NSP needs two or more (a blank line separates "
+                            "documents), or pass --no-nsp", ", ".join(map(str, files or train_files)))
     output = Path(config.output_dir)
     if isinstance(tokenizer, Tokenizer):
         tok = tokenizer

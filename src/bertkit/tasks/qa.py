@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
+from bertkit.fileio import read_text
 from bertkit.model import BertModel, CheckpointIO, init_weights
-from bertkit.tasks.base import pad_sequences, write_task_info
+from bertkit.tasks.base import pad_sequences, require_examples, take, warn_truncated, write_task_info
 from bertkit.tokenizer import Tokenizer
 
 NAME = "qa"
@@ -44,11 +45,10 @@ def read_questions(path: str | Path, fmt: str = "squad") -> list[Question]:
     path = Path(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown QA format {fmt!r}; choose one of {FORMATS}")
-    if not path.is_file():
-        raise DataError("file not found", str(path))
+    text = read_text(path)  # not-found, directory, permission and UTF-8 errors name the file; a BOM is dropped
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+        data = json.loads(text)["data"]
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, IndexError) as exc:
         raise DataError(f"not SQuAD-format JSON ({exc})", str(path)) from exc
     questions: list[Question] = []
     repaired = 0
@@ -101,8 +101,9 @@ class Window:
 
 
 def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: int = 256, doc_stride: int = 128,
-                 max_question_len: int = 64, training: bool = False) -> list[Window]:
-    """Windows over each context; training windows mark the answer.
+                 max_question_len: int = 64, training: bool = False, source: str | None = None) -> list[Window]:
+    """Windows over each context; training windows mark the answer. Questions longer than `max_question_len`
+    tokens are cut; with `source` (the file read), a warning counts them.
 
     `doc_stride` is the step between window starts, in context tokens (Google's BERT meaning: 128 with 384-token
     windows). It is capped at the room a window has for context, so no context token is ever left out of every
@@ -110,11 +111,15 @@ def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: i
     windows: list[Window] = []
     q_enc = tokenizer.encode_batch([q.question for q in questions], max_length=10**6) if questions else []
     c_enc = tokenizer.encode_many([q.context for q in questions]) if questions else []
+    cut = 0
     for index, (q, qe, (c_ids, c_offsets, _)) in enumerate(zip(questions, q_enc, c_enc, strict=True)):
         question_ids = qe.ids[1:-1][:max_question_len]
+        cut += len(qe.ids) - 2 > max_question_len
         room = max_seq_len - len(question_ids) - 3
         if room < 16:
-            raise DataError(f"max_seq_len={max_seq_len} leaves no room for the context after the question")
+            raise DataError(f"max_seq_len={max_seq_len} leaves no room for the context after question {q.qid!r} "
+                            f"({len(question_ids)} tokens); raise --max-seq-len to {len(question_ids) + 19} or more",
+                            source)
         answer_tokens = None
         if q.answer_start >= 0:
             a_start, a_end = q.answer_start, q.answer_start + len(q.answers[0])
@@ -138,6 +143,8 @@ def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: i
             if span.stop >= len(c_ids):
                 break
             position += min(doc_stride, room)
+    if source is not None:
+        warn_truncated(source, cut, len(questions), max_question_len, "questions", "max_question_len", "")
     return windows
 
 
@@ -254,12 +261,14 @@ def cmrc_scores(questions: list[Question], predictions: list[str]) -> dict[str, 
 
 class QATask:
     def __init__(self, tokenizer: Tokenizer, train: list[Question], heldout: list[Question], max_seq_len: int,
-                 doc_stride: int, eval_batch_size: int = 32) -> None:
+                 doc_stride: int, eval_batch_size: int = 32, source: str | None = None,
+                 heldout_source: str | None = None) -> None:
         self.tokenizer, self.max_seq_len, self.doc_stride = tokenizer, max_seq_len, doc_stride
         usable = [q for q in train if q.answer_start >= 0]
-        self.train = make_windows(tokenizer, usable, max_seq_len, doc_stride, training=True)
+        self.train = make_windows(tokenizer, usable, max_seq_len, doc_stride, training=True, source=source)
         self.heldout = heldout
-        self.heldout_windows = make_windows(tokenizer, heldout, max_seq_len, doc_stride) if heldout else []
+        self.heldout_windows = make_windows(tokenizer, heldout, max_seq_len, doc_stride,
+                                            source=heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
     def num_examples(self, epoch: int) -> int:
@@ -326,11 +335,11 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     from bertkit.train import fit
 
     tok = finetune_tokenizer(init_from, tokenizer)
-    train = read_questions(train_file, fmt)[:limit]
-    heldout = read_questions(eval_file, fmt) if eval_file else []
+    train = require_examples(take(read_questions(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_questions(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     model_config = encoder_config(init_from, tok, model_size, max_seq_len)
     model = build_task_model(BertForQuestionAnswering, init_from, model_config, config.seed)
-    task = QATask(tok, train, heldout, max_seq_len, doc_stride)
+    task = QATask(tok, train, heldout, max_seq_len, doc_stride, source=str(train_file), heldout_source=str(eval_file))
     return fit(model, task, config, title="question answering")
 
 
@@ -348,7 +357,9 @@ MODEL = BertForQuestionAnswering
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    return QATask(tokenizer, [], read_questions(path, fmt), info["max_seq_len"], info["doc_stride"]).evaluate(model)
+    questions = require_examples(read_questions(path, fmt), path, "evaluation")
+    return QATask(tokenizer, [], questions, info["max_seq_len"], info["doc_stride"],
+                  heldout_source=str(path)).evaluate(model)
 
 
 def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]

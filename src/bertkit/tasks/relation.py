@@ -23,7 +23,7 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, take, write_task_info
 from bertkit.tokenizer import Tokenizer
 
 NAME = "relation"
@@ -166,12 +166,13 @@ def macro_f1_without(gold: list[str], pred: list[str], none_label: str) -> dict[
 
 class RelationTask:
     def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], labels: list[str],
-                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64) -> None:
+                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64, source: str | None = None,
+                 heldout_source: str | None = None) -> None:
         self.tokenizer, self.labels, self.max_seq_len, self.info = tokenizer, labels, max_seq_len, info
         self.label_ids = {label: i for i, label in enumerate(labels)}
-        self.train = encode(tokenizer, train, max_seq_len, self.label_ids)
+        self.train = encode(tokenizer, train, max_seq_len, self.label_ids, source)
         self.heldout = heldout
-        self.heldout_rows = encode(tokenizer, heldout, max_seq_len, None) if heldout else []
+        self.heldout_rows = encode(tokenizer, heldout, max_seq_len, None, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
     def num_examples(self, epoch: int) -> int:
@@ -205,9 +206,10 @@ class RelationTask:
         write_task_info(directory, {**self.info, "labels": self.labels, "max_seq_len": self.max_seq_len})
 
 
-def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, label_ids: dict[str, int] | None
-           ) -> list[tuple[list[int], int, int, int, int, int]]:
-    """(ids, e1 start, e1 end, e2 start, e2 end, label) with entity token ranges between the markers."""
+def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, label_ids: dict[str, int] | None,
+           source: str | None = None) -> list[tuple[list[int], int, int, int, int, int]]:
+    """(ids, e1 start, e1 end, e2 start, e2 end, label) with entity token ranges between the markers; errors name
+    `source` (the file the examples came from) and the example's line."""
     marker_ids = [tokenizer.token_to_index[m] for m in MARKERS]
     rows = []
     encodings = tokenizer.encode_batch([e.text for e in examples], max_length=10**6) if examples else []
@@ -215,15 +217,16 @@ def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, labe
         ids = encoding.ids
         if len(ids) > max_seq_len:
             raise DataError(f"{len(ids)} tokens with the markers, more than max_seq_len={max_seq_len}; raise "
-                            "--max-seq-len (cutting could remove an entity)", line=example.line)
+                            "--max-seq-len (cutting could remove an entity)", source, example.line)
         try:
             positions = [ids.index(m) for m in marker_ids]
         except ValueError:
-            raise DataError("an entity marker did not survive tokenization", line=example.line) from None
+            raise DataError("an entity marker did not survive tokenization", source, example.line) from None
         label = -1
         if label_ids is not None:
             if example.label not in label_ids:
-                raise DataError(f"relation {example.label!r} is not in the label set", line=example.line)
+                raise DataError(f"relation {example.label!r} is not in the label set {sorted(label_ids)}", source,
+                                example.line)
             label = label_ids[example.label]
         rows.append((ids, positions[0] + 1, positions[1], positions[2] + 1, positions[3], label))
     return rows
@@ -257,8 +260,8 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
 
     base_tok = finetune_tokenizer(init_from, tokenizer)
     tok = base_tok.with_special_tokens(MARKERS)
-    train = read_examples(train_file, fmt)[:limit]
-    heldout = read_examples(eval_file, fmt) if eval_file else []
+    train = require_examples(take(read_examples(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_examples(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     labels = sorted({e.label for e in train if e.label})
     model_config = encoder_config(init_from, tok if init_from is None else base_tok,
                                   model_size, max_seq_len, id2label={str(i): x for i, x in enumerate(labels)},
@@ -266,7 +269,8 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     model = build_task_model(BertForRelation, init_from, model_config, config.seed)
     model.bert.resize_token_embeddings(tok.vocab_size)  # room for the four entity markers
     info = {"task": NAME, "format": fmt}
-    task = RelationTask(tok, train, heldout, labels, max_seq_len, info)
+    task = RelationTask(tok, train, heldout, labels, max_seq_len, info, source=str(train_file),
+                        heldout_source=str(eval_file))
     return fit(model, task, config, title=f"relation ({Path(train_file).parent.name or 'data'})")
 
 
@@ -288,8 +292,9 @@ MODEL = BertForRelation
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    task = RelationTask(tokenizer, [], read_examples(path, fmt), info["labels"], info["max_seq_len"],
-                        {**info, "format": fmt})
+    examples = require_examples(read_examples(path, fmt), path, "evaluation")
+    task = RelationTask(tokenizer, [], examples, info["labels"], info["max_seq_len"], {**info, "format": fmt},
+                        heldout_source=str(path))
     return task.evaluate(model)
 
 

@@ -24,7 +24,7 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import prf
 from bertkit.model import BertForPreTraining
-from bertkit.tasks.base import SkipReport, pad_sequences, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, take, write_task_info
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
@@ -138,6 +138,32 @@ def encode_pair(tokenizer: Tokenizer, source: str, target: str | None, max_seq_l
     return ids, labels, index
 
 
+def encode_windows(tokenizer: Tokenizer, source: str, target: str | None, max_seq_len: int
+                   ) -> list[tuple[list[int], list[int], list[int]]]:
+    """`encode_pair` over windows of a text of any length, so every character is considered (one window used to
+    correct only the first max_seq_len - 2 characters). Windows of W = max_seq_len - 2 characters start every W/2;
+    each character is corrected by the window where it sits furthest from an edge (a quarter window of context on
+    each side), so the owned ranges tile the text; the others get index -1. Training rows keep every label."""
+    width = max_seq_len - 2
+    if len(source) <= width:
+        return [encode_pair(tokenizer, source, target, max_seq_len)]
+    stride = max(1, width // 2)
+    margin = (width - stride) // 2
+    rows = []
+    start = 0
+    while True:
+        last = start + width >= len(source)
+        ids, labels, index = encode_pair(tokenizer, source[start : start + width],
+                                         None if target is None else target[start : start + width], max_seq_len)
+        low = start + (margin if start else 0)
+        high = len(source) if last else start + margin + stride
+        index = [start + i if i >= 0 and low <= start + i < high else -1 for i in index]
+        rows.append((ids, labels, index))
+        if last:
+            return rows
+        start += stride
+
+
 def apply_predictions(source: str, index: list[int], predicted: list[int], tokenizer: Tokenizer) -> str:
     """Corrected sentence: a Chinese character replaced when the model predicts a different Chinese character."""
     chars = list(source)
@@ -188,9 +214,9 @@ class SpellingTask:
     def __init__(self, tokenizer: Tokenizer, train: list[Pair], heldout: list[Pair], max_seq_len: int,
                  eval_batch_size: int = 64) -> None:
         self.tokenizer, self.max_seq_len = tokenizer, max_seq_len
-        self.train = [encode_pair(tokenizer, p.source, p.target, max_seq_len) for p in train]
+        self.train = [row for p in train for row in encode_windows(tokenizer, p.source, p.target, max_seq_len)]
         self.heldout = heldout
-        self.heldout_rows = [encode_pair(tokenizer, p.source, None, max_seq_len) for p in heldout]
+        self.heldout_rows = [encode_windows(tokenizer, p.source, None, max_seq_len) for p in heldout]
         self.eval_batch_size = eval_batch_size
 
     def num_examples(self, epoch: int) -> int:
@@ -229,17 +255,20 @@ class SpellingTask:
         write_task_info(directory, {"task": NAME, "max_seq_len": self.max_seq_len})
 
 
-def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], rows: list, batch_size: int = 64
+def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], windows: list, batch_size: int = 64
                  ) -> list[str]:
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = pad_sequences([r[0] for r in chunk], tokenizer.pad_token_id)
+    """Corrected sources; `windows[i]` holds the `encode_windows` rows of `sources[i]`."""
+    flat = [(k, row) for k, rows in enumerate(windows) for row in rows]
+    chars = [list(s) for s in sources]
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start : start + batch_size]
+        batch = pad_sequences([r[0] for _, r in chunk], tokenizer.pad_token_id)
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).mlm_logits
         best = logits.argmax(-1)
-        for i, r in enumerate(chunk):
-            out.append(apply_predictions(sources[start + i], r[2], best[i, : len(r[0])].tolist(), tokenizer))
-    return out
+        for i, (k, r) in enumerate(chunk):
+            # each window owns a disjoint range of characters, so applying them in turn composes
+            chars[k] = list(apply_predictions("".join(chars[k]), r[2], best[i, : len(r[0])].tolist(), tokenizer))
+    return ["".join(c) for c in chars]
 
 
 def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "sighan",
@@ -254,8 +283,8 @@ def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | Non
     from bertkit.train import fit
 
     tok = finetune_tokenizer(init_from, tokenizer)
-    train = read_pairs(train_path, fmt)[:limit]
-    heldout = read_pairs(eval_file, fmt, split="test") if eval_file else []
+    train = require_examples(take(read_pairs(train_path, fmt), limit), train_path, "training")
+    heldout = require_examples(read_pairs(eval_file, fmt, split="test"), eval_file, "evaluation") if eval_file else []
     if augment and augment_corpus:
         confusions = read_confusions(resources.data_file(resources.PYCORRECTOR, "pycorrector/data/same_pinyin.txt"),
                                      resources.data_file(resources.PYCORRECTOR, "pycorrector/data/same_stroke.txt"))
@@ -273,7 +302,7 @@ def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | Non
 def predict(model: BertForPreTraining, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 128
             ) -> list[dict[str, Any]]:
     """Corrected text (same length) and the edits [{"position", "from", "to"}] for each input."""
-    rows = [encode_pair(tokenizer, t, None, max_seq_len) for t in texts]
+    rows = [encode_windows(tokenizer, t, None, max_seq_len) for t in texts]
     corrected = correct_rows(model, tokenizer, texts, rows)
     return [{"corrected": c, "edits": [{"position": i, "from": a, "to": b}
                                        for i, (a, b) in enumerate(zip(t, c, strict=True)) if a != b]}
@@ -285,7 +314,8 @@ MODEL = BertForPreTraining
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    return SpellingTask(tokenizer, [], read_pairs(path, fmt, split="test"), info["max_seq_len"]).evaluate(model)
+    pairs = require_examples(read_pairs(path, fmt, split="test"), path, "evaluation")
+    return SpellingTask(tokenizer, [], pairs, info["max_seq_len"]).evaluate(model)
 
 
 def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]

@@ -15,7 +15,7 @@ from bertkit.crf import CRF
 from bertkit.errors import DataError
 from bertkit.metrics import get_entities
 from bertkit.model import Dropout, init_weights
-from bertkit.tasks.base import pad_sequences
+from bertkit.tasks.base import pad_sequences, warn_truncated
 from bertkit.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -78,11 +78,13 @@ class Piece:
 
 
 def encode_sentences(tokenizer: Tokenizer, sentences: list[list[str]], tag_ids: list[list[int]] | None,
-                     max_seq_len: int) -> list[Piece]:
+                     max_seq_len: int, source: str | None = None) -> list[Piece]:
     """Word lists -> model inputs. A word that tokenizes to nothing (a space, a control character) gets no position
-    (predicted O); a sentence longer than max_seq_len is cut into chunks at word boundaries, so no word is lost."""
+    (predicted O); a sentence longer than max_seq_len is cut into chunks at word boundaries, so no word is lost.
+    A single word of more than max_seq_len - 2 pieces keeps its first ones; with `source`, a warning counts them."""
     pieces: list[Piece] = []
     budget = max_seq_len - 2
+    cut = total = 0
     for start in range(0, len(sentences), 1024):
         batch = sentences[start : start + 1024]
         for offset, encoding in enumerate(tokenizer.encode_word_lists(batch)):
@@ -94,6 +96,8 @@ def encode_sentences(tokenizer: Tokenizer, sentences: list[list[str]], tag_ids: 
                     word_tokens.setdefault(word, []).append(token_id)
             # a single word longer than a whole sequence keeps its first pieces
             words = [(w, word_tokens[w][:budget]) for w in range(len(batch[offset])) if word_tokens.get(w)]
+            cut += sum(len(word_tokens[w]) > budget for w, _ in words)
+            total += len(words)
             chunk: list[tuple[int, list[int]]] = []
             used = 0
             for word, ids in [*words, (-1, [])]:
@@ -109,6 +113,8 @@ def encode_sentences(tokenizer: Tokenizer, sentences: list[list[str]], tag_ids: 
                 if word >= 0:
                     chunk.append((word, ids))
                     used += len(ids)
+    if source is not None:
+        warn_truncated(source, cut, total, budget, "words", "max_seq_len - 2")
     return pieces
 
 
