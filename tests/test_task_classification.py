@@ -112,3 +112,16 @@ def test_tiny_end_to_end_on_pairs(tmp_path):
     out = classification.predict(model, Tokenizer.from_pretrained(saved), ["plum", "fig"], ["pear", "fig"])
     assert [o["label"] for o in out] == ["pome", "other"]
     assert all(abs(sum(o["probabilities"].values()) - 1.0) < 1e-5 for o in out)
+
+
+def test_training_and_prediction_encode_a_missing_pair_the_same_way():
+    # a pair dataset where one JSONL record has no text_pair: training must see what prediction will see
+    tok = Tokenizer.train(["the cat sat", "on the mat", "a dog"], vocab_size=40, min_frequency=1)
+    examples = [classification.Example("the cat sat", None, "a", 1),
+                classification.Example("a dog", "on the mat", "b", 2)]
+    task = classification.ClassificationTask(tok, examples, [], ["a", "b"], max_seq_len=16)
+    alone = tok(["the cat sat"], max_length=16)["input_ids"][0].tolist()
+    mixed = tok(["the cat sat", "a dog"], [None, "on the mat"], max_length=16)
+    assert task.train[0][0] == alone == mixed["input_ids"][0][: len(alone)].tolist()
+    assert task.train[1][0] == tok.encode("a dog", "on the mat")
+    assert tok.sep_token_id not in task.train[0][0][1:-1]  # no empty second segment

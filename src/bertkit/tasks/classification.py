@@ -217,8 +217,9 @@ class ClassificationTask:
         truncated = self.tokenizer.truncated_count
         for start in range(0, len(examples), 2048):
             chunk = examples[start : start + 2048]
+            # A missing pair encodes the text alone, exactly as prediction does (one encoding for both paths).
             encodings = self.tokenizer.encode_batch([e.text for e in chunk],
-                                                    [e.text_pair or "" for e in chunk] if has_pairs else None,
+                                                    [e.text_pair for e in chunk] if has_pairs else None,
                                                     max_length=self.max_seq_len)
             out += [(enc.ids, enc.type_ids, self.label_ids[e.label]) for enc, e in zip(encodings, chunk, strict=True)]
         warn_truncated(source, self.tokenizer.truncated_count - truncated, len(examples), self.max_seq_len)
