@@ -205,6 +205,11 @@ class ClassificationTask:
             out += [(enc.ids, enc.type_ids, self.label_ids[e.label]) for enc, e in zip(encodings, chunk, strict=True)]
         return out
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint(self.train)
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 

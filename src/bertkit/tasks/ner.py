@@ -232,6 +232,11 @@ class NerTask:
                 ids.append([self.tag_ids[t] for t in s.tags])
         return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len)
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint(self.train)
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 
