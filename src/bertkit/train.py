@@ -392,10 +392,21 @@ def open_run_dir(config: TrainConfig, rank: int = 0, own: tuple[str, ...] = ()) 
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"--output-dir {output}: cannot create the run directory ({exc.strerror})") from exc
+    held_before = output.resolve() in _held_locks
     _lock_run_dir(output)
+    try:
+        _claim(output, config, own)
+    except BaseException:
+        if not held_before:
+            _unlock_run_dir(output)  # a refused run does not keep the directory from the next attempt
+        raise
+    return output
+
+
+def _claim(output: Path, config: TrainConfig, own: tuple[str, ...]) -> None:
     _check_writable(output / CHECKPOINTS)
     if config.resume:
-        return output
+        return
     if config.overwrite:
         for name in (*RUN_OUTPUTS, CURVES_NAME, *own):
             target = output / name
@@ -404,12 +415,11 @@ def open_run_dir(config: TrainConfig, rank: int = 0, own: tuple[str, ...] = ()) 
             elif target.exists() or target.is_symlink():
                 target.unlink()
         _check_writable(output / CHECKPOINTS)
-        return output
+        return
     found = [name for name in RUN_OUTPUTS if (output / name).exists() and not _empty_dir(output / name)]
     if found:
         raise TrainingError(f"--output-dir {output} already holds a run ({', '.join(found)}); pass --resume to "
                             "continue it, --overwrite to delete it and start again, or choose another --output-dir")
-    return output
 
 
 def _empty_dir(path: Path) -> bool:
@@ -509,7 +519,7 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
             return _fit(model, task, config, title)
     finally:
         if rank == 0:
-            _unlock_run_dir(output)
+            _unlock_run_dir(output)  # also the lock `pretrain` took for this run before its vocabulary
 
 
 def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> None:
