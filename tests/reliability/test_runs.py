@@ -91,30 +91,26 @@ def _wait_for_checkpoint(process: subprocess.Popen, run: Path, timeout: float = 
         time.sleep(0.05)
 
 
-def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path, corpus):
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path, corpus, capsys):
     run = tmp_path / "run"
     first = subprocess.Popen(_pretrain(corpus, run, "--max-steps", "100000", "--save-every", "2"), env=_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_checkpoint(first, run)
-        for flags in ((), ("--overwrite",)):  # neither may take a directory in use (--overwrite would delete it)
-            second = subprocess.run(_pretrain(corpus, run, "--max-steps", "2", *flags), env=_env(),
-                                    capture_output=True, text=True, timeout=300)
-            assert second.returncode == 2
-            assert f"is in use by another run (PID {first.pid})" in second.stderr
-            assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+        for flags in ((), ("--resume",), ("--overwrite",)):  # none may take a directory in use
+            assert main(_pretrain(corpus, run, "--max-steps", "2", *flags)[3:]) == 2
+            err = capsys.readouterr().err
+            assert f"is in use by another run (PID {first.pid})" in err and err.count("\n") == 1, err
         assert first.poll() is None and not (run / "model").exists()  # the first run goes on, untouched
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # a run killed -9 leaves no stale lock: the kernel released it with the process
-    again = subprocess.run(_pretrain(corpus, run, "--max-steps", "2", "--overwrite"), env=_env(),
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert main(_pretrain(corpus, run, "--max-steps", "2", "--overwrite")[3:]) == 0
     assert _steps(run) == [1, 2]
 
 
-def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpus):
+def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpus, capsys):
     run = tmp_path / "run"
     process = subprocess.Popen(_pretrain(corpus, run, "--max-steps", "100000", "--save-every", "3"), env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -132,10 +128,11 @@ def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpu
     assert "still saving the checkpoint: Ctrl-C is ignored until it is written" in err
     assert latest_checkpoint(run) == saved and verify_checkpoint(saved) is not None
     assert not list((run / "checkpoints").glob(".tmp-*"))
-    resumed = subprocess.run(_pretrain(corpus, run, "--max-steps", "100000", "--save-every", "3", "--resume",
-                                       "--allow-resume-changes", "--max-steps", str(step + 1)),
-                             env=_env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0 and f"resumed from {saved} at step {step}" in resumed.stdout, resumed.stderr
+    argv = _pretrain(corpus, run, "--save-every", "3", "--resume", "--allow-resume-changes", "--max-steps",
+                     str(step + 1))[3:]
+    with pytest.warns(UserWarning, match=f"max_steps 100000 -> {step + 1}"):
+        assert main(argv) == 0
+    assert f"resumed from {saved} at step {step}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
