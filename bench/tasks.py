@@ -104,7 +104,7 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     settings = dict(spec["settings"])
     train_keys = {"epochs", "lr", "batch_size"}
     config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
-                         **{k: settings.pop(k) for k in train_keys})
+                         overwrite=True, **{k: settings.pop(k) for k in train_keys})  # a rerun replaces the last
     if "augment" in settings:
         settings["augment_corpus"] = ROOT / "runs" / "demo" / "corpus" / "train.txt"
     started = time.perf_counter()

@@ -186,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{out / 'pretrain'}")
     config = TrainConfig(output_dir=str(out / "pretrain"), batch_size=args.batch_size, max_steps=pretrain_steps,
                          lr=args.lr, warmup=0.06, eval_every=max(1, pretrain_steps // 4), log_every=10,
-                         progress=not quick)
+                         progress=not quick, overwrite=True)  # the demo's directories are its own: a rerun replaces
     result = pretrain([out / "corpus" / "train.txt"], config, heldout_files=[out / "corpus" / "heldout.txt"],
                       tokenizer=out / "tokenizer", model_size=size,
                       options=PretrainingOptions(max_seq_len=128, whole_word=True))
@@ -199,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[{step}/5] sentiment fine-tuning {name}, {finetune_steps} steps -> {run_dir}")
         ft = TrainConfig(output_dir=str(run_dir),
                          batch_size=32, max_steps=finetune_steps, lr=args.finetune_lr, warmup=0.1, log_every=10,
-                         progress=not quick)
+                         progress=not quick, overwrite=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="inputs longer than max_length")
             res = classification.finetune(out / "corpus" / "sentiment" / "train.tsv", ft,

@@ -8,14 +8,22 @@ of epoch `e` is the same tensor whatever the batch size, process count or resume
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +41,14 @@ STATE_NAME = "training_state.pt"
 MANIFEST_NAME = "checkpoint.json"
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
+MODEL_NAME = "model"
+LOCK_NAME = ".lock"
+# What makes a directory hold a run: a fresh run refuses to start over these unless told to (--overwrite).
+RUN_OUTPUTS = (CHECKPOINTS, MODEL_NAME, METRICS_NAME)
+# The settings a resumed run must share with the run it continues (the rest only say where and how often to
+# write, log and evaluate). A change is refused unless `allow_resume_changes`.
+RESUME_SETTINGS = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup", "max_steps", "epochs",
+                   "max_grad_norm", "adam_betas", "adam_eps", "bf16", "seed")
 
 
 class TrainingError(BertkitError):
@@ -63,15 +79,31 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     progress: bool = True
     resume: bool = False
+    overwrite: bool = False  # a fresh run in a directory holding a run: delete that run's outputs first
+    # On --resume, continue with changed settings or training data instead of refusing: the new learning rate,
+    # schedule (steps, epochs, warmup), weight decay, Adam settings, clipping and seed apply from the resume point
+    # (the optimizer's moments and the random state come from the checkpoint); the global batch cannot change.
+    allow_resume_changes: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every", "save_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup", "epochs", "max_grad_norm", "adam_eps"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
+        if not all(math.isfinite(b) and 0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"TrainConfig.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
             raise ValueError("give a positive max_steps or epochs")
+        if self.resume and self.overwrite:
+            raise ValueError("give resume (continue the run) or overwrite (replace it), not both")
         self.adam_betas = tuple(self.adam_betas)
 
 
@@ -98,6 +130,9 @@ class TrainTask(Protocol):
 
     def save(self, model: nn.Module, directory: Path) -> None:
         """Write a self-describing checkpoint directory (weights, config, vocab, labels)."""
+
+    # Optional: `fingerprint() -> str`, a digest of the encoded training examples (see `data_fingerprint`).
+    # `fit` stores it in each checkpoint and `--resume` refuses different training data.
 
 
 @dataclass
@@ -228,13 +263,35 @@ def _write_checkpoint(output: Path, step: int, task: TrainTask, model: nn.Module
     return final
 
 
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(records, lines skipped) of metrics.jsonl. A run killed mid-append leaves a torn last line: it is skipped
+    (and counted) rather than failing the resume or the plot of everything before it."""
+    records, torn = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn += 1
+    return records, torn
+
+
 def _trim_metrics(path: Path, step: int) -> None:
-    """After a resume from `step`, drop records a crashed run wrote past it, so the log has no duplicates."""
+    """After a resume from `step`, drop records a crashed run wrote past it (so the log has no duplicates) and
+    torn lines (which the next append would otherwise extend into one unreadable line)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    records, torn = read_metrics(path)
+    if torn:
+        warnings.warn(f"{path}: {torn} unreadable line(s) (a write cut short by a crash) dropped", stacklevel=2)
+    kept = [record for record in records if record.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
@@ -246,7 +303,9 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - matplotlib is a dependency; plotting is never worth a crash
         return None
-    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, torn = read_metrics(metrics_path)
+    if torn:
+        warnings.warn(f"{metrics_path}: {torn} unreadable line(s) not plotted", stacklevel=2)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     if not train and not evals:
@@ -273,13 +332,210 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:
     return out_path
 
 
+# ---- run directories -------------------------------------------------------------------------------------------
+
+# Run directory -> the open lock file this process holds. flock belongs to an open file, so a second open() by
+# this same process (pre-training locks before it writes its vocabulary, then `fit` runs) would lock itself out.
+_held_locks: dict[Path, int] = {}
+
+
+def _lock_run_dir(output: Path) -> None:
+    """flock on <output>/.lock: the kernel drops it when the holder exits, however it exits, so a crashed run
+    never leaves a stale lock. The holder's PID is written into the file for the refusal message."""
+    key = output.resolve()
+    if key in _held_locks:
+        return
+    path = output / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise TrainingError(f"--output-dir {output}: cannot write there ({exc.strerror}); choose a directory "
+                            "this user can write") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise TrainingError(f"--output-dir {output} is in use by another run (PID {holder}); wait for it to "
+                            "finish or choose another --output-dir") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _held_locks[key] = fd
+
+
+def _unlock_run_dir(output: Path) -> None:
+    fd = _held_locks.pop(output.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # the file stays: unlinking it would let a waiting run lock a file no one else can see
+
+
+def _check_writable(directory: Path) -> None:
+    """Create and delete a file where checkpoints go, so a read-only directory fails now, not after training."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TrainingError(f"--output-dir: cannot write to {directory} ({exc.strerror}); choose a directory "
+                            "this user can write") from exc
+
+
+def open_run_dir(config: TrainConfig, rank: int = 0, own: tuple[str, ...] = ()) -> Path:
+    """Claim `config.output_dir` for this run before any work: lock it, check it can be written, and refuse to
+    start a fresh run over an old one unless `overwrite` (which deletes the old run's outputs, and the names in
+    `own`, first). Only rank 0 touches the directory. Idempotent within a process; `fit` releases it."""
+    output = Path(config.output_dir)
+    if rank != 0:
+        return output
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"--output-dir {output}: cannot create the run directory ({exc.strerror})") from exc
+    held_before = output.resolve() in _held_locks
+    _lock_run_dir(output)
+    try:
+        _claim(output, config, own)
+    except BaseException:
+        if not held_before:
+            _unlock_run_dir(output)  # a refused run does not keep the directory from the next attempt
+        raise
+    return output
+
+
+def _claim(output: Path, config: TrainConfig, own: tuple[str, ...]) -> None:
+    _check_writable(output / CHECKPOINTS)
+    if config.resume:
+        return
+    if config.overwrite:
+        for name in (*RUN_OUTPUTS, CURVES_NAME, *own):
+            target = output / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        _check_writable(output / CHECKPOINTS)
+        return
+    found = [name for name in RUN_OUTPUTS if (output / name).exists() and not _empty_dir(output / name)]
+    if found:
+        raise TrainingError(f"--output-dir {output} already holds a run ({', '.join(found)}); pass --resume to "
+                            "continue it, --overwrite to delete it and start again, or choose another --output-dir")
+
+
+def _empty_dir(path: Path) -> bool:
+    """An empty directory (e.g. checkpoints/ after the write check) holds no work."""
+    return path.is_dir() and not any(path.iterdir())
+
+
+def data_fingerprint(data: Any) -> str:
+    """sha256 of encoded training examples (nested lists, tuples, dicts, dataclasses, arrays, tensors, scalars):
+    equal exactly when the examples are. Token-id lists are hashed as one array, not one update per id."""
+    digest = hashlib.sha256()
+    for chunk in _fingerprint_chunks(data):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprint_chunks(value: Any) -> Iterator[bytes]:
+    # every value is framed by its type and length, so [[1], [2]] and [[1, 2]] hash differently
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        yield f"a{value.dtype.str}{value.shape};".encode()
+        yield np.ascontiguousarray(value).tobytes()
+    elif isinstance(value, list | tuple):
+        if value and all(type(v) is int for v in value):
+            yield f"i{len(value)};".encode()
+            yield np.asarray(value, dtype=np.int64).tobytes()
+        else:
+            yield f"l{len(value)};".encode()
+            for item in value:
+                yield from _fingerprint_chunks(item)
+    elif isinstance(value, dict):
+        yield f"d{len(value)};".encode()
+        for key in sorted(value, key=repr):
+            yield from _fingerprint_chunks(key)
+            yield from _fingerprint_chunks(value[key])
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        yield f"c{type(value).__name__};".encode()
+        for f in fields(value):
+            yield from _fingerprint_chunks(getattr(value, f.name))
+    elif value is None or isinstance(value, str | int | float | bool | np.generic):
+        text = repr(value.item() if isinstance(value, np.generic) else value)
+        yield f"s{type(value).__name__}{len(text)};{text}".encode()
+    else:
+        raise TypeError(f"cannot fingerprint a {type(value).__name__}")
+
+
+def resume_changes(saved: dict[str, Any], config: TrainConfig, saved_data: str | None, data: str | None
+                   ) -> list[str]:
+    """What differs between the run a checkpoint was written by and this one, as "name old -> new" lines."""
+    changes = []
+    new = _plain(asdict(config))
+    for name in RESUME_SETTINGS:
+        if name in saved and saved[name] != new[name]:
+            changes.append(f"{name} {saved[name]} -> {new[name]}")
+    if saved_data is not None and data is not None and saved_data != data:
+        changes.append(f"training data (sha256 of the encoded examples) {saved_data[:12]} -> {data[:12]}")
+    return changes
+
+
+class _InterruptGuard:
+    """SIGINT handling for one run: the first Ctrl-C stops the run (KeyboardInterrupt, which saves a checkpoint);
+    later ones only say the save is still going, so no second Ctrl-C cuts the save the first one announced.
+    Installed only in the main thread (the only one Python delivers signals to)."""
+
+    def __init__(self) -> None:
+        self.pressed = 0
+        self.previous: Any = None
+
+    def __enter__(self) -> _InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pressed += 1
+        if self.pressed == 1:
+            raise KeyboardInterrupt
+        print("\nstill saving the checkpoint: Ctrl-C is ignored until it is written (kill -9 would lose only this "
+              "save; the previous checkpoint stays intact)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 # ---- the loop ------------------------------------------------------------------------------------------------------
 
 def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = "training") -> FitResult:
-    """Train `model` on `task` as `config` says; returns the final step and the last evaluation."""
+    """Train `model` on `task` as `config` says; returns the final step and the last evaluation.
+
+    The output directory is locked for the run (see `open_run_dir`); Ctrl-C saves a checkpoint, then stops."""
+    rank, _ = distributed_setup()
+    output = open_run_dir(config, rank)
+    try:
+        with _InterruptGuard():
+            return _fit(model, task, config, title)
+    finally:
+        if rank == 0:
+            _unlock_run_dir(output)  # also the lock `pretrain` took for this run before its vocabulary
+
+
+def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> None:
+    """After a resume with allowed changes: the loaded optimizer and scheduler carry the old run's learning rate,
+    weight decay and Adam settings; put this run's in their place, at the new schedule's current point."""
+    scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
+    for group, decay, factor in zip(optimizer.param_groups, (config.weight_decay, 0.0), scheduler.lr_lambdas,
+                                    strict=True):  # the groups `parameter_groups` builds: decay, then no decay
+        group.update(initial_lr=config.lr, weight_decay=decay, betas=config.adam_betas, eps=config.adam_eps,
+                     lr=config.lr * factor(scheduler.last_epoch))
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str) -> FitResult:
     rank, world = distributed_setup()
     output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     use_bf16 = bf16_supported(device) if config.bf16 is None else config.bf16
     global_batch = config.batch_size * config.grad_accum * world
@@ -297,6 +553,7 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
                                   fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, warmup_steps))
     step, epoch, step_in_epoch = 0, 0, 0
+    fingerprint = task.fingerprint() if hasattr(task, "fingerprint") else None
 
     metrics_path = output / METRICS_NAME
     resumed_from = latest_checkpoint(output) if config.resume else None
@@ -304,6 +561,13 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
         print(f"no checkpoint in {output / CHECKPOINTS}: starting from scratch")
     if resumed_from is not None:
         state = torch.load(resumed_from / STATE_NAME, map_location="cpu", weights_only=True)
+        changes = resume_changes(state.get("config", {}), config, state.get("fingerprint"), fingerprint)
+        if changes and not config.allow_resume_changes:
+            raise TrainingError(f"--resume: this run differs from the one that wrote {resumed_from}: "
+                                f"{'; '.join(changes)}. Resume with the old settings and data, pass "
+                                "--allow-resume-changes to continue with the new ones, or --overwrite to start over")
+        if changes and rank == 0:
+            warnings.warn(f"resuming with changes (--allow-resume-changes): {'; '.join(changes)}", stacklevel=2)
         if state["world_size"] != world or state["global_batch"] != global_batch:
             raise TrainingError(f"{resumed_from} was written by a run with {state['world_size']} process(es) and "
                                 f"global batch {state['global_batch']}; this run has {world} and {global_batch}")
@@ -313,6 +577,8 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
         from_hf_state_dict(model, weights, source, strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if changes:
+            _apply_settings(optimizer, scheduler, config)
         torch.set_rng_state(state["rng"][rank])
         step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         if rank == 0:
@@ -336,7 +602,8 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
         if rank == 0:
             state = {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": world,
                      "global_batch": global_batch, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_states, "config": _plain(asdict(config))}
+                     "scheduler": scheduler.state_dict(), "rng": rng_states, "config": _plain(asdict(config)),
+                     "fingerprint": fingerprint}
             path = _write_checkpoint(output, step, task, model, state, config.keep_checkpoints)
         _barrier()
         return path
@@ -454,15 +721,23 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
         if progress is not None:
             progress.close()
         if rank == 0:
-            print(f"\ninterrupted at step {step}: saving a checkpoint (resume with --resume)")
-        checkpoint()
+            print(f"\ninterrupted at step {step}: saving a checkpoint (resume with --resume)", flush=True)
+        try:
+            saved = checkpoint()
+        except BaseException:
+            if rank == 0:
+                print(f"the checkpoint of step {step} was NOT saved; {output / CHECKPOINTS} keeps the previous ones",
+                      flush=True)
+            raise
+        if rank == 0:
+            print(f"checkpoint saved: {saved}", flush=True)
         raise
     if progress is not None:
         progress.close()
     last_eval = evaluate()
     final = checkpoint()
     if rank == 0 and final is not None:
-        model_dir = output / "model"
+        model_dir = output / MODEL_NAME
         tmp = output / f".tmp-model-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(STATE_NAME, MANIFEST_NAME))
@@ -494,7 +769,38 @@ def config_from_args(args: Any, **overrides: Any) -> TrainConfig:
     """A TrainConfig from an argparse namespace (attributes named like the fields), plus overrides."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values.update(overrides)
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ValueError as exc:  # combinations argparse cannot see (--resume with --overwrite, no steps nor epochs)
+        raise TrainingError(f"invalid training flags: {exc}") from exc
+
+
+def _number(kind: type, low: float, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` >= low (> low when strict); anything else is a usage error (exit 2) that
+    names the flag, instead of a traceback (or a NaN learning rate) later."""
+    expected = f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+# The range of each numeric flag (checked at parse time); TrainConfig.__post_init__ checks the same for callers.
+_RANGES: dict[str, tuple[type, float, bool]] = {
+    "batch_size": (int, 1, False), "grad_accum": (int, 1, False), "lr": (float, 0, True),
+    "weight_decay": (float, 0, False), "warmup": (float, 0, False), "max_steps": (int, 0, False),
+    "epochs": (float, 0, False), "max_grad_norm": (float, 0, False), "seed": (int, 0, False),
+    "log_every": (int, 1, False), "eval_every": (int, 0, False), "save_every": (int, 0, False),
+    "keep_checkpoints": (int, 1, False), "max_bad_steps": (int, 1, False),
+}
 
 
 def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> None:
@@ -532,8 +838,17 @@ def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> Non
         elif f.name == "resume":
             parser.add_argument("--resume", action="store_true", default=default,
                                 help="continue from the newest intact checkpoint in --output-dir")
+        elif f.name == "overwrite":
+            parser.add_argument("--overwrite", action="store_true", default=default,
+                                help="delete the run already in --output-dir (checkpoints/, model/, metrics) and "
+                                "start again")
+        elif f.name == "allow_resume_changes":
+            parser.add_argument("--allow-resume-changes", action="store_true", default=default,
+                                help="with --resume: continue with changed settings or training data instead of "
+                                "refusing (new lr, schedule, weight decay, clipping and seed apply from the resume "
+                                "point; the global batch cannot change)")
         else:
-            kind = type(default) if default is not None else str
+            kind = _number(*_RANGES[f.name]) if f.name in _RANGES else (type(default) if default is not None else str)
             parser.add_argument(name, dest=f.name, type=kind, default=default,
                                 help=f"{helps.get(f.name, f.name)} (default: %(default)s)")
 

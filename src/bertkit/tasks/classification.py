@@ -225,6 +225,11 @@ class ClassificationTask:
         warn_truncated(source, self.tokenizer.truncated_count - truncated, len(examples), self.max_seq_len)
         return out
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint(self.train)
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 

@@ -143,6 +143,11 @@ class IntentSlotTask:
                             path, utterances[bad].line)
         return pieces
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint([self.train, self.train_intents])
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 

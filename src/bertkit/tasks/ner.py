@@ -246,6 +246,11 @@ class NerTask:
         return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len,
                                 source if source is not None else heldout_source)
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint(self.train)
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 

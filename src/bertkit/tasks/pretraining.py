@@ -235,6 +235,11 @@ class PretrainingTask:
         model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint
+
+        return data_fingerprint([self.train_documents, self.options])
+
 
 def build_model(tokenizer: Tokenizer, size: str = "mini", max_seq_len: int = 128, **overrides: Any
                 ) -> BertForPreTraining:
@@ -280,10 +285,12 @@ def pretrain(
 
     from bertkit.corpus import read_documents
     from bertkit.errors import DataError
-    from bertkit.train import distributed_setup, fit
+    from bertkit.train import distributed_setup, fit, open_run_dir
 
     options = options or PretrainingOptions()
     rank, _ = distributed_setup()
+    # claim the run directory before writing a vocabulary into it (--overwrite also deletes the old run's vocabulary)
+    open_run_dir(config, rank, own=("tokenizer",) if tokenizer is None and init_from is None else ())
     train_text = [doc for path in train_files for doc in read_documents(path)]
     if not train_text:
         raise DataError("no text in the training files", ", ".join(map(str, train_files)))

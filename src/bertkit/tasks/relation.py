@@ -175,6 +175,11 @@ class RelationTask:
         self.heldout_rows = encode(tokenizer, heldout, max_seq_len, None, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint(self.train)
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 

@@ -219,6 +219,11 @@ class SpellingTask:
         self.heldout_rows = [encode_windows(tokenizer, p.source, None, max_seq_len) for p in heldout]
         self.eval_batch_size = eval_batch_size
 
+    def fingerprint(self) -> str:
+        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+
+        return data_fingerprint(self.train)
+
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 

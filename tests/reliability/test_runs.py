@@ -1,0 +1,263 @@
+"""Run directories: one run per directory, no fresh run over an old one, resume refuses changed settings or data,
+unwritable directories fail before training, torn metrics, a second Ctrl-C, the umask, and CLI number checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertkit import BertConfig, BertForPreTraining, Tokenizer
+from bertkit.cli import main
+from bertkit.tasks.pretraining import PretrainingOptions, PretrainingTask, tokenize_documents
+from bertkit.train import TrainConfig, TrainingError, fit, latest_checkpoint, plot_curves, verify_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = [["北京欢迎你。", "今天天气很好。"], ["人民日报发表社论。", "新年快乐！"], ["我们去上海。", "上海很大。"]]
+OTHER_DOCS = [["上海欢迎你。", "明天天气很好。"], ["人民日报发表新闻。", "快乐！"], ["我们去北京。", "北京很大。"]]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.train([s for d in DOCS + OTHER_DOCS for s in d], vocab_size=80, min_frequency=1)
+
+
+class CountingTask(PretrainingTask):
+    """Counts loss calls, to show what ran before a refusal."""
+
+    calls = 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        return super().loss(model, batch)
+
+
+def _task(tokenizer: Tokenizer, docs: list[list[str]] = DOCS) -> CountingTask:
+    encoded = tokenize_documents(docs * 10, tokenizer)
+    return CountingTask(tokenizer, encoded, encoded[:3], PretrainingOptions(max_seq_len=32))
+
+
+def _model(tokenizer: Tokenizer) -> BertForPreTraining:
+    torch.manual_seed(0)
+    return BertForPreTraining(BertConfig.preset("tiny", vocab_size=len(tokenizer)))
+
+
+def _config(output: Path, **overrides) -> TrainConfig:
+    values = {"output_dir": str(output), "batch_size": 4, "max_steps": 4, "save_every": 2, "lr": 1e-3,
+              "warmup": 1, "log_every": 1, "progress": False, "bf16": False}
+    return TrainConfig(**{**values, **overrides})
+
+
+def _steps(run: Path, kind: str = "train") -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(x)["kind"] == kind]
+
+
+# ---- CLI runs ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("北京举行新年音乐会。江泽民等出席。\n今天天气很好。\n\n人民日报发表社论。新年快乐！\n" * 40,
+                    encoding="utf-8")
+    return path
+
+
+def _pretrain(corpus: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bertkit.cli", "pretrain", "--train", str(corpus), "--output-dir", str(output),
+            "--model-size", "tiny", "--batch-size", "8", "--max-seq-len", "32", "--vocab-size", "100",
+            "--no-bf16", "--no-progress", "--log-every", "1", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _wait_for_checkpoint(process: subprocess.Popen, run: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any((run / "checkpoints").glob("step-*/checkpoint.json")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never wrote a checkpoint"
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    first = subprocess.Popen(_pretrain(corpus, run, "--max-steps", "100000", "--save-every", "2"), env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint(first, run)
+        for flags in ((), ("--resume",), ("--overwrite",)):  # none may take a directory in use
+            assert main(_pretrain(corpus, run, "--max-steps", "2", *flags)[3:]) == 2
+            err = capsys.readouterr().err
+            assert f"is in use by another run (PID {first.pid})" in err and err.count("\n") == 1, err
+        assert first.poll() is None and not (run / "model").exists()  # the first run goes on, untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # a run killed -9 leaves no stale lock: the kernel released it with the process
+    assert main(_pretrain(corpus, run, "--max-steps", "2", "--overwrite")[3:]) == 0
+    assert _steps(run) == [1, 2]
+
+
+def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    process = subprocess.Popen(_pretrain(corpus, run, "--max-steps", "100000", "--save-every", "3"), env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(process, run)
+    for _ in range(3):  # an impatient user: three Ctrl-C within 40 ms, the later ones landing in the save
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    announced = [line for line in out.splitlines() if line.startswith("interrupted at step")]
+    assert len(announced) == 1, out
+    step = int(announced[0].split()[3].rstrip(":"))
+    saved = run / "checkpoints" / f"step-{step:08d}"
+    assert f"checkpoint saved: {saved}" in out
+    assert "still saving the checkpoint: Ctrl-C is ignored until it is written" in err
+    assert latest_checkpoint(run) == saved and verify_checkpoint(saved) is not None
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    argv = _pretrain(corpus, run, "--save-every", "3", "--resume", "--allow-resume-changes", "--max-steps",
+                     str(step + 1))[3:]
+    with pytest.warns(UserWarning, match=f"max_steps 100000 -> {step + 1}"):
+        assert main(argv) == 0
+    assert f"resumed from {saved} at step {step}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_honour_the_umask(tmp_path, corpus, umask):
+    run = tmp_path / "run"
+    subprocess.run(_pretrain(corpus, run, "--max-steps", "2"), env=_env(), check=True, capture_output=True,
+                   timeout=300, preexec_fn=lambda: os.umask(umask))
+    files = [p for p in run.rglob("*") if p.is_file()]
+    dirs = [p for p in run.rglob("*") if p.is_dir()]
+    assert {"model.safetensors", "training_state.pt", "metrics.jsonl", "curves.png", "vocab.txt"} <= {
+        p.name for p in files}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o666 & ~umask)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs} == {oct(0o777 & ~umask)}
+
+
+# ---- in-process runs -----------------------------------------------------------------------------------------------
+
+def test_a_fresh_run_over_an_old_one_is_refused_and_overwrite_replaces_it(tmp_path, tokenizer, capsys, corpus):
+    run = tmp_path / "run"
+    fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=4))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    task = _task(tokenizer)
+    with pytest.raises(TrainingError, match=r"already holds a run \(checkpoints, model, metrics\.jsonl\); pass "
+                                            r"--resume to continue it, --overwrite to delete it"):
+        fit(_model(tokenizer), task, _config(run, max_steps=2))
+    assert task.calls == 0
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # the CLI says the same in one line, exit 2
+    assert main(_pretrain(corpus, run, "--max-steps", "2")[3:]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err
+    # --overwrite: the old run's checkpoints, model and log are gone, not mixed with the new run's
+    fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2, overwrite=True))
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000002"]
+    assert _steps(run) == [1, 2]
+    model, checkpoint = load_file(run / "model" / "model.safetensors"), load_file(
+        run / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert all(torch.equal(model[k], checkpoint[k]) for k in model)
+
+
+def test_resume_refuses_a_changed_lr_naming_it_and_applies_it_when_allowed(tmp_path, tokenizer):
+    run = tmp_path / "run"
+    fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=3))
+    task = _task(tokenizer)
+    with pytest.raises(TrainingError, match=r"--resume: this run differs from the one that wrote .*step-00000003: "
+                                            r"lr 0\.001 -> 0\.002\. Resume with the old settings"):
+        fit(_model(tokenizer), task, _config(run, max_steps=3, lr=2e-3, resume=True))
+    assert task.calls == 0
+    with pytest.warns(UserWarning, match=r"resuming with changes .*lr 0\.001 -> 0\.002; max_steps 3 -> 6"):
+        fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=6, lr=2e-3, resume=True,
+                                                         allow_resume_changes=True))
+    records = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "train"}
+    assert sorted(records) == [1, 2, 3, 4, 5, 6]
+    # the new peak lr on the new schedule (6 steps, warmup 1): after step s the multiplier is (6 - s) / 5
+    for s in (4, 5):
+        assert records[s]["lr"] == pytest.approx(2e-3 * (6 - s) / 5)
+
+
+def test_resume_refuses_different_training_data(tmp_path, tokenizer):
+    run = tmp_path / "run"
+    fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2))
+    with pytest.raises(TrainingError, match=r"differs .*: training data \(sha256 of the encoded examples\) "
+                                            r"[0-9a-f]{12} -> [0-9a-f]{12}\."):
+        fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=2, resume=True))
+    # the same data again is accepted (the fingerprint is stable across processes' task objects)
+    fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2, resume=True))
+    with pytest.warns(UserWarning, match="training data"):
+        fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=2, resume=True,
+                                                                     allow_resume_changes=True))
+
+
+@pytest.mark.parametrize("where", ["/sys", "/sys/bertkit-run", "under-a-file"])
+def test_an_unwritable_output_dir_fails_before_the_first_step(tmp_path, tokenizer, where):
+    # tests run as root, which chmod does not stop: sysfs refuses new files even to root
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        where = str(tmp_path / "file" / "run")
+    elif not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here")
+    task = _task(tokenizer)
+    with pytest.raises(TrainingError, match=r"^--output-dir.*: cannot (write|create)") as error:
+        fit(_model(tokenizer), task, _config(Path(where)))
+    assert where in str(error.value)
+    assert task.calls == 0
+
+
+def test_a_torn_metrics_line_neither_blocks_resume_nor_the_plot(tmp_path, tokenizer):
+    run = tmp_path / "run"
+    fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=4))
+    # as after a kill -9 mid-append at step 4, before its checkpoint completed
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    shutil.rmtree(run / "model")
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"kind": "train", "step": 5, "lo')
+    with pytest.warns(UserWarning, match=r"1 unreadable line\(s\) not plotted"):
+        assert plot_curves(run / "metrics.jsonl", tmp_path / "curves.png", "t") == tmp_path / "curves.png"
+    with pytest.warns(UserWarning, match=r"1 unreadable line\(s\) \(a write cut short by a crash\) dropped"):
+        fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=4, resume=True))
+    assert _steps(run) == [1, 2, 3, 4]  # each step once, the torn record gone, every line valid JSON
+
+
+# ---- numbers ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--batch-size", "0", "an integer >= 1"), ("--lr", "nan", "a finite number > 0"),
+    ("--lr", "0", "a finite number > 0"), ("--max-steps", "-1", "an integer >= 0"),
+    ("--epochs", "inf", "a finite number >= 0"), ("--warmup", "-0.1", "a finite number >= 0"),
+    ("--seed", "-3", "an integer >= 0"), ("--keep-checkpoints", "0", "an integer >= 1"),
+    ("--max-grad-norm", "nan", "a finite number >= 0"), ("--grad-accum", "1.5", "an integer >= 1"),
+])
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_invalid_numbers_are_usage_errors_naming_the_flag(capsys, flag, value, expected, command):
+    argv = [command, "--train", "x", flag, value] + (["--task", "classification"] if command == "finetune" else [])
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+
+
+def test_contradictory_flags_and_non_finite_config_values_are_refused(capsys, tmp_path):
+    assert main(["pretrain", "--train", "x", "--resume", "--overwrite", "--output-dir", str(tmp_path)]) == 2
+    assert "give resume (continue the run) or overwrite (replace it), not both" in capsys.readouterr().err
+    for field, value in (("lr", float("nan")), ("epochs", float("inf")), ("weight_decay", float("nan"))):
+        with pytest.raises(ValueError, match=f"TrainConfig.{field} must be a finite number"):
+            TrainConfig(**{field: value})
