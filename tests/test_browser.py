@@ -17,19 +17,11 @@ CHROMEDRIVER = shutil.which("chromedriver")
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                     reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
 def test_page_predicts_and_draws_attention(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     server = Server(make_ner_checkpoint(tmp_path))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = _driver(tmp_path)
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 30)
@@ -52,6 +44,47 @@ def test_page_predicts_and_draws_attention(tmp_path):
         assert painted > 1000
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(ARTIFACTS / "web-page.png"))
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def _driver(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+def test_page_asks_for_the_api_key_and_then_predicts(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = Server(make_ner_checkpoint(tmp_path), "--api-key", "page-key")
+    driver = _driver(tmp_path)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "needs an API key" in d.find_element(By.ID, "model-info").text)
+        assert driver.find_element(By.ID, "key-row").is_displayed()
+        driver.find_element(By.ID, "api-key").send_keys("page-key", Keys.TAB)  # the change event stores it
+        wait.until(lambda d: "task ner" in d.find_element(By.ID, "model-info").text)
+        box = driver.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys("张三去北京了")
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
+        marks = driver.find_elements(By.CSS_SELECTOR, "#entities mark")
+        assert [m.text.replace("\n", "") for m in marks] == ["张三PER", "北京LOC"]
     finally:
         driver.quit()
         server.stop()

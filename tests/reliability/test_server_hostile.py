@@ -206,6 +206,32 @@ def test_stalled_connection_is_closed_after_the_header_timeout(server):
     assert server.get("/health")[0] == 200
 
 
+def test_many_stalled_connections_are_all_closed_and_the_server_recovers(checkpoint):
+    # the failure: 2,200 silent connections held open for 20 s; here 500 against a cap of 200
+    s = Server(checkpoint, "--header-timeout", "1", "--max-connections", "200")
+    sockets = []
+    try:
+        for _ in range(500):
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            sock.settimeout(10)
+            sockets.append(sock)
+        started = time.perf_counter()
+        closed = 0
+        for sock in sockets:
+            try:
+                closed += sock.recv(1) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += not isinstance(sys.exc_info()[1], TimeoutError)
+        assert closed == 500, f"{500 - closed} of 500 stalled connections still open"
+        assert time.perf_counter() - started < 10
+        status, body, _ = s.post("/predict", {"inputs": VALID})
+        assert status == 200 and len(body["predictions"]) == len(VALID)
+    finally:
+        for sock in sockets:
+            sock.close()
+        s.stop()
+
+
 def test_binding_beyond_loopback_needs_a_key_or_insecure(checkpoint):
     assert check_exposure("127.0.0.1", None, False) is None and check_exposure("::1", None, False) is None
     with pytest.raises(BertkitError, match=r"--host 0\.0\.0\.0 makes the server reachable .* --api-key"):
