@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BERTKIT := $(VENV)/bin/bertkit
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup data browser demo test test-slow bench bench-tasks lint clean
+.PHONY: setup data browser demo test test-slow bench bench-reliability bench-tasks lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ bench: data
 	$(PY) bench/attention.py
 	$(PY) bench/speed.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/readme_tables.py
+
+# issue 11's hostile-input rounds: 60 s load with hostile clients, 10,000 fuzzed requests, ~100k fuzzed file lines
+bench-reliability: data
+	$(PY) bench/serve_hostile.py
+	$(PY) bench/fuzz_server.py
+	$(PY) bench/fuzz_readers.py
 	$(PY) bench/readme_tables.py
 
 # reference fine-tuning runs on the real datasets (needs `make demo` first for the Chinese model; ~1.5 h)

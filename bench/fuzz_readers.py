@@ -314,6 +314,14 @@ def main(argv: list[str]) -> int:
     result = fuzz(lines)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fuzz_readers.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    t = result["totals"]
+    (OUT / "fuzz_readers.md").write_text(
+        f"Generated files fed to {len(result['readers'])} readers (every format of every task, the pre-training corpus "
+        "readers, tokenizer training), then encoded by their task (`bench/fuzz_readers.py`):\n\n"
+        "| lines | files | read | refused with a clear error | encoded | refused while encoding | tracebacks |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {t['lines']:,} | {t['files']:,} | {t['results']:,} | {t['bertkit_errors']:,} | {t['encoded']:,} | "
+        f"{t['encode_errors']:,} | {t['tracebacks']} |\n")
     print(json.dumps(result["totals"]), f"{len(result['readers'])} readers, {result['seconds']} s")
     for item in result["tracebacks"][:10]:
         print(item["reader"], item["error"], item["where"], sep="\n  ", file=sys.stderr)

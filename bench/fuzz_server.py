@@ -121,6 +121,13 @@ def main() -> int:
               "examples_of_bad": [[s, p, b.decode("latin-1")] for s, p, b in bad[:5]]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fuzz_server.json").write_text(json.dumps(result, indent=2) + "\n")
+    statuses_text = ", ".join(f"{k}: {v:,}" for k, v in result["statuses"].items())
+    (OUT / "fuzz_server.md").write_text(
+        f"{result['requests']:,} generated request bodies to /predict and /attention of a live loopback server "
+        "(`bench/fuzz_server.py`):\n\n| requests | statuses | 5xx | non-JSON or failed answers | server tracebacks | "
+        "server up after |\n|---|---|---|---|---|---|\n"
+        f"| {result['requests']:,} | {statuses_text} | {result['5xx']} | {len(bad)} | {result['server_tracebacks']} | "
+        f"{'yes' if alive else 'no'} |\n")
     print(json.dumps(result, indent=2))
     ok = result["5xx"] == 0 and not bad and result["server_tracebacks"] == 0 and alive
     return 0 if ok else 1
