@@ -86,7 +86,7 @@ def model_dir(kind: str, chinese: Path) -> Path:
 def command(name: str, spec: dict[str, Any], init: Path) -> str:
     parts = [f"bertkit finetune --task {spec['task']} --train ../shared/data/{spec['train']}",
              f"--eval ../shared/data/{spec['eval']} --format {spec['fmt']} --init-from {init}",
-             f"--output-dir runs/tasks/{name}"]
+             f"--output-dir runs/tasks/{name} --overwrite"]
     for key, value in spec["settings"].items():
         flag = "--" + key.replace("_", "-")
         if key == "augment":

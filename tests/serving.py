@@ -119,7 +119,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        return self.output()
+        output = self.output()
+        self.log.close()
+        return output
 
     def output(self) -> str:
         """What the server has printed so far (stdout and stderr)."""

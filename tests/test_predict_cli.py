@@ -49,7 +49,7 @@ def test_predict_command_from_file_and_stdin(classifier, tmp_path, capsys, monke
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"text": "很满意"}\n{"text": 5}\n'))
     capsys.readouterr()
     assert main(["predict", str(classifier / "run" / "model")]) == 2
-    assert "lines 1-2: input 1: 'text' must be a string, got int" in capsys.readouterr().err
+    assert "<stdin>:2: 'text' must be a string, got int" in capsys.readouterr().err  # the line, not the batch index
 
 
 def test_predictor_input_errors(classifier):

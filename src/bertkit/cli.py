@@ -6,8 +6,8 @@ import argparse
 import contextlib
 import inspect
 import json
-import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -18,49 +18,12 @@ from typing import Any
 import torch
 
 from bertkit import resources
+from bertkit.argtypes import float_range, int_range
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
 
 # ---- argument types: a bad number is refused while parsing (exit 2, the flag named), before any work -----------
-
-def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high]."""
-    words = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
-        return value
-
-    return parse
-
-
-def float_range(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
-                ) -> Callable[[str], float]:
-    """An argparse type: a finite number between low and high (each bound inclusive unless `*_open`)."""
-    words = f"a number {'>' if low_open else '>='} {low:g}"
-    if high is not None:
-        words += f" and {'<' if high_open else '<='} {high:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}") from None
-        inside = math.isfinite(value) and (value > low if low_open else value >= low)
-        if high is not None:
-            inside = inside and (value < high if high_open else value <= high)
-        if not inside:
-            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
-        return value
-
-    return parse
-
 
 POSITIVE = int_range(1)
 # [CLS] + [SEP] + at least a few tokens; the top is the largest max_position_embeddings bertkit builds.
@@ -301,7 +264,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_input_file(args.input)
     check_output_file(args.output)
     predictor = Predictor(args.checkpoint)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    # A file output is written under a temporary name and renamed at the end: a run that stops at a bad line
+    # leaves the previous output in place, not a truncated one.
+    tmp: Path | None = None
+    if args.output == "-":
+        out = sys.stdout
+    else:
+        import tempfile
+
+        target = Path(args.output)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp, out = Path(name), os.fdopen(fd, "w", encoding="utf-8")
     source = "<stdin>" if args.input == "-" else args.input
     count = 0
     try:
@@ -312,15 +285,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         def flush() -> None:
             try:
                 results = predictor.predict(batch)
-            except DataError as exc:
-                raise DataError(f"{source}, lines {lines[0]}-{lines[-1]}: {exc}") from exc
-            for number, result in zip(lines, results, strict=True):
-                try:
-                    # allow_nan=False: NaN is not JSON; a reader of the output would fail on it, far from here
-                    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
-                except ValueError as exc:
-                    raise DataError("the model produced a non-finite score (NaN or infinity) for this input",
-                                    source, number) from exc
+            except BertkitError as exc:
+                # the Predictor names the input by its place in the batch; the user needs the line of the file
+                message = str(exc)
+                where = re.match(r"input (\d+): ", message)
+                if where and int(where.group(1)) < len(lines):
+                    raise DataError(message[where.end():], source, lines[int(where.group(1))]) from exc
+                raise DataError(f"lines {lines[0]}-{lines[-1]}: {message}", source) from exc
+            for result in results:
+                # allow_nan=False: NaN is not JSON (the Predictor refuses non-finite outputs; this keeps it so)
+                out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
             progress.update(len(batch))
             batch.clear()
             lines.clear()
@@ -340,11 +314,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if batch:
             flush()
         progress.close()
+        if not count:
+            raise DataError("no inputs: every line is empty or blank (give one JSON object or text per line)", source)
+        if tmp is not None:
+            from bertkit.fileio import process_umask
+
+            out.close()
+            os.chmod(tmp, 0o666 & ~process_umask())
+            os.replace(tmp, args.output)
+            tmp = None
     finally:
         if out is not sys.stdout:
             out.close()
-    if not count:
-        raise DataError("no inputs: every line is empty or blank (give one JSON object or text per line)", source)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return 0
 
 
@@ -372,21 +355,28 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"bertkit embed: warning: {source}: {len(blank)} blank line(s) (line {shown}) embedded as empty "
               "text, keeping row i = line i", file=sys.stderr)
     vectors = embed(model, tok, texts, args.pooling, max_seq_len=args.max_seq_len, normalize=not args.raw)
-    if args.output.endswith(".npy"):
-        np.save(args.output, vectors)
+    rows = (json.dumps({"text": text, "vector": [round(float(v), 6) for v in vector]}, ensure_ascii=False) + "\n"
+            for text, vector in zip(texts, vectors, strict=True))
+    if args.output == "-":
+        sys.stdout.writelines(rows)
+    elif args.output.endswith(".npy"):
+        from bertkit.fileio import atomic_write
+
+        def write_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # np.save(path) would append ".npy" to the temporary name
+                np.save(handle, vectors)
+
+        atomic_write(args.output, write_npy)
     else:
-        with open(args.output, "w", encoding="utf-8") as out:
-            for text, vector in zip(texts, vectors, strict=True):
-                out.write(json.dumps({"text": text, "vector": [round(float(v), 6) for v in vector]},
-                                     ensure_ascii=False) + "\n")
+        from bertkit.fileio import atomic_write_text
+
+        atomic_write_text(args.output, "".join(rows))
     print(f"{len(texts)} vectors of size {vectors.shape[1]} -> {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /)."""
-    import os
-
     from bertkit.serve import ServeConfig, check_exposure, serve
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
@@ -444,14 +434,14 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=_serve_number(int, 0, 65535), default=8000, help="(default: %(default)s)")
-    p.add_argument("--max-batch", type=_serve_number(int, 1), default=32,
+    p.add_argument("--port", type=int_range(0, 65535), default=8000, help="(default: %(default)s)")
+    p.add_argument("--max-batch", type=int_range(1), default=32,
                    help="inputs per forward pass; 1 = no batching (32)")
-    p.add_argument("--max-wait-ms", type=_serve_number(float, 0, 10_000), default=5.0,
+    p.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=5.0,
                    help="wait for more requests (default: 5 ms)")
-    p.add_argument("--max-queue", type=_serve_number(int, 1), default=256,
+    p.add_argument("--max-queue", type=int_range(1), default=256,
                    help="queued inputs before 503 (default: 256)")
-    p.add_argument("--max-inputs", type=_serve_number(int, 1), default=64,
+    p.add_argument("--max-inputs", type=int_range(1), default=64,
                    help="inputs per request before 413 (default: 64)")
     p.add_argument("--onnx", default=None, help="run the encoder from this ONNX file (bertkit export --onnx)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but the page "
@@ -459,27 +449,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="allow binding beyond loopback with no API key")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host-header name to answer besides loopback and --host (repeatable; '*' for any)")
-    p.add_argument("--max-request-chars", type=_serve_number(int, 1), default=100_000,
+    p.add_argument("--max-request-chars", type=int_range(1), default=100_000,
                    help="characters over all texts of one request before 413 (default: %(default)s)")
-    p.add_argument("--header-timeout", type=_serve_number(float, 0.01, 3600), default=10.0,
+    p.add_argument("--header-timeout", type=float_range(0.01, 3600), default=10.0,
                    help="seconds a connection may take to send its request headers (default: %(default)s)")
-    p.add_argument("--max-connections", type=_serve_number(int, 1), default=512,
+    p.add_argument("--max-connections", type=int_range(1), default=512,
                    help="open connections before new ones are refused (default: %(default)s)")
-
-
-def _serve_number(kind: type, minimum: float, maximum: float = float("inf")) -> Callable[[str], Any]:
-    """An argparse type: a finite number of `kind` in [minimum, maximum], else a one-line error naming the value."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not minimum <= value <= maximum or value != value:
-            bounds = f"from {minimum:g} to {maximum:g}" if maximum != float("inf") else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} {bounds}, "
-                                             f"got {text!r}")
-        return value
-    return parse
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -508,7 +483,7 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="any BERT checkpoint directory")
     p.add_argument("--input", default="-", help="one text per line; '-' for stdin (default). Row i of the output is "
                    "line i: a blank line is embedded as empty text, with a warning counting them")
-    p.add_argument("--output", required=True, help="a .npy file, or JSONL of {text, vector}")
+    p.add_argument("--output", required=True, help="a .npy file, or JSONL of {text, vector} ('-': JSONL to stdout)")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="(default: %(default)s)")
     p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="(default: %(default)s)")
     p.add_argument("--raw", action="store_true", help="do not L2-normalise the vectors")

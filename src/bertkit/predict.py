@@ -85,7 +85,7 @@ class Predictor:
                 if key in item and item[key] is not None and not isinstance(item[key], str):
                     raise DataError(f"input {index}: {key!r} must be a string, got {type(item[key]).__name__}")
                 if isinstance(item.get(key), str):
-                    _check_encodable(item[key], index, key)
+                    check_encodable(item[key], index, key)
             if not item[required[0]].strip():
                 raise DataError(f"input {index}: {required[0]!r} is empty")
             out.append(item)
@@ -112,7 +112,7 @@ class Predictor:
             return self.module.evaluate_file(self.model, self.tokenizer, self.info, path, fmt)
 
 
-def _check_encodable(text: str, index: int, key: str) -> None:
+def check_encodable(text: str, index: int, key: str) -> None:
     """Text the tokenizer cannot take (a lone surrogate such as "\\ud800", which UTF-8 cannot encode) is this
     input's error, found before it is batched with other inputs it would otherwise fail."""
     try:

@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 import bertkit
 from bertkit.errors import BertkitError, DataError
-from bertkit.predict import Predictor
+from bertkit.predict import Predictor, check_encodable
 
 
 @dataclass
@@ -182,7 +182,9 @@ class Metrics:
         }
 
 
-_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# The closing quote is optional so an unclosed string ends the scan in one pass: with it required, a body of
+# escaped quotes that never closes made the regex backtrack quadratically (80 KB took 29 s on the event loop).
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)
 
 
 def json_depth(body: bytes) -> int:
@@ -254,13 +256,16 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> str | None
                            "authentication: pass --api-key KEY (or set BERTKIT_API_KEY), or --insecure to serve "
                            "anyone who can reach it")
     return (f"serving on {host} WITHOUT authentication (--insecure): anyone who can reach this port can use the "
-            "model")
+            "model; requests must name this machine in their Host header as loopback, the bound address or an "
+            "--allow-host NAME (pass one for each name clients use, or '*')")
 
 
-def allowed_host_names(host: str, extra: Collection[str] = ()) -> set[str] | None:
+def allowed_host_names(host: str, extra: Collection[str] = (), api_key: str | None = None
+                       ) -> set[str] | None:
     """Host-header names this server answers (None: any); a page on another name that resolves here (DNS
-    rebinding) is refused."""
-    if "*" in extra:
+    rebinding) is refused. Beyond loopback with an API key any name is answered: a rebinding page cannot send the
+    key, and clients reach such a server by names and addresses this process cannot know."""
+    if "*" in extra or (api_key and not is_loopback(host)):
         return None
     names = {*LOOPBACK_NAMES, *(e.lower() for e in extra)}
     if host not in ("0.0.0.0", "::", ""):
@@ -394,11 +399,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
             if pair is not None and not isinstance(pair, str):
                 raise HttpError(422, '"text_pair" must be a string')
             for key in ("text", "text_pair"):
-                try:
-                    (body.get(key) or "").encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise HttpError(422, f"{key!r} has a lone surrogate at character {exc.start}; send valid "
-                                         "Unicode text") from exc
+                check_encodable(body.get(key) or "", 0, key)
             _check_sizes([body], config)
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(batcher.executor, attention_view, predictor, body["text"], pair,
@@ -439,7 +440,8 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, conf
     if warning:
         print(f"bertkit serve: warning: {warning}", file=sys.stderr)
     config = config or ServeConfig()
-    app = create_app(directory, config, onnx, api_key=api_key, allowed_hosts=allowed_host_names(host, allow_hosts))
+    app = create_app(directory, config, onnx, api_key=api_key,
+                     allowed_hosts=allowed_host_names(host, allow_hosts, api_key))
     uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
         timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections)).run()

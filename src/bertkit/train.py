@@ -8,7 +8,6 @@ of epoch `e` is the same tensor whatever the batch size, process count or resume
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -369,6 +368,16 @@ def _unlock_run_dir(output: Path) -> None:
         os.close(fd)  # the file stays: unlinking it would let a waiting run lock a file no one else can see
 
 
+def held_run_dir(output: str | Path) -> bool:
+    """Whether this process holds the lock of run directory `output`."""
+    return Path(output).resolve() in _held_locks
+
+
+def release_run_dir(output: str | Path) -> None:
+    """Release a run directory claimed with `open_run_dir` by a caller that stops before `fit` (which releases it)."""
+    _unlock_run_dir(Path(output))
+
+
 def _check_writable(directory: Path) -> None:
     """Create and delete a file where checkpoints go, so a read-only directory fails now, not after training."""
     try:
@@ -482,11 +491,13 @@ def resume_changes(saved: dict[str, Any], config: TrainConfig, saved_data: str |
 
 class _InterruptGuard:
     """SIGINT handling for one run: the first Ctrl-C stops the run (KeyboardInterrupt, which saves a checkpoint);
-    later ones only say the save is still going, so no second Ctrl-C cuts the save the first one announced.
+    later ones, and any while the final checkpoint and model are written, only say the save is still going, so no
+    Ctrl-C cuts a save in the middle.
     Installed only in the main thread (the only one Python delivers signals to)."""
 
     def __init__(self) -> None:
         self.pressed = 0
+        self.saving = False  # set while a checkpoint or the final model is written: Ctrl-C then waits for it
         self.previous: Any = None
 
     def __enter__(self) -> _InterruptGuard:
@@ -496,7 +507,7 @@ class _InterruptGuard:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.pressed += 1
-        if self.pressed == 1:
+        if self.pressed == 1 and not self.saving:
             raise KeyboardInterrupt
         print("\nstill saving the checkpoint: Ctrl-C is ignored until it is written (kill -9 would lose only this "
               "save; the previous checkpoint stays intact)", file=sys.stderr, flush=True)
@@ -515,8 +526,8 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
     rank, _ = distributed_setup()
     output = open_run_dir(config, rank)
     try:
-        with _InterruptGuard():
-            return _fit(model, task, config, title)
+        with _InterruptGuard() as guard:
+            return _fit(model, task, config, title, guard)
     finally:
         if rank == 0:
             _unlock_run_dir(output)  # also the lock `pretrain` took for this run before its vocabulary
@@ -533,7 +544,8 @@ def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: Tr
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str) -> FitResult:
+def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
+         guard: _InterruptGuard | None = None) -> FitResult:
     rank, world = distributed_setup()
     output = Path(config.output_dir)
     device = next(model.parameters()).device
@@ -717,11 +729,16 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str) -> 
             if config.save_every and step % config.save_every == 0 and step < total_steps:
                 checkpoint()
                 window_start = time.perf_counter()
+        if progress is not None:
+            progress.close()
+        last_eval = evaluate()  # inside the try: Ctrl-C during the final evaluation still saves the trained steps
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
         if rank == 0:
             print(f"\ninterrupted at step {step}: saving a checkpoint (resume with --resume)", flush=True)
+        if guard is not None:
+            guard.saving = True
         try:
             saved = checkpoint()
         except BaseException:
@@ -732,9 +749,8 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str) -> 
         if rank == 0:
             print(f"checkpoint saved: {saved}", flush=True)
         raise
-    if progress is not None:
-        progress.close()
-    last_eval = evaluate()
+    if guard is not None:
+        guard.saving = True  # the final checkpoint and model/: a Ctrl-C now waits for them instead of cutting them
     final = checkpoint()
     if rank == 0 and final is not None:
         model_dir = output / MODEL_NAME
@@ -775,24 +791,6 @@ def config_from_args(args: Any, **overrides: Any) -> TrainConfig:
         raise TrainingError(f"invalid training flags: {exc}") from exc
 
 
-def _number(kind: type, low: float, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a finite `kind` >= low (> low when strict); anything else is a usage error (exit 2) that
-    names the flag, instead of a traceback (or a NaN learning rate) later."""
-    expected = f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {low:g}"
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in some messages
-    return parse
-
-
 # The range of each numeric flag (checked at parse time); TrainConfig.__post_init__ checks the same for callers.
 _RANGES: dict[str, tuple[type, float, bool]] = {
     "batch_size": (int, 1, False), "grad_accum": (int, 1, False), "lr": (float, 0, True),
@@ -801,6 +799,12 @@ _RANGES: dict[str, tuple[type, float, bool]] = {
     "log_every": (int, 1, False), "eval_every": (int, 0, False), "save_every": (int, 0, False),
     "keep_checkpoints": (int, 1, False), "max_bad_steps": (int, 1, False),
 }
+
+
+def _argtype(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
+    from bertkit.argtypes import float_range, int_range
+
+    return int_range(int(low) + strict) if kind is int else float_range(low, low_open=strict)
 
 
 def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> None:
@@ -848,7 +852,7 @@ def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> Non
                                 "refusing (new lr, schedule, weight decay, clipping and seed apply from the resume "
                                 "point; the global batch cannot change)")
         else:
-            kind = _number(*_RANGES[f.name]) if f.name in _RANGES else (type(default) if default is not None else str)
+            kind = _argtype(*_RANGES[f.name]) if f.name in _RANGES else (type(default) if default is not None else str)
             parser.add_argument(name, dest=f.name, type=kind, default=default,
                                 help=f"{helps.get(f.name, f.name)} (default: %(default)s)")
 

@@ -41,15 +41,15 @@ def _one_error_line(capsys, *needles: str) -> str:
         (["finetune", "--task", "ner", "--train", "t", "--max-seq-len", "2"], "--max-seq-len", "from 8 to 131072"),
         (["pretrain", "--train", "t.txt", "--max-seq-len", "2"], "--max-seq-len", "from 8 to 131072"),
         (["pretrain", "--train", "t.txt", "--vocab-size", "1"], "--vocab-size", "from 6 to 2000000"),
-        (["pretrain", "--train", "t.txt", "--mask-prob", "1.5"], "--mask-prob", "a number > 0 and < 1"),
-        (["pretrain", "--train", "t.txt", "--mask-prob", "nan"], "--mask-prob", "a number > 0 and < 1"),
+        (["pretrain", "--train", "t.txt", "--mask-prob", "1.5"], "--mask-prob", "a finite number > 0 and < 1"),
+        (["pretrain", "--train", "t.txt", "--mask-prob", "nan"], "--mask-prob", "a finite number > 0 and < 1"),
         (["pretrain", "--train", "t.txt", "--heldout-fraction", "1"], "--heldout-fraction", ">= 0 and < 1"),
         (["pretrain", "--train", "t.txt", "--max-predictions", "0"], "--max-predictions", ">= 1"),
         (["train-tokenizer", "t.txt", "--output", "o", "--vocab-size", "1"], "--vocab-size", "from 6"),
         (["train-tokenizer", "t.txt", "--output", "o", "--min-frequency", "0"], "--min-frequency", ">= 1"),
         (["embed", "CKPT", "--output", "o.npy", "--max-seq-len", "2"], "--max-seq-len", "from 8"),
-        (["demo", "--lr", "nan"], "--lr", "a number > 0"),
-        (["demo", "--finetune-lr", "-1"], "--finetune-lr", "a number > 0"),
+        (["demo", "--lr", "nan"], "--lr", "a finite number > 0"),
+        (["demo", "--finetune-lr", "-1"], "--finetune-lr", "a finite number > 0"),
         (["demo", "--pretrain-steps", "0"], "--pretrain-steps", ">= 1"),
         (["demo", "--batch-size", "ten"], "--batch-size", "got 'ten'"),
         (["demo", "--model-size", "huge"], "--model-size", "invalid choice: 'huge'"),
@@ -199,3 +199,29 @@ def test_a_file_given_as_checkpoint_is_called_a_file(tmp_path, capsys, monkeypat
     monkeypatch.setattr(sys, "stdin", io.StringIO("x\n"))
     assert main(["predict", str(weights)]) == 2
     _one_error_line(capsys, "is a file, not a checkpoint directory")
+
+
+def test_a_bad_line_names_its_line_and_leaves_the_previous_output_in_place(checkpoint, tmp_path, capsys):
+    # found in review: the output was truncated before the input was read, and errors named the place in the batch
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous results\n", encoding="utf-8")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(f"{TEXTS[0]}\n\n{json.dumps({'text': TEXTS[1], 'colour': 'red'})}\n", encoding="utf-8")
+    assert main(["predict", str(checkpoint), "--input", str(inputs), "--output", str(out), "--no-progress"]) == 2
+    _one_error_line(capsys, f"{inputs}:3: unknown field(s) ['colour']")
+    assert out.read_text(encoding="utf-8") == "previous results\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    inputs.write_text(f"{TEXTS[0]}\n{TEXTS[1]}\n", encoding="utf-8")
+    assert main(["predict", str(checkpoint), "--input", str(inputs), "--output", str(out), "--no-progress"]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_embed_to_stdout_writes_the_same_rows_as_npy(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "lines.txt"
+    inputs.write_text(f"{TEXTS[0]}\n{TEXTS[1]}\n", encoding="utf-8")
+    assert main(["embed", str(checkpoint), "--input", str(inputs), "--output", str(tmp_path / "v.npy")]) == 0
+    capsys.readouterr()
+    assert main(["embed", str(checkpoint), "--input", str(inputs), "--output", "-"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == TEXTS[:2] and not (tmp_path / "-").exists() and not os.path.exists("-")
+    assert np.allclose(np.array([r["vector"] for r in rows]), np.load(tmp_path / "v.npy"), atol=1e-5)

@@ -148,6 +148,10 @@ def test_integral_labels_are_one_class_and_lists_are_refused(tmp_path):
         classification.read_examples(bad, "jsonl")
     with pytest.raises(DataError, match="not a finite number"):
         normalise_label(float("nan"), "f", 1)
+    # a blank label is no label (found in review: it trained a class "" that task.json's checks then refused)
+    assert normalise_label("  ", "f", 1) is None and normalise_label("", "f", 1) is None
+    blank = _write(tmp_path / "blank.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": " "}\n')
+    assert [e.label for e in classification.read_examples(blank, "jsonl")] == ["x", None]
 
 
 def test_cluener_label_as_a_list_is_refused_with_file_and_line(tmp_path):

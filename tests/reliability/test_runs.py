@@ -173,6 +173,29 @@ def test_a_fresh_run_over_an_old_one_is_refused_and_overwrite_replaces_it(tmp_pa
     assert all(torch.equal(model[k], checkpoint[k]) for k in model)
 
 
+def test_overwrite_with_bad_input_deletes_nothing_and_a_failed_pretrain_releases_the_lock(tmp_path, corpus, capsys):
+    # found in review: `pretrain --overwrite` cleared the old run before it read --train, then stopped at the typo
+    run = tmp_path / "run"
+    assert main(_pretrain(corpus, run, "--max-steps", "2")[3:]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert main(_pretrain(tmp_path / "typo.txt", run, "--max-steps", "2", "--overwrite")[3:]) == 2
+    assert "typo.txt: file not found" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    # continuing from the run's own model with --overwrite: the model is read before the directory is cleared
+    assert main(_pretrain(corpus, run, "--max-steps", "2", "--overwrite", "--init-from", str(run / "model"))[3:]) == 0
+    # a pretrain that stops after claiming the directory must
+    # not keep it locked for the rest of the process (the model's position table is shorter than 1024)
+    assert main(_pretrain(corpus, tmp_path / "other", "--max-steps", "2", "--max-seq-len", "1024",
+                          "--init-from", str(run / "model"))[3:]) == 2
+    assert "max_seq_len 1024 exceeds" in capsys.readouterr().err
+    from bertkit.train import held_run_dir
+
+    assert not held_run_dir(tmp_path / "other")
+    other = subprocess.run(_pretrain(corpus, tmp_path / "other", "--max-steps", "2", "--overwrite"), env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 0, other.stderr
+
+
 def test_resume_refuses_a_changed_lr_naming_it_and_applies_it_when_allowed(tmp_path, tokenizer):
     run = tmp_path / "run"
     fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=3))
@@ -261,3 +284,30 @@ def test_contradictory_flags_and_non_finite_config_values_are_refused(capsys, tm
     for field, value in (("lr", float("nan")), ("epochs", float("inf")), ("weight_decay", float("nan"))):
         with pytest.raises(ValueError, match=f"TrainConfig.{field} must be a finite number"):
             TrainConfig(**{field: value})
+
+
+def test_ctrl_c_during_a_save_waits_for_it():
+    from bertkit.train import _InterruptGuard
+
+    with _InterruptGuard() as guard:  # found in review: a first Ctrl-C during the final save cut it
+        guard.saving = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs between bytecodes: it must not raise here
+        assert guard.pressed == 1
+    with _InterruptGuard(), pytest.raises(KeyboardInterrupt):  # outside a save, the first Ctrl-C stops the run
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+def test_ctrl_c_during_the_final_evaluation_still_saves_the_trained_steps(tmp_path, tokenizer):
+    class InterruptedEval(CountingTask):
+        def evaluate(self, model):
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    base = _task(tokenizer)
+    task = InterruptedEval(tokenizer, base.train_documents, base.heldout_documents, base.options)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(tokenizer), task, _config(run, max_steps=3, save_every=0))
+    newest = latest_checkpoint(run)
+    assert newest is not None and newest.name == "step-00000003" and verify_checkpoint(newest) is not None

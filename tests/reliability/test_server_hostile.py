@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from bertkit.errors import BertkitError
 from bertkit.predict import Predictor
-from bertkit.serve import Batcher, ServeConfig, check_exposure, json_depth
+from bertkit.serve import Batcher, ServeConfig, allowed_host_names, check_exposure, json_depth
 from bertkit.tokenizer import Tokenizer
 from tests.serving import Server, make_intent_checkpoint, make_pair_checkpoint
 
@@ -163,6 +164,28 @@ def test_deep_json_is_refused_before_parsing(server):
     status, body, _ = server.request("POST", "/predict", b'{"inputs": [' + b"1" * 5000 + b"]}")
     assert status == 400 and "JSON value refused" in body["error"]
     assert server.get("/health")[0] == 200
+
+
+def test_an_unclosed_string_of_escaped_quotes_cannot_stall_the_server(server):
+    # found in review: the nesting pre-scan backtracked quadratically on this shape (80 KB: 29 s on the event loop);
+    # 1.2 MB of it would have held every client for hours
+    body = b"[" * 33 + b'"' + b'\\"' * 600_000
+    assert json_depth(body) == 33 and json_depth(b'["\\"]') == 1
+    request = urllib.request.Request(server.url + "/predict", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400 and "nested deeper than 32 levels" in json.loads(caught.value.read())["error"]
+    assert server.post("/predict", {"inputs": ["it is raining"]})[0] == 200
+
+
+def test_host_names_answered_by_bind_address_and_key():
+    assert allowed_host_names("127.0.0.1") >= {"localhost", "127.0.0.1"}
+    assert "evil.example" not in allowed_host_names("0.0.0.0")
+    assert "10.1.2.3" in allowed_host_names("10.1.2.3") and "box" in allowed_host_names("0.0.0.0", ["Box"])
+    # with a key beyond loopback any name is answered: a rebinding page cannot send the key
+    assert allowed_host_names("0.0.0.0", (), "key") is None and allowed_host_names("::", ["*"]) is None
+    assert allowed_host_names("127.0.0.1", (), "key") is not None  # loopback keeps its rebinding guard
 
 
 def test_host_header_allow_list_blocks_dns_rebinding(server):

@@ -222,7 +222,8 @@ def require_examples(examples: list[Any], path: str | Path | None, role: str) ->
 def normalise_label(value: Any, path: str | Path, line: int) -> str | None:
     """A JSON label as the string it is stored under: strings stripped; integers and integral floats as digits
     (1 and 1.0 are one class, "1"); other finite floats as Python writes them ("0.5"); booleans as JSON writes
-    them ("true", "false"); null is no label. Lists, objects and NaN / infinity are errors naming file and line."""
+    them ("true", "false"); null and blank strings are no label (as an empty TSV cell is). Lists, objects and
+    NaN / infinity are errors naming file and line."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -234,7 +235,7 @@ def normalise_label(value: Any, path: str | Path, line: int) -> str | None:
             raise DataError(f"label {value!r} is not a finite number", str(path), line)
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
-        return value.strip()
+        return value.strip() or None  # a class named "" would be refused by task.json's checks at load time
     raise DataError(f"label must be a string, number or boolean, got a JSON {_json_type(value)}: {value!r:.60}",
                     str(path), line)
 

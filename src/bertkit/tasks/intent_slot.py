@@ -131,7 +131,8 @@ class IntentSlotTask:
         tags = None
         if role is not None:
             tags = [[self.slot_ids[t] for t in u.tags] for u in utterances]
-        pieces = encode_sentences(self.tokenizer, [u.words for u in utterances], tags, self.max_seq_len)
+        pieces = encode_sentences(self.tokenizer, [u.words for u in utterances], tags, self.max_seq_len,
+                                  None if path is None else str(path))  # with a path: word cuts are counted
         if len(pieces) != len(utterances):
             counts = Counter(p.sentence for p in pieces)
             bad = next(i for i in range(len(utterances)) if counts[i] != 1)

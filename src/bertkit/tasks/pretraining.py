@@ -285,12 +285,13 @@ def pretrain(
 
     from bertkit.corpus import read_documents
     from bertkit.errors import DataError
-    from bertkit.train import distributed_setup, fit, open_run_dir
+    from bertkit.train import distributed_setup, fit, held_run_dir, open_run_dir, release_run_dir
 
     options = options or PretrainingOptions()
     rank, _ = distributed_setup()
-    # claim the run directory before writing a vocabulary into it (--overwrite also deletes the old run's vocabulary)
-    open_run_dir(config, rank, own=("tokenizer",) if tokenizer is None and init_from is None else ())
+    # Everything that can fail on bad input is checked before the run directory is claimed: --overwrite deletes the
+    # old run there, which must not happen for a run that then stops at a typo in --train (or that continues from
+    # a model inside that same directory).
     train_text = [doc for path in train_files for doc in read_documents(path)]
     if not train_text:
         raise DataError("no text in the training files", ", ".join(map(str, train_files)))
@@ -304,40 +305,52 @@ def pretrain(
             raise DataError(f"the {role} text has one document; NSP needs two or more (a blank line separates "
                             "documents), or pass --no-nsp", ", ".join(map(str, files or train_files)))
     output = Path(config.output_dir)
+    tok: Tokenizer | None = None
     if isinstance(tokenizer, Tokenizer):
         tok = tokenizer
     elif tokenizer is not None:
         tok = Tokenizer.from_pretrained(tokenizer)
     elif init_from is not None:
         tok = Tokenizer.from_pretrained(init_from)
-    else:
-        vocab_dir = output / "tokenizer"
-        if rank == 0 and not (vocab_dir / "vocab.txt").is_file():
-            Tokenizer.train([s for d in train_text for s in d], vocab_size=vocab_size).save_pretrained(vocab_dir)
-        if dist.is_initialized():
-            dist.barrier()
-        tok = Tokenizer.from_pretrained(vocab_dir)
-    train_docs = tokenize_documents(train_text, tok, whole_word=options.whole_word)
-    heldout_docs = tokenize_documents(heldout_text, tok, whole_word=options.whole_word)
-    torch.manual_seed(config.seed)
+    model = None
     if init_from is not None:
+        torch.manual_seed(config.seed)
         model = BertForPreTraining.from_pretrained(init_from)
+        assert tok is not None
         if model.config.vocab_size < tok.vocab_size:
             raise DataError(f"the vocabulary has {tok.vocab_size} tokens but {init_from} has only "
                             f"{model.config.vocab_size} embeddings", str(init_from))
-    else:
-        model = build_model(tok, model_size, options.max_seq_len)
-    if options.max_seq_len > model.config.max_position_embeddings:
-        raise DataError(f"max_seq_len {options.max_seq_len} exceeds the model's max_position_embeddings "
-                        f"{model.config.max_position_embeddings}")
-    task = PretrainingTask(tok, train_docs, heldout_docs, options, seed=config.seed)
-    if rank == 0:
-        from bertkit.model import num_parameters
-        from bertkit.train import steps_summary
+    # claim the run directory before writing a vocabulary into it (--overwrite also deletes the old run's vocabulary)
+    held_before = held_run_dir(output)
+    open_run_dir(config, rank, own=("tokenizer",) if tok is None else ())
+    try:
+        if tok is None:
+            vocab_dir = output / "tokenizer"
+            if rank == 0 and not (vocab_dir / "vocab.txt").is_file():
+                Tokenizer.train([s for d in train_text for s in d], vocab_size=vocab_size).save_pretrained(vocab_dir)
+            if dist.is_initialized():
+                dist.barrier()
+            tok = Tokenizer.from_pretrained(vocab_dir)
+        train_docs = tokenize_documents(train_text, tok, whole_word=options.whole_word)
+        heldout_docs = tokenize_documents(heldout_text, tok, whole_word=options.whole_word)
+        torch.manual_seed(config.seed)
+        if model is None:
+            model = build_model(tok, model_size, options.max_seq_len)
+        if options.max_seq_len > model.config.max_position_embeddings:
+            raise DataError(f"max_seq_len {options.max_seq_len} exceeds the model's max_position_embeddings "
+                            f"{model.config.max_position_embeddings}")
+        task = PretrainingTask(tok, train_docs, heldout_docs, options, seed=config.seed)
+        if rank == 0:
+            from bertkit.model import num_parameters
+            from bertkit.train import steps_summary
 
-        print(f"pre-training {model_size if init_from is None else init_from} "
-              f"({num_parameters(model) / 1e6:.1f}M parameters, vocabulary {tok.vocab_size:,}), "
-              f"{'MLM + NSP' if options.nsp else 'MLM only'}"
-              f"{', whole-word masking' if options.whole_word else ''}: "
-              f"{steps_summary(config, task.num_examples(0))}; held-out: {len(heldout_docs):,} documents")
+            print(f"pre-training {model_size if init_from is None else init_from} "
+                  f"({num_parameters(model) / 1e6:.1f}M parameters, vocabulary {tok.vocab_size:,}), "
+                  f"{'MLM + NSP' if options.nsp else 'MLM only'}"
+                  f"{', whole-word masking' if options.whole_word else ''}: "
+                  f"{steps_summary(config, task.num_examples(0))}; held-out: {len(heldout_docs):,} documents")
+    except BaseException:
+        if rank == 0 and not held_before:
+            release_run_dir(output)  # a run that stops before `fit` does not keep the directory locked
+        raise
     return fit(model, task, config, title="pre-training")
