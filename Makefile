@@ -45,6 +45,7 @@ bench: data
 	$(PY) bench/attention.py
 	$(PY) bench/speed.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/scale.py
 	$(PY) bench/readme_tables.py
 
 # issue 11's hostile-input rounds: 60 s load with hostile clients, 10,000 fuzzed requests, ~100k fuzzed file lines

@@ -3,7 +3,8 @@
     .venv/bin/python bench/readme_tables.py
 
 Each README section `<!-- tasks -->` ... `<!-- /tasks -->` is replaced by bench/results/tasks.md (likewise speed,
-serve_load, serve_hostile, fuzz_server, fuzz_readers), so the README shows exactly what the last benchmark run wrote.
+serve_load, scale, serve_hostile, fuzz_server, fuzz_readers), so the README shows exactly what the last
+benchmark run wrote.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("tasks", "speed", "serve_load", "serve_hostile", "fuzz_server", "fuzz_readers")
+TABLES = ("tasks", "speed", "serve_load", "scale", "serve_hostile", "fuzz_server", "fuzz_readers")
 
 
 def main() -> int:

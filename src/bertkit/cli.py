@@ -205,6 +205,23 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    """Tokenize a pre-training corpus once, in parallel, into memory-mapped shards (plain text or .gz, files or
+    directories; Google's format); deterministic for any --workers, resumable after an interruption."""
+    from bertkit.prepared import PrepareOptions, prepare
+
+    tok = Tokenizer.from_pretrained(args.tokenizer)
+    options = PrepareOptions(whole_word=args.whole_word_masking, shard_chars=args.shard_chars,
+                             heldout_fraction=args.heldout_fraction, seed=args.seed)
+    manifest = prepare(args.input, tok, args.output, heldout=args.heldout, options=options, workers=args.workers,
+                       progress=args.progress)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['documents']:,} documents, {info['sentences']:,} sentences, {info['tokens']:,} tokens "
+              f"in {len(info['shards'])} shard(s)")
+    print(f"{args.output}: prepared in {manifest['seconds']:.1f} s")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pre-train BERT (MLM + NSP, or MLM only) on text files in Google's format; resumable; torchrun for DDP."""
     from bertkit.tasks.pretraining import PretrainingOptions, pretrain
@@ -529,6 +546,23 @@ def _train_tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip)")
 
 
+def _prepare_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", nargs="+", help="text files (.gz too) or directories, one sentence or paragraph a line, "
+                   "a blank line between documents")
+    p.add_argument("--tokenizer", required=True, help="checkpoint or vocabulary directory (vocab.txt)")
+    p.add_argument("--output", required=True, help="directory for the shards and manifest.json")
+    p.add_argument("--heldout", nargs="*", default=None, help="held-out text files or directories")
+    p.add_argument("--heldout-fraction", type=float_range(0.0, 1.0, high_open=True), default=0.0,
+                   help="without --heldout: hold out this fraction of the documents (default: 0)")
+    p.add_argument("--whole-word-masking", action="store_true", help="store jieba word starts (Chinese)")
+    p.add_argument("--workers", type=int_range(0, 1024), default=0,
+                   help="tokenizing processes (default: 0, one per core)")
+    p.add_argument("--shard-chars", type=int_range(1), default=None,
+                   help="characters of text per shard (default: 1/64 of the input size, from 50,000 to 1,000,000)")
+    p.add_argument("--seed", type=int_range(0), default=0, help="held-out choice seed (default: 0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from bertkit.config import PRESETS
     from bertkit.train import TrainConfig, add_train_arguments
@@ -582,6 +616,7 @@ COMMANDS.update({
     "demo": (cmd_demo, _demo_args),
     "prepare-corpus": (cmd_prepare_corpus, _prepare_corpus_args),
     "train-tokenizer": (cmd_train_tokenizer, _train_tokenizer_args),
+    "prepare-data": (cmd_prepare_data, _prepare_data_args),
     "pretrain": (cmd_pretrain, _pretrain_args),
     "finetune": (cmd_finetune, _finetune_args),
     "evaluate": (cmd_evaluate, _evaluate_args),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import os
 import stat
 import tempfile
@@ -68,10 +69,13 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without its newline) of a UTF-8 text file, a leading BOM dropped; a file that is missing,
-    a directory, unreadable, or a byte sequence that is not UTF-8 is a DataError naming the file (and the line)."""
+    """(line number, line without its newline) of a UTF-8 text file (gzip-compressed when it ends in .gz), a leading
+    BOM dropped; a file that is missing, a directory, unreadable, or a byte sequence that is not UTF-8 is a
+    DataError naming the file (and the line)."""
     path = Path(path)
-    with open_for_reading(path) as handle:
+    with open_for_reading(path) as raw_handle:
+        # a .gz file is read through gzip, line by line, never decompressed whole
+        handle = gzip.GzipFile(fileobj=raw_handle) if path.suffix == ".gz" else raw_handle
         number = 0
         try:
             for number, raw in enumerate(handle, start=1):
@@ -82,8 +86,9 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 if number == 1:
                     line = line.removeprefix("\ufeff")
                 yield number, line.rstrip("\r\n")
-        except OSError as exc:  # e.g. EIO mid-file: still the file's fault, not a crash
-            raise DataError(f"read failed after line {number} ({exc.strerror or exc})", str(path)) from exc
+        except (OSError, EOFError) as exc:  # EIO mid-file, a damaged or cut .gz: the file's fault, not a crash
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise DataError(f"read failed after line {number} ({reason})", str(path)) from exc
 
 
 def read_text(path: str | Path) -> str:

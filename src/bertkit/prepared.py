@@ -1,0 +1,403 @@
+"""Prepared corpora: raw text tokenized once, in parallel processes, into memory-mapped token shards with a manifest.
+
+A prepared directory holds, for the training documents and (optionally) the held-out ones:
+
+    manifest.json                     what was prepared, from what, with which vocabulary; every shard's sha256
+    train/shard-00000.tokens.npy      uint32 token codes (id in the low 30 bits, "begins a word" in bit 30)
+    train/shard-00000.sentences.npy   int64 offsets into tokens, one per sentence plus the end
+    train/shard-00000.documents.npy   int64 offsets into sentences, one per document plus the end
+    train/shard-00000.json            the shard's counts, the sha256 of its text and of each array, written last
+    heldout/...                       the same, for held-out documents
+
+Shard boundaries depend only on the text (a shard closes after `shard_chars` characters of whole documents), and
+each shard is a pure function of its documents, so the bytes are the same for any number of workers. Every file is
+written atomically and a shard's .json last: a prepare that is interrupted resumes by skipping the shards whose
+.json, text hash and files check out, and nothing half-written is ever read as a shard.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertkit.errors import DataError
+from bertkit.fileio import atomic_write, atomic_write_text
+from bertkit.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+OPTIONS_NAME = "prepare.json"  # written first: a resumed prepare must have been started with the same options
+SPLITS = ("train", "heldout")
+ARRAYS = ("tokens", "sentences", "documents")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How text becomes shards; any change gives other bytes, so a resumed prepare must use the same."""
+
+    whole_word: bool = False  # jieba word starts for Chinese whole-word masking
+    # characters of text per shard (whole documents; the last may be shorter). None: from the inputs' total size,
+    # 1/64 of it between 50,000 and 1,000,000, so a small corpus still has shards for every core and a large one
+    # keeps a worker's lists near 40 MB; a function of the inputs alone, so the bytes stay the same for any workers
+    shard_chars: int | None = None
+    heldout_fraction: float = 0.0  # without held-out files: this fraction of the documents, chosen by `seed`
+    seed: int = 0
+    max_sentence_chars: int = 256  # long lines are split into sentences, pieces over this cut at commas
+
+    def __post_init__(self) -> None:
+        if self.shard_chars is not None and self.shard_chars < 1:
+            raise DataError(f"shard_chars must be >= 1, got {self.shard_chars}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise DataError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+
+
+def vocabulary_fingerprint(tokenizer: Tokenizer) -> str:
+    """sha256 of the vocabulary and the normalisation options: two tokenizers with the same one give the same ids."""
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
+    text = json.dumps({"vocab": tokenizer.vocab, "options": options}, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def input_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files named, and every regular file under the directories named (sorted, hidden names skipped)."""
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise DataError("directory holds no files", str(path))
+            files += found
+        else:
+            files.append(path)  # read_lines says what is wrong with a missing or unreadable one
+    if not files:
+        raise DataError("no input files given")
+    return files
+
+
+# ---- writing -------------------------------------------------------------------------------------------------------
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _text_digest(documents: list[list[str]]) -> tuple[str, int]:
+    """(sha256 of the documents' lines, their size in UTF-8 bytes)."""
+    digest = hashlib.sha256()
+    size = 0
+    for document in documents:
+        for line in document:
+            data = line.encode("utf-8", "surrogatepass")
+            digest.update(data)
+            digest.update(b"\n")
+            size += len(data) + 1
+        digest.update(b"\x00")
+    return digest.hexdigest(), size
+
+
+def _shard_stem(directory: Path, index: int) -> Path:
+    return directory / f"shard-{index:05d}"
+
+
+def _finished_shard(directory: Path, index: int, text_sha256: str) -> dict[str, Any] | None:
+    """The record of a shard already written from exactly this text, with intact files; else None."""
+    stem = _shard_stem(directory, index)
+    try:
+        record = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+        if record.get("text_sha256") != text_sha256:
+            return None
+        for name, expected in record["files"].items():
+            if _sha256_file(directory / name) != expected:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record
+
+
+_WORKER_TOKENIZER: dict[str, Tokenizer] = {}  # one tokenizer per worker process, built on its first shard
+
+
+def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256: str,
+                 vocab: list[str], options: dict[str, Any], whole_word: bool, max_sentence_chars: int
+                 ) -> dict[str, Any]:
+    """Split one shard's documents (lists of lines) into sentences, tokenize them and write the arrays, then the
+    shard's record (runs in a worker process: the parent only reads lines, so it keeps up with every core)."""
+    from bertkit.corpus import split_sentences
+    from bertkit.tasks.pretraining import tokenize_documents
+    from bertkit.tokenizer import TokenizerOptions
+
+    key = hashlib.sha256(json.dumps([vocab, options], sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
+    if key not in _WORKER_TOKENIZER:
+        fields = {**options, "additional_special_tokens": tuple(options.get("additional_special_tokens", ()))}
+        _WORKER_TOKENIZER[key] = Tokenizer(vocab, TokenizerOptions(**fields))
+    tokenizer = _WORKER_TOKENIZER[key]
+    documents = [[s for line in document for s in split_sentences(line, max_sentence_chars)] for document in lines]
+    coded = tokenize_documents(documents, tokenizer, whole_word=whole_word)
+    sentences = [sentence for document in coded for sentence in document]
+    tokens = np.fromiter((t for sentence in sentences for t in sentence), dtype=np.uint32,
+                         count=sum(len(s) for s in sentences))
+    sentence_offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in sentences], out=sentence_offsets[1:])
+    document_offsets = np.zeros(len(coded) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in coded], out=document_offsets[1:])
+    stem = _shard_stem(Path(directory), index)
+    files = {}
+    for name, array in (("tokens", tokens), ("sentences", sentence_offsets), ("documents", document_offsets)):
+        path = stem.with_name(f"{stem.name}.{name}.npy")
+
+        def save(tmp: Path, array: np.ndarray = array) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+
+        atomic_write(path, save)
+        files[path.name] = _sha256_file(path)
+    record = {"index": index, "documents": len(coded), "sentences": len(sentences), "tokens": int(tokens.size),
+              "characters": sum(len(s) for d in documents for s in d), "text_sha256": text_sha256, "files": files}
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def _shards_of(documents: Iterable[list[str]], shard_chars: int) -> Iterator[list[list[str]]]:
+    """Consecutive runs of whole documents of about `shard_chars` characters (a function of the text alone)."""
+    shard: list[list[str]] = []
+    size = 0
+    for document in documents:
+        shard.append(document)
+        size += sum(len(s) for s in document)
+        if size >= shard_chars:
+            yield shard
+            shard, size = [], 0
+    if shard:
+        yield shard
+
+
+def _is_heldout(seed: int, index: int, fraction: float) -> bool:
+    # a hash of (seed, document index), not a shared random stream: the choice does not depend on reading order
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Path, *,
+            heldout: Sequence[str | Path] | None = None, options: PrepareOptions | None = None, workers: int = 0,
+            progress: bool = True) -> dict[str, Any]:
+    """Tokenize text files (Google's format: one sentence or paragraph a line, a blank line between documents;
+    plain or .gz; directories are read whole) into shards under `output`; returns the manifest.
+
+    `workers`: tokenizing processes (0: one per core). Held-out documents come from `heldout` files, or from
+    `options.heldout_fraction` of the input documents.
+    """
+    from bertkit.corpus import read_documents
+
+    options = options or PrepareOptions()
+    if heldout and options.heldout_fraction:
+        raise DataError("give held-out files or a held-out fraction, not both")
+    output = Path(output)
+    files = input_files(inputs)
+    heldout_files = input_files(heldout) if heldout else []
+    total_bytes = sum(p.stat().st_size for p in files + heldout_files if p.is_file())
+    if options.shard_chars is None:
+        options = replace(options, shard_chars=min(1_000_000, max(50_000, total_bytes // 64)))
+    settings = {"format": FORMAT_VERSION, "vocabulary_sha256": vocabulary_fingerprint(tokenizer),
+                "vocab_size": tokenizer.vocab_size, "options": asdict(options),
+                "inputs": [str(p) for p in files], "heldout_inputs": [str(p) for p in heldout_files]}
+    _check_or_write_settings(output, settings)
+    workers = workers or os.cpu_count() or 1
+    tokenizer_options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
+
+    def documents(paths: list[Path]) -> Iterator[list[str]]:
+        for path in paths:  # lines; the workers split them into sentences
+            yield from read_documents(path, split=False)
+
+    streams: dict[str, Iterator[list[str]]]
+    if heldout_files:
+        streams = {"train": documents(files), "heldout": documents(heldout_files)}
+    elif options.heldout_fraction:
+        # two streaming passes over the files (one per split) rather than one pass holding the corpus in memory
+        fraction, seed = options.heldout_fraction, options.seed
+        streams = {"train": (d for i, d in enumerate(documents(files)) if not _is_heldout(seed, i, fraction)),
+                   "heldout": (d for i, d in enumerate(documents(files)) if _is_heldout(seed, i, fraction))}
+    else:
+        streams = {"train": documents(files)}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress,
+               mininterval=0.5 if os.isatty(2) else 30)
+    manifest: dict[str, Any] = {**settings, "splits": {}}
+    started = time.perf_counter()
+    # spawn, not fork: the parent may hold torch and tokenizers thread pools, which a forked child inherits broken
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+        for split, stream in streams.items():
+            directory = output / split
+            directory.mkdir(parents=True, exist_ok=True)
+            records = _run_split(pool, directory, stream, tokenizer, tokenizer_options, options, workers, bar)
+            if records:
+                manifest["splits"][split] = {
+                    "shards": records, **{k: sum(r[k] for r in records)
+                                          for k in ("documents", "sentences", "tokens", "characters")}}
+    bar.close()
+    if "train" not in manifest["splits"] or manifest["splits"]["train"]["documents"] == 0:
+        raise DataError("no text in the input files", ", ".join(map(str, files)))
+    if (heldout_files or options.heldout_fraction) and "heldout" not in manifest["splits"]:
+        raise DataError("no held-out text (the held-out files are empty, or the fraction chose no document)")
+    atomic_write_text(output / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    manifest["seconds"] = time.perf_counter() - started  # returned, not written: the bytes stay reproducible
+    return manifest
+
+
+def _quiet_worker() -> None:
+    # one process per core does the parallelism; the Rust tokenizer's own thread pool would oversubscribe the cores
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Iterator[list[str]],
+               tokenizer: Tokenizer, tokenizer_options: dict[str, Any], options: PrepareOptions, workers: int,
+               bar: Any) -> list[dict[str, Any]]:
+    """Shard the stream, skip the shards already written from the same text, write the rest in the pool; at most
+    2 x workers shards are held in memory at once."""
+    records: dict[int, dict[str, Any]] = {}
+    pending: dict[concurrent.futures.Future, int] = {}
+    sizes: dict[int, int] = {}
+
+    def collect() -> None:
+        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            index = pending.pop(future)
+            records[index] = future.result()
+            bar.update(sizes[index])
+
+    index = -1
+    assert options.shard_chars is not None
+    for index, documents in enumerate(_shards_of(stream, options.shard_chars)):
+        text_sha256, sizes[index] = _text_digest(documents)
+        finished = _finished_shard(directory, index, text_sha256)
+        if finished is not None:
+            records[index] = finished
+            bar.update(sizes[index])
+            continue
+        while len(pending) >= 2 * workers:
+            collect()
+        future = pool.submit(_write_shard, str(directory), index, documents, text_sha256, tokenizer.vocab,
+                             tokenizer_options, options.whole_word, options.max_sentence_chars)
+        pending[future] = index
+    while pending:
+        collect()
+    # shards past the end (a previous prepare of a longer text in this directory) are not part of this corpus
+    for stale in directory.glob("shard-*"):
+        number = int(stale.name[len("shard-"):].split(".")[0])
+        if number > index:
+            stale.unlink()
+    return [records[i] for i in range(index + 1)]
+
+
+def _check_or_write_settings(output: Path, settings: dict[str, Any]) -> None:
+    """A prepare into a directory that already holds one continues it only with the same inputs and options."""
+    path = output / OPTIONS_NAME
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"unreadable ({exc}); delete the directory to prepare again", str(path)) from exc
+        changed = [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in settings.items() if old.get(key) != value]
+        if changed:
+            raise DataError(f"{output} holds a prepare with other settings ({'; '.join(changed)}); choose another "
+                            "--output or delete it", str(path))
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+# ---- reading -------------------------------------------------------------------------------------------------------
+
+class PreparedSplit:
+    """The documents of one split, memory-mapped: `len(split)` documents; `split[i]` is document i as a list of
+    token-code arrays (views into the mapped file, no copy)."""
+
+    def __init__(self, directory: Path, records: list[dict[str, Any]]) -> None:
+        self.shards = []
+        starts = [0]
+        for record in records:
+            stem = _shard_stem(directory, record["index"])
+            arrays = {name: np.load(stem.with_name(f"{stem.name}.{name}.npy"), mmap_mode="r", allow_pickle=False)
+                      for name in ARRAYS}
+            self.shards.append(arrays)
+            starts.append(starts[-1] + record["documents"])
+        self.starts = np.array(starts, dtype=np.int64)
+        self.tokens = int(sum(r["tokens"] for r in records))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> list[np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        arrays = self.shards[shard]
+        local = index - int(self.starts[shard])
+        first, last = int(arrays["documents"][local]), int(arrays["documents"][local + 1])
+        offsets = arrays["sentences"][first : last + 1]
+        return [arrays["tokens"][int(a) : int(b)] for a, b in itertools.pairwise(offsets.tolist())]
+
+
+class PreparedCorpus:
+    """A prepared directory, checked before use: its manifest, every shard's sha256, and (when a tokenizer is
+    given) that it was prepared with the same vocabulary."""
+
+    def __init__(self, directory: str | Path, tokenizer: Tokenizer | None = None, *, verify: bool = True) -> None:
+        self.directory = Path(directory)
+        path = self.directory / MANIFEST_NAME
+        if not path.is_file():
+            partial = (self.directory / OPTIONS_NAME).is_file()
+            raise DataError("no manifest.json: " + ("the prepare did not finish; run `bertkit prepare-data` again "
+                            "with the same arguments to complete it" if partial else
+                            "not a directory written by `bertkit prepare-data`"), str(self.directory))
+        try:
+            self.manifest = json.loads(path.read_text(encoding="utf-8"))
+            splits = self.manifest["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"unreadable manifest ({exc})", str(path)) from exc
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise DataError(f"format {self.manifest.get('format')!r}; this bertkit reads format {FORMAT_VERSION}",
+                            str(path))
+        if tokenizer is not None and self.manifest["vocabulary_sha256"] != vocabulary_fingerprint(tokenizer):
+            raise DataError(f"prepared with another vocabulary ({self.manifest['vocab_size']} tokens, sha256 "
+                            f"{self.manifest['vocabulary_sha256'][:12]}) than the model's ({tokenizer.vocab_size} "
+                            f"tokens, sha256 {vocabulary_fingerprint(tokenizer)[:12]}); prepare it again with this "
+                            "--tokenizer", str(self.directory))
+        if verify:
+            for split, info in splits.items():
+                for record in info["shards"]:
+                    for name, expected in record["files"].items():
+                        file = self.directory / split / name
+                        if not file.is_file():
+                            raise DataError(f"shard file missing: {split}/{name}", str(self.directory))
+                        if _sha256_file(file) != expected:
+                            raise DataError(f"shard {split}/{name} does not match its sha256 in the manifest (the "
+                                            "file changed or is damaged); prepare the corpus again",
+                                            str(self.directory))
+        self.splits = {split: PreparedSplit(self.directory / split, info["shards"]) for split, info in splits.items()}
+
+    @property
+    def whole_word(self) -> bool:
+        return bool(self.manifest["options"]["whole_word"])
+
+    def split(self, name: str) -> PreparedSplit | None:
+        return self.splits.get(name)

@@ -1,0 +1,128 @@
+"""Prepared corpora: the same bytes for any number of workers, the same tokens as the in-memory path, resumable,
+and every bad directory refused before use with the shard or setting that is wrong."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertkit import Tokenizer
+from bertkit.cli import main
+from bertkit.corpus import read_documents
+from bertkit.errors import DataError
+from bertkit.prepared import PreparedCorpus, PrepareOptions, prepare
+from bertkit.tasks.pretraining import tokenize_documents
+
+ARTICLES = ["北京举行新年音乐会。江泽民等出席。今天天气很好！", "人民日报发表社论。新年快乐！我们去上海。",
+            "上海很大。", "the cat sat on the mat. it was happy.", "春节快到了。大家都回家过年。"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A directory of three files (one gzipped), 120 documents of one to three lines."""
+    root = tmp_path_factory.mktemp("corpus")
+    texts = ["\n".join(ARTICLES[(i + k) % len(ARTICLES)] for k in range(1 + i % 3)) for i in range(120)]
+    (root / "a.txt").write_text("\n\n".join(texts[:50]) + "\n", encoding="utf-8")
+    (root / "sub").mkdir()
+    (root / "sub" / "b.txt").write_text("\n\n".join(texts[50:90]) + "\n", encoding="utf-8")
+    (root / "c.txt.gz").write_bytes(gzip.compress(("\n\n".join(texts[90:]) + "\n").encode("utf-8")))
+    (root / ".hidden").write_text("not read\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus) -> Tokenizer:
+    return Tokenizer.train(ARTICLES, vocab_size=120, min_frequency=1)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_same_bytes_for_one_and_two_workers_and_the_same_tokens_as_in_memory(corpus, tokenizer, tmp_path):
+    options = PrepareOptions(whole_word=True, shard_chars=500, heldout_fraction=0.2, seed=3)
+    one = prepare([corpus], tokenizer, tmp_path / "one", options=options, workers=1, progress=False)
+    prepare([corpus], tokenizer, tmp_path / "two", options=options, workers=2, progress=False)
+    assert len(one["splits"]["train"]["shards"]) > 4  # several shards, so the two workers really share the work
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    # every document is in exactly one split, with the tokens the in-memory path gives it
+    documents = [d for name in ("a.txt", "sub/b.txt", "c.txt.gz") for d in read_documents(corpus / name)]
+    expected = tokenize_documents(documents, tokenizer, whole_word=True)
+    prepared = PreparedCorpus(tmp_path / "two", tokenizer)
+    train, heldout = prepared.split("train"), prepared.split("heldout")
+    assert len(train) + len(heldout) == len(expected) == 120 and 10 <= len(heldout) <= 40
+    got = [[s.tolist() for s in train[i]] for i in range(len(train))] + \
+          [[s.tolist() for s in heldout[i]] for i in range(len(heldout))]
+    assert sorted(map(str, got)) == sorted(map(str, expected))
+    assert prepared.whole_word and train.tokens == sum(len(s) for d in got[: len(train)] for s in d)
+
+
+def test_an_interrupted_prepare_resumes_by_skipping_finished_shards(corpus, tokenizer, tmp_path):
+    options = PrepareOptions(shard_chars=500)
+    out = tmp_path / "out"
+    prepare([corpus], tokenizer, out, options=options, workers=1, progress=False)
+    complete = _files(out)
+    # as if killed while writing shard 2: its record and an array are gone, and the manifest was never written
+    (out / "train" / "shard-00002.json").unlink()
+    (out / "train" / "shard-00002.tokens.npy").write_bytes(b"torn")
+    (out / "manifest.json").unlink()
+    with pytest.raises(DataError, match="the prepare did not finish; run `bertkit prepare-data` again"):
+        PreparedCorpus(out, tokenizer)
+    before = {p: p.stat().st_mtime_ns for p in (out / "train").glob("shard-0000[0134]*")}
+    prepare([corpus], tokenizer, out, options=options, workers=1, progress=False)
+    assert _files(out) == complete
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # finished shards were not written again
+
+
+def test_bad_directories_are_refused_naming_what_is_wrong(corpus, tokenizer, tmp_path):
+    out = tmp_path / "out"
+    prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500), workers=1, progress=False)
+    # another vocabulary
+    other = Tokenizer.train([*ARTICLES, "完全不同的词汇表。"], vocab_size=140, min_frequency=1)
+    with pytest.raises(DataError, match=r"prepared with another vocabulary \(\d+ tokens, sha256 \w{12}\)"):
+        PreparedCorpus(out, other)
+    # a damaged shard, named
+    tokens = out / "train" / "shard-00001.tokens.npy"
+    data = bytearray(tokens.read_bytes())
+    data[-1] ^= 1
+    tokens.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"shard train/shard-00001\.tokens\.npy does not match its sha256"):
+        PreparedCorpus(out, tokenizer)
+    # continuing a prepare with other settings
+    with pytest.raises(DataError, match=r"holds a prepare with other settings \(options: .*whole_word"):
+        prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500, whole_word=True), workers=1,
+                progress=False)
+    # no text at all
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no text in the input files"):
+        prepare([empty], tokenizer, tmp_path / "none", workers=1, progress=False)
+    # a damaged .gz is named by file
+    bad = tmp_path / "bad.txt.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"bad\.txt\.gz: read failed"):
+        prepare([bad], tokenizer, tmp_path / "bad", workers=1, progress=False)
+
+
+def test_prepare_data_command(corpus, tokenizer, tmp_path, capsys):
+    tokenizer.save_pretrained(tmp_path / "vocab")
+    out = tmp_path / "data"
+    assert main(["prepare-data", str(corpus), "--tokenizer", str(tmp_path / "vocab"), "--output", str(out),
+                 "--heldout-fraction", "0.1", "--workers", "1", "--shard-chars", "800", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    train = manifest["splits"]["train"]
+    assert f"train: {train['documents']:,} documents" in printed
+    assert train["documents"] + manifest["splits"]["heldout"]["documents"] == 120
+    assert manifest["inputs"] == [str(corpus / "a.txt"), str(corpus / "c.txt.gz"), str(corpus / "sub" / "b.txt")]
+    first = np.load(out / "train" / "shard-00000.tokens.npy", mmap_mode="r")
+    assert first.dtype == np.uint32 and isinstance(first, np.memmap)
+    with pytest.raises(SystemExit) as caught:
+        main(["prepare-data", str(corpus), "--tokenizer", str(tmp_path / "vocab"), "--output", str(out),
+              "--workers", "-1"])
+    assert caught.value.code == 2
+    assert "argument --workers: expected an integer from 0 to 1024" in capsys.readouterr().err
