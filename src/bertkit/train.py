@@ -580,6 +580,9 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
                                 "--allow-resume-changes to continue with the new ones, or --overwrite to start over")
         if changes and rank == 0:
             warnings.warn(f"resuming with changes (--allow-resume-changes): {'; '.join(changes)}", stacklevel=2)
+        if fingerprint is not None and state.get("fingerprint") is None and rank == 0:
+            warnings.warn(f"{resumed_from} records no training-data fingerprint (written by an older bertkit): "
+                          "whether this run's training data is the same cannot be checked", stacklevel=2)
         if state["world_size"] != world or state["global_batch"] != global_batch:
             raise TrainingError(f"{resumed_from} was written by a run with {state['world_size']} process(es) and "
                                 f"global batch {state['global_batch']}; this run has {world} and {global_batch}")

@@ -228,6 +228,21 @@ def test_resume_refuses_different_training_data(tmp_path, tokenizer):
                                                                      allow_resume_changes=True))
 
 
+def test_resuming_a_checkpoint_without_a_data_fingerprint_says_so(tmp_path, tokenizer):
+    class OlderRun(CountingTask):  # as a checkpoint written before fingerprints existed
+        @property
+        def fingerprint(self):
+            raise AttributeError("fingerprint")
+
+    run = tmp_path / "run"
+    base = _task(tokenizer)
+    fit(_model(tokenizer), OlderRun(tokenizer, base.train_documents, base.heldout_documents, base.options),
+        _config(run, max_steps=2))
+    with pytest.warns(UserWarning, match="records no training-data fingerprint .* cannot be checked"):
+        fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=3, save_every=0, resume=True,
+                                                                     allow_resume_changes=True))
+
+
 @pytest.mark.parametrize("where", ["/sys", "/sys/bertkit-run", "under-a-file"])
 def test_an_unwritable_output_dir_fails_before_the_first_step(tmp_path, tokenizer, where):
     # tests run as root, which chmod does not stop: sysfs refuses new files even to root
