@@ -26,13 +26,7 @@ def test_page_predicts_and_draws_attention(tmp_path):
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "task ner" in d.find_element(By.ID, "model-info").text)
-        box = driver.find_element(By.ID, "text")
-        box.clear()
-        box.send_keys("张三去北京了")
-        driver.find_element(By.ID, "submit").click()
-        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
-        marks = driver.find_elements(By.CSS_SELECTOR, "#entities mark")
-        assert [m.text.replace("\n", "") for m in marks] == ["张三PER", "北京LOC"]
+        assert _entities_for(driver, wait, "张三去北京了") == ["张三PER", "北京LOC"]
         driver.find_element(By.ID, "show-attention").click()
         wait.until(lambda d: d.find_element(By.ID, "heatmap").get_attribute("data-drawn"))
         assert driver.find_element(By.ID, "heatmap").get_attribute("data-drawn") == "0:0:8"
@@ -47,6 +41,18 @@ def test_page_predicts_and_draws_attention(tmp_path):
     finally:
         driver.quit()
         server.stop()
+
+
+def _entities_for(driver, wait, text: str) -> list[str]:
+    """Type `text`, press Predict, and read the entities the page marks (text + label)."""
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "text")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
+    return [m.text.replace("\n", "") for m in driver.find_elements(By.CSS_SELECTOR, "#entities mark")]
 
 
 def _driver(tmp_path: Path):
@@ -78,13 +84,7 @@ def test_page_asks_for_the_api_key_and_then_predicts(tmp_path):
         assert driver.find_element(By.ID, "key-row").is_displayed()
         driver.find_element(By.ID, "api-key").send_keys("page-key", Keys.TAB)  # the change event stores it
         wait.until(lambda d: "task ner" in d.find_element(By.ID, "model-info").text)
-        box = driver.find_element(By.ID, "text")
-        box.clear()
-        box.send_keys("张三去北京了")
-        driver.find_element(By.ID, "submit").click()
-        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
-        marks = driver.find_elements(By.CSS_SELECTOR, "#entities mark")
-        assert [m.text.replace("\n", "") for m in marks] == ["张三PER", "北京LOC"]
+        assert _entities_for(driver, wait, "张三去北京了") == ["张三PER", "北京LOC"]
     finally:
         driver.quit()
         server.stop()

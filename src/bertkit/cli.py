@@ -19,7 +19,7 @@ import torch
 
 from bertkit import resources
 from bertkit.argtypes import float_range, int_range
-from bertkit.config import BertConfig
+from bertkit.config import SIZE_LIMITS, BertConfig
 from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
 
@@ -27,25 +27,21 @@ from bertkit.tokenizer import Tokenizer
 
 POSITIVE = int_range(1)
 # [CLS] + [SEP] + at least a few tokens; the top is the largest max_position_embeddings bertkit builds.
-SEQ_LEN = int_range(8, 131_072)
+SEQ_LEN = int_range(8, SIZE_LIMITS["max_position_embeddings"])
 # The 5 special tokens plus at least one more; the top is BertConfig's vocab_size limit.
-VOCAB_SIZE = int_range(6, 2_000_000)
+VOCAB_SIZE = int_range(6, SIZE_LIMITS["vocab_size"])
 LEARNING_RATE = float_range(0.0, 1.0, low_open=True)
 
 
 # ---- files named on the command line: checked before a model is loaded, so a typo costs no waiting ------------
 
 def check_input_file(name: str) -> None:
-    """'-' (stdin) or a readable regular file; else DataError naming the path and what it is instead."""
-    if name == "-":
-        return
-    path = Path(name)
-    if path.is_dir():
-        raise DataError("is a directory; expected a file", name)
-    if not path.exists():
-        raise DataError("file not found", name)
-    if not os.access(path, os.R_OK):
-        raise DataError("not readable (permission denied)", name)
+    """'-' (stdin) or a readable regular file; else DataError naming the path and what it is instead (the checks
+    every reader makes, `fileio.open_for_reading`, made here before a model is loaded)."""
+    from bertkit.fileio import open_for_reading
+
+    if name != "-":
+        open_for_reading(name).close()
 
 
 def check_output_file(name: str) -> None:
@@ -70,8 +66,7 @@ def input_lines(name: str) -> Iterator[tuple[int, str]]:
     from bertkit.fileio import read_lines
 
     if name != "-":
-        check_input_file(name)
-        yield from read_lines(name)
+        yield from read_lines(name)  # says what is wrong with a missing, unreadable or odd path
         return
     source = getattr(sys.stdin, "buffer", sys.stdin)  # bytes when it is a real stream, text when replaced in tests
     for number, raw in enumerate(source, start=1):

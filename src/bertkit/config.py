@@ -43,7 +43,7 @@ _REQUIRED_VALUES: dict[str, Any] = {
 # Upper bounds on each size field, checked before any tensor is allocated: a config.json with
 # max_position_embeddings 1e12 would otherwise attempt a 512 TB allocation. Each bound is far above any published
 # BERT (base: 30522 / 768 / 12 / 12 / 3072 / 512 / 2) while small enough that one field alone stays allocatable.
-_SIZE_LIMITS = {
+SIZE_LIMITS = {
     "vocab_size": 2_000_000, "hidden_size": 16_384, "num_hidden_layers": 512, "num_attention_heads": 1024,
     "intermediate_size": 65_536, "max_position_embeddings": 131_072, "type_vocab_size": 1024,
 }
@@ -73,7 +73,7 @@ class BertConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, limit in _SIZE_LIMITS.items():
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import hashlib
 import os
 import stat
 import tempfile
@@ -48,6 +49,24 @@ def process_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_intact(directory: str | Path, files: dict[str, str]) -> bool:
+    """Whether every file named in `files` (name -> sha256, as a manifest records them) is in `directory` with
+    exactly those bytes; a missing or unreadable file counts as not intact."""
+    try:
+        return all(sha256_file(Path(directory) / name) == expected for name, expected in files.items())
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bertkit.errors import DataError
-from bertkit.fileio import atomic_write, atomic_write_text
+from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
 from bertkit.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -89,14 +89,6 @@ def input_files(paths: Sequence[str | Path]) -> list[Path]:
 
 # ---- writing -------------------------------------------------------------------------------------------------------
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _text_digest(documents: list[list[str]]) -> tuple[str, int]:
     """(sha256 of the documents' lines, their size in UTF-8 bytes)."""
     digest = hashlib.sha256()
@@ -120,11 +112,8 @@ def _finished_shard(directory: Path, index: int, text_sha256: str) -> dict[str, 
     stem = _shard_stem(directory, index)
     try:
         record = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-        if record.get("text_sha256") != text_sha256:
+        if record.get("text_sha256") != text_sha256 or not files_intact(directory, record["files"]):
             return None
-        for name, expected in record["files"].items():
-            if _sha256_file(directory / name) != expected:
-                return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return record
@@ -166,7 +155,7 @@ def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256
                 np.save(handle, array, allow_pickle=False)
 
         atomic_write(path, save)
-        files[path.name] = _sha256_file(path)
+        files[path.name] = sha256_file(path)
     record = {"index": index, "documents": len(coded), "sentences": len(sentences), "tokens": int(tokens.size),
               "characters": sum(len(s) for d in documents for s in d), "text_sha256": text_sha256, "files": files}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -389,7 +378,7 @@ class PreparedCorpus:
                         file = self.directory / split / name
                         if not file.is_file():
                             raise DataError(f"shard file missing: {split}/{name}", str(self.directory))
-                        if _sha256_file(file) != expected:
+                        if sha256_file(file) != expected:
                             raise DataError(f"shard {split}/{name} does not match its sha256 in the manifest (the "
                                             "file changed or is damaged); prepare the corpus again",
                                             str(self.directory))

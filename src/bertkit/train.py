@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bertkit.errors import BertkitError
-from bertkit.fileio import atomic_write, atomic_write_text
+from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "training_state.pt"
@@ -202,14 +202,6 @@ def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 7]).permutation(size)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checkpoint_dirs(output: Path) -> list[Path]:
     root = output / CHECKPOINTS
     if not root.is_dir():
@@ -222,10 +214,9 @@ def verify_checkpoint(directory: Path) -> dict[str, Any] | None:
     manifest_path = directory / MANIFEST_NAME
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        for name, expected in manifest["files"].items():
-            if _sha256(directory / name) != expected:
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
+        if not files_intact(directory, manifest["files"]):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return manifest
 
@@ -250,7 +241,7 @@ def _write_checkpoint(output: Path, step: int, task: TrainTask, model: nn.Module
     tmp.mkdir()
     task.save(model, tmp)
     atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     atomic_write_text(tmp / MANIFEST_NAME, json.dumps({"step": step, "files": files}, indent=1) + "\n")
     if final.exists():
         shutil.rmtree(final)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bertkit.config import BertConfig
+from bertkit.config import SIZE_LIMITS, BertConfig
 from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write_text
 from bertkit.tokenizer import Tokenizer
@@ -49,13 +49,14 @@ def _int_in(low: int, high: int) -> Any:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
+MAX_POSITIONS = SIZE_LIMITS["max_position_embeddings"]  # no sequence can be longer than the largest position table
 # task.json fields: a check and the words for what it expects. An unchecked value would fail deep inside
 # predict (a string max_seq_len) or, worse, predict with the wrong label names.
 _TASK_FIELDS: dict[str, tuple[Any, str]] = {
     "labels": (_label_list, "a non-empty list of distinct, non-empty strings"),
     "intents": (_label_list, "a non-empty list of distinct, non-empty strings"),
-    "max_seq_len": (_int_in(8, 131_072), "an integer from 8 to 131072"),
-    "doc_stride": (_int_in(1, 131_072), "a positive integer"),
+    "max_seq_len": (_int_in(8, MAX_POSITIONS), f"an integer from 8 to {MAX_POSITIONS}"),
+    "doc_stride": (_int_in(1, MAX_POSITIONS), "a positive integer"),
     "scheme": (lambda v: v in ("bio", "bioes"), '"bio" or "bioes"'),
     "crf": (lambda v: isinstance(v, bool), "true or false"),
     "word_level": (lambda v: v in ("char", "space"), '"char" or "space"'),
