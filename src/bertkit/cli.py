@@ -8,7 +8,9 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -646,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # The run has stopped and saved what it could; a late Ctrl-C of the same impatient burst (training's guard
+        # is gone by now) must not turn this clean exit into a KeyboardInterrupt traceback on the way out.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
