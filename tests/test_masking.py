@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertkit.masking import IGNORE_INDEX, example_rng, mask_tokens, nsp_instances, packed_instances
+from bertkit.masking import IGNORE_INDEX, ArrayShard, ExampleIndex, example_rng, mask_tokens
 from bertkit.tasks.pretraining import decode_tokens, encode_token, tokenize_documents
 
 MASK, VOCAB = 4, 1000
@@ -104,10 +104,10 @@ def test_nsp_is_50_50_and_random_b_comes_from_another_document():
     docs = _documents()
     instances = []
     for epoch in range(5):
-        instances += nsp_instances(docs, 128, np.random.default_rng(epoch))
+        instances += ExampleIndex([ArrayShard.from_documents(docs)], 128, nsp=True, seed=0, epoch=epoch).instances()
     labels = np.array([i.next_label for i in instances])
     n = len(labels)
-    assert n > 3000
+    assert n > 2000
     assert abs(labels.mean() - 0.5) < 3 * 0.5 / np.sqrt(n) + 0.005
     for inst in instances:
         a_docs = {t // 1000 for t in inst.tokens_a}
@@ -126,12 +126,12 @@ def test_nsp_is_50_50_and_random_b_comes_from_another_document():
 
 def test_nsp_needs_two_documents():
     with pytest.raises(ValueError, match="at least two non-empty documents"):
-        nsp_instances([[[1, 2, 3], [4, 5]]], 32, np.random.default_rng(0))
+        ExampleIndex([ArrayShard.from_documents([[[1, 2, 3], [4, 5]]])], 32, nsp=True, seed=0, epoch=0)
 
 
 def test_packed_instances_fill_sequences_without_crossing_documents():
     docs = _documents(50)
-    instances = packed_instances(docs, 64)
+    instances = ExampleIndex([ArrayShard.from_documents(docs)], 64, nsp=False, seed=0, epoch=0).instances()
     assert all(len(i.tokens_a) <= 62 and not i.tokens_b for i in instances)
     assert all({t // 1000 for t in i.tokens_a} == {i.source_a} for i in instances)
     assert sum(len(i.tokens_a) for i in instances) == sum(len(s) for d in docs for s in d)  # nothing lost

@@ -220,13 +220,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Pre-train BERT (MLM + NSP, or MLM only) on text files in Google's format; resumable; torchrun for DDP."""
+    """Pre-train BERT (MLM + NSP, or MLM only) on text or a prepared corpus; resumable; torchrun for DDP."""
     from bertkit.tasks.pretraining import PretrainingOptions, pretrain
     from bertkit.train import config_from_args
 
     options = PretrainingOptions(max_seq_len=args.max_seq_len, nsp=not args.no_nsp, mask_prob=args.mask_prob,
                                  whole_word=args.whole_word_masking, max_predictions=args.max_predictions)
-    result = pretrain(args.train, config_from_args(args), heldout_files=args.heldout,
+    result = pretrain(args.train, config_from_args(args), data=args.data, heldout_files=args.heldout,
                       heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                       model_size=args.model_size, init_from=args.init_from, options=options)
     if result.metrics:
@@ -564,9 +564,13 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from bertkit.config import PRESETS
     from bertkit.train import TrainConfig, add_train_arguments
 
-    p.add_argument("--train", nargs="+", required=True, help="training text files (one sentence per line, blank "
-                   "line between documents; long lines are split into sentences)")
-    p.add_argument("--heldout", nargs="*", default=None, help="held-out text files for evaluation")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--train", nargs="+", help="training text: files (.gz too) or directories; one sentence per "
+                        "line, a blank line between documents, long lines split into sentences. Prepared into "
+                        "OUTPUT_DIR/data once (reused on --resume)")
+    source.add_argument("--data", default=None, help="a corpus prepared by `bertkit prepare-data` (read by memory "
+                        "map; its vocabulary and held-out split come with it)")
+    p.add_argument("--heldout", nargs="*", default=None, help="with --train: held-out text files for evaluation")
     p.add_argument("--heldout-fraction", type=float_range(0.0, 1.0, high_open=True), default=0.0,
                    help="without --heldout: hold out this fraction of the training documents (default: 0)")
     p.add_argument("--tokenizer", default=None, help="checkpoint/vocabulary directory (default: train one)")

@@ -6,7 +6,9 @@ masking per epoch, exact resume and identical data on any number of processes fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -93,108 +95,212 @@ def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: np.random.G
             longer.pop()
 
 
-def nsp_instances(
-    documents: list[list[list[int]]],
-    max_seq_len: int,
-    rng: np.random.Generator,
-    short_seq_prob: float = 0.1,
-    stats: dict[str, int] | None = None,
-) -> list[Instance]:
-    """Sentence-pair instances with NSP labels, following Google's create_instances_from_document.
+class Shard(Protocol):
+    """Token arrays of whole documents (a prepared shard, or documents held in memory)."""
 
-    Segments are built from whole sentences up to a target length (shorter with probability `short_seq_prob`);
-    A is a random prefix of the chunk; B is the rest of the chunk (IsNext) or text from a different document
-    (NotNext), chosen by a fair coin. A chunk closes at its target only once it holds two sentences, since a chunk
-    of one sentence cannot give an IsNext pair; one is left only where a document (or its tail) is a single
-    sentence, and it is skipped as an A (it still serves as random B text): Google's builder forces those to
-    NotNext, which skews the label balance away from 50/50 on corpora of short documents such as reviews.
-    A sentence of `max_seq_len - 3` tokens or more (a long line without sentence ends) is first split into pieces
-    of half that, so two consecutive pieces make an IsNext pair; it used to be a one-sentence chunk, and dropped.
-    `stats`, when given, receives counts: `split_sentences`, `unused_chunks` and `unused_tokens` (what no
-    instance uses as A or IsNext B).
-    """
-    max_tokens = max_seq_len - 3  # [CLS] A [SEP] B [SEP]
-    if max_tokens < 2:
-        raise ValueError(f"max_seq_len={max_seq_len} leaves no room for two segments (needs 5 or more)")
+    tokens: np.ndarray  # token codes, one document after another
+    sentences: np.ndarray  # offsets into tokens: sentence i is tokens[sentences[i] : sentences[i + 1]]
+    documents: np.ndarray  # offsets into sentences: document j is sentences documents[j] .. documents[j + 1]
+
+
+@dataclass
+class ArrayShard:
+    tokens: np.ndarray
+    sentences: np.ndarray
+    documents: np.ndarray
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Sequence[Sequence[int]]]) -> ArrayShard:
+        sentences = [s for d in documents for s in d]
+        return cls(np.fromiter((t for s in sentences for t in s), dtype=np.int64),
+                   np.concatenate([[0], np.cumsum([len(s) for s in sentences], dtype=np.int64)]),
+                   np.concatenate([[0], np.cumsum([len(d) for d in documents], dtype=np.int64)]))
+
+
+def _unit_bounds(sentences: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Boundaries of NSP's units: sentences, a sentence of `max_tokens` or more cut into pieces of half that (so two
+    consecutive pieces can make an IsNext pair), empty sentences dropped. `sentences`: token offsets."""
+    sentences = np.asarray(sentences, dtype=np.int64)
+    lengths = np.diff(sentences)
+    long = np.flatnonzero(lengths >= max_tokens)
+    if long.size == 0:
+        return np.unique(sentences)
     piece = (max_tokens + 1) // 2
-    split = 0
-
-    def pieces(document: list[list[int]]) -> list[list[int]]:
-        nonlocal split
-        out = []
-        for sentence in document:
-            if len(sentence) >= max_tokens:
-                split += 1
-                out += [sentence[k : k + piece] for k in range(0, len(sentence), piece)]
-            elif sentence:
-                out.append(sentence)
-        return out
-
-    usable = [d for d, doc in enumerate(documents) if any(doc)]
-    if len(usable) < 2:
-        raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
-    split_documents = {d: pieces(documents[d]) for d in usable}
-    unused_chunks = unused_tokens = 0
-    instances: list[Instance] = []
-    for doc_index in usable:
-        document = split_documents[doc_index]
-        target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
-        chunk: list[list[int]] = []
-        length = 0
-        i = 0
-        while i < len(document):
-            chunk.append(document[i])
-            length += len(document[i])
-            if i == len(document) - 1 or (length >= target and len(chunk) >= 2):
-                if len(chunk) < 2:
-                    unused_chunks += 1
-                    unused_tokens += length
-                else:
-                    a_end = int(rng.integers(1, len(chunk)))
-                    tokens_a = [t for s in chunk[:a_end] for t in s]
-                    if rng.random() < 0.5:
-                        other = doc_index
-                        while other == doc_index:
-                            other = usable[int(rng.integers(len(usable)))]
-                        source = split_documents[other]
-                        tokens_b: list[int] = []
-                        for sentence in source[int(rng.integers(len(source))):]:
-                            tokens_b.extend(sentence)
-                            if len(tokens_b) >= target - len(tokens_a):
-                                break
-                        i -= len(chunk) - a_end  # the unused sentences start the next chunk
-                        label, source_b = 1, other
-                    else:
-                        tokens_b = [t for s in chunk[a_end:] for t in s]
-                        label, source_b = 0, doc_index
-                    _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
-                    if tokens_a and tokens_b:
-                        instances.append(Instance(tokens_a, tokens_b, label, doc_index, source_b))
-                chunk, length = [], 0
-                target = max_tokens if rng.random() >= short_seq_prob else int(rng.integers(2, max_tokens + 1))
-            i += 1
-    if stats is not None:
-        stats.update(split_sentences=split, unused_chunks=unused_chunks, unused_tokens=unused_tokens)
-    return instances
+    cuts = (lengths[long] - 1) // piece  # extra boundaries inside each long sentence
+    first = np.repeat(sentences[long], cuts)
+    k = np.arange(cuts.sum()) - np.repeat(np.cumsum(cuts) - cuts, cuts) + 1
+    return np.unique(np.concatenate([sentences, first + k * piece]))
 
 
-def packed_instances(documents: list[list[list[int]]], max_seq_len: int) -> list[Instance]:
-    """MLM-only sequences (RoBERTa's DOC-SENTENCES): whole sentences of one document packed up to max length.
+class ExampleIndex:
+    """The pre-training examples of one epoch over sharded documents, built lazily: example i is a function of
+    (seed, epoch, i) and reads only the tokens it uses, so no epoch of instances is ever held in memory.
 
-    A sentence longer than the sequence is cut into full-length pieces; nothing crosses a document boundary.
+    With `nsp`, Google's create_instances_from_document: each document is cut into chunks of whole units (sentences;
+    a sentence of max_seq_len - 3 tokens or more in pieces of half that) up to a target length, shorter with
+    probability `short_seq_prob`; a chunk closes at its target only once it holds two units, since one unit cannot
+    make an IsNext pair (a one-unit document or tail is counted as unused and serves only as random B text). The
+    chunks are drawn per (seed, epoch) at build time, so each epoch cuts the text differently; the rest is drawn
+    when the example is made: A is a random prefix of the chunk, B the rest of it (IsNext) or, by a fair coin, text
+    from another document starting at a random unit (NotNext), then Google's random truncation to the length.
+    Unlike Google, a NotNext chunk's unused tail is not pushed back for the next chunk (an example cannot depend
+    on the previous one); a later epoch cuts differently.
+
+    Without `nsp` (RoBERTa's DOC-SENTENCES): whole sentences of one document packed up to max_seq_len - 2 tokens, a
+    longer sentence cut into full-length pieces, nothing crossing a document boundary; fixed across epochs.
+
+    The index holds five numbers per example (28 bytes), however large the corpus.
     """
-    max_tokens = max_seq_len - 2  # [CLS] text [SEP]
-    instances: list[Instance] = []
-    for doc_index, document in enumerate(documents):
-        current: list[int] = []
-        for sentence in document:
-            if current and len(current) + len(sentence) > max_tokens:
-                instances.append(Instance(current, [], 0, doc_index, -1))
-                current = []
-            while len(sentence) > max_tokens:
-                instances.append(Instance(list(sentence[:max_tokens]), [], 0, doc_index, -1))
-                sentence = sentence[max_tokens:]
-            current.extend(sentence)
-        if current:
-            instances.append(Instance(current, [], 0, doc_index, -1))
-    return instances
+
+    def __init__(self, shards: Sequence[Shard], max_seq_len: int, *, nsp: bool, seed: int, epoch: int,
+                 short_seq_prob: float = 0.1) -> None:
+        self.shards = list(shards)
+        self.nsp, self.seed, self.epoch = nsp, seed, epoch
+        self.max_tokens = max_seq_len - 3 if nsp else max_seq_len - 2
+        if self.max_tokens < (2 if nsp else 1):
+            raise ValueError(f"max_seq_len={max_seq_len} is too short (needs {5 if nsp else 3} or more)")
+        self.doc_starts = np.concatenate([[0], np.cumsum([len(s.documents) - 1 for s in self.shards])]).astype(np.int64)
+        self.stats = {"split_sentences": 0, "unused_chunks": 0, "unused_tokens": 0, "documents": 0}
+        parts = [self._nsp_chunks(k, short_seq_prob) if nsp else self._packed_chunks(k)
+                 for k in range(len(self.shards))]
+        self.shard = np.concatenate([np.full(len(p[0]), k, dtype=np.int32) for k, p in enumerate(parts)] or [[]])
+        self.start = np.concatenate([p[0] for p in parts] or [[]]).astype(np.int64)
+        self.length = np.concatenate([p[1] for p in parts] or [[]]).astype(np.int32)
+        self.target = np.concatenate([p[2] for p in parts] or [[]]).astype(np.int32)
+        self.document = np.concatenate([p[3] for p in parts] or [[]]).astype(np.int64)
+        if nsp and self.stats["documents"] < 2:
+            raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def _nsp_chunks(self, k: int, short_seq_prob: float) -> tuple[list[int], list[int], list[int], list[int]]:
+        shard = self.shards[k]
+        sentences = np.asarray(shard.sentences, dtype=np.int64)
+        self.stats["split_sentences"] += int((np.diff(sentences) >= self.max_tokens).sum())
+        bounds = _unit_bounds(sentences, self.max_tokens)
+        doc_tokens = sentences[np.asarray(shard.documents, dtype=np.int64)]
+        docs = np.searchsorted(doc_tokens, bounds[:-1], side="right") - 1
+        self.stats["documents"] += len(np.unique(docs))
+        last = np.r_[docs[1:] != docs[:-1], True].tolist()
+        lengths = np.diff(bounds).tolist()
+        n = len(lengths)
+        rng = np.random.default_rng([self.seed, self.epoch, 13, k])
+        targets = np.where(rng.random(n + 1) < short_seq_prob, rng.integers(2, self.max_tokens + 1, n + 1),
+                           self.max_tokens).tolist()
+        bound_list, doc_list = bounds.tolist(), (docs + int(self.doc_starts[k])).tolist()
+        starts, spans, chunk_targets, chunk_docs = [], [], [], []
+        c, target, start, length, count = 0, targets[0], bound_list[0] if n else 0, 0, 0
+        unused = unused_tokens = 0
+        for u in range(n):
+            length += lengths[u]
+            count += 1
+            if last[u] or (length >= target and count >= 2):
+                if count >= 2:
+                    starts.append(start)
+                    spans.append(length)
+                    chunk_targets.append(target)
+                    chunk_docs.append(doc_list[u])
+                else:
+                    unused += 1
+                    unused_tokens += length
+                c += 1
+                target, start, length, count = targets[c], bound_list[u + 1], 0, 0
+        self.stats["unused_chunks"] += unused
+        self.stats["unused_tokens"] += unused_tokens
+        return starts, spans, chunk_targets, chunk_docs
+
+    def _packed_chunks(self, k: int) -> tuple[list[int], list[int], list[int], list[int]]:
+        shard = self.shards[k]
+        sentences = np.asarray(shard.sentences, dtype=np.int64)
+        bounds = sentences.tolist()
+        last = np.zeros(len(bounds) - 1, dtype=bool)
+        ends = np.asarray(shard.documents, dtype=np.int64)[1:] - 1  # the last sentence of each document
+        last[ends[ends >= 0]] = True
+        docs = np.repeat(np.arange(len(shard.documents) - 1), np.diff(np.asarray(shard.documents))).tolist()
+        last_list = last.tolist()
+        first_doc = int(self.doc_starts[k])
+        limit = self.max_tokens
+        starts, spans, docs_out = [], [], []
+        current_start, current = 0, 0
+        for i in range(len(bounds) - 1):
+            s0, s1 = bounds[i], bounds[i + 1]
+            if current and current + s1 - s0 > limit:
+                starts.append(current_start)
+                spans.append(current)
+                docs_out.append(first_doc + docs[i])
+                current = 0
+            while s1 - s0 > limit:
+                starts.append(s0)
+                spans.append(limit)
+                docs_out.append(first_doc + docs[i])
+                s0 += limit
+            if current == 0:
+                current_start = s0
+            current += s1 - s0
+            if last_list[i]:
+                if current:
+                    starts.append(current_start)
+                    spans.append(current)
+                    docs_out.append(first_doc + docs[i])
+                current = 0
+        self.stats["documents"] += len(shard.documents) - 1
+        return starts, spans, [limit] * len(starts), docs_out
+
+    # ---- one example ---------------------------------------------------------------------------------------------
+    def _units(self, shard: Shard, t0: int, t1: int) -> list[int]:
+        """Unit boundaries from token t0 to t1 of a shard (both included)."""
+        sentences = shard.sentences
+        lo = max(int(np.searchsorted(sentences, t0, side="right")) - 1, 0)
+        hi = int(np.searchsorted(sentences, t1, side="left"))
+        bounds = _unit_bounds(np.asarray(sentences[lo : hi + 1], dtype=np.int64), self.max_tokens)
+        return bounds[(bounds >= t0) & (bounds <= t1)].tolist()
+
+    def _document_span(self, document: int) -> tuple[Shard, int, int]:
+        k = int(np.searchsorted(self.doc_starts, document, side="right")) - 1
+        shard = self.shards[k]
+        local = document - int(self.doc_starts[k])
+        first, last = int(shard.documents[local]), int(shard.documents[local + 1])
+        return shard, int(shard.sentences[first]), int(shard.sentences[last])
+
+    def _other_document(self, document: int, rng: np.random.Generator) -> tuple[int, Shard, int, int]:
+        total = int(self.doc_starts[-1])
+        other = int(rng.integers(total))
+        for _ in range(total):
+            if other != document:
+                shard, t0, t1 = self._document_span(other)
+                if t1 > t0:
+                    return other, shard, t0, t1
+            other = (other + 1) % total  # an empty or the same document: the next one
+        raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
+
+    def instance(self, i: int) -> Instance:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        shard = self.shards[int(self.shard[i])]
+        t0 = int(self.start[i])
+        t1 = t0 + int(self.length[i])
+        document = int(self.document[i])
+        if not self.nsp:
+            return Instance(shard.tokens[t0:t1].tolist(), [], 0, document, -1)
+        rng = np.random.default_rng([self.seed, self.epoch, i, 5])
+        units = self._units(shard, t0, t1)
+        a_end = units[int(rng.integers(1, len(units) - 1))]
+        tokens_a = shard.tokens[t0:a_end].tolist()
+        if rng.random() < 0.5:
+            source, other, b0, b1 = self._other_document(document, rng)
+            b_units = self._units(other, b0, b1)
+            first = int(rng.integers(len(b_units) - 1))
+            need = int(self.target[i]) - len(tokens_a)
+            end = next((u for u in b_units[first + 1 :] if u - b_units[first] >= need), b_units[-1])
+            tokens_b = other.tokens[b_units[first] : end].tolist()
+            label = 1
+        else:
+            tokens_b = shard.tokens[a_end:t1].tolist()
+            source, label = document, 0
+        _truncate_pair(tokens_a, tokens_b, self.max_tokens, rng)
+        return Instance(tokens_a, tokens_b, label, document, source)
+
+    def instances(self) -> list[Instance]:
+        """Every example (for tests and small corpora)."""
+        return [self.instance(i) for i in range(len(self))]

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from bertkit.errors import DataError
-from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
+from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
+from bertkit.masking import ArrayShard
 from bertkit.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -81,7 +82,8 @@ def input_files(paths: Sequence[str | Path]) -> list[Path]:
                 raise DataError("directory holds no files", str(path))
             files += found
         else:
-            files.append(path)  # read_lines says what is wrong with a missing or unreadable one
+            open_for_reading(path).close()  # a missing or unreadable file is named now, before any work
+            files.append(path)
     if not files:
         raise DataError("no input files given")
     return files
@@ -184,12 +186,14 @@ def _is_heldout(seed: int, index: int, fraction: float) -> bool:
 
 def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Path, *,
             heldout: Sequence[str | Path] | None = None, options: PrepareOptions | None = None, workers: int = 0,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, replace_changed: bool = False) -> dict[str, Any]:
     """Tokenize text files (Google's format: one sentence or paragraph a line, a blank line between documents;
     plain or .gz; directories are read whole) into shards under `output`; returns the manifest.
 
-    `workers`: tokenizing processes (0: one per core). Held-out documents come from `heldout` files, or from
-    `options.heldout_fraction` of the input documents.
+    `workers`: tokenizing processes (0: one per core, at most one per shard; 1: in this process). Held-out
+    documents come from `heldout` files, or from `options.heldout_fraction` of the input documents. A directory
+    holding a prepare with other settings is refused, or emptied first with `replace_changed` (a run directory's
+    own copy). The vocabulary is saved in `tokenizer/`, so `pretrain --data` needs no --tokenizer.
     """
     from bertkit.corpus import read_documents
 
@@ -205,8 +209,11 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
     settings = {"format": FORMAT_VERSION, "vocabulary_sha256": vocabulary_fingerprint(tokenizer),
                 "vocab_size": tokenizer.vocab_size, "options": asdict(options),
                 "inputs": [str(p) for p in files], "heldout_inputs": [str(p) for p in heldout_files]}
-    _check_or_write_settings(output, settings)
-    workers = workers or os.cpu_count() or 1
+    _check_or_write_settings(output, settings, replace_changed)
+    if not (output / "tokenizer" / "vocab.txt").is_file():
+        tokenizer.save_pretrained(output / "tokenizer")
+    shards = max(1, total_bytes // options.shard_chars)  # about: a character is 1 to 3 bytes
+    workers = workers or min(os.cpu_count() or 1, shards)
     tokenizer_options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
 
     def documents(paths: list[Path]) -> Iterator[list[str]]:
@@ -232,7 +239,10 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
     started = time.perf_counter()
     # spawn, not fork: the parent may hold torch and tokenizers thread pools, which a forked child inherits broken
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+    pool: concurrent.futures.Executor = (
+        _InProcess() if workers == 1 else
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker))
+    with pool:
         for split, stream in streams.items():
             directory = output / split
             directory.mkdir(parents=True, exist_ok=True)
@@ -249,6 +259,20 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
     atomic_write_text(output / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     manifest["seconds"] = time.perf_counter() - started  # returned, not written: the bytes stay reproducible
     return manifest
+
+
+class _InProcess(concurrent.futures.Executor):
+    """One worker: the shards are written here, one after another (no process start-up for small corpora)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        return future
 
 
 def _quiet_worker() -> None:
@@ -297,9 +321,24 @@ def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Itera
     return [records[i] for i in range(index + 1)]
 
 
-def _check_or_write_settings(output: Path, settings: dict[str, Any]) -> None:
-    """A prepare into a directory that already holds one continues it only with the same inputs and options."""
+def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_changed: bool = False) -> None:
+    """A prepare into a directory that already holds one continues it only with the same inputs and options
+    (or, with `replace_changed`, starts it again)."""
     path = output / OPTIONS_NAME
+    if path.is_file() and replace_changed:
+        try:
+            same = json.loads(path.read_text(encoding="utf-8")) == settings
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            import shutil
+
+            for name in (*SPLITS, "tokenizer", MANIFEST_NAME, OPTIONS_NAME):
+                target = output / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
     if path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -327,7 +366,7 @@ class PreparedSplit:
             stem = _shard_stem(directory, record["index"])
             arrays = {name: np.load(stem.with_name(f"{stem.name}.{name}.npy"), mmap_mode="r", allow_pickle=False)
                       for name in ARRAYS}
-            self.shards.append(arrays)
+            self.shards.append(ArrayShard(**arrays))
             starts.append(starts[-1] + record["documents"])
         self.starts = np.array(starts, dtype=np.int64)
         self.tokens = int(sum(r["tokens"] for r in records))
@@ -341,9 +380,9 @@ class PreparedSplit:
         shard = int(np.searchsorted(self.starts, index, side="right")) - 1
         arrays = self.shards[shard]
         local = index - int(self.starts[shard])
-        first, last = int(arrays["documents"][local]), int(arrays["documents"][local + 1])
-        offsets = arrays["sentences"][first : last + 1]
-        return [arrays["tokens"][int(a) : int(b)] for a, b in itertools.pairwise(offsets.tolist())]
+        first, last = int(arrays.documents[local]), int(arrays.documents[local + 1])
+        offsets = arrays.sentences[first : last + 1]
+        return [arrays.tokens[int(a) : int(b)] for a, b in itertools.pairwise(offsets.tolist())]
 
 
 class PreparedCorpus:
@@ -383,6 +422,11 @@ class PreparedCorpus:
                                             "file changed or is damaged); prepare the corpus again",
                                             str(self.directory))
         self.splits = {split: PreparedSplit(self.directory / split, info["shards"]) for split, info in splits.items()}
+
+    def digest(self, split: str) -> list[str]:
+        """The sha256 of every array of a split, from the manifest: what identifies its data."""
+        info = self.manifest["splits"].get(split, {"shards": []})
+        return [record["files"][name] for record in info["shards"] for name in sorted(record["files"])]
 
     @property
     def whole_word(self) -> bool:

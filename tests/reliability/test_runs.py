@@ -43,7 +43,7 @@ class CountingTask(PretrainingTask):
 
 def _task(tokenizer: Tokenizer, docs: list[list[str]] = DOCS) -> CountingTask:
     encoded = tokenize_documents(docs * 10, tokenizer)
-    return CountingTask(tokenizer, encoded, encoded[:3], PretrainingOptions(max_seq_len=32))
+    return CountingTask.from_documents(tokenizer, encoded, encoded[:3], PretrainingOptions(max_seq_len=32))
 
 
 def _model(tokenizer: Tokenizer) -> BertForPreTraining:
@@ -236,7 +236,7 @@ def test_resuming_a_checkpoint_without_a_data_fingerprint_says_so(tmp_path, toke
 
     run = tmp_path / "run"
     base = _task(tokenizer)
-    fit(_model(tokenizer), OlderRun(tokenizer, base.train_documents, base.heldout_documents, base.options),
+    fit(_model(tokenizer), OlderRun(tokenizer, base.train, base.heldout, base.options),
         _config(run, max_steps=2))
     with pytest.warns(UserWarning, match="records no training-data fingerprint .* cannot be checked"):
         fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=3, save_every=0, resume=True,
@@ -321,7 +321,7 @@ def test_ctrl_c_during_the_final_evaluation_still_saves_the_trained_steps(tmp_pa
 
     run = tmp_path / "run"
     base = _task(tokenizer)
-    task = InterruptedEval(tokenizer, base.train_documents, base.heldout_documents, base.options)
+    task = InterruptedEval(tokenizer, base.train, base.heldout, base.options)
     with pytest.raises(KeyboardInterrupt):
         fit(_model(tokenizer), task, _config(run, max_steps=3, save_every=0))
     newest = latest_checkpoint(run)

@@ -36,7 +36,7 @@ def _task(bad_calls):
              ["我们去上海。", "上海很大。"]] * 10
     tok = Tokenizer.train([s for d in texts for s in d], vocab_size=60, min_frequency=1)
     docs = tokenize_documents(texts, tok)
-    return tok, Poisoned(tok, docs, docs[:3], PretrainingOptions(max_seq_len=32), bad_calls=bad_calls)
+    return tok, Poisoned.from_documents(tok, docs, docs[:3], PretrainingOptions(max_seq_len=32), bad_calls=bad_calls)
 
 
 def test_a_non_finite_step_is_skipped_and_logged(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.losses import cross_entropy
-from bertkit.masking import IGNORE_INDEX, Instance, example_rng, mask_tokens, nsp_instances, packed_instances
+from bertkit.masking import IGNORE_INDEX, ArrayShard, ExampleIndex, Instance, Shard, example_rng, mask_tokens
 from bertkit.model import BertForPreTraining
 from bertkit.tokenizer import Tokenizer
 
@@ -84,44 +85,55 @@ class PretrainingOptions:
 
 
 class PretrainingTask:
-    """MLM (+ NSP) pre-training on tokenized documents; instances rebuilt per epoch, masking per example."""
+    """MLM (+ NSP) pre-training on sharded token arrays (a prepared corpus, or documents in memory): each epoch's
+    examples are indexed lazily (`masking.ExampleIndex`), and example i of epoch e is built and masked from
+    (seed, e, i) alone, so batches can be made in any process, in any order, on any number of ranks."""
 
-    def __init__(self, tokenizer: Tokenizer, train_documents: list[list[list[int]]],
-                 heldout_documents: list[list[list[int]]], options: PretrainingOptions, seed: int = 42,
-                 eval_batch_size: int = 64) -> None:
+    def __init__(self, tokenizer: Tokenizer, train: Sequence[Shard], heldout: Sequence[Shard],
+                 options: PretrainingOptions, seed: int = 42, eval_batch_size: int = 64,
+                 data_digest: Any = None) -> None:
         self.tokenizer = tokenizer
-        self.train_documents = train_documents
-        self.heldout_documents = heldout_documents
+        self.train = list(train)
+        self.heldout = list(heldout)
         self.options = options
         self.seed = seed
         self.eval_batch_size = eval_batch_size
+        self.data_digest = data_digest  # what identifies the training data (default: its token arrays)
         self.find_unused_parameters = not options.nsp  # the NSP head and pooler get no gradient without NSP
         specials = np.array(sorted(tokenizer.special_token_ids))
         self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials)
-        self._epoch_cache: tuple[int, list[Instance]] | None = None
-        self._heldout: list[dict[str, Any]] | None = None
+        self._index: dict[str, ExampleIndex] = {}
         self._reported: set[str] = set()
 
+    @classmethod
+    def from_documents(cls, tokenizer: Tokenizer, train_documents: list[list[list[int]]],
+                       heldout_documents: list[list[list[int]]], options: PretrainingOptions, **kwargs: Any
+                       ) -> PretrainingTask:
+        """From token-code documents in memory (small corpora and tests); `kwargs` go to the constructor."""
+        heldout = [ArrayShard.from_documents(heldout_documents)] if heldout_documents else []
+        return cls(tokenizer, [ArrayShard.from_documents(train_documents)], heldout, options, **kwargs)
+
     # ---- data -------------------------------------------------------------------------------------------------
-    def instances(self, epoch: int, documents: list[list[list[int]]] | None = None) -> list[Instance]:
-        documents = self.train_documents if documents is None else documents
-        if documents is self.train_documents and self._epoch_cache and self._epoch_cache[0] == epoch:
-            return self._epoch_cache[1]
-        rng = np.random.default_rng([self.seed, epoch, 11])
-        if self.options.nsp:
-            stats: dict[str, int] = {}
-            built = nsp_instances(documents, self.options.max_seq_len, rng, self.options.short_seq_prob, stats)
-            self._report(stats, "held-out" if documents is self.heldout_documents else "training")
-        else:
-            built = packed_instances(documents, self.options.max_seq_len)
-        if documents is self.train_documents:
-            self._epoch_cache = (epoch, built)
-        return built
+    def examples(self, epoch: int, role: str = "training") -> ExampleIndex:
+        """The epoch's example index (one epoch's kept at a time per role)."""
+        cached = self._index.get(role)
+        if cached is not None and cached.epoch == epoch:
+            return cached
+        shards = self.train if role == "training" else self.heldout
+        index = ExampleIndex(shards, self.options.max_seq_len, nsp=self.options.nsp, seed=self.seed, epoch=epoch,
+                             short_seq_prob=self.options.short_seq_prob)
+        self._report(index.stats, role)
+        self._index[role] = index
+        return index
+
+    def instances(self, epoch: int) -> list[Instance]:
+        """Every training example of an epoch, in memory (for tests and small corpora)."""
+        return self.examples(epoch).instances()
 
     def _report(self, stats: dict[str, int], role: str) -> None:
         """Say once per corpus what NSP could not use as a pair (the count changes a little with each epoch's
         random targets; the first is representative)."""
-        if role in self._reported:
+        if role in self._reported or not self.options.nsp:
             return
         self._reported.add(role)
         if stats["split_sentences"]:
@@ -134,7 +146,7 @@ class PretrainingTask:
                           "random NotNext text", stacklevel=3)
 
     def num_examples(self, epoch: int) -> int:
-        return len(self.instances(epoch))
+        return len(self.examples(epoch))
 
     def _collate(self, instances: list[Instance], rngs: list[np.random.Generator]) -> dict[str, Any]:
         tok = self.tokenizer
@@ -174,8 +186,8 @@ class PretrainingTask:
         return batch
 
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
-        instances = self.instances(epoch)
-        return self._collate([instances[i] for i in indices], [example_rng(self.seed, epoch, i) for i in indices])
+        index = self.examples(epoch)
+        return self._collate([index.instance(i) for i in indices], [example_rng(self.seed, epoch, i) for i in indices])
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
         counts = {"mlm": float((batch["labels"] != IGNORE_INDEX).sum())}
@@ -196,26 +208,21 @@ class PretrainingTask:
             parts["nsp"] = cross_entropy(out.nsp_logits, batch["next_label"]) * len(batch["next_label"])
         return parts
 
-    def heldout_batches(self) -> list[dict[str, Any]]:
-        """Held-out instances with one fixed masking, built once: every evaluation scores the same examples."""
-        if self._heldout is None:
-            instances = self.instances(HELDOUT_EPOCH, self.heldout_documents) if self.heldout_documents else []
-            self._heldout = [
-                self._collate(instances[s : s + self.eval_batch_size],
-                              [example_rng(self.seed, HELDOUT_EPOCH, i)
-                               for i in range(s, min(s + self.eval_batch_size, len(instances)))])
-                for s in range(0, len(instances), self.eval_batch_size)
-            ]
-        return self._heldout
+    def heldout_batches(self) -> Iterator[dict[str, Any]]:
+        """Held-out examples with one fixed masking, built batch by batch: every evaluation scores the same ones."""
+        if not self.heldout:
+            return
+        index = self.examples(HELDOUT_EPOCH, "held-out")
+        for s in range(0, len(index), self.eval_batch_size):
+            chosen = range(s, min(s + self.eval_batch_size, len(index)))
+            yield self._collate([index.instance(i) for i in chosen],
+                                [example_rng(self.seed, HELDOUT_EPOCH, i) for i in chosen])
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        batches = self.heldout_batches()
-        if not batches:
-            return {}
         correct = total = 0
         loss_sum = 0.0
         nsp_correct = nsp_total = 0
-        for batch in batches:
+        for batch in self.heldout_batches():
             masked = batch["labels"] != IGNORE_INDEX
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mlm_positions=masked)
             targets = batch["labels"][masked]
@@ -226,6 +233,8 @@ class PretrainingTask:
             if self.options.nsp:
                 nsp_correct += int((out.nsp_logits.argmax(-1) == batch["next_label"]).sum())
                 nsp_total += len(batch["next_label"])
+        if total == 0:
+            return {}
         result = {"mlm_accuracy": correct / total, "mlm_loss": loss_sum / total}
         if self.options.nsp:
             result["nsp_accuracy"] = nsp_correct / nsp_total
@@ -238,7 +247,9 @@ class PretrainingTask:
     def fingerprint(self) -> str:
         from bertkit.train import data_fingerprint
 
-        return data_fingerprint([self.train_documents, self.options])
+        if self.data_digest is None:
+            self.data_digest = [[shard.tokens, shard.sentences, shard.documents] for shard in self.train]
+        return data_fingerprint([self.data_digest, self.options])
 
 
 def build_model(tokenizer: Tokenizer, size: str = "mini", max_seq_len: int = 128, **overrides: Any
@@ -252,22 +263,11 @@ def build_model(tokenizer: Tokenizer, size: str = "mini", max_seq_len: int = 128
     return BertForPreTraining(config)
 
 
-def split_heldout(documents: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Whole documents held out (never split across train and held-out)."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
-    order = np.random.default_rng([seed, 3]).permutation(len(documents))
-    count = round(len(documents) * fraction)
-    held = set(order[:count].tolist())
-    if fraction > 0 and count == 0:
-        warnings.warn("corpus too small to hold out any document; evaluation is skipped", stacklevel=2)
-    return ([d for i, d in enumerate(documents) if i not in held], [d for i, d in enumerate(documents) if i in held])
-
-
 def pretrain(
-    train_files: list[str | Path],
+    train_files: list[str | Path] | None,
     config: Any,
     *,
+    data: str | Path | None = None,
     heldout_files: list[str | Path] | None = None,
     heldout_fraction: float = 0.0,
     tokenizer: str | Path | Tokenizer | None = None,
@@ -275,35 +275,34 @@ def pretrain(
     model_size: str = "mini",
     init_from: str | Path | None = None,
     options: PretrainingOptions | None = None,
+    prepare_workers: int = 0,
 ) -> Any:
-    """Pre-train BERT on text files in Google's format; `config` is a `train.TrainConfig`.
+    """Pre-train BERT; `config` is a `train.TrainConfig`.
 
-    The vocabulary comes from `tokenizer` (a checkpoint directory or a Tokenizer) or is trained on the training
-    files; the model starts from `init_from` (a checkpoint directory) or from a fresh `model_size` preset.
+    The text comes from `data` (a directory written by `bertkit prepare-data`, read by memory map) or from
+    `train_files` (Google's format: plain or .gz files, or directories), which are prepared into the run
+    directory's `data/` once and reused on resume. The vocabulary comes from `tokenizer` (a checkpoint or vocabulary
+    directory, or a Tokenizer), from `init_from`, from the prepared directory, or is trained on the training files;
+    the model starts from `init_from` (a checkpoint directory) or from a fresh `model_size` preset.
     """
     import torch.distributed as dist
 
-    from bertkit.corpus import read_documents
     from bertkit.errors import DataError
+    from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, prepare
     from bertkit.train import distributed_setup, fit, held_run_dir, open_run_dir, release_run_dir
 
     options = options or PretrainingOptions()
     rank, _ = distributed_setup()
+    if (data is None) == (not train_files):
+        raise DataError("give the training text (--train FILES) or a prepared directory (--data DIR), one of them")
+    if data is not None and (heldout_files or heldout_fraction):
+        raise DataError("a prepared directory brings its own held-out split (prepare-data --heldout or "
+                        "--heldout-fraction); --heldout and --heldout-fraction go with --train", str(data))
     # Everything that can fail on bad input is checked before the run directory is claimed: --overwrite deletes the
     # old run there, which must not happen for a run that then stops at a typo in --train (or that continues from
     # a model inside that same directory).
-    train_text = [doc for path in train_files for doc in read_documents(path)]
-    if not train_text:
-        raise DataError("no text in the training files", ", ".join(map(str, train_files)))
-    heldout_text = [doc for path in heldout_files or [] for doc in read_documents(path)]
-    if heldout_files and not heldout_text:
-        raise DataError("no text in the held-out files", ", ".join(map(str, heldout_files)))
-    if not heldout_text and heldout_fraction > 0:
-        train_text, heldout_text = split_heldout(train_text, heldout_fraction, config.seed)
-    for role, text, files in (("training", train_text, train_files), ("held-out", heldout_text, heldout_files)):
-        if options.nsp and text and len(text) < 2:
-            raise DataError(f"the {role} text has one document; NSP needs two or more (a blank line separates "
-                            "documents), or pass --no-nsp", ", ".join(map(str, files or train_files)))
+    files = input_files(train_files) if train_files else []
+    held = input_files(heldout_files) if heldout_files else []
     output = Path(config.output_dir)
     tok: Tokenizer | None = None
     if isinstance(tokenizer, Tokenizer):
@@ -312,6 +311,12 @@ def pretrain(
         tok = Tokenizer.from_pretrained(tokenizer)
     elif init_from is not None:
         tok = Tokenizer.from_pretrained(init_from)
+    elif data is not None:
+        if not (Path(data) / "tokenizer" / "vocab.txt").is_file():
+            raise DataError("no tokenizer/ in the prepared directory (prepared by an older bertkit?): give "
+                            "--tokenizer", str(data))
+        tok = Tokenizer.from_pretrained(Path(data) / "tokenizer")
+    corpus = PreparedCorpus(data, tok) if data is not None else None
     model = None
     if init_from is not None:
         torch.manual_seed(config.seed)
@@ -320,26 +325,47 @@ def pretrain(
         if model.config.vocab_size < tok.vocab_size:
             raise DataError(f"the vocabulary has {tok.vocab_size} tokens but {init_from} has only "
                             f"{model.config.vocab_size} embeddings", str(init_from))
-    # claim the run directory before writing a vocabulary into it (--overwrite also deletes the old run's vocabulary)
+    # claim the run directory before writing a vocabulary or prepared text into it (--overwrite deletes both)
     held_before = held_run_dir(output)
-    open_run_dir(config, rank, own=("tokenizer",) if tok is None else ())
+    open_run_dir(config, rank, own=("tokenizer", "data"))
     try:
         if tok is None:
             vocab_dir = output / "tokenizer"
             if rank == 0 and not (vocab_dir / "vocab.txt").is_file():
-                Tokenizer.train([s for d in train_text for s in d], vocab_size=vocab_size).save_pretrained(vocab_dir)
+                from bertkit.corpus import read_documents
+
+                sentences = (s for path in files for d in read_documents(path) for s in d)
+                Tokenizer.train(sentences, vocab_size=vocab_size).save_pretrained(vocab_dir)
             if dist.is_initialized():
                 dist.barrier()
             tok = Tokenizer.from_pretrained(vocab_dir)
-        train_docs = tokenize_documents(train_text, tok, whole_word=options.whole_word)
-        heldout_docs = tokenize_documents(heldout_text, tok, whole_word=options.whole_word)
+        if corpus is None:
+            # prepared once into the run directory; a resume finds the shards intact and does not tokenize again
+            prepared = output / "data"
+            if rank == 0:
+                prepare(files, tok, prepared, heldout=held or None, replace_changed=True, workers=prepare_workers,
+                        options=PrepareOptions(whole_word=options.whole_word, heldout_fraction=0.0 if held
+                                               else heldout_fraction, seed=config.seed), progress=config.progress)
+            if dist.is_initialized():
+                dist.barrier()
+            corpus = PreparedCorpus(prepared, tok, verify=rank == 0)
+        elif options.whole_word and not corpus.whole_word:
+            raise DataError("prepared without --whole-word-masking (it holds no word starts): prepare it again "
+                            "with --whole-word-masking, or pre-train without it", str(data))
+        train, heldout = corpus.split("train"), corpus.split("heldout")
+        assert train is not None
+        for role, split in (("training", train), ("held-out", heldout)):
+            if options.nsp and split is not None and len(split) < 2:
+                raise DataError(f"the {role} text has one document; NSP needs two or more (a blank line separates "
+                                "documents), or pass --no-nsp", str(data or ", ".join(map(str, files))))
         torch.manual_seed(config.seed)
         if model is None:
             model = build_model(tok, model_size, options.max_seq_len)
         if options.max_seq_len > model.config.max_position_embeddings:
             raise DataError(f"max_seq_len {options.max_seq_len} exceeds the model's max_position_embeddings "
                             f"{model.config.max_position_embeddings}")
-        task = PretrainingTask(tok, train_docs, heldout_docs, options, seed=config.seed)
+        task = PretrainingTask(tok, train.shards, heldout.shards if heldout is not None else [], options,
+                               seed=config.seed, data_digest=corpus.digest("train"))
         if rank == 0:
             from bertkit.model import num_parameters
             from bertkit.train import steps_summary
@@ -348,7 +374,8 @@ def pretrain(
                   f"({num_parameters(model) / 1e6:.1f}M parameters, vocabulary {tok.vocab_size:,}), "
                   f"{'MLM + NSP' if options.nsp else 'MLM only'}"
                   f"{', whole-word masking' if options.whole_word else ''}: "
-                  f"{steps_summary(config, task.num_examples(0))}; held-out: {len(heldout_docs):,} documents")
+                  f"{steps_summary(config, task.num_examples(0))}; {len(train):,} training documents "
+                  f"({train.tokens:,} tokens), held-out: {len(heldout) if heldout is not None else 0:,} documents")
     except BaseException:
         if rank == 0 and not held_before:
             release_run_dir(output)  # a run that stops before `fit` does not keep the directory locked
