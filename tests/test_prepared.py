@@ -126,3 +126,52 @@ def test_prepare_data_command(corpus, tokenizer, tmp_path, capsys):
               "--workers", "-1"])
     assert caught.value.code == 2
     assert "argument --workers: expected an integer from 0 to 1024" in capsys.readouterr().err
+
+
+def _pretrain(output: Path, *source: str) -> list[str]:
+    return ["pretrain", *source, "--output-dir", str(output), "--model-size", "tiny", "--batch-size", "4",
+            "--max-steps", "3", "--no-bf16", "--no-progress", "--seed", "1", "--max-seq-len", "32"]
+
+
+def test_pretrain_on_a_prepared_directory_equals_pretrain_on_its_text(corpus, tokenizer, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    tokenizer.save_pretrained(tmp_path / "vocab")
+    data = tmp_path / "data"
+    assert main(["prepare-data", str(corpus), "--tokenizer", str(tmp_path / "vocab"), "--output", str(data),
+                 "--whole-word-masking", "--workers", "1", "--no-progress"]) == 0
+    # --data needs no --tokenizer (prepare-data keeps its vocabulary); --train prepares into the run directory
+    assert main(_pretrain(tmp_path / "a", "--data", str(data), "--whole-word-masking")) == 0
+    assert main(_pretrain(tmp_path / "b", "--train", str(corpus), "--tokenizer", str(tmp_path / "vocab"),
+                          "--whole-word-masking")) == 0
+    assert (tmp_path / "b" / "data" / "manifest.json").is_file()
+    a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" /
+                                                                                  "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    capsys.readouterr()
+
+
+def test_pretrain_refuses_a_bad_prepared_directory_before_training(corpus, tokenizer, tmp_path, capsys):
+    tokenizer.save_pretrained(tmp_path / "vocab")
+    data = tmp_path / "data"
+    assert main(["prepare-data", str(corpus), "--tokenizer", str(tmp_path / "vocab"), "--output", str(data),
+                 "--workers", "1", "--shard-chars", "800", "--no-progress"]) == 0
+    capsys.readouterr()
+    # whole-word masking asked of a corpus prepared without word starts
+    assert main(_pretrain(tmp_path / "run", "--data", str(data), "--whole-word-masking")) == 2
+    assert "prepared without --whole-word-masking" in capsys.readouterr().err
+    # a model whose vocabulary is not the one the corpus was prepared with
+    other = Tokenizer.train([*ARTICLES, "完全不同的词汇表。"], vocab_size=140, min_frequency=1)
+    other.save_pretrained(tmp_path / "other")
+    assert main(_pretrain(tmp_path / "run", "--data", str(data), "--tokenizer", str(tmp_path / "other"))) == 2
+    assert "prepared with another vocabulary" in capsys.readouterr().err
+    # a damaged shard, named, and nothing trained or written
+    sentences = data / "train" / "shard-00002.sentences.npy"
+    sentences.write_bytes(sentences.read_bytes()[:-8] + b"\xff" * 8)
+    assert main(_pretrain(tmp_path / "run", "--data", str(data))) == 2
+    assert "shard train/shard-00002.sentences.npy does not match its sha256" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    # both sources, or neither
+    with pytest.raises(SystemExit):
+        main(_pretrain(tmp_path / "run", "--data", str(data), "--train", str(corpus)))
+    assert "not allowed with argument" in capsys.readouterr().err

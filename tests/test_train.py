@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -76,7 +77,8 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, small_corpus):
     assert not (killed / "model").exists(), "the run finished before it could be killed"
     resumed_at = latest_checkpoint(killed)
     assert resumed_at is not None and int(resumed_at.name.split("-")[1]) < 24
-    result = subprocess.run(_pretrain_cmd(small_corpus, killed, "--resume"), check=True, env=_env(),
+    # resumed with two batch-building workers: the same batches, so the same weights
+    result = subprocess.run(_pretrain_cmd(small_corpus, killed, "--resume", "--workers", "2"), check=True, env=_env(),
                             capture_output=True, text=True, timeout=300)
     assert f"resumed from {resumed_at}" in result.stdout
     a, b = _weights(full / "model"), _weights(killed / "model")
@@ -89,6 +91,28 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, small_corpus):
     reference = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in records if r["kind"] == "train"] == [r["loss"] for r in reference
                                                                     if r["kind"] == "train"]
+
+
+def test_step_batches_are_the_same_for_any_number_of_workers_across_epochs():
+    from bertkit.tasks.pretraining import PretrainingOptions, PretrainingTask
+    from bertkit.train import TrainConfig, _batches
+
+    rng = np.random.default_rng(0)
+    docs = [[list(rng.integers(5, 60, int(rng.integers(3, 20)))) for _ in range(int(rng.integers(2, 6)))]
+            for _ in range(40)]
+    tok = Tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(60)]])
+    task = PretrainingTask.from_documents(tok, docs, [], PretrainingOptions(max_seq_len=32), seed=5)
+    examples = task.num_examples(0)
+    runs = {}
+    for workers in (0, 2, 3):
+        config = TrainConfig(batch_size=4, grad_accum=2, workers=workers, seed=5)
+        steps = list(_batches(task, config, world=1, rank=0, epoch=0, step_in_epoch=1, steps=examples // 8 + 3))
+        runs[workers] = steps
+    assert {e for e, _, _ in runs[0]} == {0, 1}  # the run crosses an epoch boundary
+    for workers in (2, 3):
+        assert [(e, s) for e, s, _ in runs[workers]] == [(e, s) for e, s, _ in runs[0]]
+        for (_, _, a), (_, _, b) in zip(runs[0], runs[workers], strict=True):
+            assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
 
 
 def test_torn_or_damaged_checkpoints_are_never_loaded(tmp_path, small_corpus):

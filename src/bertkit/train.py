@@ -77,6 +77,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
     progress: bool = True
+    # processes that build batches ahead of the step (torch.utils.data workers; 0: in the training process). The
+    # batch of step N is the same for any number: worker w builds the steps N with N % workers == w
+    workers: int = 0
     resume: bool = False
     overwrite: bool = False  # a fresh run in a directory holding a run: delete that run's outputs first
     # On --resume, continue with changed settings or training data instead of refusing: the new learning rate,
@@ -88,7 +91,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "seed"):
+        for name in ("max_steps", "eval_every", "save_every", "seed", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "warmup", "epochs", "max_grad_norm", "adam_eps"):
@@ -510,6 +513,59 @@ class _InterruptGuard:
 
 # ---- the loop ------------------------------------------------------------------------------------------------------
 
+class StepBatches(torch.utils.data.IterableDataset):
+    """The micro-batches of each optimizer step, for one rank, from a position in the run: items are
+    (epoch, step in epoch, micro-batches). Step k's examples are order[k * global_batch ...] of its epoch's
+    permutation, this rank's share of them; every worker walks the same steps and builds every workers-th one, and
+    the DataLoader takes them round-robin, so the sequence is the same for any number of workers."""
+
+    def __init__(self, task: TrainTask, config: TrainConfig, world: int, rank: int, epoch: int, step_in_epoch: int,
+                 steps: int) -> None:
+        self.task, self.config, self.world, self.rank = task, config, world, rank
+        self.epoch, self.step_in_epoch, self.steps = epoch, step_in_epoch, steps
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        config, task = self.config, self.task
+        global_batch = config.batch_size * config.grad_accum * self.world
+        epoch, step_in_epoch = self.epoch, self.step_in_epoch
+        order = epoch_order(config.seed, epoch, task.num_examples(epoch))
+        for k in range(self.steps):
+            while step_in_epoch >= len(order) // global_batch:
+                epoch, step_in_epoch = epoch + 1, 0
+                order = epoch_order(config.seed, epoch, task.num_examples(epoch))
+                if len(order) < global_batch:
+                    raise TrainingError(f"epoch {epoch} has {len(order)} examples, fewer than one global batch "
+                                        f"({global_batch})")
+            if k % workers == worker:
+                base = step_in_epoch * global_batch
+                micro = []
+                for m in range(config.grad_accum):
+                    offset = base + (m * self.world + self.rank) * config.batch_size
+                    micro.append(task.make_batch(epoch, order[offset : offset + config.batch_size].tolist()))
+                yield epoch, step_in_epoch, micro
+            step_in_epoch += 1
+
+
+def _batches(task: TrainTask, config: TrainConfig, world: int, rank: int, epoch: int, step_in_epoch: int,
+             steps: int) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+    dataset = StepBatches(task, config, world, rank, epoch, step_in_epoch, steps)
+    if config.workers == 0:
+        return iter(dataset)
+    # One loader for the whole run, so its workers live as long as the run (persistent by construction); fork, so
+    # they share the parent's memory-mapped shards instead of pickling the task
+    # its own generator: seeding workers from torch's global one would shift the dropout stream of the training
+    # process, and a run would no longer equal its resumed twin
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.workers, prefetch_factor=4,
+                                         worker_init_fn=_quiet_batch_worker, generator=torch.Generator(),
+                                         multiprocessing_context="fork" if os.name == "posix" else None)
+    return iter(loader)
+
+
+def _quiet_batch_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)  # the training process's threads do the math; a worker builds batches in Python
+
 def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = "training") -> FitResult:
     """Train `model` on `task` as `config` says; returns the final step and the last evaluation.
 
@@ -642,20 +698,10 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     started = time.perf_counter()
     running: dict[str, float] = {}
     running_n = 0
-    order = epoch_order(config.seed, epoch, task.num_examples(epoch))
+    batches = _batches(task, config, world, rank, epoch, step_in_epoch, total_steps - step)
     try:
         while step < total_steps:
-            steps_this_epoch = len(order) // global_batch
-            if step_in_epoch >= steps_this_epoch:
-                epoch, step_in_epoch = epoch + 1, 0
-                order = epoch_order(config.seed, epoch, task.num_examples(epoch))
-                continue
-            base = step_in_epoch * global_batch
-            micro = []
-            for m in range(config.grad_accum):
-                offset = base + (m * world + rank) * config.batch_size
-                indices = order[offset : offset + config.batch_size].tolist()
-                micro.append(task.make_batch(epoch, indices))
+            epoch, step_in_epoch, micro = next(batches)
             # Each loss term is divided by its count over ALL micro-batches of ALL processes, so accumulation
             # and DDP (which averages gradients over processes, hence * world) give the one-big-batch gradient.
             names = sorted({k for b in micro for k in task.counts(b)})
@@ -791,7 +837,7 @@ _RANGES: dict[str, tuple[type, float, bool]] = {
     "weight_decay": (float, 0, False), "warmup": (float, 0, False), "max_steps": (int, 0, False),
     "epochs": (float, 0, False), "max_grad_norm": (float, 0, False), "seed": (int, 0, False),
     "log_every": (int, 1, False), "eval_every": (int, 0, False), "save_every": (int, 0, False),
-    "keep_checkpoints": (int, 1, False), "max_bad_steps": (int, 1, False),
+    "keep_checkpoints": (int, 1, False), "max_bad_steps": (int, 1, False), "workers": (int, 0, False),
 }
 
 
@@ -820,6 +866,8 @@ def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> Non
         "save_every": "steps between checkpoints (0: at the end)",
         "keep_checkpoints": "how many checkpoints to keep",
         "max_bad_steps": "consecutive non-finite steps before stopping",
+        "workers": "processes building batches ahead of the step (0: in the training process; the batches are the "
+                   "same for any number)",
     }
     for f in fields(TrainConfig):
         name = "--" + f.name.replace("_", "-")
