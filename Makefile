@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BERTKIT := $(VENV)/bin/bertkit
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup data browser demo test test-slow bench bench-reliability bench-tasks lint clean
+.PHONY: setup data browser demo test test-slow bench bench-reliability bench-tasks bench-pretrain-zh lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ bench-reliability: data
 	$(PY) bench/serve_hostile.py
 	$(PY) bench/fuzz_server.py
 	$(PY) bench/fuzz_readers.py
+	$(PY) bench/readme_tables.py
+
+# issue 12's scale run: the largest offline Chinese corpus, mini pre-trained >= 60 min through `pretrain --data`,
+# then ChnSentiCorp, MSRA and CAIS fine-tuned from it (~2 h on 2 cores)
+bench-pretrain-zh: data
+	$(PY) bench/pretrain_zh.py
+	$(PY) bench/tasks.py --only chnsenticorp-mini msra-mini cais-mini
 	$(PY) bench/readme_tables.py
 
 # reference fine-tuning runs on the real datasets (needs `make demo` first for the Chinese model; ~1.5 h)

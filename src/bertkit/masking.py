@@ -6,13 +6,68 @@ masking per epoch, exact resume and identical data on any number of processes fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 IGNORE_INDEX = -100  # label of positions that are not predicted (transformers' convention)
+
+# A token is stored as one int: its id in the low 30 bits, "begins a word" in bit 30. The instance builders move
+# tokens around without looking at them, so word boundaries for whole-word masking travel with the ids for free.
+_ID_BITS = 30
+_ID_MASK = (1 << _ID_BITS) - 1
+HELDOUT_EPOCH = 2**31 - 1  # the "epoch" whose seeds build and mask the held-out set, apart from any training epoch
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+
+
+def encode_token(token_id: int, word_start: bool) -> int:
+    return token_id | (int(word_start) << _ID_BITS)
+
+
+def decode_tokens(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, word_starts) from stored token codes."""
+    return codes & _ID_MASK, (codes >> _ID_BITS).astype(bool)
+
+
+def tokenize_documents(documents: list[list[str]], tokenizer: Any, whole_word: bool = False,
+                       batch: int = 2048) -> list[list[list[int]]]:
+    """Documents of sentences -> documents of token-code lists.
+
+    With `whole_word`, jieba segments each sentence and a token begins a word where a jieba word begins (Chinese
+    whole-word masking, as in Chinese-BERT-wwm); without it every non-"##" token begins a word.
+    """
+    if tokenizer.vocab_size > _ID_MASK:
+        raise ValueError("vocabulary too large for the token encoding")
+    cut = None
+    if whole_word:
+        import jieba
+
+        jieba.setLogLevel(60)
+        cut = jieba.lcut
+    flat = [sentence for document in documents for sentence in document]
+    coded: list[list[int]] = []
+    for start in range(0, len(flat), batch):
+        texts = flat[start : start + batch]
+        for text, (ids, offsets, tokens) in zip(texts, tokenizer.encode_many(texts), strict=True):
+            starts: set[int] | None = None
+            if cut is not None and _CJK.search(text):
+                starts, position = set(), 0
+                for word in cut(text):
+                    starts.add(position)
+                    position += len(word)
+            coded.append([
+                encode_token(i, not t.startswith("##") and (starts is None or o[0] in starts or not _CJK.match(t)))
+                for i, o, t in zip(ids, offsets, tokens, strict=True)
+            ])
+    out, k = [], 0
+    for document in documents:
+        out.append(coded[k : k + len(document)])
+        k += len(document)
+    return out
+
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -102,12 +157,22 @@ class Shard(Protocol):
     sentences: np.ndarray  # offsets into tokens: sentence i is tokens[sentences[i] : sentences[i + 1]]
     documents: np.ndarray  # offsets into sentences: document j is sentences documents[j] .. documents[j + 1]
 
+    def read(self, name: str) -> np.ndarray: ...  # a whole array in memory (not through a memory map)
+
 
 @dataclass
 class ArrayShard:
     tokens: np.ndarray
     sentences: np.ndarray
     documents: np.ndarray
+    files: dict[str, str] | None = None  # .npy paths of memory-mapped arrays
+
+    def read(self, name: str) -> np.ndarray:
+        """A whole array, read from its file into memory that is freed after use: reading it through the memory
+        map would leave every page of it resident in this process for the rest of the run."""
+        if self.files is None:
+            return np.asarray(getattr(self, name))
+        return np.load(self.files[name], allow_pickle=False)
 
     @classmethod
     def from_documents(cls, documents: Sequence[Sequence[Sequence[int]]]) -> ArrayShard:
@@ -149,7 +214,8 @@ class ExampleIndex:
     Without `nsp` (RoBERTa's DOC-SENTENCES): whole sentences of one document packed up to max_seq_len - 2 tokens, a
     longer sentence cut into full-length pieces, nothing crossing a document boundary; fixed across epochs.
 
-    The index holds five numbers per example (28 bytes), however large the corpus.
+    The index holds four numbers per example (10 bytes), however large the corpus; building it reads the
+    offsets of one shard at a time.
     """
 
     def __init__(self, shards: Sequence[Shard], max_seq_len: int, *, nsp: bool, seed: int, epoch: int,
@@ -161,25 +227,30 @@ class ExampleIndex:
             raise ValueError(f"max_seq_len={max_seq_len} is too short (needs {5 if nsp else 3} or more)")
         self.doc_starts = np.concatenate([[0], np.cumsum([len(s.documents) - 1 for s in self.shards])]).astype(np.int64)
         self.stats = {"split_sentences": 0, "unused_chunks": 0, "unused_tokens": 0, "documents": 0}
-        parts = [self._nsp_chunks(k, short_seq_prob) if nsp else self._packed_chunks(k)
-                 for k in range(len(self.shards))]
-        self.shard = np.concatenate([np.full(len(p[0]), k, dtype=np.int32) for k, p in enumerate(parts)] or [[]])
-        self.start = np.concatenate([p[0] for p in parts] or [[]]).astype(np.int64)
-        self.length = np.concatenate([p[1] for p in parts] or [[]]).astype(np.int32)
-        self.target = np.concatenate([p[2] for p in parts] or [[]]).astype(np.int32)
-        self.document = np.concatenate([p[3] for p in parts] or [[]]).astype(np.int64)
+        if len(self.shards) >= 2**16 or any(len(s.tokens) >= 2**32 for s in self.shards):
+            raise ValueError("more than 65,535 shards or 2**32 tokens in one shard")
+        # 10 bytes per example: the shard, the first token within it, the length, and NSP's target length; each
+        # shard's lists become arrays at once, so the build never holds more than one shard's Python lists
+        parts = []
+        for k in range(len(self.shards)):
+            starts, lengths, targets = self._nsp_chunks(k, short_seq_prob) if nsp else self._packed_chunks(k)
+            parts.append((np.full(len(starts), k, dtype=np.uint16), np.asarray(starts, dtype=np.uint32),
+                          np.asarray(lengths, dtype=np.uint16), np.asarray(targets, dtype=np.uint16)))
+        self.shard, self.start, self.length, self.target = (
+            np.concatenate([p[j] for p in parts]) if parts else np.zeros(0, dtype) for j, dtype in
+            enumerate((np.uint16, np.uint32, np.uint16, np.uint16)))
         if nsp and self.stats["documents"] < 2:
             raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
 
     def __len__(self) -> int:
         return len(self.start)
 
-    def _nsp_chunks(self, k: int, short_seq_prob: float) -> tuple[list[int], list[int], list[int], list[int]]:
+    def _nsp_chunks(self, k: int, short_seq_prob: float) -> tuple[list[int], list[int], list[int]]:
         shard = self.shards[k]
-        sentences = np.asarray(shard.sentences, dtype=np.int64)
+        sentences = shard.read("sentences").astype(np.int64)
         self.stats["split_sentences"] += int((np.diff(sentences) >= self.max_tokens).sum())
         bounds = _unit_bounds(sentences, self.max_tokens)
-        doc_tokens = sentences[np.asarray(shard.documents, dtype=np.int64)]
+        doc_tokens = sentences[shard.read("documents").astype(np.int64)]
         docs = np.searchsorted(doc_tokens, bounds[:-1], side="right") - 1
         self.stats["documents"] += len(np.unique(docs))
         last = np.r_[docs[1:] != docs[:-1], True].tolist()
@@ -188,8 +259,8 @@ class ExampleIndex:
         rng = np.random.default_rng([self.seed, self.epoch, 13, k])
         targets = np.where(rng.random(n + 1) < short_seq_prob, rng.integers(2, self.max_tokens + 1, n + 1),
                            self.max_tokens).tolist()
-        bound_list, doc_list = bounds.tolist(), (docs + int(self.doc_starts[k])).tolist()
-        starts, spans, chunk_targets, chunk_docs = [], [], [], []
+        bound_list = bounds.tolist()
+        starts, spans, chunk_targets = [], [], []
         c, target, start, length, count = 0, targets[0], bound_list[0] if n else 0, 0, 0
         unused = unused_tokens = 0
         for u in range(n):
@@ -200,7 +271,6 @@ class ExampleIndex:
                     starts.append(start)
                     spans.append(length)
                     chunk_targets.append(target)
-                    chunk_docs.append(doc_list[u])
                 else:
                     unused += 1
                     unused_tokens += length
@@ -208,32 +278,28 @@ class ExampleIndex:
                 target, start, length, count = targets[c], bound_list[u + 1], 0, 0
         self.stats["unused_chunks"] += unused
         self.stats["unused_tokens"] += unused_tokens
-        return starts, spans, chunk_targets, chunk_docs
+        return starts, spans, chunk_targets
 
-    def _packed_chunks(self, k: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    def _packed_chunks(self, k: int) -> tuple[list[int], list[int], list[int]]:
         shard = self.shards[k]
-        sentences = np.asarray(shard.sentences, dtype=np.int64)
-        bounds = sentences.tolist()
+        bounds = shard.read("sentences").tolist()
+        documents = shard.read("documents").astype(np.int64)
         last = np.zeros(len(bounds) - 1, dtype=bool)
-        ends = np.asarray(shard.documents, dtype=np.int64)[1:] - 1  # the last sentence of each document
+        ends = documents[1:] - 1  # the last sentence of each document
         last[ends[ends >= 0]] = True
-        docs = np.repeat(np.arange(len(shard.documents) - 1), np.diff(np.asarray(shard.documents))).tolist()
         last_list = last.tolist()
-        first_doc = int(self.doc_starts[k])
         limit = self.max_tokens
-        starts, spans, docs_out = [], [], []
+        starts, spans = [], []
         current_start, current = 0, 0
         for i in range(len(bounds) - 1):
             s0, s1 = bounds[i], bounds[i + 1]
             if current and current + s1 - s0 > limit:
                 starts.append(current_start)
                 spans.append(current)
-                docs_out.append(first_doc + docs[i])
                 current = 0
             while s1 - s0 > limit:
                 starts.append(s0)
                 spans.append(limit)
-                docs_out.append(first_doc + docs[i])
                 s0 += limit
             if current == 0:
                 current_start = s0
@@ -242,10 +308,9 @@ class ExampleIndex:
                 if current:
                     starts.append(current_start)
                     spans.append(current)
-                    docs_out.append(first_doc + docs[i])
                 current = 0
-        self.stats["documents"] += len(shard.documents) - 1
-        return starts, spans, [limit] * len(starts), docs_out
+        self.stats["documents"] += len(documents) - 1
+        return starts, spans, [limit] * len(starts)
 
     # ---- one example ---------------------------------------------------------------------------------------------
     def _units(self, shard: Shard, t0: int, t1: int) -> list[int]:
@@ -255,6 +320,12 @@ class ExampleIndex:
         hi = int(np.searchsorted(sentences, t1, side="left"))
         bounds = _unit_bounds(np.asarray(sentences[lo : hi + 1], dtype=np.int64), self.max_tokens)
         return bounds[(bounds >= t0) & (bounds <= t1)].tolist()
+
+    def _document_of(self, k: int, token: int) -> int:
+        """The (global) document holding a shard's token."""
+        shard = self.shards[k]
+        sentence = int(np.searchsorted(shard.sentences, token, side="right")) - 1
+        return int(self.doc_starts[k]) + int(np.searchsorted(shard.documents, sentence, side="right")) - 1
 
     def _document_span(self, document: int) -> tuple[Shard, int, int]:
         k = int(np.searchsorted(self.doc_starts, document, side="right")) - 1
@@ -277,10 +348,11 @@ class ExampleIndex:
     def instance(self, i: int) -> Instance:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        shard = self.shards[int(self.shard[i])]
+        k = int(self.shard[i])
+        shard = self.shards[k]
         t0 = int(self.start[i])
         t1 = t0 + int(self.length[i])
-        document = int(self.document[i])
+        document = self._document_of(k, t0)
         if not self.nsp:
             return Instance(shard.tokens[t0:t1].tolist(), [], 0, document, -1)
         rng = np.random.default_rng([self.seed, self.epoch, i, 5])

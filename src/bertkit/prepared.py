@@ -34,7 +34,7 @@ import numpy as np
 from bertkit.errors import DataError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
 from bertkit.masking import ArrayShard
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import Tokenizer, TokenizerOptions
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -130,8 +130,7 @@ def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256
     """Split one shard's documents (lists of lines) into sentences, tokenize them and write the arrays, then the
     shard's record (runs in a worker process: the parent only reads lines, so it keeps up with every core)."""
     from bertkit.corpus import split_sentences
-    from bertkit.tasks.pretraining import tokenize_documents
-    from bertkit.tokenizer import TokenizerOptions
+    from bertkit.masking import tokenize_documents
 
     key = hashlib.sha256(json.dumps([vocab, options], sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
     if key not in _WORKER_TOKENIZER:
@@ -364,9 +363,9 @@ class PreparedSplit:
         starts = [0]
         for record in records:
             stem = _shard_stem(directory, record["index"])
-            arrays = {name: np.load(stem.with_name(f"{stem.name}.{name}.npy"), mmap_mode="r", allow_pickle=False)
-                      for name in ARRAYS}
-            self.shards.append(ArrayShard(**arrays))
+            files = {name: str(stem.with_name(f"{stem.name}.{name}.npy")) for name in ARRAYS}
+            arrays = {name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in files.items()}
+            self.shards.append(ArrayShard(**arrays, files=files))
             starts.append(starts[-1] + record["documents"])
         self.starts = np.array(starts, dtype=np.int64)
         self.tokens = int(sum(r["tokens"] for r in records))

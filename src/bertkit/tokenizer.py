@@ -15,14 +15,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write_text, read_lines
+
+if TYPE_CHECKING:
+    import torch
 
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
@@ -369,6 +371,8 @@ class Tokenizer:
         tasks); `return_word_ids` then maps tokens to words (-1 for special tokens and padding). Offsets are
         (start, end) character spans (0, 0 for specials).
         """
+        import torch  # here, not at import: the tokenizing workers of prepare-data never load torch
+
         encodings = self.encode_batch(texts, text_pairs, max_length=max_length, truncation=truncation,
                                       is_split_into_words=is_split_into_words)
         width = max(len(e.ids) for e in encodings)

@@ -202,7 +202,11 @@ def warmup_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], 
 
 
 def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, 7]).permutation(size)
+    """The epoch's permutation of the examples; the same as Generator.permutation(size), in 4 bytes an example
+    where that fits (a 100M-example epoch: 400 MB, not 800)."""
+    order = np.arange(size, dtype=np.uint32 if size < 2**32 else np.int64)
+    np.random.default_rng([seed, epoch, 7]).shuffle(order)
+    return order
 
 
 def _checkpoint_dirs(output: Path) -> list[Path]:

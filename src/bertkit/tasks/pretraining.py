@@ -4,7 +4,6 @@ MLM + NSP losses and held-out MLM/NSP accuracy, for `train.fit`.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,62 +15,21 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.losses import cross_entropy
-from bertkit.masking import IGNORE_INDEX, ArrayShard, ExampleIndex, Instance, Shard, example_rng, mask_tokens
+from bertkit.masking import (  # noqa: F401  (token codes re-exported: tests and callers import them from here)
+    HELDOUT_EPOCH,
+    IGNORE_INDEX,
+    ArrayShard,
+    ExampleIndex,
+    Instance,
+    Shard,
+    decode_tokens,
+    encode_token,
+    example_rng,
+    mask_tokens,
+    tokenize_documents,
+)
 from bertkit.model import BertForPreTraining
 from bertkit.tokenizer import Tokenizer
-
-# A token is stored as one int: its id in the low 30 bits, "begins a word" in bit 30. The instance builders move
-# tokens around without looking at them, so word boundaries for whole-word masking travel with the ids for free.
-_ID_BITS = 30
-_ID_MASK = (1 << _ID_BITS) - 1
-HELDOUT_EPOCH = 2**31 - 1  # the "epoch" whose seeds build and mask the held-out set, apart from any training epoch
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
-
-
-def encode_token(token_id: int, word_start: bool) -> int:
-    return token_id | (int(word_start) << _ID_BITS)
-
-
-def decode_tokens(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, word_starts) from stored token codes."""
-    return codes & _ID_MASK, (codes >> _ID_BITS).astype(bool)
-
-
-def tokenize_documents(documents: list[list[str]], tokenizer: Tokenizer, whole_word: bool = False,
-                       batch: int = 2048) -> list[list[list[int]]]:
-    """Documents of sentences -> documents of token-code lists.
-
-    With `whole_word`, jieba segments each sentence and a token begins a word where a jieba word begins (Chinese
-    whole-word masking, as in Chinese-BERT-wwm); without it every non-"##" token begins a word.
-    """
-    if tokenizer.vocab_size > _ID_MASK:
-        raise ValueError("vocabulary too large for the token encoding")
-    cut = None
-    if whole_word:
-        import jieba
-
-        jieba.setLogLevel(60)
-        cut = jieba.lcut
-    flat = [sentence for document in documents for sentence in document]
-    coded: list[list[int]] = []
-    for start in range(0, len(flat), batch):
-        texts = flat[start : start + batch]
-        for text, (ids, offsets, tokens) in zip(texts, tokenizer.encode_many(texts), strict=True):
-            starts: set[int] | None = None
-            if cut is not None and _CJK.search(text):
-                starts, position = set(), 0
-                for word in cut(text):
-                    starts.add(position)
-                    position += len(word)
-            coded.append([
-                encode_token(i, not t.startswith("##") and (starts is None or o[0] in starts or not _CJK.match(t)))
-                for i, o, t in zip(ids, offsets, tokens, strict=True)
-            ])
-    out, k = [], 0
-    for document in documents:
-        out.append(coded[k : k + len(document)])
-        k += len(document)
-    return out
 
 
 @dataclass
