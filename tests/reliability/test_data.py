@@ -14,7 +14,7 @@ import torch
 
 from bertkit import BertConfig, BertModel, DataError, Tokenizer, fileio
 from bertkit.corpus import read_documents
-from bertkit.masking import nsp_instances
+from bertkit.masking import ArrayShard, ExampleIndex
 from bertkit.tasks import classification, embed, intent_slot, ner, qa, relation, spelling
 from bertkit.tasks.base import normalise_label, take
 from bertkit.tasks.pretraining import PretrainingOptions, PretrainingTask, tokenize_documents
@@ -97,16 +97,18 @@ def test_nsp_splits_a_5000_token_sentence_and_uses_its_tokens():
     long_document = [list(range(10_000, 15_000))]  # one sentence of 5,000 tokens
     other = [[1, 2, 3], [4, 5, 6, 7]]
     covered: set[int] = set()
-    stats: dict[str, int] = {}
-    instances = nsp_instances([long_document, other], 128, np.random.default_rng(0), stats=stats)
-    for inst in instances:
-        covered.update(t for t in inst.tokens_a if t >= 10_000)
-        if inst.next_label == 0:
-            covered.update(t for t in inst.tokens_b if t >= 10_000)
-    assert stats["split_sentences"] == 1
-    assert len([i for i in instances if i.source_a == 0]) >= 40  # 0 before the split (80 pieces of 63 tokens)
+    shard = ArrayShard.from_documents([long_document, other])
+    for epoch in range(5):  # a NotNext example uses only its A (B is random): over epochs each chunk is IsNext once
+        index = ExampleIndex([shard], 128, nsp=True, seed=0, epoch=epoch)
+        instances = index.instances()
+        for inst in instances:
+            covered.update(t for t in inst.tokens_a if t >= 10_000)
+            if inst.next_label == 0:
+                covered.update(t for t in inst.tokens_b if t >= 10_000)
+        assert index.stats["split_sentences"] == 1
+        assert len([i for i in instances if i.source_a == 0]) >= 35  # 0 before the split (80 pieces of 63 tokens)
+        assert all(len(i.tokens_a) + len(i.tokens_b) <= 125 for i in instances)
     assert len(covered) / 5000 > 0.95, len(covered)  # the rest is Google's pair truncation (1 token a pair)
-    assert all(len(i.tokens_a) + len(i.tokens_b) <= 125 for i in instances)
 
 
 @pytest.mark.filterwarnings("ignore:training corpus.*one-sentence")  # the short second document: expected
@@ -115,7 +117,7 @@ def test_nsp_long_line_corpus_gives_instances_and_warns(tmp_path):
     documents = list(read_documents(corpus))  # the long line is cut into 256-character pieces, 256 tokens each
     tok = Tokenizer.train([CHARS], vocab_size=60, min_frequency=1)
     docs = tokenize_documents(documents, tok)
-    task = PretrainingTask(tok, docs, [], PretrainingOptions(max_seq_len=128))
+    task = PretrainingTask.from_documents(tok, docs, [], PretrainingOptions(max_seq_len=128))
     with pytest.warns(UserWarning, match=r"training corpus: \d+ sentence\(s\) of max_seq_len - 3 = 125 tokens"):
         count = task.num_examples(0)
     from_long = [i for i in task.instances(0) if i.source_a == 0]

@@ -184,11 +184,11 @@ def test_classification_jsonl_labels_are_normalised_or_refused(tmp_path_factory,
        max_seq_len=st.integers(8, 64), seed=st.integers(0, 2**16))
 def test_nsp_instances_fit_and_every_multi_piece_document_is_used(lengths, max_seq_len, seed):
     _count("nsp instances")
-    from bertkit.masking import nsp_instances
+    from bertkit.masking import ArrayShard, ExampleIndex
 
     documents = [[[d * 1000 + s] * n for s, n in enumerate(doc)] for d, doc in enumerate(lengths)]
-    stats: dict[str, int] = {}
-    instances = nsp_instances(documents, max_seq_len, np.random.default_rng(seed), 0.1, stats)
+    instances = ExampleIndex([ArrayShard.from_documents(documents)], max_seq_len, nsp=True, seed=seed,
+                             epoch=0).instances()
     assert all(len(i.tokens_a) + len(i.tokens_b) <= max_seq_len - 3 and i.tokens_a and i.tokens_b
                for i in instances)
     piece = (max_seq_len - 3 + 1) // 2
