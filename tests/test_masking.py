@@ -124,11 +124,6 @@ def test_nsp_is_50_50_and_random_b_comes_from_another_document():
                 assert first_b == last_a + 1
 
 
-def test_nsp_needs_two_documents():
-    with pytest.raises(ValueError, match="at least two non-empty documents"):
-        ExampleIndex([ArrayShard.from_documents([[[1, 2, 3], [4, 5]]])], 32, nsp=True, seed=0, epoch=0)
-
-
 def test_packed_instances_fill_sequences_without_crossing_documents():
     docs = _documents(50)
     instances = ExampleIndex([ArrayShard.from_documents(docs)], 64, nsp=False, seed=0, epoch=0).instances()
@@ -150,3 +145,16 @@ def test_token_codes_carry_jieba_word_starts():
     assert pieces[0] == "token" and pieces[1].startswith("##")
     assert starts.tolist()[:2] == [True, False]
     assert decode_tokens(np.array([encode_token(29999, True)]))[0][0] == 29999
+
+
+def test_nsp_counts_only_documents_with_text():
+    from bertkit.errors import DataError
+
+    with pytest.raises(DataError, match="NSP needs at least two documents with text"):
+        ExampleIndex([ArrayShard.from_documents([[[5, 6, 7], [8, 9, 10]], [[]], [[], []]])], 32, nsp=True, seed=0,
+                     epoch=0)
+    # an empty sentence or document between others is skipped, never chosen as random B
+    docs = [[[5, 6, 7], [], [8, 9, 10]], [[]], [[11, 12], [13, 14, 15]], [[], []]]
+    for epoch in range(20):
+        for inst in ExampleIndex([ArrayShard.from_documents(docs)], 32, nsp=True, seed=0, epoch=epoch).instances():
+            assert inst.tokens_a and inst.tokens_b and inst.source_a in (0, 2) and inst.source_b in (0, 2)

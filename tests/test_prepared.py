@@ -175,3 +175,20 @@ def test_pretrain_refuses_a_bad_prepared_directory_before_training(corpus, token
     with pytest.raises(SystemExit):
         main(_pretrain(tmp_path / "run", "--data", str(data), "--train", str(corpus)))
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_run_directory_keeps_its_prepared_text_through_overwrite_and_a_refused_resume(corpus, tokenizer, tmp_path,
+                                                                                       capsys):
+    tokenizer.save_pretrained(tmp_path / "vocab")
+    run = tmp_path / "run"
+    assert main(_pretrain(run, "--train", str(corpus), "--tokenizer", str(tmp_path / "vocab"))) == 0
+    prepared = _files(run / "data")
+    # found in review: --overwrite deleted the data/ it was given as --data, then failed to read it
+    assert main(_pretrain(run, "--data", str(run / "data"), "--overwrite")) == 0
+    assert _files(run / "data") == prepared
+    # a resume with other text is refused before data/ is touched (it used to be deleted and prepared again)
+    other = tmp_path / "other.txt"
+    other.write_text("北京欢迎你。今天天气很好。\n\n新年快乐！我们去上海。\n", encoding="utf-8")
+    assert main(_pretrain(run, "--train", str(other), "--tokenizer", str(tmp_path / "vocab"), "--resume")) == 2
+    assert "holds a prepare with other settings (inputs:" in capsys.readouterr().err
+    assert _files(run / "data") == prepared

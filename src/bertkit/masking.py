@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bertkit.errors import DataError
+
 IGNORE_INDEX = -100  # label of positions that are not predicted (transformers' convention)
 
 # A token is stored as one int: its id in the low 30 bits, "begins a word" in bit 30. The instance builders move
@@ -228,19 +230,22 @@ class ExampleIndex:
         self.doc_starts = np.concatenate([[0], np.cumsum([len(s.documents) - 1 for s in self.shards])]).astype(np.int64)
         self.stats = {"split_sentences": 0, "unused_chunks": 0, "unused_tokens": 0, "documents": 0}
         if len(self.shards) >= 2**16 or any(len(s.tokens) >= 2**32 for s in self.shards):
-            raise ValueError("more than 65,535 shards or 2**32 tokens in one shard")
+            raise DataError("more than 65,535 shards or 2**32 tokens in one shard: prepare with a larger --shard-chars")
         # 10 bytes per example: the shard, the first token within it, the length, and NSP's target length; each
         # shard's lists become arrays at once, so the build never holds more than one shard's Python lists
+        # (an NSP chunk may reach twice max_tokens: lengths take 4 bytes beyond max_seq_len 32,768)
+        size = np.uint16 if 2 * self.max_tokens < 2**16 else np.uint32
         parts = []
         for k in range(len(self.shards)):
             starts, lengths, targets = self._nsp_chunks(k, short_seq_prob) if nsp else self._packed_chunks(k)
             parts.append((np.full(len(starts), k, dtype=np.uint16), np.asarray(starts, dtype=np.uint32),
-                          np.asarray(lengths, dtype=np.uint16), np.asarray(targets, dtype=np.uint16)))
+                          np.asarray(lengths, dtype=size), np.asarray(targets, dtype=size)))
         self.shard, self.start, self.length, self.target = (
             np.concatenate([p[j] for p in parts]) if parts else np.zeros(0, dtype) for j, dtype in
-            enumerate((np.uint16, np.uint32, np.uint16, np.uint16)))
+            enumerate((np.uint16, np.uint32, size, size)))
         if nsp and self.stats["documents"] < 2:
-            raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
+            raise DataError("NSP needs at least two documents with text (B must come from another document); a "
+                            "blank line separates documents, or pass --no-nsp")
 
     def __len__(self) -> int:
         return len(self.start)
@@ -327,23 +332,39 @@ class ExampleIndex:
         sentence = int(np.searchsorted(shard.sentences, token, side="right")) - 1
         return int(self.doc_starts[k]) + int(np.searchsorted(shard.documents, sentence, side="right")) - 1
 
-    def _document_span(self, document: int) -> tuple[Shard, int, int]:
+    def _document_sentences(self, document: int) -> tuple[int, int, int]:
+        """(shard, first sentence, end sentence) of a (global) document."""
         k = int(np.searchsorted(self.doc_starts, document, side="right")) - 1
         shard = self.shards[k]
         local = document - int(self.doc_starts[k])
-        first, last = int(shard.documents[local]), int(shard.documents[local + 1])
-        return shard, int(shard.sentences[first]), int(shard.sentences[last])
+        return k, int(shard.documents[local]), int(shard.documents[local + 1])
 
     def _other_document(self, document: int, rng: np.random.Generator) -> tuple[int, Shard, int, int]:
+        """A random document with text other than `document`, uniformly (redrawn when empty or the same)."""
         total = int(self.doc_starts[-1])
-        other = int(rng.integers(total))
-        for _ in range(total):
+        for _ in range(1000):
+            other = int(rng.integers(total))
             if other != document:
-                shard, t0, t1 = self._document_span(other)
-                if t1 > t0:
-                    return other, shard, t0, t1
-            other = (other + 1) % total  # an empty or the same document: the next one
-        raise ValueError("NSP needs at least two non-empty documents (B must come from another document)")
+                k, first, last = self._document_sentences(other)
+                shard = self.shards[k]
+                if int(shard.sentences[last]) > int(shard.sentences[first]):
+                    return other, k, first, last
+        raise DataError("NSP found no other document with text in 1,000 draws: the corpus is almost all empty "
+                        "documents")
+
+    def _random_text(self, document: int, need: int, rng: np.random.Generator) -> tuple[int, list[int]]:
+        """NotNext's B: from another document, whole units from a random sentence on until `need` tokens (or the
+        document's end); only the sentences it takes are read, however long the document."""
+        other, k, first, last = self._other_document(document, rng)
+        shard = self.shards[k]
+        sentence = int(rng.integers(first, last))
+        window = np.asarray(shard.sentences[sentence : min(sentence + 64, last) + 1], dtype=np.int64)
+        units = _unit_bounds(window, self.max_tokens).tolist()
+        if units[-1] == units[0]:  # only empty sentences there: the whole document (it has text)
+            whole = np.asarray(shard.sentences[first : last + 1], dtype=np.int64)
+            units = _unit_bounds(whole, self.max_tokens).tolist()
+        end = next((u for u in units[1:] if u - units[0] >= need), units[-1])
+        return other, shard.tokens[units[0] : end].tolist()
 
     def instance(self, i: int) -> Instance:
         if not 0 <= i < len(self):
@@ -360,12 +381,7 @@ class ExampleIndex:
         a_end = units[int(rng.integers(1, len(units) - 1))]
         tokens_a = shard.tokens[t0:a_end].tolist()
         if rng.random() < 0.5:
-            source, other, b0, b1 = self._other_document(document, rng)
-            b_units = self._units(other, b0, b1)
-            first = int(rng.integers(len(b_units) - 1))
-            need = int(self.target[i]) - len(tokens_a)
-            end = next((u for u in b_units[first + 1 :] if u - b_units[first] >= need), b_units[-1])
-            tokens_b = other.tokens[b_units[first] : end].tolist()
+            source, tokens_b = self._random_text(document, int(self.target[i]) - len(tokens_a), rng)
             label = 1
         else:
             tokens_b = shard.tokens[a_end:t1].tolist()

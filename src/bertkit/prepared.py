@@ -207,7 +207,8 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
         options = replace(options, shard_chars=min(1_000_000, max(50_000, total_bytes // 64)))
     settings = {"format": FORMAT_VERSION, "vocabulary_sha256": vocabulary_fingerprint(tokenizer),
                 "vocab_size": tokenizer.vocab_size, "options": asdict(options),
-                "inputs": [str(p) for p in files], "heldout_inputs": [str(p) for p in heldout_files]}
+                "inputs": [os.path.abspath(p) for p in files],
+                "heldout_inputs": [os.path.abspath(p) for p in heldout_files]}
     _check_or_write_settings(output, settings, replace_changed)
     if not (output / "tokenizer" / "vocab.txt").is_file():
         tokenizer.save_pretrained(output / "tokenizer")
@@ -384,6 +385,21 @@ class PreparedSplit:
         return [arrays.tokens[int(a) : int(b)] for a, b in itertools.pairwise(offsets.tolist())]
 
 
+def _raise_open_files_limit(needed: int) -> None:
+    """Each memory-mapped array holds a file descriptor: lift the soft limit (often 1,024) toward the hard one."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            raise DataError(f"{needed // 3} shards need {needed} open files; the limit is {hard}: prepare with a "
+                            "larger --shard-chars, or raise `ulimit -n`")
+
+
 class PreparedCorpus:
     """A prepared directory, checked before use: its manifest, every shard's sha256, and (when a tokenizer is
     given) that it was prepared with the same vocabulary."""
@@ -420,6 +436,7 @@ class PreparedCorpus:
                             raise DataError(f"shard {split}/{name} does not match its sha256 in the manifest (the "
                                             "file changed or is damaged); prepare the corpus again",
                                             str(self.directory))
+        _raise_open_files_limit(3 * sum(len(info["shards"]) for info in splits.values()) + 256)
         self.splits = {split: PreparedSplit(self.directory / split, info["shards"]) for split, info in splits.items()}
 
     def digest(self, split: str) -> list[str]:

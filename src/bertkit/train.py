@@ -775,6 +775,7 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
                 window_start = time.perf_counter()
         if progress is not None:
             progress.close()
+        del batches  # the loader's workers end here, not after the final evaluation and checkpoint
         last_eval = evaluate()  # inside the try: Ctrl-C during the final evaluation still saves the trained steps
     except KeyboardInterrupt:
         if progress is not None:

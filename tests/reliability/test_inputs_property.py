@@ -8,7 +8,6 @@ import re
 import string
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

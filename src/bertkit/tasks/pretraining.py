@@ -274,7 +274,7 @@ def pretrain(
             raise DataError("no tokenizer/ in the prepared directory (prepared by an older bertkit?): give "
                             "--tokenizer", str(data))
         tok = Tokenizer.from_pretrained(Path(data) / "tokenizer")
-    corpus = PreparedCorpus(data, tok) if data is not None else None
+    corpus = PreparedCorpus(data, tok, verify=rank == 0) if data is not None else None
     model = None
     if init_from is not None:
         torch.manual_seed(config.seed)
@@ -283,9 +283,10 @@ def pretrain(
         if model.config.vocab_size < tok.vocab_size:
             raise DataError(f"the vocabulary has {tok.vocab_size} tokens but {init_from} has only "
                             f"{model.config.vocab_size} embeddings", str(init_from))
-    # claim the run directory before writing a vocabulary or prepared text into it (--overwrite deletes both)
+    # claim the run directory before writing a vocabulary or prepared text into it (--overwrite deletes both; not
+    # a data/ given as --data, which may be the one an earlier --train run prepared there)
     held_before = held_run_dir(output)
-    open_run_dir(config, rank, own=("tokenizer", "data"))
+    open_run_dir(config, rank, own=("tokenizer", "data") if data is None else ("tokenizer",))
     try:
         if tok is None:
             vocab_dir = output / "tokenizer"
@@ -301,7 +302,10 @@ def pretrain(
             # prepared once into the run directory; a resume finds the shards intact and does not tokenize again
             prepared = output / "data"
             if rank == 0:
-                prepare(files, tok, prepared, heldout=held or None, replace_changed=True, workers=prepare_workers,
+                # a fresh run replaces a data/ prepared from other text or options; a resume refuses to (the text
+                # is what the checkpoint was trained on) unless changes are allowed
+                prepare(files, tok, prepared, heldout=held or None, workers=prepare_workers,
+                        replace_changed=not config.resume or config.allow_resume_changes,
                         options=PrepareOptions(whole_word=options.whole_word, heldout_fraction=0.0 if held
                                                else heldout_fraction, seed=config.seed), progress=config.progress)
             if dist.is_initialized():
@@ -324,6 +328,9 @@ def pretrain(
                             f"{model.config.max_position_embeddings}")
         task = PretrainingTask(tok, train.shards, heldout.shards if heldout is not None else [], options,
                                seed=config.seed, data_digest=corpus.digest("train"))
+        task.num_examples(0)  # both indexes now: a corpus NSP cannot use fails here, not at the final evaluation
+        if heldout is not None:
+            task.examples(HELDOUT_EPOCH, "held-out")
         if rank == 0:
             from bertkit.model import num_parameters
             from bertkit.train import steps_summary
