@@ -63,13 +63,14 @@ def replicate(prepared: Path, out: Path, times: int) -> None:
     (out / "tokenizer").symlink_to(prepared / "tokenizer")
 
 
-def pretrain_run(data: Path, output: Path, *flags: str, threads: int) -> dict[str, float]:
+def pretrain_run(data: Path, output: Path, *flags: str, threads: int, extra_env: dict[str, str] | None = None
+                 ) -> dict[str, float]:
     """`bertkit pretrain --data` in a fresh process: seconds from launch to the first step's record, in all, the
     process's peak RSS (wait4 on this child; batch workers are its children, counted apart), and the mean training
     tokens/s past the first quarter of the steps."""
     argv = [sys.executable, "-m", "bertkit.cli", "pretrain", "--data", str(data), "--output-dir", str(output),
             "--no-progress", "--no-bf16", "--log-every", "1", "--whole-word-masking", *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src"), **(extra_env or {})}
     metrics = output / "metrics.jsonl"
     started = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -143,12 +144,19 @@ def main() -> int:
                                    threads=cores)
                 speed_rows.append({"model": size, "workers": workers, **row})
                 print(f"speed {size} workers={workers}: {row}", flush=True)
+        # the heap limit of train.limit_heap_growth against glibc's default, mini, 0 workers
+        heap_rows = []
+        for label, env in (("glibc default", {"BERTKIT_MMAP_THRESHOLD": "0"}), ("128 KiB mmap threshold", {})):
+            row = pretrain_run(prepared, work / f"heap-{len(heap_rows)}", "--model-size", "mini", "--batch-size", "64",
+                               "--max-steps", str(args.speed_steps), threads=cores, extra_env=env)
+            heap_rows.append({"allocator": label, **row})
+            print(f"heap {label}: {row}", flush=True)
     base = scale_rows[0]
     result = {"cpu": cpu_name(), "cores": cores, "corpus_mb": round(megabytes, 1), "copies": args.copies,
               "whole_word": True, "prepare": rows, "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
               "byte_identical": identical, "scale": scale_rows,
               "rss_ratio_largest": round(scale_rows[-1]["peak_rss_mb"] / base["peak_rss_mb"], 3),
-              "speed": speed_rows}
+              "speed": speed_rows, "heap": heap_rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     table = [f"{result['cpu']}, {cores} cores. `prepare-data` on the embedded corpus ({megabytes:.1f} MB of text, "
@@ -170,6 +178,10 @@ def main() -> int:
         zero = next(z for z in speed_rows if z["model"] == r["model"] and z["workers"] == 0)
         table.append(f"| {r['model']} | {r['workers']} | {r['tokens_per_s']:,} | "
                      f"{r['tokens_per_s'] / zero['tokens_per_s']:.2f}x |")
+    table += ["", f"Heap growth (mini, 0 workers, {args.speed_steps} steps): glibc's default against the fixed mmap "
+              "threshold `fit` sets (`BERTKIT_MMAP_THRESHOLD`):", "",
+              "| allocator | peak RSS (MB) | tokens/s |", "|---|---|---|"]
+    table += [f"| {r['allocator']} | {r['peak_rss_mb']} | {r['tokens_per_s']:,} |" for r in heap_rows]
     (OUT / "scale.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return 0 if identical else 1
