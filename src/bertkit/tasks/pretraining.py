@@ -247,8 +247,9 @@ def pretrain(
 
     from bertkit.errors import DataError
     from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, prepare
-    from bertkit.train import distributed_setup, fit, held_run_dir, open_run_dir, release_run_dir
+    from bertkit.train import distributed_setup, fit, held_run_dir, limit_heap_growth, open_run_dir, release_run_dir
 
+    limit_heap_growth()  # before the shards are checked and indexed, whose temporaries would otherwise stay in the heap
     options = options or PretrainingOptions()
     rank, _ = distributed_setup()
     if (data is None) == (not train_files):
