@@ -571,17 +571,18 @@ def _quiet_batch_worker(worker_id: int) -> None:
     torch.set_num_threads(1)  # the training process's threads do the math; a worker builds batches in Python
 
 def limit_heap_growth() -> int:
-    """Stop glibc's heap from growing with every new tensor shape; returns the threshold set (0: none).
+    """Opt-in (`BERTKIT_MMAP_THRESHOLD=BYTES`): stop glibc's heap from growing with every new tensor shape; returns
+    the threshold set (0: none, glibc's default).
 
-    The no-padding engine gives every batch other shapes; glibc then keeps freed activation buffers in its heap
-    (its mmap threshold rises to 32 MB after the first large free) and the heap fragments: mini, batch 64 x 128,
-    went 0.5 -> 2.4 GB in 50 steps and 3.1 GB in a long run. A fixed 128 KiB threshold (malloc(3): M_MMAP_THRESHOLD)
-    returns every large buffer to the system when freed; the same 50 steps stay near 1.3 GB.
-    `BERTKIT_MMAP_THRESHOLD=0` keeps glibc's default (another value: that many bytes)."""
+    The no-padding engine gives every batch other shapes; glibc keeps freed activation buffers in its heap (its mmap
+    threshold rises to 32 MB after the first large free) and the heap fragments: mini, batch 64 x 128, went
+    0.5 -> 2.4 GB in 50 steps, 3.1 GB in a long run. A fixed threshold (malloc(3): M_MMAP_THRESHOLD) such as 131072
+    returns every large buffer to the system when freed (the same 50 steps stay near 1.3 GB), but each buffer is
+    then mapped and zeroed anew: bench/scale.py measured mini 35% slower, so it is not the default."""
     import ctypes
     import ctypes.util
 
-    threshold = int(os.environ.get("BERTKIT_MMAP_THRESHOLD", 128 * 1024))
+    threshold = int(os.environ.get("BERTKIT_MMAP_THRESHOLD", 0))
     if threshold <= 0 or not sys.platform.startswith("linux"):
         return 0
     try:
