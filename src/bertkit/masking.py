@@ -339,8 +339,9 @@ class ExampleIndex:
         local = document - int(self.doc_starts[k])
         return k, int(shard.documents[local]), int(shard.documents[local + 1])
 
-    def _other_document(self, document: int, rng: np.random.Generator) -> tuple[int, Shard, int, int]:
-        """A random document with text other than `document`, uniformly (redrawn when empty or the same)."""
+    def _other_document(self, document: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(document, shard, first sentence, end sentence) of a random document with text other than `document`,
+        drawn uniformly (redrawn when empty or the same)."""
         total = int(self.doc_starts[-1])
         for _ in range(1000):
             other = int(rng.integers(total))

@@ -311,7 +311,8 @@ def pretrain(
                                                else heldout_fraction, seed=config.seed), progress=config.progress)
             if dist.is_initialized():
                 dist.barrier()
-            corpus = PreparedCorpus(prepared, tok, verify=rank == 0)
+            # prepare() has just written each shard or found it intact by the same sha256 check: not hashed again
+            corpus = PreparedCorpus(prepared, tok, verify=False)
         elif options.whole_word and not corpus.whole_word:
             raise DataError("prepared without --whole-word-masking (it holds no word starts): prepare it again "
                             "with --whole-word-masking, or pre-train without it", str(data))
