@@ -9,7 +9,7 @@ with Chinese whole-word masking (jieba):
 3. Training tokens/s with 0 (batches built in the training process) and 1..cores batch-building workers, tiny and
    mini, same data and steps.
 
-    .venv/bin/python bench/scale.py [--copies N]        (~6 minutes at 1 copy on 2 cores)
+    .venv/bin/python bench/scale.py [--copies N]        (~12 minutes at 1 copy on 2 cores)
 
 Writes bench/results/scale.json and .md.
 """
@@ -64,8 +64,8 @@ def replicate(prepared: Path, out: Path, times: int) -> None:
 
 
 def anonymous_kb(pid: int) -> int:
-    """The process's private memory now (RssAnon): what it allocated, without the page-cache pages of the mapped
-    shards that RSS also counts (clean, shared with the cache, dropped by the kernel under pressure)."""
+    """The process's private memory now (RssAnon): what it allocated, without the file pages that RSS also counts
+    (the mapped code of torch and its libraries)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("RssAnon:"):
@@ -111,6 +111,8 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=1, help="the embedded corpus this many times")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 50], help="pretrain --data corpus sizes")
     parser.add_argument("--speed-steps", type=int, default=60, help="steps of each tokens/s run")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="tokens/s runs per (model, workers), interleaved; the table gives their median")
     args = parser.parse_args()
 
     from bertkit.corpus import prepare_embedded_corpus
@@ -150,14 +152,21 @@ def main() -> int:
                                "--max-steps", "20", threads=cores)
             scale_rows.append({"copies": times, "tokens": tokens * times, **row})
             print(f"scale {times}x: {row}", flush=True)
+        # rounds of 0..cores workers in turn, so a slow spell of the machine hits every setting alike
         speed_rows = []
         for size in ("tiny", "mini"):
-            for workers in range(cores + 1):
-                row = pretrain_run(prepared, work / f"speed-{size}-{workers}", "--model-size", size, "--batch-size",
-                                   "64", "--max-steps", str(args.speed_steps), "--workers", str(workers),
-                                   threads=cores)
-                speed_rows.append({"model": size, "workers": workers, **row})
-                print(f"speed {size} workers={workers}: {row}", flush=True)
+            runs: dict[int, list[dict[str, float]]] = {w: [] for w in range(cores + 1)}
+            for repeat in range(args.repeats):
+                for workers in range(cores + 1):
+                    row = pretrain_run(prepared, work / f"speed-{size}-{workers}-{repeat}", "--model-size", size,
+                                       "--batch-size", "64", "--max-steps", str(args.speed_steps), "--workers",
+                                       str(workers), threads=cores)
+                    runs[workers].append(row)
+                    print(f"speed {size} workers={workers} run {repeat + 1}: {row}", flush=True)
+            for workers, rows_w in runs.items():
+                speeds = sorted(r["tokens_per_s"] for r in rows_w)
+                median = next(r for r in rows_w if r["tokens_per_s"] == speeds[len(speeds) // 2])
+                speed_rows.append({"model": size, "workers": workers, **median, "runs_tokens_per_s": speeds})
         # the opt-in heap limit of train.limit_heap_growth against glibc's default, mini, 0 workers
         heap_rows = []
         opt_in = {"BERTKIT_MMAP_THRESHOLD": "131072"}
@@ -189,12 +198,14 @@ def main() -> int:
     table += ["", f"At {scale_rows[-1]['copies']}x: peak RSS **{result['rss_ratio_largest']}x** that at 1x, peak "
               f"private memory (RssAnon, sampled every 20 ms) **{result['anon_ratio_largest']}x**.", "",
               f"Training tokens/s, batches built in the training process (0 workers) or in worker processes "
-              f"(batch 64, {args.speed_steps} steps, mean past the first quarter):", "",
-              "| model | workers | tokens/s | vs 0 workers |", "|---|---|---|---|"]
+              f"(batch 64, {args.speed_steps} steps, mean past the first quarter; median of {args.repeats} runs, "
+              "taken in turn):", "",
+              "| model | workers | tokens/s (median) | vs 0 workers | every run |", "|---|---|---|---|---|"]
     for r in speed_rows:
         zero = next(z for z in speed_rows if z["model"] == r["model"] and z["workers"] == 0)
         table.append(f"| {r['model']} | {r['workers']} | {r['tokens_per_s']:,} | "
-                     f"{r['tokens_per_s'] / zero['tokens_per_s']:.2f}x |")
+                     f"{r['tokens_per_s'] / zero['tokens_per_s']:.2f}x | "
+                     f"{', '.join(f'{v:,}' for v in r['runs_tokens_per_s'])} |")
     table += ["", f"Heap growth (mini, 0 workers, {args.speed_steps} steps): glibc's default against the fixed mmap "
               "threshold `BERTKIT_MMAP_THRESHOLD` opts into:", "",
               "| allocator | peak RSS (MB) | tokens/s |", "|---|---|---|"]

@@ -192,3 +192,37 @@ def test_a_run_directory_keeps_its_prepared_text_through_overwrite_and_a_refused
     assert main(_pretrain(run, "--train", str(other), "--tokenizer", str(tmp_path / "vocab"), "--resume")) == 2
     assert "holds a prepare with other settings (inputs:" in capsys.readouterr().err
     assert _files(run / "data") == prepared
+
+
+def test_file_arrays_read_like_numpy_without_mapping_the_file(tmp_path):
+    """Shards are read with pread, so what a run reads is not held in its RSS: slices, items and searchsorted (both
+    sides, through the in-memory sample) equal numpy's; the file is never mapped; a pickled copy reads the same."""
+    import pickle
+
+    from bertkit.prepared import FileArray
+
+    rng = np.random.default_rng(0)
+    values = np.cumsum(rng.integers(0, 3, size=3000)).astype(np.int64)  # sorted, with runs of equal values
+    path = tmp_path / "a.npy"
+    np.save(path, values)
+    array = FileArray(path)
+    assert len(array) == len(values) and array.dtype == values.dtype
+    for a, b in [(0, 10), (511, 1025), (2990, 5000), (-7, None), (100, 50)]:
+        np.testing.assert_array_equal(array[a:b], values[a:b])
+    assert array[0] == values[0] and array[-1] == values[-1] and array[1234] == values[1234]
+    with pytest.raises(IndexError):
+        array[3000]
+    edges = [-1, values[0], values[-1], values[-1] + 1]
+    probes = np.concatenate([edges, values[::97], rng.integers(-2, values[-1] + 3, 200)])
+    for v in probes.tolist():
+        for side in ("left", "right"):
+            assert array.searchsorted(v, side=side) == int(np.searchsorted(values, v, side=side)), (v, side)
+    np.testing.assert_array_equal(np.asarray(array), values)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) not in maps.read_text()
+    copy = pickle.loads(pickle.dumps(array))
+    np.testing.assert_array_equal(copy[5:900], values[5:900])
+    np.save(tmp_path / "b.npy", np.zeros((2, 2)))
+    with pytest.raises(DataError, match="one-dimensional"):
+        FileArray(tmp_path / "b.npy")

@@ -203,7 +203,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    """Tokenize a pre-training corpus once, in parallel, into memory-mapped shards (plain text or .gz, files or
+    """Tokenize a pre-training corpus once, in parallel, into .npy token shards (plain text or .gz, files or
     directories; Google's format); deterministic for any --workers, resumable after an interruption."""
     from bertkit.prepared import PrepareOptions, prepare
 

@@ -159,7 +159,7 @@ class Shard(Protocol):
     sentences: np.ndarray  # offsets into tokens: sentence i is tokens[sentences[i] : sentences[i + 1]]
     documents: np.ndarray  # offsets into sentences: document j is sentences documents[j] .. documents[j + 1]
 
-    def read(self, name: str) -> np.ndarray: ...  # a whole array in memory (not through a memory map)
+    def read(self, name: str) -> np.ndarray: ...  # a whole array in memory, freed after use
 
 
 @dataclass
@@ -167,11 +167,10 @@ class ArrayShard:
     tokens: np.ndarray
     sentences: np.ndarray
     documents: np.ndarray
-    files: dict[str, str] | None = None  # .npy paths of memory-mapped arrays
+    files: dict[str, str] | None = None  # .npy paths of arrays read from files (prepared.FileArray)
 
     def read(self, name: str) -> np.ndarray:
-        """A whole array, read from its file into memory that is freed after use: reading it through the memory
-        map would leave every page of it resident in this process for the rest of the run."""
+        """A whole array, read from its file into memory that is freed after use."""
         if self.files is None:
             return np.asarray(getattr(self, name))
         return np.load(self.files[name], allow_pickle=False)
@@ -321,16 +320,16 @@ class ExampleIndex:
     def _units(self, shard: Shard, t0: int, t1: int) -> list[int]:
         """Unit boundaries from token t0 to t1 of a shard (both included)."""
         sentences = shard.sentences
-        lo = max(int(np.searchsorted(sentences, t0, side="right")) - 1, 0)
-        hi = int(np.searchsorted(sentences, t1, side="left"))
+        lo = max(int(sentences.searchsorted(t0, side="right")) - 1, 0)
+        hi = int(sentences.searchsorted(t1, side="left"))
         bounds = _unit_bounds(np.asarray(sentences[lo : hi + 1], dtype=np.int64), self.max_tokens)
         return bounds[(bounds >= t0) & (bounds <= t1)].tolist()
 
     def _document_of(self, k: int, token: int) -> int:
         """The (global) document holding a shard's token."""
         shard = self.shards[k]
-        sentence = int(np.searchsorted(shard.sentences, token, side="right")) - 1
-        return int(self.doc_starts[k]) + int(np.searchsorted(shard.documents, sentence, side="right")) - 1
+        sentence = int(shard.sentences.searchsorted(token, side="right")) - 1
+        return int(self.doc_starts[k]) + int(shard.documents.searchsorted(sentence, side="right")) - 1
 
     def _document_sentences(self, document: int) -> tuple[int, int, int]:
         """(shard, first sentence, end sentence) of a (global) document."""

@@ -1,4 +1,4 @@
-"""Prepared corpora: raw text tokenized once, in parallel processes, into memory-mapped token shards with a manifest.
+"""Prepared corpora: raw text tokenized once, in parallel processes, into .npy token shards with a manifest.
 
 A prepared directory holds, for the training documents and (optionally) the held-out ones:
 
@@ -18,6 +18,7 @@ written atomically and a shard's .json last: a prepare that is interrupted resum
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import itertools
 import json
@@ -355,9 +356,90 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
 
 # ---- reading -------------------------------------------------------------------------------------------------------
 
+class FileArray:
+    """A one-dimensional .npy array read piecewise with `os.pread`, never memory-mapped: what a run has read stays in
+    the kernel's page cache (shared, evictable), not in the process. A map would keep every page it touched, and the
+    16 pages the kernel maps around each fault, resident in the process until the run ends, so a long run over a
+    large corpus would end up holding the corpus in its RSS.
+
+    Supports what the example builder needs: `len`, an integer, a slice with step 1 (a new array),
+    `searchsorted` (one read through a sample of every 512th value kept in memory), and `np.asarray` (the whole
+    array). Forked workers share the descriptor (pread has no file position); pickling reopens the file.
+    """
+
+    SAMPLE = 512
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _fortran_order, dtype = read_header(f)
+            self.offset = f.tell()
+        if len(shape) != 1 or dtype.hasobject:
+            raise DataError(f"expected a one-dimensional numeric array, found shape {shape} of {dtype}", self.path)
+        self.dtype, self.shape = dtype, shape
+        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._sample: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        size = self.dtype.itemsize
+        want = max(stop - start, 0) * size
+        data = os.pread(self.fd, want, self.offset + start * size) if want else b""
+        while len(data) < want:  # a short read (rare): read the rest
+            more = os.pread(self.fd, want - len(data), self.offset + start * size + len(data))
+            if not more:
+                raise DataError(f"file ends {want - len(data)} bytes early", self.path)
+            data += more
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __getitem__(self, key: int | slice) -> Any:
+        n = len(self)
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                raise ValueError("FileArray slices take step 1")
+            return self._read(start, max(start, stop))
+        index = int(key)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(key)
+        return self._read(index, index + 1)[0]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        data = self._read(0, len(self))
+        return data if dtype is None else data.astype(dtype)
+
+    def searchsorted(self, value: int, side: str = "left") -> int:
+        """np.searchsorted on the sorted file: the sample narrows it to one block of SAMPLE values, read at once."""
+        if self._sample is None:
+            self._sample = np.array(np.asarray(self)[:: self.SAMPLE])
+        block = int(np.searchsorted(self._sample, value, side=side))  # the answer lies in the block before it
+        first = max(block - 1, 0) * self.SAMPLE
+        stop = min(first + self.SAMPLE + 1, len(self))
+        return first + int(np.searchsorted(self[first:stop], value, side=side))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class PreparedSplit:
-    """The documents of one split, memory-mapped: `len(split)` documents; `split[i]` is document i as a list of
-    token-code arrays (views into the mapped file, no copy)."""
+    """The documents of one split, read from their files on demand (`FileArray`): `len(split)` documents;
+    `split[i]` is document i as a list of token-code arrays."""
 
     def __init__(self, directory: Path, records: list[dict[str, Any]]) -> None:
         self.shards = []
@@ -365,7 +447,7 @@ class PreparedSplit:
         for record in records:
             stem = _shard_stem(directory, record["index"])
             files = {name: str(stem.with_name(f"{stem.name}.{name}.npy")) for name in ARRAYS}
-            arrays = {name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in files.items()}
+            arrays = {name: FileArray(path) for name, path in files.items()}
             self.shards.append(ArrayShard(**arrays, files=files))
             starts.append(starts[-1] + record["documents"])
         self.starts = np.array(starts, dtype=np.int64)
@@ -386,7 +468,7 @@ class PreparedSplit:
 
 
 def _raise_open_files_limit(needed: int) -> None:
-    """Each memory-mapped array holds a file descriptor: lift the soft limit (often 1,024) toward the hard one."""
+    """Each shard array holds a file descriptor: lift the soft limit (often 1,024) toward the hard one."""
     try:
         import resource
     except ImportError:  # not on this platform

@@ -237,7 +237,7 @@ def pretrain(
 ) -> Any:
     """Pre-train BERT; `config` is a `train.TrainConfig`.
 
-    The text comes from `data` (a directory written by `bertkit prepare-data`, read by memory map) or from
+    The text comes from `data` (a directory written by `bertkit prepare-data`, read piecewise from its files) or from
     `train_files` (Google's format: plain or .gz files, or directories), which are prepared into the run
     directory's `data/` once and reused on resume. The vocabulary comes from `tokenizer` (a checkpoint or vocabulary
     directory, or a Tokenizer), from `init_from`, from the prepared directory, or is trained on the training files;
