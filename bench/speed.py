@@ -1,4 +1,5 @@
-"""bertkit vs transformers (and onnxruntime) on this CPU, in one process: inference, pre-training steps, memory, MFU.
+"""bertkit vs transformers (and onnxruntime) on this CPU, in one process: inference, pre-training steps, memory, MFU;
+the same on the GPU (bf16, BERT-base) where torch sees one.
 
     .venv/bin/python bench/speed.py            (run by `make bench`; ~10 minutes on 2 cores)
     .venv/bin/python bench/speed.py --quick    (fewer repetitions, for a smoke run)
@@ -235,6 +236,127 @@ def bench_pretraining(repeats: int, work: Path, peaks: dict[str, float]) -> list
     return rows
 
 
+# ---- CUDA (only where torch sees a GPU) -----------------------------------------------------------------------------
+
+def cuda_matmul_peak(repeats: int = 20) -> float:
+    """Best bf16 FLOP/s of torch.mm on this GPU over large square and BERT-shaped GEMMs."""
+    best = 0.0
+    for m, k, n in ((8192, 8192, 8192), (4096, 4096, 4096), (16384, 768, 3072), (16384, 3072, 768)):
+        a = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+        b = torch.randn(k, n, dtype=torch.bfloat16, device="cuda")
+        for _ in range(3):
+            a @ b
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        torch.cuda.synchronize()
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start))
+    return best
+
+
+def _synced(fn):
+    def run():
+        fn()
+        torch.cuda.synchronize()
+    return run
+
+
+def bench_cuda(repeats: int, work: Path) -> dict:
+    """BERT-base on the GPU, bf16: inference on var-len and full batches (bertkit packed with the var-len kernel,
+    bertkit computing on padding, transformers SDPA) and the pre-training step (bertkit vs transformers), MFU
+    against the bf16 matmul peak measured here."""
+    from bertkit.device import describe
+
+    device = torch.device("cuda", 0)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    peak = cuda_matmul_peak()
+    config = BertConfig.preset("base", vocab_size=VOCAB)
+    directory = work / "cuda-base"
+    torch.manual_seed(0)
+    BertForPreTraining(config).save_pretrained(directory)
+    rows = []
+    ours = BertModel.from_pretrained(directory).to(device).eval()
+    hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
+    for kind in ("var", "full"):
+        batch = {k: v.to(device) for k, v in make_batch(kind).items()}
+        ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+
+        def padded(ids=ids, mask=mask, types=types):
+            ours.unpad = False
+            try:
+                return ours(ids, mask, types)
+            finally:
+                ours.unpad = True
+
+        fns = {"bertkit": _synced(lambda ids=ids, mask=mask, types=types: ours(ids, mask, types)),
+               "bertkit on padding": _synced(padded),
+               "transformers": _synced(lambda ids=ids, mask=mask, types=types: hf(
+                   input_ids=ids, attention_mask=mask, token_type_ids=types))}
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            seconds = alternate(fns, repeats)
+        tokens = int(mask.sum())
+        flops = forward_flops(config, batch["lengths"].cpu())
+        row = {"bench": "inference", "size": "base", "dtype": "bf16 autocast", "batch": kind, "real_tokens": tokens}
+        for name, sec in seconds.items():
+            row[f"{name}_tokens_per_s"] = tokens / sec
+            row[f"{name}_mfu"] = flops / sec / peak
+        row["speedup_vs_transformers"] = seconds["transformers"] / seconds["bertkit"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    del ours, hf
+    ours = BertForPreTraining.from_pretrained(directory).to(device).train()
+    hf = transformers.BertForPreTraining.from_pretrained(directory, attn_implementation="sdpa").to(device).train()
+    ours_opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, fused=True)
+    for kind in ("full", "var"):
+        batch = {k: v.to(device) for k, v in make_batch(kind, seed=1).items()}
+
+        def ours_cuda(b=batch):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = ours(b["input_ids"], b["attention_mask"], b["token_type_ids"], mlm_positions=b["masked"])
+                loss = cross_entropy(out.mlm_logits, b["input_ids"][b["masked"]]) + cross_entropy(out.nsp_logits,
+                                                                                                 b["nsp"])
+            loss.backward()
+            ours_opt.step()
+            ours_opt.zero_grad(set_to_none=True)
+
+        def hf_cuda(b=batch):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                         token_type_ids=b["token_type_ids"], labels=b["labels"], next_sentence_label=b["nsp"])
+            out.loss.backward()
+            hf_opt.step()
+            hf_opt.zero_grad(set_to_none=True)
+
+        seconds = alternate({"bertkit": _synced(ours_cuda), "transformers": _synced(hf_cuda)}, repeats)
+        tokens = int(batch["attention_mask"].sum())
+        flops = pretraining_flops(config, {k: v.cpu() for k, v in batch.items()})
+        row = {"bench": "pretraining step", "size": "base", "dtype": "bf16 autocast", "batch": kind,
+               "real_tokens": tokens}
+        for name, sec in seconds.items():
+            row[f"{name}_tokens_per_s"] = tokens / sec
+            row[f"{name}_mfu"] = flops / sec / peak
+        row["speedup_vs_transformers"] = seconds["transformers"] / seconds["bertkit"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"device": describe(device), "bf16_peak_tflops": peak / 1e12, "rows": rows}
+
+
+def cuda_markdown(cuda: dict | None) -> list[str]:
+    if not cuda:
+        return ["", "CUDA: **not measured** (torch saw no GPU in this run)."]
+    lines = ["", f"CUDA, {cuda['device']}; bf16 matmul peak in this run {cuda['bf16_peak_tflops']:.1f} TFLOP/s:", "",
+             "| bench | size | dtype | batch | bertkit tok/s | bertkit on padding tok/s | transformers tok/s | "
+             "speed-up | bertkit MFU | transformers MFU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in cuda["rows"]:
+        padded = f"{r['bertkit on padding_tokens_per_s']:,.0f}" if "bertkit on padding_tokens_per_s" in r else "–"
+        lines.append(f"| {r['bench']} | {r['size']} | {r['dtype']} | {r['batch']} | {r['bertkit_tokens_per_s']:,.0f} | "
+                     f"{padded} | {r['transformers_tokens_per_s']:,.0f} | **{r['speedup_vs_transformers']:.2f}x** | "
+                     f"{r['bertkit_mfu']:.0%} | {r['transformers_mfu']:.0%} |")
+    return lines
+
+
 def memory_child(library: str, directory: str) -> None:
     """Run in a child process: three bf16 pre-training steps at small, batch 32 x 128; print peak RSS."""
     if library == "bertkit":
@@ -304,6 +426,7 @@ def markdown(result: dict) -> str:
     lines += ["", "Batches: `var` = 32 sequences, lengths uniform in 16..128 (right-padded); `full` = 32 x 128. "
               "tok/s counts real (non-padding) tokens. MFU = useful matmul FLOPs on real tokens / time / the bf16 "
               "or fp32 peak above."]
+    lines += cuda_markdown(result.get("cuda"))
     return "\n".join(lines) + "\n"
 
 
@@ -311,7 +434,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--memory-child", nargs=2, metavar=("LIBRARY", "DIR"), help=argparse.SUPPRESS)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "pretraining", "memory"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "pretraining", "memory", "cuda"])
     parser.add_argument("--name", default="speed", help="output file stem in bench/results (default: %(default)s)")
     args = parser.parse_args()
     if args.memory_child:
@@ -331,6 +454,7 @@ def main() -> int:
             rows += bench_pretraining(repeats, work, peaks) if "pretraining" not in args.skip else []
             if "memory" not in args.skip:
                 memory = bench_memory(work)
+        cuda = bench_cuda(repeats, work) if torch.cuda.is_available() and "cuda" not in args.skip else None
     cpu = platform.processor() or "unknown CPU"
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -342,7 +466,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "amx": "amx_bf16" in flags,
         "avx512_bf16": "avx512_bf16" in flags, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "bertkit": bertkit.__version__,
-        "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "rows": rows, "memory": memory,
+        "matmul_peak_tflops": {k: v / 1e12 for k, v in peaks.items()}, "rows": rows, "memory": memory, "cuda": cuda,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
     OUT.mkdir(parents=True, exist_ok=True)

@@ -263,7 +263,8 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config: BertConfig = model.config
     config.architectures = [getattr(model, "hf_architecture", type(model).__name__)]
-    state = to_hf_state_dict(model)
+    # CPU copies: a checkpoint written on a GPU loads anywhere
+    state = {name: tensor.detach().cpu() for name, tensor in to_hf_state_dict(model).items()}
     atomic_write(directory / SAFETENSORS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     config.save_pretrained(directory)
     return directory

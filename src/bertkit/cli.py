@@ -263,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a fine-tuned checkpoint on a labelled file with the task's standard metrics (JSON to stdout)."""
     from bertkit.predict import Predictor
 
-    predictor = Predictor(args.checkpoint)
+    predictor = Predictor(args.checkpoint, device=args.device)
     fmt = args.format or DEFAULT_FORMATS[predictor.task]
     print(json.dumps({"task": predictor.task, "data": args.data, **predictor.evaluate(args.data, fmt)}, indent=2))
     return 0
@@ -277,7 +277,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     check_input_file(args.input)
     check_output_file(args.output)
-    predictor = Predictor(args.checkpoint)
+    predictor = Predictor(args.checkpoint, device=args.device)
     # A file output is written under a temporary name and renamed at the end: a run that stops at a bad line
     # leaves the previous output in place, not a truncated one.
     tmp: Path | None = None
@@ -349,11 +349,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """Sentence vectors from any BERT checkpoint (feature extraction): one text per line -> .npy or JSONL."""
     import numpy as np
 
+    from bertkit.device import resolve_device
     from bertkit.tasks.embed import embed, load
 
     check_input_file(args.input)
     check_output_file(args.output)
     model, tok = load(args.checkpoint)
+    model.to(resolve_device(args.device))
     if args.max_seq_len > model.config.max_position_embeddings:
         raise BertkitError(f"--max-seq-len {args.max_seq_len} exceeds {args.checkpoint}'s max_position_embeddings "
                            f"{model.config.max_position_embeddings}")
@@ -391,6 +393,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /)."""
+    from bertkit.device import resolve_device
     from bertkit.serve import ServeConfig, check_exposure, serve
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
@@ -398,9 +401,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          header_timeout_s=args.header_timeout, max_connections=args.max_connections)
     api_key = args.api_key or os.environ.get("BERTKIT_API_KEY") or None
     check_exposure(args.host, api_key, args.insecure)  # refused before the model loads
+    resolve_device(args.device)  # likewise a device this machine does not have
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
-          allow_hosts=args.allow_host)
+          allow_hosts=args.allow_host, device=args.device)
     return 0
 
 
@@ -408,6 +412,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint's encoder to ONNX (dynamic batch and sequence axes) and check it against PyTorch."""
     import numpy as np
 
+    from bertkit.device import resolve_device
     from bertkit.export import export_onnx
     from bertkit.model import BertModel
 
@@ -416,10 +421,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if Path(args.onnx).is_dir():
         raise BertkitError(f"--onnx {args.onnx}: is a directory; give the file to write (e.g. "
                            f"{Path(args.onnx) / 'model.onnx'})")
+    device = resolve_device(args.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = BertModel.from_pretrained(args.checkpoint)
-    path = export_onnx(model, args.onnx)
+        model = BertModel.from_pretrained(args.checkpoint).to(device)
+    path = export_onnx(model, args.onnx)  # traced on `device`; the file does not depend on it
     tok = Tokenizer.from_pretrained(args.checkpoint)
     batch = tok(["a first check sentence", "二"], ["with a pair", "第二"])
     try:
@@ -427,13 +433,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"{path}: written (onnxruntime not installed: not checked)")
         return 0
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), providers=providers)
     hidden, pooled = session.run(None, {k: v.numpy() for k, v in batch.items()})
     with torch.no_grad():
-        expected = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        expected = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
     keep = batch["attention_mask"].bool().numpy()
-    worst = max(float(np.abs(hidden[keep] - expected.last_hidden_state.numpy()[keep]).max()),
-                float(np.abs(pooled - expected.pooler_output.numpy()).max()))
+    worst = max(float(np.abs(hidden[keep] - expected.last_hidden_state.cpu().numpy()[keep]).max()),
+                float(np.abs(pooled - expected.pooler_output.cpu().numpy()).max()))
     print(f"{path}: written; max |onnxruntime - torch| = {worst:.1e}")
     return 0 if worst <= 1e-4 else 1
 
@@ -469,17 +478,25 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="seconds a connection may take to send its request headers (default: %(default)s)")
     p.add_argument("--max-connections", type=int_range(1), default=512,
                    help="open connections before new ones are refused (default: %(default)s)")
+    _device_arg(p)
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: CUDA where available, else "
+                   "the CPU; default: %(default)s)")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory")
     p.add_argument("--onnx", default=None, help="write the encoder as ONNX to this file")
+    _device_arg(p)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
     p.add_argument("--data", required=True, help="labelled file (or directory, for intent_slot)")
     p.add_argument("--format", default=None, help="input format (default: the task's)")
+    _device_arg(p)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -489,6 +506,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="-", help="JSONL predictions; '-' for stdout (default)")
     p.add_argument("--batch-size", type=POSITIVE, default=32, help="(default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _device_arg(p)
 
 
 def _embed_args(p: argparse.ArgumentParser) -> None:
@@ -501,6 +519,7 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="(default: %(default)s)")
     p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="(default: %(default)s)")
     p.add_argument("--raw", action="store_true", help="do not L2-normalise the vectors")
+    _device_arg(p)
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:

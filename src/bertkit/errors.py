@@ -19,3 +19,7 @@ class DataError(BertkitError, ValueError):
         super().__init__(f"{where}{message}")
         self.path = path
         self.line = line
+
+
+class DeviceError(BertkitError, ValueError):
+    """A device that does not exist here (no CUDA, an index past the last GPU, a name bertkit does not run on)."""

@@ -12,6 +12,8 @@ tensors in a NamedTuple; losses live with the tasks and the training loop.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -180,7 +182,9 @@ class Layout:
         if unpad and bool(keep[:, 0].all()):
             self.indices = keep.flatten().nonzero().squeeze(1)  # (S,)
             self.lengths = lengths.tolist()
-            self.starts = torch.cumsum(lengths, 0) - lengths  # (B,) row of each sequence's first token
+            ends = torch.cumsum(lengths, 0)
+            self.starts = ends - lengths  # (B,) row of each sequence's first token
+            self.offsets = F.pad(ends, (1, 0))  # (B + 1,) for the var-len kernel
             return
         # Additive (not boolean) so a fully padded row stays finite instead of NaN, as transformers does.
         self.bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(
@@ -222,6 +226,10 @@ class Layout:
                 return (probs.to(v.dtype) @ v).transpose(1, 2).reshape(S, H)
             y = attend(q, k, v, self.bias, dropout)  # (B, N, T, D)
             return y.transpose(1, 2).reshape(S, H)
+        if use_varlen_kernel(qkv.device):
+            y = varlen_attention(qkv, self.offsets, max(self.lengths), N, dropout)
+            if y is not None:
+                return y
         # One call per sequence, no mask: on CPU this beats padding + masking (measured in bench/attention.py).
         outputs = []
         for part in torch.split(qkv, self.lengths):  # (L, 3H) per sequence
@@ -229,6 +237,40 @@ class Layout:
             y = attend(q, k, v, None, dropout)  # (1, N, L, D)
             outputs.append(y.transpose(1, 2).reshape(-1, H))  # (L, H)
         return torch.cat(outputs)  # (S, H)
+
+
+# The packed layout's attention: "kernel" = one var-len SDPA call over a nested jagged tensor (FlashAttention /
+# memory-efficient var-len kernels on CUDA); "loop" = one SDPA call per sequence; "auto" = kernel on CUDA, loop on
+# the CPU (where the loop was faster, bench/attention.py). BERTKIT_VARLEN sets it per process.
+VARLEN = os.environ.get("BERTKIT_VARLEN", "auto")
+_varlen_failed: str | None = None  # why the kernel was given up in this process (then the loop runs)
+
+
+def use_varlen_kernel(device: torch.device) -> bool:
+    if _varlen_failed is not None or VARLEN == "loop":
+        return False
+    return VARLEN == "kernel" or device.type == "cuda"
+
+
+def varlen_attention(qkv: Tensor, offsets: Tensor, max_len: int, num_heads: int, dropout: float) -> Tensor | None:
+    """(S, 3H) packed projections of sequences that start at `offsets` -> (S, H), in one SDPA call over nested
+    jagged tensors (no padding, no mask); None, with a warning once per process, where the kernel is unavailable."""
+    global _varlen_failed
+    S, H = qkv.shape[0], qkv.shape[1] // 3
+    D = H // num_heads
+
+    def jagged(x: Tensor) -> Tensor:  # (S, N, D) -> (B, N, j, D)
+        return torch.nested.nested_tensor_from_jagged(x.contiguous(), offsets, max_seqlen=max_len).transpose(1, 2)
+
+    q, k, v = qkv.view(S, 3, num_heads, D).unbind(1)
+    try:
+        y = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), dropout_p=dropout)
+    except (RuntimeError, NotImplementedError) as exc:
+        _varlen_failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        warnings.warn(f"var-len attention kernel unavailable ({_varlen_failed[:200]}); attending one sequence at "
+                      "a time", stacklevel=2)
+        return None
+    return y.transpose(1, 2).values().reshape(S, H)
 
 
 class Embeddings(nn.Module):

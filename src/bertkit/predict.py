@@ -12,7 +12,8 @@ import torch
 
 from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
-from bertkit.errors import BertkitError, DataError
+from bertkit.device import resolve_device
+from bertkit.errors import BertkitError, DataError, DeviceError
 from bertkit.tasks import task_module
 from bertkit.tasks.base import check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
@@ -31,15 +32,19 @@ INPUT_KEYS = {
 class Predictor:
     """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string}."""
 
-    def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None
-                 ) -> None:
+    def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
+                 device: str | torch.device | None = "auto") -> None:
         """`onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
-        the encoder then runs in onnxruntime.
+        the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
+        inputs are batched on the CPU and moved there.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
         """
         self.directory = Path(directory)
+        self.device = resolve_device("cpu" if onnx is not None and device in (None, "auto") else device)
+        if onnx is not None and self.device.type != "cpu":
+            raise DeviceError(f"--onnx runs the encoder in onnxruntime on the CPU; --device {device} does not apply")
         check_directory(self.directory)
         self.info = read_task_info(self.directory)
         self.task = self.info["task"]
@@ -56,6 +61,7 @@ class Predictor:
             self.model.bert = OnnxEncoder(onnx, self.model.bert)
         if dtype is not None:
             self.model.to(dtype)
+        self.model.to(self.device)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

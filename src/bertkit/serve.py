@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves handler a
 from fastapi.responses import HTMLResponse, JSONResponse
 
 import bertkit
+from bertkit.device import describe, for_model
 from bertkit.errors import BertkitError, DataError
 from bertkit.predict import Predictor, check_encodable
 
@@ -281,7 +282,8 @@ def _host_name(header: str) -> str:
 
 
 def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None, *,
-               api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES):
+               api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES,
+               device: str | None = "auto"):
     """The FastAPI application serving one checkpoint directory.
 
     `api_key`: every request but `GET /` must send `Authorization: Bearer <api_key>`. `allowed_hosts`: the names a
@@ -290,7 +292,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
     config = config or ServeConfig()
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     expected = f"Bearer {api_key}".encode() if api_key else None
-    predictor = Predictor(directory, onnx=onnx)
+    predictor = Predictor(directory, onnx=onnx, device=device)
     batcher = Batcher(predictor, config)
     metrics = Metrics()
     @contextlib.asynccontextmanager
@@ -363,7 +365,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
         return {"status": "ok", "model": Path(directory).resolve().name, "task": predictor.task,
                 "labels": predictor.labels, "intents": predictor.info.get("intents"),
                 "version": bertkit.__version__, "backend": "onnxruntime" if onnx else f"torch {torch.__version__}",
-                "limits": asdict(config)}
+                "device": describe(predictor.device), "limits": asdict(config)}
 
     @app.get("/metrics")
     async def get_metrics() -> dict[str, Any]:
@@ -418,8 +420,9 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
         raise HttpError(422, "the attention view needs the PyTorch model (not the ONNX one)")
     batch = predictor.tokenizer(text, pair, max_length=max_tokens)
     with torch.no_grad():
+        batch = for_model(predictor.model, batch)
         maps = encoder.attention_maps(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    maps = maps[:, 0].float()  # (L, N, T, T)
+    maps = maps[:, 0].float().cpu()  # (L, N, T, T)
     return {"tokens": predictor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0]),
             "layers": maps.shape[0], "heads": maps.shape[1],
             "truncated": predictor.tokenizer.truncated_count > 0 and len(batch["input_ids"][0]) == max_tokens,
@@ -429,7 +432,7 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
 
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           onnx: str | Path | None = None, *, api_key: str | None = None, insecure: bool = False,
-          allow_hosts: Collection[str] = ()) -> None:
+          allow_hosts: Collection[str] = (), device: str | None = "auto") -> None:
     """Run the server (blocking). A non-loopback `host` needs `api_key` or `insecure` (`check_exposure`), and
     warns on stderr either way; `allow_hosts`: Host-header names besides loopback and `host` ("*": any)."""
     import sys
@@ -441,7 +444,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, conf
         print(f"bertkit serve: warning: {warning}", file=sys.stderr)
     config = config or ServeConfig()
     app = create_app(directory, config, onnx, api_key=api_key,
-                     allowed_hosts=allowed_host_names(host, allow_hosts, api_key))
+                     allowed_hosts=allowed_host_names(host, allow_hosts, api_key), device=device)
     uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
         timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections)).run()

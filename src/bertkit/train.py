@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bertkit.device import describe, resolve_device, setup_cuda, to_device
 from bertkit.errors import BertkitError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
 
@@ -80,6 +81,9 @@ class TrainConfig:
     # processes that build batches ahead of the step (torch.utils.data workers; 0: in the training process). The
     # batch of step N is the same for any number: worker w builds the steps N with N % workers == w
     workers: int = 0
+    # auto: CUDA where torch sees a GPU (this process's LOCAL_RANK GPU under torchrun), else the CPU
+    device: str = "auto"
+    compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it cannot)
     resume: bool = False
     overwrite: bool = False  # a fresh run in a directory holding a run: delete that run's outputs first
     # On --resume, continue with changed settings or training data instead of refusing: the new learning rate,
@@ -146,11 +150,19 @@ class FitResult:
 
 # ---- distributed -----------------------------------------------------------------------------------------------------
 
-def distributed_setup() -> tuple[int, int]:
-    """(rank, world size): joins the process group when started by torchrun (gloo on CPU, nccl on CUDA)."""
+_COMM_DEVICE = torch.device("cpu")  # where collectives put their tensors: the GPU under NCCL
+
+
+def distributed_setup(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world size): joins the process group when started by torchrun: NCCL when this process trains on a
+    GPU (one process per GPU, LOCAL_RANK's), gloo on the CPU."""
+    global _COMM_DEVICE
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = device if device is not None else torch.device("cpu")
+        setup_cuda(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _COMM_DEVICE = device if device.type == "cuda" else torch.device("cpu")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -159,9 +171,58 @@ def distributed_setup() -> tuple[int, int]:
 def _all_reduce_sum(values: list[float]) -> list[float]:
     if not dist.is_initialized():
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_COMM_DEVICE)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def autocast_dtype(device: torch.device, bf16: bool | None) -> torch.dtype | None:
+    """The autocast dtype of a run: bf16 where the device has it natively (`bf16=None`: decide; True: require);
+    on a GPU without bf16, fp16 (with a gradient scaler); None: float32 (TF32 matmuls on a GPU)."""
+    if bf16 is not None:
+        return torch.bfloat16 if bf16 else None
+    if bf16_supported(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
+
+
+class CompiledOrEager(nn.Module):
+    """`torch.compile(model)` that falls back to the eager model, once and with a warning, when compiling fails
+    (no C++ compiler, an unsupported op, a platform torch.compile does not cover). Attributes of the model (its
+    heads) are reachable through it, as through DDP's `.module`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+        self.failed: str | None = None
+        try:
+            self.compiled: Callable[..., Any] | None = torch.compile(model, dynamic=True)
+        except Exception as exc:  # any failure means: run eagerly
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.compiled = None
+        self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        warnings.warn(f"--compile: torch.compile failed ({self.failed[:300]}); training continues in eager mode",
+                      stacklevel=3)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # compilation happens at the first call
+                self._fall_back(exc)
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+
+def maybe_compile(model: nn.Module) -> nn.Module:
+    return CompiledOrEager(model)
 
 
 def _barrier() -> None:
@@ -553,16 +614,18 @@ class StepBatches(torch.utils.data.IterableDataset):
 
 
 def _batches(task: TrainTask, config: TrainConfig, world: int, rank: int, epoch: int, step_in_epoch: int,
-             steps: int) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+             steps: int, device: torch.device | None = None) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
     dataset = StepBatches(task, config, world, rank, epoch, step_in_epoch, steps)
     if config.workers == 0:
         return iter(dataset)
     # One loader for the whole run, so its workers live as long as the run (persistent by construction); fork, so
-    # they share the parent's memory-mapped shards instead of pickling the task
+    # they share the parent's shard files and vocabulary instead of pickling the task; batches come in pinned
+    # memory for a GPU
     # its own generator: seeding workers from torch's global one would shift the dropout stream of the training
     # process, and a run would no longer equal its resumed twin
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.workers, prefetch_factor=4,
                                          worker_init_fn=_quiet_batch_worker, generator=torch.Generator(),
+                                         pin_memory=device is not None and device.type == "cuda",
                                          multiprocessing_context="fork" if os.name == "posix" else None)
     return iter(loader)
 
@@ -598,7 +661,7 @@ def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = 
     """Train `model` on `task` as `config` says; returns the final step and the last evaluation.
 
     The output directory is locked for the run (see `open_run_dir`); Ctrl-C saves a checkpoint, then stops."""
-    rank, _ = distributed_setup()
+    rank, _ = distributed_setup(resolve_device(config.device))
     output = open_run_dir(config, rank)
     limit_heap_growth()
     try:
@@ -622,10 +685,17 @@ def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: Tr
 
 def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
          guard: _InterruptGuard | None = None) -> FitResult:
-    rank, world = distributed_setup()
+    device = resolve_device(config.device)
+    rank, world = distributed_setup(device)
+    setup_cuda(device)
+    model.to(device)
     output = Path(config.output_dir)
-    device = next(model.parameters()).device
-    use_bf16 = bf16_supported(device) if config.bf16 is None else config.bf16
+    amp_dtype = autocast_dtype(device, config.bf16)
+    use_amp = amp_dtype is not None
+    # fp16 (a GPU without bf16) needs loss scaling; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if rank == 0 and device.type == "cuda":
+        print(f"training on {describe(device)}, autocast {amp_dtype or 'off (fp32, TF32 matmuls)'}")
     global_batch = config.batch_size * config.grad_accum * world
     first_epoch_examples = task.num_examples(0)
     if first_epoch_examples < global_batch:
@@ -671,6 +741,15 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
         if changes:
             _apply_settings(optimizer, scheduler, config)
         torch.set_rng_state(state["rng"][rank])
+        saved_device = state.get("device_type", "cpu")
+        if device.type == "cuda" and state.get("cuda_rng") is not None and saved_device == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"][rank], device)
+        if saved_device != device.type and rank == 0:
+            warnings.warn(f"{resumed_from} was written on {saved_device}, this run is on {device.type}: the weights, "
+                          "optimizer and schedule continue exactly; dropout's random stream differs (bit-exact "
+                          "resume holds on one device type)", stacklevel=2)
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         if rank == 0:
             _trim_metrics(metrics_path, step)
@@ -678,23 +757,29 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     elif rank == 0 and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
 
-    train_model: nn.Module = model
+    train_model: nn.Module = maybe_compile(model) if config.compile else model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=getattr(task, "find_unused_parameters", False))
+            train_model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(task, "find_unused_parameters", False))
 
     def checkpoint() -> Path | None:
-        rng_states = [torch.get_rng_state()]
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        rng_states, cuda_states = [torch.get_rng_state()], [cuda_rng]
         if world > 1:
             gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, torch.get_rng_state())
-            rng_states = gathered
+            dist.all_gather_object(gathered, (torch.get_rng_state(), cuda_rng))
+            rng_states, cuda_states = [g[0] for g in gathered], [g[1] for g in gathered]
         path = None
         if rank == 0:
-            state = {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": world,
-                     "global_batch": global_batch, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_states, "config": _plain(asdict(config)),
-                     "fingerprint": fingerprint}
+            # on the CPU, so the file loads on any machine; the optimizer moves its state to the parameters' device
+            state = to_device({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": world,
+                               "global_batch": global_batch, "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "rng": rng_states, "config": _plain(asdict(config)),
+                               "fingerprint": fingerprint, "device_type": device.type,
+                               "cuda_rng": cuda_states if device.type == "cuda" else None,
+                               **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})},
+                              torch.device("cpu"), non_blocking=False)
             path = _write_checkpoint(output, step, task, model, state, config.keep_checkpoints)
         _barrier()
         return path
@@ -703,7 +788,7 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
         result: dict[str, float] = {}
         if rank == 0:
             model.eval()
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=use_amp):
                 result = task.evaluate(model)
             model.train()
             _append(metrics_path, {"kind": "eval", "step": step, "epoch": epoch, **result})
@@ -727,10 +812,11 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     started = time.perf_counter()
     running: dict[str, float] = {}
     running_n = 0
-    batches = _batches(task, config, world, rank, epoch, step_in_epoch, total_steps - step)
+    batches = _batches(task, config, world, rank, epoch, step_in_epoch, total_steps - step, device)
     try:
         while step < total_steps:
             epoch, step_in_epoch, micro = next(batches)
+            micro = to_device(micro, device)  # pinned by the loader on CUDA: the copies overlap the step
             # Each loss term is divided by its count over ALL micro-batches of ALL processes, so accumulation
             # and DDP (which averages gradients over processes, hence * world) give the one-big-batch gradient.
             names = sorted({k for b in micro for k in task.counts(b)})
@@ -741,21 +827,31 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
             for m, batch in enumerate(micro):
                 sync = contextlib.nullcontext() if (world == 1 or m == len(micro) - 1) else train_model.no_sync()
                 with sync:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=use_amp):
                         parts = task.loss(train_model, batch)
                     loss = sum(parts[n] / max(totals[n], 1.0) for n in parts) * world
                     if not torch.isfinite(loss):
                         finite = False
-                    loss.backward()
+                    scaler.scale(loss).backward()
                 for n, value in parts.items():
                     step_loss[n] += float(value.detach()) / max(totals[n], 1.0)
                 window_tokens += task.tokens(batch)
+            scaler.unscale_(optimizer)  # (fp16 only) the clipping below sees the true gradients
             grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                          if config.max_grad_norm > 0 else torch.tensor(0.0))
             finite = bool(_all_reduce_sum([0.0 if finite and torch.isfinite(grad_norm) else 1.0])[0] == 0.0)
-            if not finite:
+            if not finite and scaler.is_enabled() and scaler.get_scale() > 1.0:
+                # fp16 loss scaling: an overflow halves the scale and skips the step, as GradScaler does; not a
+                # bad step (the first steps of an fp16 run usually overflow a few times)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.update(scaler.get_scale() / 2)
+                _append(metrics_path, {"kind": "skipped", "step": step + 1, "reason": "fp16 overflow",
+                                       "scale": scaler.get_scale()}, rank)
+            elif not finite:
                 bad_steps += 1
                 optimizer.zero_grad(set_to_none=True)
+                if scaler.is_enabled():
+                    scaler.update()
                 warnings.warn(f"step {step + 1}: non-finite loss or gradient, update skipped "
                               f"({bad_steps} in a row)", stacklevel=2)
                 _append(metrics_path, {"kind": "skipped", "step": step + 1, "reason": "non-finite"}, rank)
@@ -767,7 +863,8 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
                     )
             else:
                 bad_steps = 0
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -856,9 +953,11 @@ def config_from_args(args: Any, **overrides: Any) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values.update(overrides)
     try:
-        return TrainConfig(**values)
+        config = TrainConfig(**values)
     except ValueError as exc:  # combinations argparse cannot see (--resume with --overwrite, no steps nor epochs)
         raise TrainingError(f"invalid training flags: {exc}") from exc
+    resolve_device(config.device)  # a device this machine lacks is refused before any data is read
+    return config
 
 
 # The range of each numeric flag (checked at parse time); TrainConfig.__post_init__ checks the same for callers.
@@ -898,6 +997,8 @@ def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> Non
         "max_bad_steps": "consecutive non-finite steps before stopping",
         "workers": "processes building batches ahead of the step (0: in the training process; the batches are the "
                    "same for any number)",
+        "device": "auto, cpu, cuda or cuda:N (auto: CUDA where available; under torchrun each process takes its "
+                  "LOCAL_RANK GPU)",
     }
     for f in fields(TrainConfig):
         name = "--" + f.name.replace("_", "-")
@@ -911,6 +1012,9 @@ def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> Non
         elif f.name == "progress":
             parser.add_argument("--no-progress", dest="progress", action="store_false", default=default,
                                 help="no progress bar")
+        elif f.name == "compile":
+            parser.add_argument("--compile", action="store_true", default=default,
+                                help="torch.compile the model (eager, with a warning, where it cannot compile)")
         elif f.name == "resume":
             parser.add_argument("--resume", action="store_true", default=default,
                                 help="continue from the newest intact checkpoint in --output-dir")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
@@ -254,7 +255,7 @@ class ClassificationTask:
     def predict_ids(self, model: nn.Module, rows: list[tuple[list[int], list[int], int]]) -> list[int]:
         predictions: list[int] = []
         for start in range(0, len(rows), self.eval_batch_size):
-            batch = self._batch(rows[start : start + self.eval_batch_size])
+            batch = for_model(model, self._batch(rows[start : start + self.eval_batch_size]))
             logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             predictions += logits.argmax(-1).tolist()
         return predictions
@@ -285,7 +286,7 @@ def predict(model: BertForSequenceClassification, tokenizer: Tokenizer, texts: l
             pairs: list[str] | None = None, max_seq_len: int = 128) -> list[dict[str, Any]]:
     """Label and per-label probabilities for each text (or pair)."""
     labels = labels_of(model.config)
-    batch = tokenizer(texts, pairs, max_length=max_seq_len)
+    batch = for_model(model, tokenizer(texts, pairs, max_length=max_seq_len))
     probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float(), -1)
     return [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist(), strict=True))}
             for p in probs]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertkit.device import for_model
 from bertkit.model import BertModel
 from bertkit.tokenizer import Tokenizer
 
@@ -26,7 +27,7 @@ def embed(model: BertModel, tokenizer: Tokenizer, texts: list[str], pooling: str
     model.eval()
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], max_length=max_seq_len)
+        batch = for_model(model, tokenizer(texts[start : start + batch_size], max_length=max_seq_len))
         result = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         hidden = result.last_hidden_state.float()  # (B, T, H)
         if pooling == "mean":

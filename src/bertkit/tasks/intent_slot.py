@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.device import device_of, for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, span_prf
@@ -201,7 +202,7 @@ def predict_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], 
     predicted_intents: list[str] = []
     decoded: list[list[int]] = []
     for start in range(0, len(pieces), batch_size):
-        batch = collate(pieces[start : start + batch_size], tokenizer.pad_token_id)
+        batch = for_model(model, collate(pieces[start : start + batch_size], tokenizer.pad_token_id))
         intent, emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                   batch["word_index"])
         predicted_intents += [intents[i] for i in intent.argmax(-1).tolist()]
@@ -244,7 +245,7 @@ def predict(model: BertForIntentSlot, tokenizer: Tokenizer, texts: list[str], ma
     if len(pieces) != len(texts):
         raise DataError(f"an utterance is longer than max_seq_len={max_seq_len} tokens")
     predicted, tags = predict_pieces(model, tokenizer, pieces, [len(w) for w, _ in split], intents, slots)
-    batch = collate(pieces, tokenizer.pad_token_id)
+    batch = for_model(model, collate(pieces, tokenizer.pad_token_id))
     logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
     probabilities = torch.softmax(logits.float(), -1)
     return [{"intent": intent, "intent_probability": float(p.max()), "slots": entities_with_offsets(text, t, off),
@@ -299,8 +300,8 @@ def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any],
         results[i] = {**result, "tags": result["tags"] + ["O"] * dropped, "truncated_words": dropped}
     empty = [i for i, n in enumerate(kept_words) if n == 0]
     if empty:
-        ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]] * len(empty))
-        no_words = torch.zeros((len(empty), 1), dtype=torch.long)
+        ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]] * len(empty), device=device_of(model))
+        no_words = torch.zeros((len(empty), 1), dtype=torch.long, device=ids.device)
         logits, _ = model(ids, torch.ones_like(ids), torch.zeros_like(ids), no_words)
         intents = model.config.extra["bertkit_intents"]
         for i, p in zip(empty, torch.softmax(logits.float(), -1), strict=True):

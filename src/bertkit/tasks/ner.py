@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import span_prf
@@ -214,7 +215,7 @@ def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], leng
     """Predicted tags, one per word of each sentence."""
     decoded: list[list[int]] = []
     for start in range(0, len(pieces), batch_size):
-        batch = collate(pieces[start : start + batch_size], tokenizer.pad_token_id)
+        batch = for_model(model, collate(pieces[start : start + batch_size], tokenizer.pad_token_id))
         emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
         decoded += model.head.decode(emissions, batch["word_mask"])
     return assemble(pieces, decoded, lengths, tags)

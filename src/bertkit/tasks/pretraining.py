@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bertkit.device import for_model
 from bertkit.losses import cross_entropy
 from bertkit.masking import (  # noqa: F401  (token codes re-exported: tests and callers import them from here)
     HELDOUT_EPOCH,
@@ -181,6 +182,7 @@ class PretrainingTask:
         loss_sum = 0.0
         nsp_correct = nsp_total = 0
         for batch in self.heldout_batches():
+            batch = for_model(model, batch)
             masked = batch["labels"] != IGNORE_INDEX
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mlm_positions=masked)
             targets = batch["labels"][masked]

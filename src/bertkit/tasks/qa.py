@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_text
 from bertkit.model import BertModel, CheckpointIO, init_weights
@@ -325,8 +326,9 @@ def answer_spans(model: nn.Module, tokenizer: Tokenizer, questions: list[Questio
     ends: list[Tensor] = []
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size]
-        batch = pad_sequences([w.input_ids for w in chunk], tokenizer.pad_token_id, [w.token_type_ids for w in chunk])
-        s, e = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        batch = for_model(model, pad_sequences([w.input_ids for w in chunk], tokenizer.pad_token_id,
+                                               [w.token_type_ids for w in chunk]))
+        s, e = (t.cpu() for t in model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
         for j, w in enumerate(chunk):
             starts.append(s[j, : len(w.input_ids)])
             ends.append(e[j, : len(w.input_ids)])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
@@ -251,7 +252,7 @@ def predict_rows(model: nn.Module, tokenizer: Tokenizer, rows: list, labels: lis
                  ) -> list[str]:
     out = []
     for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], tokenizer)
+        batch = for_model(model, collate(rows[start : start + batch_size], tokenizer))
         logits = model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"], batch["e2_mask"])
         out += [labels[i] for i in logits.argmax(-1).tolist()]
     return out
@@ -285,7 +286,7 @@ def predict(model: BertForRelation, tokenizer: Tokenizer, texts: list[str], max_
     """Relation of each marked sentence (`... <e1> head </e1> ... <e2> tail </e2> ...`), with probabilities."""
     labels = [model.config.extra["id2label"][str(i)] for i in range(len(model.config.extra["id2label"]))]
     rows = encode(tokenizer, [Example(t, None, i + 1) for i, t in enumerate(texts)], max_seq_len, None)
-    batch = collate(rows, tokenizer)
+    batch = for_model(model, collate(rows, tokenizer))
     probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"],
                                 batch["e2_mask"]).float(), -1)
     return [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist(), strict=True))}

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import prf
@@ -267,9 +268,9 @@ def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], win
     chars = [list(s) for s in sources]
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
-        batch = pad_sequences([r[0] for _, r in chunk], tokenizer.pad_token_id)
+        batch = for_model(model, pad_sequences([r[0] for _, r in chunk], tokenizer.pad_token_id))
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).mlm_logits
-        best = logits.argmax(-1)
+        best = logits.argmax(-1).cpu()
         for i, (k, r) in enumerate(chunk):
             # each window owns a disjoint range of characters, so applying them in turn composes
             chars[k] = list(apply_predictions("".join(chars[k]), r[2], best[i, : len(r[0])].tolist(), tokenizer))
