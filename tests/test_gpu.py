@@ -131,13 +131,51 @@ def test_predictor_on_the_gpu_agrees_with_the_cpu(tmp_path):
             assert abs(a["probabilities"][label] - b["probabilities"][label]) < 1e-3
 
 
-def test_ddp_over_nccl_with_torchrun_on_one_gpu(tmp_path):
-    data, vocab = _classifier(tmp_path)
+def _torchrun(nproc: int, data: Path, vocab: Path, out: Path, batch: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "bertkit.cli", "finetune",
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "bertkit.cli", "finetune",
          "--task", "classification", "--train", str(data), "--eval", str(data), "--tokenizer", str(vocab),
-         "--model-size", "tiny", "--max-steps", "10", "--batch-size", "8", "--no-progress", "--device", "cuda",
-         "--output-dir", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=600)
+         "--model-size", "tiny", "--max-steps", "10", "--batch-size", str(batch), "--no-progress", "--device", "cuda",
+         "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_torchrun_launch_on_one_gpu(tmp_path):
+    """torchrun with one process per GPU on a one-GPU machine (LOCAL_RANK 0; one process forms no group)."""
+    data, vocab = _classifier(tmp_path)
+    _torchrun(1, data, vocab, tmp_path / "one", 8)
+    assert (tmp_path / "one" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over NCCL needs two GPUs (one process per GPU)")
+def test_ddp_over_nccl_equals_one_gpu_on_the_combined_batch(tmp_path):
+    """Pre-training, 2 processes x batch 4 over NCCL against 1 process x batch 8, no dropout: the same update (to the
+    order of fp32 sums), as tests/test_train.py checks for gloo on the CPU."""
+    from safetensors.torch import load_file
+
+    from bertkit import BertForPreTraining
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(b for _, b in ROWS[i:] + ROWS[:i]) for i in range(4)) * 10 + "\n",
+                      encoding="utf-8")
+    tok = Tokenizer.train([corpus], vocab_size=200, min_frequency=1)
+    torch.manual_seed(0)
+    config = BertConfig.preset("tiny", vocab_size=len(tok), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertForPreTraining(config).save_pretrained(tmp_path / "start")
+    tok.save_pretrained(tmp_path / "start")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    common = ["-m", "bertkit.cli", "pretrain", "--train", str(corpus), "--init-from", str(tmp_path / "start"),
+              "--max-steps", "2", "--no-progress", "--lr", "1e-3", "--warmup", "1", "--max-seq-len", "32",
+              "--device", "cuda", "--no-bf16"]
+    for nproc, batch, out in ((1, 8, "one"), (2, 4, "two")):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *common,
+                                 "--batch-size", str(batch), "--output-dir", str(tmp_path / out)],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    start = load_file(tmp_path / "start" / "model.safetensors")
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # the update is real
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)

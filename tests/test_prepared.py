@@ -218,6 +218,14 @@ def test_file_arrays_read_like_numpy_without_mapping_the_file(tmp_path):
         for side in ("left", "right"):
             assert array.searchsorted(v, side=side) == int(np.searchsorted(values, v, side=side)), (v, side)
     np.testing.assert_array_equal(np.asarray(array), values)
+    assert list(array)[:5] == values[:5].tolist()
+    from bertkit.train import data_fingerprint
+
+    assert data_fingerprint([array, 1]) == data_fingerprint([values, 1])
+    small = FileArray(path)  # the sample built over several reads gives the same answers
+    small.SAMPLE, small.SAMPLE_BLOCK = 16, 3
+    for v in probes.tolist()[:60]:
+        assert small.searchsorted(v, side="right") == int(np.searchsorted(values, v, side="right"))
     maps = Path("/proc/self/maps")
     if maps.exists():
         assert str(path) not in maps.read_text()

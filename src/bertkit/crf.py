@@ -71,6 +71,8 @@ class CRF(nn.Module):
             score = torch.where(mask[:, t, None], best + emissions[:, t], score)
         score = score + self.end
         lengths = mask.long().sum(1).tolist()
+        history = torch.stack(history).cpu() if history else torch.zeros(0, B, emissions.shape[2], dtype=torch.long)
+        score = score.cpu()  # the backtrace reads single elements: from host memory, not one GPU copy each
         paths = []
         for b in range(B):
             tag = int(score[b].argmax())

@@ -24,7 +24,7 @@ class _Traceable(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = copy.deepcopy(model).float().eval()
+        self.model = copy.deepcopy(model).float().cpu().eval()  # traced on the CPU: the file is the same
         encoder = self.model if isinstance(self.model, BertModel) else self.model.bert
         encoder.unpad = False  # packing is data-dependent control flow; ONNX needs one graph for every input
 

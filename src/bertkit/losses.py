@@ -51,6 +51,6 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
                          f"{tuple(targets.shape)}")
     if logits.shape[0] == 0:
         return logits.float().sum() * 0.0  # no rows selected: zero loss, still connected to the graph
-    if logits.dtype == torch.float32 or not logits.requires_grad:
+    if logits.dtype == torch.float32 or not logits.requires_grad or logits.device.type != "cpu":
         return F.cross_entropy(logits.float(), targets)
     return _LowPrecisionCrossEntropy.apply(logits, targets)

@@ -187,8 +187,11 @@ class Layout:
             self.offsets = F.pad(ends, (1, 0))  # (B + 1,) for the var-len kernel
             return
         # Additive (not boolean) so a fully padded row stays finite instead of NaN, as transformers does.
-        self.bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(
-            ~keep, torch.finfo(dtype).min)[:, None, None, :]
+        low = torch.finfo(dtype).min
+        kind = keep.device.type
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16:
+            low = torch.finfo(torch.float16).min  # fp32's min would become -inf in fp16 (NaN on an all-pad row)
+        self.bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, low)[:, None, None, :]
 
     @property
     def packed(self) -> bool:

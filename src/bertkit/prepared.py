@@ -368,6 +368,7 @@ class FileArray:
     """
 
     SAMPLE = 512
+    SAMPLE_BLOCK = 8192  # samples taken per read while the sample is built
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
@@ -389,13 +390,14 @@ class FileArray:
     def _read(self, start: int, stop: int) -> np.ndarray:
         size = self.dtype.itemsize
         want = max(stop - start, 0) * size
-        data = os.pread(self.fd, want, self.offset + start * size) if want else b""
-        while len(data) < want:  # a short read (rare): read the rest
-            more = os.pread(self.fd, want - len(data), self.offset + start * size + len(data))
-            if not more:
-                raise DataError(f"file ends {want - len(data)} bytes early", self.path)
-            data += more
-        return np.frombuffer(data, dtype=self.dtype)
+        out = bytearray(want)
+        view, done = memoryview(out), 0
+        while done < want:  # pieces of at most 1 GiB (a larger pread fails on some systems); short reads continue
+            got = os.preadv(self.fd, [view[done : done + min(want - done, 2**30)]], self.offset + start * size + done)
+            if got == 0:
+                raise DataError(f"file ends {want - done} bytes early", self.path)
+            done += got
+        return np.frombuffer(out, dtype=self.dtype)
 
     def __getitem__(self, key: int | slice) -> Any:
         n = len(self)
@@ -411,14 +413,20 @@ class FileArray:
             raise IndexError(key)
         return self._read(index, index + 1)[0]
 
+    def __iter__(self) -> Iterator[Any]:
+        return iter(np.asarray(self))
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         data = self._read(0, len(self))
         return data if dtype is None else data.astype(dtype)
 
     def searchsorted(self, value: int, side: str = "left") -> int:
         """np.searchsorted on the sorted file: the sample narrows it to one block of SAMPLE values, read at once."""
-        if self._sample is None:
-            self._sample = np.array(np.asarray(self)[:: self.SAMPLE])
+        if self._sample is None:  # read in blocks, so the whole array is never in memory at once
+            block = self.SAMPLE * self.SAMPLE_BLOCK
+            parts = [self._read(s, min(s + block, len(self)))[:: self.SAMPLE].copy() for s in
+                     range(0, len(self), block)]
+            self._sample = np.concatenate(parts) if parts else np.zeros(0, self.dtype)
         block = int(np.searchsorted(self._sample, value, side=side))  # the answer lies in the block before it
         first = max(block - 1, 0) * self.SAMPLE
         stop = min(first + self.SAMPLE + 1, len(self))

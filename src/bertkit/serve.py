@@ -419,13 +419,14 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
     if not hasattr(encoder, "attention_maps"):
         raise HttpError(422, "the attention view needs the PyTorch model (not the ONNX one)")
     batch = predictor.tokenizer(text, pair, max_length=max_tokens)
+    ids = batch["input_ids"][0]  # on the CPU, for the tokens below
     with torch.no_grad():
         batch = for_model(predictor.model, batch)
         maps = encoder.attention_maps(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     maps = maps[:, 0].float().cpu()  # (L, N, T, T)
-    return {"tokens": predictor.tokenizer.convert_ids_to_tokens(batch["input_ids"][0]),
+    return {"tokens": predictor.tokenizer.convert_ids_to_tokens(ids),
             "layers": maps.shape[0], "heads": maps.shape[1],
-            "truncated": predictor.tokenizer.truncated_count > 0 and len(batch["input_ids"][0]) == max_tokens,
+            "truncated": predictor.tokenizer.truncated_count > 0 and len(ids) == max_tokens,
             "attention": [[[[round(v, 4) for v in row] for row in head] for head in layer]
                           for layer in maps.tolist()]}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fcntl
 import hashlib
 import json
@@ -161,7 +162,10 @@ def distributed_setup(device: torch.device | None = None) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         device = device if device is not None else torch.device("cpu")
         setup_cuda(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 alone prepares the corpus and evaluates while the others wait at a barrier: allow it hours, not
+        # the default 10 (NCCL) or 30 (gloo) minutes
+        timeout = datetime.timedelta(seconds=float(os.environ.get("BERTKIT_DIST_TIMEOUT_S", 4 * 3600)))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         _COMM_DEVICE = device if device.type == "cuda" else torch.device("cpu")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -210,6 +214,8 @@ class CompiledOrEager(nn.Module):
         if self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise  # not a compilation problem
             except Exception as exc:  # compilation happens at the first call
                 self._fall_back(exc)
         return self.module(*args, **kwargs)
@@ -233,8 +239,8 @@ def _barrier() -> None:
 # ---- pieces of the loop ------------------------------------------------------------------------------------------
 
 def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native only: before Ampere, bf16 is emulated (no tensor cores); fp16 is native
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -508,6 +514,8 @@ def _fingerprint_chunks(value: Any) -> Iterator[bytes]:
     # every value is framed by its type and length, so [[1], [2]] and [[1, 2]] hash differently
     if isinstance(value, Tensor):
         value = value.detach().cpu().numpy()
+    if hasattr(value, "__array__") and not isinstance(value, np.ndarray | np.generic):  # prepared.FileArray
+        value = np.asarray(value)
     if isinstance(value, np.ndarray):
         yield f"a{value.dtype.str}{value.shape};".encode()
         yield np.ascontiguousarray(value).tobytes()
@@ -823,7 +831,7 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
             local = [sum(task.counts(b).get(n, 0.0) for b in micro) for n in names]
             totals = dict(zip(names, _all_reduce_sum(local), strict=True))
             step_loss: dict[str, float] = dict.fromkeys(names, 0.0)
-            finite = True
+            finite = loss_finite = True
             for m, batch in enumerate(micro):
                 sync = contextlib.nullcontext() if (world == 1 or m == len(micro) - 1) else train_model.no_sync()
                 with sync:
@@ -831,7 +839,7 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
                         parts = task.loss(train_model, batch)
                     loss = sum(parts[n] / max(totals[n], 1.0) for n in parts) * world
                     if not torch.isfinite(loss):
-                        finite = False
+                        finite = loss_finite = False
                     scaler.scale(loss).backward()
                 for n, value in parts.items():
                     step_loss[n] += float(value.detach()) / max(totals[n], 1.0)
@@ -839,12 +847,14 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
             scaler.unscale_(optimizer)  # (fp16 only) the clipping below sees the true gradients
             grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                          if config.max_grad_norm > 0 else torch.tensor(0.0))
-            finite = bool(_all_reduce_sum([0.0 if finite and torch.isfinite(grad_norm) else 1.0])[0] == 0.0)
-            if not finite and scaler.is_enabled() and scaler.get_scale() > 1.0:
-                # fp16 loss scaling: an overflow halves the scale and skips the step, as GradScaler does; not a
-                # bad step (the first steps of an fp16 run usually overflow a few times)
+            flags = _all_reduce_sum([0.0 if finite and torch.isfinite(grad_norm) else 1.0, 0.0 if loss_finite else 1.0])
+            finite, loss_finite = flags[0] == 0.0, flags[1] == 0.0
+            if not finite and loss_finite and scaler.is_enabled() and scaler.get_scale() > 1.0:
+                # fp16 loss scaling: gradients that overflow (the loss itself finite) skip the step and halve the
+                # scale, as GradScaler does (unscale_ recorded the inf); not a bad step: the first steps of an
+                # fp16 run usually overflow a few times
                 optimizer.zero_grad(set_to_none=True)
-                scaler.update(scaler.get_scale() / 2)
+                scaler.update()
                 _append(metrics_path, {"kind": "skipped", "step": step + 1, "reason": "fp16 overflow",
                                        "scale": scaler.get_scale()}, rank)
             elif not finite:

@@ -39,7 +39,7 @@ def embed(model: BertModel, tokenizer: Tokenizer, texts: list[str], pooling: str
             vectors = result.pooler_output.float()
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        out.append(vectors.numpy())
+        out.append(vectors.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
 

@@ -247,13 +247,14 @@ def pretrain(
     """
     import torch.distributed as dist
 
+    from bertkit.device import resolve_device
     from bertkit.errors import DataError
     from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, prepare
     from bertkit.train import distributed_setup, fit, held_run_dir, limit_heap_growth, open_run_dir, release_run_dir
 
     limit_heap_growth()  # before the shards are checked and indexed, whose temporaries would otherwise stay in the heap
     options = options or PretrainingOptions()
-    rank, _ = distributed_setup()
+    rank, _ = distributed_setup(resolve_device(config.device))  # NCCL on GPUs: joined here, before prepare
     if (data is None) == (not train_files):
         raise DataError("give the training text (--train FILES) or a prepared directory (--data DIR), one of them")
     if data is not None and (heldout_files or heldout_fraction):

@@ -1,0 +1,116 @@
+"""Inference precision on the CPU: int8 where the CPU has integer dot-product instructions, bf16 only where native.
+
+int8 (`quantize(model, "int8")`): every encoder Linear (fused QKV, attention output, FFN in and out) holds int8
+weights with one scale per output channel; its input is quantized per token at run time (one scale per row, so an
+outlier token does not flatten the others); the product accumulates in int32 (`torch._int_mm`, oneDNN's VNNI/AMX
+kernels) and is rescaled to float32. Embeddings, LayerNorm, softmax, GELU, the residual stream, the pooler and the
+task heads stay float32; the packed (no-padding) layout is unchanged. Layers named in `keep` stay float32 (the
+layer-wise fallback for a model that loses accuracy).
+
+`choose_precision` is the one place that decides what `--precision auto` means on this machine; it reads CPU
+features, never assumes them (an Ice Lake has VNNI but emulates bf16 at a quarter of fp32's speed).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags with int8 dot products
+BF16_FEATURES = ("amx_bf16", "avx512_bf16")  # native bf16 matmul (anything else emulates it, slower than fp32)
+ENCODER_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
+
+
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
+                     cuda_bf16: bool = False) -> tuple[str, str]:
+    """(precision, why) for `auto`: on a GPU bf16 where it has bf16, else fp32; on a CPU int8 where it has VNNI or
+    AMX, else bf16 where bf16 is native (AMX, AVX512-BF16), else fp32. Never a precision the machine emulates."""
+    if cuda:
+        return ("bf16", "CUDA with bf16") if cuda_bf16 else ("fp32", "CUDA without bf16 (int8 is a CPU path)")
+    flags = frozenset(cpu_flags() if flags is None else flags)
+    int8 = [f for f in INT8_FEATURES if f in flags]
+    if int8:
+        return "int8", f"CPU with int8 dot products ({', '.join(int8)})"
+    bf16 = [f for f in BF16_FEATURES if f in flags]
+    if bf16:
+        return "bf16", f"CPU with native bf16 ({', '.join(bf16)}), no int8 dot products"
+    return "fp32", "CPU without int8 dot products (VNNI/AMX) or native bf16"
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per row: (q, scale) with x ≈ q * scale, scale of shape (rows, 1)."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12).div_(127.0)
+    return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with int8 W (per output channel) and int8 x (per token, at run time), int32 accumulation."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = quantize_rows(linear.weight.detach().float())  # (N, K) int8, (N, 1)
+        self.register_buffer("weight_t", weight.t().contiguous())  # (K, N): _int_mm's layout
+        self.register_buffer("weight_scale", scale.reshape(1, -1))  # (1, N)
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, self.in_features).float()
+        q, scale = quantize_rows(rows)
+        y = torch._int_mm(q, self.weight_t).float().mul_(scale).mul_(self.weight_scale)  # (M, N)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per channel, " \
+               "int8 activations per token"
+
+
+def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()) -> nn.Module:
+    """Convert `model` in place for inference at `precision` ("int8", "bf16" or "fp32") and return it.
+
+    int8 replaces the encoder's Linear layers (names ending in qkv, attn_out, ffn_in, ffn_out); `keep`: layer names
+    or glob patterns (e.g. "bert.layers.5.*", "*.ffn_out") that stay float32. The model is put in eval mode."""
+    if precision not in ("int8", "bf16", "fp32"):
+        raise ValueError(f"precision must be int8, bf16 or fp32, got {precision!r}")
+    model.eval()
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "fp32":
+        return model
+    patterns = list(keep)
+    kept, converted = [], 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if not isinstance(child, nn.Linear) or child_name not in ENCODER_LINEARS:
+                continue
+            if any(fnmatch.fnmatchcase(full, p) or full == p for p in patterns):
+                kept.append(full)
+                continue
+            setattr(module, child_name, Int8Linear(child))
+            converted += 1
+    if converted == 0 and not kept:
+        raise ValueError(f"{type(model).__name__} has no encoder Linear layers ({', '.join(ENCODER_LINEARS)}) to "
+                         "quantize")
+    model.precision = "int8"  # type: ignore[assignment]
+    model.int8_kept = kept  # type: ignore[assignment]
+    return model
