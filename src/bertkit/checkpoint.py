@@ -259,6 +259,9 @@ def load_model(cls: type[M], directory: str | Path, *, strict: bool = False, con
 
 def save_model(model: nn.Module, directory: str | Path) -> Path:
     """Write config.json and model.safetensors (transformers' names), each atomically."""
+    if getattr(model, "precision", None) == "int8":
+        raise CheckpointError("this model was quantized to int8 for inference; save the fp32 model (int8 is applied "
+                              "when a checkpoint is loaded: --precision int8, Predictor(precision='int8'))")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config: BertConfig = model.config

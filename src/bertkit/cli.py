@@ -107,6 +107,12 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{' ...' if len(bad) > 8 else ''}")
         return 1
     print("finite       yes")
+    from bertkit.device import describe, resolve_device
+    from bertkit.quantize import resolve_precision
+
+    device = resolve_device("auto")
+    precision, why = resolve_precision("auto", device)
+    print(f"here         --device auto: {describe(device)}; --precision auto: {precision} ({why})")
     return 0
 
 
@@ -263,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a fine-tuned checkpoint on a labelled file with the task's standard metrics (JSON to stdout)."""
     from bertkit.predict import Predictor
 
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep)
     fmt = args.format or DEFAULT_FORMATS[predictor.task]
     print(json.dumps({"task": predictor.task, "data": args.data, **predictor.evaluate(args.data, fmt)}, indent=2))
     return 0
@@ -277,7 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     check_input_file(args.input)
     check_output_file(args.output)
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep)
     # A file output is written under a temporary name and renamed at the end: a run that stops at a bad line
     # leaves the previous output in place, not a truncated one.
     tmp: Path | None = None
@@ -350,12 +356,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from bertkit.device import resolve_device
+    from bertkit.quantize import quantize, resolve_precision
     from bertkit.tasks.embed import embed, load
 
     check_input_file(args.input)
     check_output_file(args.output)
     model, tok = load(args.checkpoint)
-    model.to(resolve_device(args.device))
+    device = resolve_device(args.device)
+    model.to(device)
+    precision, _ = resolve_precision(args.precision, device)
+    if precision != "fp32":
+        quantize(model, precision, keep=args.int8_keep)
     if args.max_seq_len > model.config.max_position_embeddings:
         raise BertkitError(f"--max-seq-len {args.max_seq_len} exceeds {args.checkpoint}'s max_position_embeddings "
                            f"{model.config.max_position_embeddings}")
@@ -404,7 +415,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # likewise a device this machine does not have
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
-          allow_hosts=args.allow_host, device=args.device)
+          allow_hosts=args.allow_host, device=args.device, precision=args.precision, int8_keep=args.int8_keep)
     return 0
 
 
@@ -425,7 +436,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = BertModel.from_pretrained(args.checkpoint).to(device)
-    path = export_onnx(model, args.onnx)  # traced on `device`; the file does not depend on it
+    if args.precision == "int8":
+        import tempfile
+
+        from bertkit.export import quantize_onnx
+
+        with tempfile.TemporaryDirectory(dir=Path(args.onnx).resolve().parent) as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
+            path = quantize_onnx(fp32, args.onnx, num_heads=model.config.num_attention_heads,
+                                 hidden_size=model.config.hidden_size)
+    else:
+        path = export_onnx(model, args.onnx)  # traced on the CPU; the file does not depend on the device
     tok = Tokenizer.from_pretrained(args.checkpoint)
     batch = tok(["a first check sentence", "二"], ["with a pair", "第二"])
     try:
@@ -441,7 +462,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     with torch.no_grad():
         expected = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
     keep = batch["attention_mask"].bool().numpy()
-    worst = max(float(np.abs(hidden[keep] - expected.last_hidden_state.cpu().numpy()[keep]).max()),
+    reference = expected.last_hidden_state.cpu().numpy()[keep]
+    if args.precision == "int8":  # quantized: compare directions, not digits
+        got = hidden[keep]
+        cosine = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
+        print(f"{path}: written (int8); worst-token cosine to PyTorch fp32 = {float(cosine.min()):.4f}")
+        return 0 if float(cosine.min()) >= 0.95 else 1
+    worst = max(float(np.abs(hidden[keep] - reference).max()),
                 float(np.abs(pooled - expected.pooler_output.cpu().numpy()).max()))
     print(f"{path}: written; max |onnxruntime - torch| = {worst:.1e}")
     return 0 if worst <= 1e-4 else 1
@@ -481,15 +508,25 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     _device_arg(p)
 
 
-def _device_arg(p: argparse.ArgumentParser) -> None:
+def _device_arg(p: argparse.ArgumentParser, precision: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: CUDA where available, else "
                    "the CPU; default: %(default)s)")
+    if precision:
+        p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                       help="inference precision; auto: int8 on CPUs with VNNI/AMX, bf16 where native (AMX, "
+                       "AVX512-BF16, CUDA), else fp32; `bertkit info` says what auto picks here (default: auto)")
+        p.add_argument("--int8-keep", action="append", default=[], metavar="LAYER",
+                       help="with int8: an encoder layer (name or glob, e.g. 'bert.layers.11.*') kept in fp32 "
+                       "(repeatable)")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory")
     p.add_argument("--onnx", default=None, help="write the encoder as ONNX to this file")
-    _device_arg(p)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                   help="int8: onnxruntime's dynamic quantization of the exported graph (int8 weights per channel, "
+                   "activations quantized at run time), checked against PyTorch fp32 (default: %(default)s)")
+    _device_arg(p, precision=False)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, DataError, DeviceError
+from bertkit.quantize import quantize, resolve_precision
 from bertkit.tasks import task_module
 from bertkit.tasks.base import check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
@@ -33,10 +34,13 @@ class Predictor:
     """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string}."""
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
-                 device: str | torch.device | None = "auto") -> None:
+                 device: str | torch.device | None = "auto", precision: str = "fp32",
+                 int8_keep: tuple[str, ...] | list[str] = ()) -> None:
         """`onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
-        inputs are batched on the CPU and moved there.
+        inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
+        `bertkit.quantize`) or auto (`quantize.choose_precision`: int8 on CPUs with VNNI/AMX, bf16 where native,
+        else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
@@ -62,6 +66,9 @@ class Predictor:
         if dtype is not None:
             self.model.to(dtype)
         self.model.to(self.device)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device, onnx is not None)
+        if self.precision != "fp32":
+            quantize(self.model, self.precision, keep=int8_keep)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

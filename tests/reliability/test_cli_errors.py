@@ -104,7 +104,7 @@ def test_predict_non_utf8_file_and_stdin_name_the_line(checkpoint, tmp_path, cap
 
 def test_predict_bom_is_dropped_from_file_and_stdin(checkpoint, tmp_path, capsys, monkeypatch):
     line = json.dumps({"text": TEXTS[0]}, ensure_ascii=False)
-    plain = Predictor(checkpoint).predict([TEXTS[0]])
+    plain = Predictor(checkpoint, precision="auto").predict([TEXTS[0]])  # what the command runs
     inputs = tmp_path / "bom.jsonl"
     inputs.write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
     out = tmp_path / "out.jsonl"

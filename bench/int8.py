@@ -1,0 +1,176 @@
+"""CPU inference at int8, in one process: bertkit int8 against onnxruntime int8 (its best: BERT graph optimizer, then
+dynamic quantization with int8 weights per channel), transformers fp32 (SDPA) and bertkit fp32, at base and mini,
+on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against the int8 GEMM peak
+(`torch._int_mm`) measured in the same run.
+
+    .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
+
+Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate (bench/speed.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))
+warnings.filterwarnings("ignore")
+OUT = ROOT / "bench" / "results"
+
+
+def int8_peak(repeats: int = 10) -> float:
+    """Best int8 ops/s of torch._int_mm over BERT-shaped GEMMs (M = tokens of a batch)."""
+    best = 0.0
+    for m, k, n in ((2048, 768, 3072), (2048, 3072, 768), (2048, 768, 2304), (4096, 256, 1024)):
+        a = torch.randint(-127, 127, (m, k), dtype=torch.int8)
+        b = torch.randint(-127, 127, (k, n), dtype=torch.int8)
+        for _ in range(2):
+            torch._int_mm(a, b)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch._int_mm(a, b)
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start))
+    return best
+
+
+def torchao_int8(directory: Path):
+    """bertkit's encoder with torchao's dynamic int8 (per-token activations, per-channel weights) on the same
+    Linear layers, where torchao is installed; else why not (a string)."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        return f"torchao not installed ({exc})"
+    from torch import nn
+
+    from bertkit import BertModel
+    from bertkit.quantize import ENCODER_LINEARS
+
+    model = BertModel.from_pretrained(directory).eval()
+    try:
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn.split(".")[-1] in ENCODER_LINEARS)
+    except Exception as exc:  # an API change between torchao versions
+        return f"torchao failed: {type(exc).__name__}: {str(exc)[:200]}"
+    return model
+
+
+def one_by_128(vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1000, vocab - 1, (1, 128), generator=g)
+    ids[0, 0] = 101
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+            "lengths": torch.tensor([128])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", nargs="+", default=["base", "mini"])
+    args = parser.parse_args()
+    import onnxruntime as ort
+    import transformers
+
+    import speed
+    from bertkit import BertConfig, BertModel
+    from bertkit.device import cpu_name
+    from bertkit.export import export_onnx, quantize_onnx
+    from bertkit.quantize import choose_precision, cpu_flags, quantize
+
+    transformers.logging.set_verbosity_error()
+    repeats = 2 if args.quick else 5
+    peaks = {"int8": int8_peak(), "fp32": speed.matmul_peak(torch.float32, 5)}
+    print(json.dumps({k: v / 1e12 for k, v in peaks.items()}), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for size in args.sizes:
+            config = BertConfig.preset(size, vocab_size=speed.VOCAB)
+            torch.manual_seed(0)
+            directory = work / size
+            BertModel(config).save_pretrained(directory)
+            fp32 = BertModel.from_pretrained(directory).eval()
+            int8 = quantize(BertModel.from_pretrained(directory), "int8")
+            hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
+            exported = export_onnx(fp32, work / f"{size}.onnx")
+            quantized = quantize_onnx(exported, work / f"{size}.int8.onnx", num_heads=config.num_attention_heads,
+                                      hidden_size=config.hidden_size)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+            ao = torchao_int8(directory)
+            for kind in ("var", "full", "1x128"):
+                batch = one_by_128(speed.VOCAB) if kind == "1x128" else speed.make_batch(kind)
+                ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+                feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+                fns = {"bertkit int8": lambda: int8(ids, mask, types),
+                       "onnxruntime int8": lambda feeds=feeds: session.run(None, feeds),
+                       "transformers fp32": lambda: hf(input_ids=ids, attention_mask=mask, token_type_ids=types),
+                       "bertkit fp32": lambda: fp32(ids, mask, types)}
+                if not isinstance(ao, str):
+                    fns["torchao int8"] = lambda: ao(ids, mask, types)
+                with torch.inference_mode():
+                    seconds = speed.alternate(fns, repeats)
+                    reference = fp32(ids, mask, types).last_hidden_state
+                    ours = int8(ids, mask, types).last_hidden_state
+                    theirs = torch.from_numpy(session.run(None, feeds)[0])
+                keep = mask.bool()
+                cos = {name: float(torch.nn.functional.cosine_similarity(out[keep], reference[keep], dim=-1).min())
+                       for name, out in (("bertkit int8", ours), ("onnxruntime int8", theirs))}
+                tokens = int(mask.sum())
+                flops = speed.forward_flops(config, batch["lengths"])
+                row = {"size": size, "batch": kind, "real_tokens": tokens,
+                       **{f"{n} tokens_per_s": tokens / s for n, s in seconds.items()},
+                       "int8 vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit int8"],
+                       "int8 vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit int8"],
+                       "int8 vs bertkit fp32": seconds["bertkit fp32"] / seconds["bertkit int8"],
+                       "bertkit int8 MFU (int8 peak)": flops / seconds["bertkit int8"] / peaks["int8"],
+                       "torchao int8 vs bertkit int8": (seconds["bertkit int8"] / seconds["torchao int8"]
+                                                        if "torchao int8" in seconds else ao),
+                       "worst-token cosine to fp32": cos}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    precision, why = choose_precision()
+    flags = sorted(f for f in cpu_flags() if "vnni" in f or "bf16" in f or "amx" in f)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "flags": flags,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+              "peaks_tops": {k: v / 1e12 for k, v in peaks.items()}, "auto": [precision, why], "rows": rows}
+    shown = ", ".join(flags) or "no VNNI/AMX/bf16 flags"
+    lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads; {shown}), "
+             f"torch {result['torch']}, onnxruntime {result['onnxruntime']}. int8 GEMM peak "
+             f"(torch._int_mm) {peaks['int8'] / 1e12:.3f} TOP/s, fp32 matmul peak {peaks['fp32'] / 1e12:.3f} "
+             f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
+             "| size | batch | bertkit int8 tok/s | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
+             "torchao int8 | vs onnxruntime int8 | vs transformers fp32 | int8 MFU | worst cosine (ours / ort) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['batch']} | {r['bertkit int8 tokens_per_s']:,.0f} | "
+            f"{r['onnxruntime int8 tokens_per_s']:,.0f} | {r['transformers fp32 tokens_per_s']:,.0f} | "
+            f"{r['bertkit fp32 tokens_per_s']:,.0f} | "
+            f"{format(r['torchao int8 tokens_per_s'], ',.0f') if 'torchao int8 tokens_per_s' in r else '–'} | "
+            f"**{r['int8 vs onnxruntime int8']:.2f}x** | "
+            f"**{r['int8 vs transformers fp32']:.2f}x** | {r['bertkit int8 MFU (int8 peak)']:.0%} | "
+            f"{r['worst-token cosine to fp32']['bertkit int8']:.3f} / "
+            f"{r['worst-token cosine to fp32']['onnxruntime int8']:.3f} |")
+    lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, `1x128` = one "
+              "sequence. Random weights (BERT-base / mini shapes): the cosine column says how far each int8 engine's "
+              "last hidden states are from bertkit fp32's; accuracy on real tasks is in the accuracy table."]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
+    (OUT / "int8.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""int8 against fp32 on the task rows: each fine-tuned checkpoint `bench/tasks.py` left in runs/tasks/NAME/model,
+evaluated on the row's own eval file with the task's metric, once in fp32 and once at int8 (same checkpoint, same
+process). A row that loses more than 1.0 point is evaluated again with layers kept in fp32 (the fallback), first
+every FFN output, then the last two layers whole; the table names what it needed.
+
+    .venv/bin/python bench/int8_accuracy.py [--only NAME ...]      (after `make bench-tasks`)
+
+Writes bench/results/int8_accuracy.{json,md}; rows without a checkpoint here are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))
+warnings.filterwarnings("ignore")
+OUT = ROOT / "bench" / "results"
+FALLBACKS = ((), ("*.ffn_out",), ("*.layers.{last1}.*", "*.layers.{last}.*"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args()
+    import torch
+
+    from bertkit.device import cpu_name
+    from bertkit.predict import Predictor
+    from bertkit.quantize import choose_precision
+    from tasks import DATA, RUNS
+
+    results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}
+    rows = {}
+    for name, spec in RUNS.items():
+        if args.only and name not in args.only:
+            continue
+        model = ROOT / "runs" / "tasks" / name / "model"
+        headline = results.get(name, {}).get("headline")
+        if not (model / "config.json").is_file() or headline is None:
+            rows[name] = {"missing": True}
+            print(f"{name}: no checkpoint in {model}", flush=True)
+            continue
+        eval_path, fmt = DATA / spec["eval"], spec["fmt"]
+        started = time.perf_counter()
+        fp32 = Predictor(model, device="cpu", precision="fp32").evaluate(eval_path, fmt)[headline]
+        row = {"metric": headline, "fp32": 100 * fp32, "fallback": [], "bench_tasks_fp32": 100 * results[name][
+            "metrics"][headline]}
+        layers = Predictor(model, device="cpu", precision="fp32").model.config.num_hidden_layers
+        for keep in FALLBACKS:
+            keep = [k.format(last=layers - 1, last1=layers - 2) for k in keep]
+            int8 = Predictor(model, device="cpu", precision="int8", int8_keep=keep).evaluate(eval_path, fmt)[headline]
+            row.update(int8=100 * int8, fallback=keep)
+            if abs(100 * (int8 - fp32)) <= 1.0:
+                break
+        row["delta"] = row["int8"] - row["fp32"]
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+    precision, why = choose_precision()
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+              "auto": [precision, why], "rows": rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "int8_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads): each checkpoint of the "
+             "task table evaluated on its eval file in fp32 and at int8 (`Predictor(precision=...)`).", "",
+             "| row | metric | fp32 | int8 | int8 - fp32 | layers kept in fp32 |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if r.get("missing"):
+            lines.append(f"| {name} | – | no checkpoint here | – | – | – |")
+            continue
+        lines.append(f"| {name} | {r['metric']} | {r['fp32']:.1f} | {r['int8']:.1f} | **{r['delta']:+.1f}** | "
+                     f"{', '.join(r['fallback']) or 'none'} |")
+    (OUT / "int8_accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
