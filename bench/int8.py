@@ -99,6 +99,7 @@ def main() -> int:
             BertModel(config).save_pretrained(directory)
             fp32 = BertModel.from_pretrained(directory).eval()
             int8 = quantize(BertModel.from_pretrained(directory), "int8")
+            int8c = quantize(BertModel.from_pretrained(directory), "int8", compile=True)
             hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
             exported = export_onnx(fp32, work / f"{size}.onnx")
             quantized = quantize_onnx(exported, work / f"{size}.int8.onnx", num_heads=config.num_attention_heads,
@@ -113,6 +114,7 @@ def main() -> int:
                 ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
                 feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
                 fns = {"bertkit int8": lambda: int8(ids, mask, types),
+                       "bertkit int8 compiled": lambda: int8c(ids, mask, types),
                        "onnxruntime int8": lambda feeds=feeds: session.run(None, feeds),
                        "transformers fp32": lambda: hf(input_ids=ids, attention_mask=mask, token_type_ids=types),
                        "bertkit fp32": lambda: fp32(ids, mask, types)}
@@ -131,6 +133,9 @@ def main() -> int:
                 row = {"size": size, "batch": kind, "real_tokens": tokens,
                        **{f"{n} tokens_per_s": tokens / s for n, s in seconds.items()},
                        "int8 vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit int8"],
+                       "compiled vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit int8 compiled"],
+                       "compiled vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit int8 compiled"],
+                       "compiled MFU (int8 peak)": flops / seconds["bertkit int8 compiled"] / peaks["int8"],
                        "int8 vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit int8"],
                        "int8 vs bertkit fp32": seconds["bertkit fp32"] / seconds["bertkit int8"],
                        "bertkit int8 MFU (int8 peak)": flops / seconds["bertkit int8"] / peaks["int8"],
@@ -149,22 +154,23 @@ def main() -> int:
              f"torch {result['torch']}, onnxruntime {result['onnxruntime']}. int8 GEMM peak "
              f"(torch._int_mm) {peaks['int8'] / 1e12:.3f} TOP/s, fp32 matmul peak {peaks['fp32'] / 1e12:.3f} "
              f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
-             "| size | batch | bertkit int8 tok/s | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
-             "torchao int8 | vs onnxruntime int8 | vs transformers fp32 | int8 MFU | worst cosine (ours / ort) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| size | batch | bertkit int8 tok/s | + compile | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
+             "torchao int8 | int8 vs onnxruntime int8 (eager / compiled) | vs transformers fp32 (eager / compiled) | "
+             "int8 MFU (eager / compiled) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        torchao = r.get("torchao int8 tokens_per_s")
         lines.append(
             f"| {r['size']} | {r['batch']} | {r['bertkit int8 tokens_per_s']:,.0f} | "
-            f"{r['onnxruntime int8 tokens_per_s']:,.0f} | {r['transformers fp32 tokens_per_s']:,.0f} | "
-            f"{r['bertkit fp32 tokens_per_s']:,.0f} | "
-            f"{format(r['torchao int8 tokens_per_s'], ',.0f') if 'torchao int8 tokens_per_s' in r else '–'} | "
-            f"**{r['int8 vs onnxruntime int8']:.2f}x** | "
-            f"**{r['int8 vs transformers fp32']:.2f}x** | {r['bertkit int8 MFU (int8 peak)']:.0%} | "
-            f"{r['worst-token cosine to fp32']['bertkit int8']:.3f} / "
-            f"{r['worst-token cosine to fp32']['onnxruntime int8']:.3f} |")
-    lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, `1x128` = one "
-              "sequence. Random weights (BERT-base / mini shapes): the cosine column says how far each int8 engine's "
-              "last hidden states are from bertkit fp32's; accuracy on real tasks is in the accuracy table."]
+            f"{r['bertkit int8 compiled tokens_per_s']:,.0f} | {r['onnxruntime int8 tokens_per_s']:,.0f} | "
+            f"{r['transformers fp32 tokens_per_s']:,.0f} | {r['bertkit fp32 tokens_per_s']:,.0f} | "
+            f"{format(torchao, ',.0f') if torchao else '–'} | "
+            f"**{r['int8 vs onnxruntime int8']:.2f}x / {r['compiled vs onnxruntime int8']:.2f}x** | "
+            f"**{r['int8 vs transformers fp32']:.2f}x / {r['compiled vs transformers fp32']:.2f}x** | "
+            f"{r['bertkit int8 MFU (int8 peak)']:.0%} / {r['compiled MFU (int8 peak)']:.0%} |")
+    lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
+              "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
+              "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
+              "timed). Accuracy on real models and tasks: the accuracy table and tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "int8.md").write_text("\n".join(lines) + "\n")

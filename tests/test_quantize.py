@@ -155,3 +155,39 @@ def test_predictor_and_commands_at_int8(classifier, tmp_path, capsys):
     assert "written (int8); worst-token cosine to PyTorch fp32 = " in out
     onnx_int8 = Predictor(model_dir, onnx=tmp_path / "m8.onnx").predict(texts)  # the fingerprint survives
     assert [r["label"] for r in onnx_int8] == [r["label"] for r in fp32]
+
+
+def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
+    import bertkit.quantize as q
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("InductorError: no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(q, "_COMPILED", {})
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 48)
+    eager, compiled = Int8Linear(linear), Int8Linear(linear, compile=True)
+    x = torch.randn(5, 32)
+    with pytest.warns(UserWarning, match="int8 --compile: torch.compile failed .*no C\\+\\+ compiler"):
+        got = compiled(x)
+    torch.testing.assert_close(got, eager(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        compiled(x)
+
+
+@pytest.mark.slow
+def test_compiled_int8_equals_eager():
+    """The real torch.compile (inductor, a C++ compiler: about a minute cold): same outputs as the eager layer."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    eager, compiled = Int8Linear(linear), Int8Linear(linear, compile=True)
+    for rows in (7, 33):  # dynamic in the number of tokens
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
+    import bertkit.quantize as q
+
+    assert "failed" not in q._COMPILED

@@ -35,12 +35,13 @@ class Predictor:
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
                  device: str | torch.device | None = "auto", precision: str = "fp32",
-                 int8_keep: tuple[str, ...] | list[str] = ()) -> None:
+                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False) -> None:
         """`onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
         inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
         `bertkit.quantize`) or auto (`quantize.choose_precision`: int8 on CPUs with VNNI/AMX, bf16 where native,
-        else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8.
+        else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8; `compile`: int8 layers
+        through torch.compile (see `quantize.Int8Linear`).
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
@@ -68,7 +69,7 @@ class Predictor:
         self.model.to(self.device)
         self.precision, self.precision_reason = resolve_precision(precision, self.device, onnx is not None)
         if self.precision != "fp32":
-            quantize(self.model, self.precision, keep=int8_keep)
+            quantize(self.model, self.precision, keep=int8_keep, compile=compile)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

@@ -283,7 +283,8 @@ def _host_name(header: str) -> str:
 
 def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None, *,
                api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES,
-               device: str | None = "auto", precision: str = "auto", int8_keep: Collection[str] = ()):
+               device: str | None = "auto", precision: str = "auto", int8_keep: Collection[str] = (),
+               compile: bool = False):
     """The FastAPI application serving one checkpoint directory.
 
     `api_key`: every request but `GET /` must send `Authorization: Bearer <api_key>`. `allowed_hosts`: the names a
@@ -292,7 +293,8 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
     config = config or ServeConfig()
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     expected = f"Bearer {api_key}".encode() if api_key else None
-    predictor = Predictor(directory, onnx=onnx, device=device, precision=precision, int8_keep=tuple(int8_keep))
+    predictor = Predictor(directory, onnx=onnx, device=device, precision=precision, int8_keep=tuple(int8_keep),
+                          compile=compile)
     batcher = Batcher(predictor, config)
     metrics = Metrics()
     @contextlib.asynccontextmanager
@@ -435,7 +437,7 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           onnx: str | Path | None = None, *, api_key: str | None = None, insecure: bool = False,
           allow_hosts: Collection[str] = (), device: str | None = "auto", precision: str = "auto",
-          int8_keep: Collection[str] = ()) -> None:
+          int8_keep: Collection[str] = (), compile: bool = False) -> None:
     """Run the server (blocking). A non-loopback `host` needs `api_key` or `insecure` (`check_exposure`), and
     warns on stderr either way; `allow_hosts`: Host-header names besides loopback and `host` ("*": any)."""
     import sys
@@ -448,7 +450,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, conf
     config = config or ServeConfig()
     app = create_app(directory, config, onnx, api_key=api_key,
                      allowed_hosts=allowed_host_names(host, allow_hosts, api_key), device=device,
-                     precision=precision, int8_keep=int8_keep)
+                     precision=precision, int8_keep=int8_keep, compile=compile)
     uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
         timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections)).run()
