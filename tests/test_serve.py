@@ -27,6 +27,10 @@ def test_health_predict_metrics_page(server):
     status, health, _ = server.get("/health")
     assert status == 200 and health["task"] == "ner" and "B-PER" in health["labels"]
     assert health["version"] and health["backend"].startswith("torch")
+    from bertkit.quantize import choose_precision
+
+    assert [health["precision"], health["precision_reason"]] == list(choose_precision())  # --precision auto
+    assert health["device"].startswith("cpu (")
     status, body, _ = server.post("/predict", {"inputs": ["张三去北京了", {"text": "李四去上海了"}]})
     assert status == 200 and body["task"] == "ner" and len(body["predictions"]) == 2
     entities = body["predictions"][0]["entities"]
