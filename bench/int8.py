@@ -156,7 +156,7 @@ def main() -> int:
              f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
              "| size | batch | bertkit int8 tok/s | + compile | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
              "torchao int8 | int8 vs onnxruntime int8 (eager / compiled) | vs transformers fp32 (eager / compiled) | "
-             "int8 MFU (eager / compiled) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "int8 MFU (eager / compiled) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torchao = r.get("torchao int8 tokens_per_s")
         lines.append(
