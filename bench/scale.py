@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def replicate(prepared: Path, out: Path, times: int) -> None:
@@ -176,6 +165,8 @@ def main() -> int:
             heap_rows.append({"allocator": label, **row})
             print(f"heap {label}: {row}", flush=True)
     base = scale_rows[0]
+    from bertkit.device import cpu_name
+
     result = {"cpu": cpu_name(), "cores": cores, "corpus_mb": round(megabytes, 1), "copies": args.copies,
               "whole_word": True, "prepare": rows, "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
               "byte_identical": identical, "scale": scale_rows,

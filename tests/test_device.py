@@ -12,15 +12,14 @@ import pytest
 import torch
 
 import bertkit.model as model_module
-from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.device import device_of, for_model, resolve_device, to_device
 from bertkit.errors import DeviceError
 from bertkit.train import CompiledOrEager, autocast_dtype
+from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier
 
-ROWS = [("1", "这家酒店非常好，服务很棒"), ("0", "房间太差了，服务很糟糕"),
-        ("1", "环境好，很满意"), ("0", "糟糕透了，不满意")]
+ROWS = CLASSIFIER_ROWS
 
 
 def _no_cuda(monkeypatch):
@@ -85,15 +84,7 @@ def test_autocast_dtype_is_bf16_where_native_fp16_on_older_gpus_else_fp32(monkey
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dev")
-    data = root / "train.tsv"
-    data.write_text("label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in ROWS * 8), encoding="utf-8")
-    Tokenizer.train([b for _, b in ROWS], vocab_size=80, min_frequency=1).save_pretrained(root / "vocab")
-    assert main(["finetune", "--task", "classification", "--train", str(data), "--eval", str(data),
-                 "--tokenizer", str(root / "vocab"), "--model-size", "tiny", "--max-steps", "30", "--lr", "3e-3",
-                 "--batch-size", "8", "--warmup", "2", "--no-progress", "--no-bf16", "--device", "cpu",
-                 "--save-every", "10", "--output-dir", str(root / "run")]) == 0
-    return root
+    return finetune_tiny_classifier(tmp_path_factory.mktemp("dev"), "--device", "cpu", "--save-every", "10")
 
 
 def test_every_command_takes_device_cpu_and_refuses_a_missing_gpu(classifier, tmp_path, capsys, monkeypatch):

@@ -9,25 +9,17 @@ import sys
 import numpy as np
 import pytest
 
-from bertkit import DataError, Tokenizer
+from bertkit import DataError
 from bertkit.cli import main
 from bertkit.predict import Predictor
+from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier
 
-ROWS = [("1", "这家酒店非常好，服务很棒"), ("0", "房间太差了，服务很糟糕"),
-        ("1", "环境好，很满意"), ("0", "糟糕透了，不满意")]
+ROWS = CLASSIFIER_ROWS
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    data = root / "train.tsv"
-    data.write_text("label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in ROWS * 8), encoding="utf-8")
-    Tokenizer.train([b for _, b in ROWS], vocab_size=80, min_frequency=1).save_pretrained(root / "vocab")
-    assert main(["finetune", "--task", "classification", "--train", str(data), "--eval", str(data),
-                 "--tokenizer", str(root / "vocab"), "--model-size", "tiny", "--max-steps", "30", "--lr", "3e-3",
-                 "--batch-size", "8", "--warmup", "2", "--no-progress", "--no-bf16",
-                 "--output-dir", str(root / "run")]) == 0
-    return root
+    return finetune_tiny_classifier(tmp_path_factory.mktemp("cls"))
 
 
 def test_evaluate_command(classifier, capsys):

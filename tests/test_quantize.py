@@ -14,7 +14,7 @@ from bertkit import BertModel, Tokenizer
 from bertkit.cli import main
 from bertkit.errors import DeviceError
 from bertkit.quantize import Int8Linear, choose_precision, quantize, resolve_precision
-from tests.conftest import shared_data
+from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier, shared_data
 
 # /proc/cpuinfo flags of the CPUs bertkit meets (abridged to what matters)
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}
@@ -117,21 +117,12 @@ def test_layer_wise_fallback_keeps_named_layers_in_fp32():
         model.save_pretrained("/nonexistent/never-written")
 
 
-ROWS = [("1", "这家酒店非常好，服务很棒"), ("0", "房间太差了，服务很糟糕"),
-        ("1", "环境好，很满意"), ("0", "糟糕透了，不满意")]
+ROWS = CLASSIFIER_ROWS
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    root = tmp_path_factory.mktemp("q")
-    data = root / "train.tsv"
-    data.write_text("label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in ROWS * 8), encoding="utf-8")
-    Tokenizer.train([b for _, b in ROWS], vocab_size=80, min_frequency=1).save_pretrained(root / "vocab")
-    assert main(["finetune", "--task", "classification", "--train", str(data), "--eval", str(data),
-                 "--tokenizer", str(root / "vocab"), "--model-size", "tiny", "--max-steps", "30", "--lr", "3e-3",
-                 "--batch-size", "8", "--warmup", "2", "--no-progress", "--no-bf16", "--device", "cpu",
-                 "--output-dir", str(root / "run")]) == 0
-    return root
+    return finetune_tiny_classifier(tmp_path_factory.mktemp("q"), "--device", "cpu")
 
 
 def test_predictor_and_commands_at_int8(classifier, tmp_path, capsys):

@@ -241,11 +241,9 @@ def _barrier() -> None:
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":  # native only: before Ampere, bf16 is emulated (no tensor cores); fp16 is native
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from bertkit.quantize import BF16_FEATURES, cpu_flags
+
+    return any(f in cpu_flags() for f in BF16_FEATURES)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
