@@ -112,20 +112,33 @@ def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_pat
 
 def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpus, capsys):
     run = tmp_path / "run"
-    process = subprocess.Popen(_pretrain(corpus, run, "--max-steps", "100000", "--save-every", "3"), env=_env(),
+    # every checkpoint write takes a second longer, so the later Ctrl-Cs surely land inside the save (signals sent
+    # while the main thread is in one long torch op would otherwise coalesce into one Python-level handler call)
+    slow_save = ("import sys, time; import bertkit.train as t; write = t._write_checkpoint; "
+                 "t._write_checkpoint = lambda *a, **k: (time.sleep(1.0), write(*a, **k))[1]; "
+                 "from bertkit.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = _pretrain(corpus, run, "--max-steps", "100000", "--save-every", "3")
+    process = subprocess.Popen([sys.executable, "-c", slow_save, *argv[3:]], env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(process, run)
-    for _ in range(3):  # an impatient user: three Ctrl-C within 40 ms, the later ones landing in the save
+    process.send_signal(signal.SIGINT)
+    lines = []
+    while not lines or not lines[-1].startswith("interrupted at step"):  # the first Ctrl-C was handled
+        line = process.stdout.readline()
+        assert line, "the run ended without announcing the interrupt"
+        lines.append(line.strip())
+    for _ in range(2):  # an impatient user: two more Ctrl-C while the announced save is being written
         process.send_signal(signal.SIGINT)
         time.sleep(0.02)
-    out, err = process.communicate(timeout=120)
+    rest, err = process.communicate(timeout=120)
+    out = "\n".join(lines) + "\n" + rest
     assert process.returncode == 130, err[-2000:]
     announced = [line for line in out.splitlines() if line.startswith("interrupted at step")]
     assert len(announced) == 1, out
     step = int(announced[0].split()[3].rstrip(":"))
     saved = run / "checkpoints" / f"step-{step:08d}"
     assert f"checkpoint saved: {saved}" in out
-    assert "still saving the checkpoint: Ctrl-C is ignored until it is written" in err
+    assert err.count("still saving the checkpoint: Ctrl-C is ignored until it is written") == 2, err
     assert latest_checkpoint(run) == saved and verify_checkpoint(saved) is not None
     assert not list((run / "checkpoints").glob(".tmp-*"))
     argv = _pretrain(corpus, run, "--save-every", "3", "--resume", "--allow-resume-changes", "--max-steps",
