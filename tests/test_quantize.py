@@ -148,8 +148,24 @@ def test_predictor_and_commands_at_int8(classifier, tmp_path, capsys):
     assert [r["label"] for r in onnx_int8] == [r["label"] for r in fp32]
 
 
+def _tiny_encoder_and_batch():
+    from bertkit.config import BertConfig
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100))
+    ids = torch.randint(5, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # one padded row: the packed layout
+    return model, (ids, mask, torch.zeros_like(ids))
+
+
 def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
+    """Where torch.compile fails (no C++ compiler), the fused layers and the lone int8 layers run the same
+    functions eagerly: the outputs of the eager int8 model, one warning per process."""
+    import copy
+
     import bertkit.quantize as q
+    from bertkit.quantize import Int8EncoderLayer
 
     def broken(fn, **kwargs):
         def run(*args):
@@ -158,27 +174,65 @@ def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     monkeypatch.setattr(q, "_COMPILED", {})
-    torch.manual_seed(0)
-    linear = nn.Linear(32, 48)
-    eager, compiled = Int8Linear(linear), Int8Linear(linear, compile=True)
-    x = torch.randn(5, 32)
-    with pytest.warns(UserWarning, match="int8 --compile: torch.compile failed .*no C\\+\\+ compiler"):
-        got = compiled(x)
-    torch.testing.assert_close(got, eager(x))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per process
-        compiled(x)
+    monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    model, batch = _tiny_encoder_and_batch()
+    eager = quantize(copy.deepcopy(model), "int8")
+    compiled = quantize(copy.deepcopy(model), "int8", compile=True, keep=["layers.1.ffn_out"])
+    assert isinstance(compiled.layers[0], Int8EncoderLayer)  # fused: no Linear of it kept
+    assert isinstance(compiled.layers[1].qkv, Int8Linear) and compiled.layers[1].qkv.compile  # alone
+    assert isinstance(compiled.layers[1].ffn_out, nn.Linear) and compiled.int8_kept == ["layers.1.ffn_out"]
+    eager.layers[1].ffn_out = compiled.layers[1].ffn_out
+    with torch.no_grad(), pytest.warns(UserWarning, match="int8 --compile: torch.compile failed .*no C\\+\\+ compiler"):
+        got = compiled(*batch).last_hidden_state
+    with torch.no_grad():
+        torch.testing.assert_close(got, eager(*batch).last_hidden_state, atol=0, rtol=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process
+            compiled(*batch)
+    with pytest.raises(RuntimeError, match="for inference"):
+        compiled.train()(*batch)
+
+
+def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(classifier, monkeypatch):
+    import bertkit.quantize as q
+    from bertkit.predict import Predictor
+
+    compiled = []
+
+    def recording(fn, **kwargs):  # stands in for torch.compile: records what was compiled, runs it eagerly
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording)
+    monkeypatch.setattr(q, "_COMPILED", {})
+    monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    predictor = Predictor(classifier / "run" / "model", device="cpu", precision="int8", compile=True)
+    assert sorted(compiled) == ["int8_attention_output", "int8_feed_forward", "int8_linear"]
+    predictor.predict(["a first request"])
+    assert len(compiled) == 3
 
 
 @pytest.mark.slow
 def test_compiled_int8_equals_eager():
-    """The real torch.compile (inductor, a C++ compiler: about a minute cold): same outputs as the eager layer."""
+    """The real torch.compile (inductor, a C++ compiler: about a minute cold): a lone int8 layer and whole fused
+    encoder layers give the eager int8 model's outputs (up to a rounding step where fused float math differs)."""
+    import copy
+
+    import bertkit.quantize as q
+
     torch.manual_seed(0)
     linear = nn.Linear(64, 96)
     eager, compiled = Int8Linear(linear), Int8Linear(linear, compile=True)
     for rows in (7, 33):  # dynamic in the number of tokens
         x = torch.randn(rows, 64)
         torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
-    import bertkit.quantize as q
-
-    assert "failed" not in q._COMPILED
+    model, batch = _tiny_encoder_and_batch()
+    eager_model, fused = quantize(copy.deepcopy(model), "int8"), quantize(copy.deepcopy(model), "int8", compile=True)
+    with torch.no_grad():
+        for cut in (12, 9):  # two shapes: compiled once, dynamic
+            args = [t[:, :cut] for t in batch]
+            a, b = eager_model(*args).last_hidden_state, fused(*args).last_hidden_state
+            keep = args[1].bool()
+            cosine = torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1)
+            assert float(cosine.min()) > 0.9999 and float((a - b).abs().max()) < 0.05
+    assert not q.COMPILE_FAILED

@@ -522,8 +522,9 @@ def _device_arg(p: argparse.ArgumentParser, precision: bool = True) -> None:
                        help="with int8: an encoder layer (name or glob, e.g. 'bert.layers.11.*') kept in fp32 "
                        "(repeatable)")
         p.add_argument("--compile", action="store_true",
-                       help="with int8: fuse the int8 layers' quantization and rescaling with torch.compile (~1.7x "
-                       "at BERT-base; compiling takes up to a minute once, then torch caches it on disk; eager, "
+                       help="with int8: fuse each encoder layer's int8 GEMMs with the work around them "
+                       "(quantizing, rescaling, GELU, residual, LayerNorm) through torch.compile; compiled when the "
+                       "model loads (up to a minute the first time, then torch caches it on disk); eager, "
                        "with a warning, where it cannot compile)")
 
 

@@ -14,7 +14,7 @@ from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, DataError, DeviceError
-from bertkit.quantize import quantize, resolve_precision
+from bertkit.quantize import quantize, resolve_precision, warm_up
 from bertkit.tasks import task_module
 from bertkit.tasks.base import check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
@@ -70,6 +70,8 @@ class Predictor:
         self.precision, self.precision_reason = resolve_precision(precision, self.device, onnx is not None)
         if self.precision != "fp32":
             quantize(self.model, self.precision, keep=int8_keep, compile=compile)
+            if compile and self.precision == "int8":
+                warm_up(self.model.bert)  # compile now, not in the first request
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

@@ -14,10 +14,12 @@ features, never assumes them (an Ice Lake has VNNI but emulates bf16 at a quarte
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -94,13 +96,44 @@ def int8_linear(rows: Tensor, weight_t: Tensor, weight_scale: Tensor, weight_sum
     return torch.addr(y, (zero * scale).reshape(-1), weight_sum, alpha=-1).add_(bias)  # - s z w colsum(Q) + b
 
 
-_COMPILED: dict[str, object] = {}  # the compiled int8_linear (one per process), or why compiling failed
+def int8_attention_output(x: Tensor, y: Tensor, out: tuple[Tensor, ...], norm: tuple[Tensor, Tensor, float]
+                          ) -> Tensor:
+    """LayerNorm(x + attn_out(y)): an encoder layer's attention output, residual and norm in one pure function
+    (`out`: an Int8Linear's buffers, `norm`: weight, bias, eps), so torch.compile fuses the passes around the GEMM."""
+    return F.layer_norm(x + int8_linear(y, *out), x.shape[-1:], norm[0], norm[1], norm[2])
 
 
-def _compiled_int8_linear():
-    if "fn" not in _COMPILED and "failed" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(int8_linear, dynamic=True)
-    return _COMPILED.get("fn")
+def int8_feed_forward(x: Tensor, first: tuple[Tensor, ...], second: tuple[Tensor, ...],
+                      norm: tuple[Tensor, Tensor, float], act: Callable[[Tensor], Tensor]) -> Tensor:
+    """LayerNorm(x + ffn_out(act(ffn_in(x)))): an encoder layer's feed-forward block at int8, one pure function."""
+    h = int8_linear(act(int8_linear(x, *first)), *second)
+    return F.layer_norm(x + h, x.shape[-1:], norm[0], norm[1], norm[2])
+
+
+_COMPILED: dict[str, Any] = {}  # name -> the compiled function (one per process), or None once compiling failed
+COMPILE_FAILED: list[str] = []  # why compiling failed in this process (then everything runs eagerly)
+
+
+def run_compiled(fn: Callable[..., Tensor], *args: Any) -> Tensor:
+    """`fn(*args)` through torch.compile (compiled at its first call, cached on disk by torch); where compiling
+    fails (no C++ compiler, an unsupported op), eager from then on for every function, with one warning."""
+    import warnings
+
+    if not COMPILE_FAILED:
+        compiled = _COMPILED.get(fn.__name__)
+        if compiled is None:
+            compiled = _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+        try:
+            return compiled(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # compiling happens at the first call
+            COMPILE_FAILED.append(f"{type(exc).__name__}: "
+                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            _COMPILED.clear()
+            warnings.warn(f"int8 --compile: torch.compile failed ({COMPILE_FAILED[0][:200]}); running the int8 "
+                          "layers eagerly", stacklevel=3)
+    return fn(*args)
 
 
 class Int8Linear(nn.Module):
@@ -128,26 +161,15 @@ class Int8Linear(nn.Module):
         bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(self.out_features)
         self.register_buffer("bias", bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        import warnings
+    @property
+    def buffers_(self) -> tuple[Tensor, ...]:
+        """The arguments of `int8_linear` after the rows."""
+        return self.weight_t, self.weight_scale, self.weight_sum, self.bias
 
+    def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
-        args = (rows, self.weight_t, self.weight_scale, self.weight_sum, self.bias)
-        fn = _compiled_int8_linear() if self.compile else None
-        y = None
-        if fn is not None:
-            try:
-                y = fn(*args)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as exc:  # compiling happens at the first call
-                _COMPILED.pop("fn", None)
-                _COMPILED["failed"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-                warnings.warn(f"int8 --compile: torch.compile failed ({_COMPILED['failed'][:200]}); running the "
-                              "int8 layers eagerly", stacklevel=2)
-        if y is None:
-            y = int8_linear(*args)
+        y = run_compiled(int8_linear, rows, *self.buffers_) if self.compile else int8_linear(rows, *self.buffers_)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -155,13 +177,44 @@ class Int8Linear(nn.Module):
                f"int8 activations per token{', compiled' if self.compile else ''}"
 
 
+class Int8EncoderLayer(nn.Module):
+    """An encoder layer at int8 for `--compile`: attention output + residual + LayerNorm, and the feed-forward
+    block (two int8 GEMMs, the activation, residual, LayerNorm) each one compiled function, so the element-wise
+    passes between the int8 GEMMs fuse too (they dominate at small hidden sizes). Attention itself (packed or
+    dense) runs as in the float layer. Same submodule names as `EncoderLayer`; inference only."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = layer.num_heads
+        self.qkv = Int8Linear(layer.qkv, compile=True)
+        self.attn_out = Int8Linear(layer.attn_out, compile=True)
+        self.attn_norm = layer.attn_norm
+        self.ffn_in = Int8Linear(layer.ffn_in, compile=True)
+        self.ffn_out = Int8Linear(layer.ffn_out, compile=True)
+        self.ffn_norm = layer.ffn_norm
+        self.act = layer.act
+        self.eval()
+
+    def forward(self, x: Tensor, layout: Any) -> Tensor:
+        if self.training:
+            raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
+        dtype, x = x.dtype, x.float()
+        y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
+        attn = (self.attn_norm.weight, self.attn_norm.bias, self.attn_norm.eps)
+        x = run_compiled(int8_attention_output, x, y, self.attn_out.buffers_, attn)
+        ffn = (self.ffn_norm.weight, self.ffn_norm.bias, self.ffn_norm.eps)
+        return run_compiled(int8_feed_forward, x, self.ffn_in.buffers_, self.ffn_out.buffers_, ffn,
+                            self.act).to(dtype)
+
+
 def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = (), compile: bool = False
              ) -> nn.Module:
     """Convert `model` in place for inference at `precision` ("int8", "bf16" or "fp32") and return it.
 
     int8 replaces the encoder's Linear layers (names ending in qkv, attn_out, ffn_in, ffn_out); `keep`: layer names
-    or glob patterns (e.g. "bert.layers.5.*", "*.ffn_out") that stay float32; `compile`: see Int8Linear. The
-    model is put in eval mode."""
+    or glob patterns (e.g. "bert.layers.5.*", "*.ffn_out") that stay float32; `compile`: each encoder layer with no
+    kept Linear becomes an Int8EncoderLayer (fused through torch.compile), other int8 layers compile alone (see
+    Int8Linear). The model is put in eval mode."""
     if precision not in ("int8", "bf16", "fp32"):
         raise ValueError(f"precision must be int8, bf16 or fp32, got {precision!r}")
     model.eval()
@@ -169,11 +222,23 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
         return model.to(torch.bfloat16)
     if precision == "fp32":
         return model
+    from bertkit.model import EncoderLayer
+
     patterns = list(keep)
     kept, converted = [], 0
+    replaced: set[int] = set()  # layers swapped for an Int8EncoderLayer: their old children are not visited
     for name, module in list(model.named_modules()):
+        if id(module) in replaced:
+            continue
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
+            if compile and isinstance(child, EncoderLayer):
+                linears = [f"{full}.{n}" for n in ENCODER_LINEARS]
+                if not any(fnmatch.fnmatchcase(n, p) or n == p for n in linears for p in patterns):
+                    setattr(module, child_name, Int8EncoderLayer(child))  # the whole layer, fused
+                    replaced.add(id(child))
+                    converted += len(ENCODER_LINEARS)
+                continue  # a layer with a kept Linear: its other Linears one by one, when it is visited
             if not isinstance(child, nn.Linear) or child_name not in ENCODER_LINEARS:
                 continue
             if any(fnmatch.fnmatchcase(full, p) or full == p for p in patterns):
@@ -187,3 +252,14 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
     model.precision = "int8"  # type: ignore[assignment]
     model.int8_kept = kept  # type: ignore[assignment]
     return model
+
+
+@torch.no_grad()
+def warm_up(encoder: nn.Module) -> None:
+    """Run an int8 encoder once on a small padded batch, so `--compile`'s one-time compilation (up to a minute cold)
+    happens at start-up, not in the first request."""
+    vocab = encoder.config.vocab_size
+    ids = torch.arange(24, dtype=torch.long).remainder(vocab).view(2, 12)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    encoder(ids, mask, torch.zeros_like(ids))
