@@ -194,24 +194,24 @@ def _encoder(tok: Any) -> Callable[[str, Any], Any]:
             return None
         if task == "classification":
             labels = sorted({e.label for e in result if e.label is not None}) or ["x"]
-            return classification.ClassificationTask(tok, result, result, labels, 24, source="fuzz")
+            info = classification.ClassificationInfo(labels, 24)
+            return classification.ClassificationTask(tok, result, result, info, source="fuzz")
         if task in ("ner", "intent_slot"):
             for item in result:
                 item.tags = convert_scheme(item.tags, "bioes")
             tags = tag_set([x.tags for x in result], "bioes")
-            info = {"crf": False, "scheme": "bioes"}
             if task == "ner":
-                return ner.NerTask(tok, result, result, tags, 24, info, source="fuzz")
+                return ner.NerTask(tok, result, result, ner.NerInfo(tags, 24, "bioes", False, "char"), source="fuzz")
             intents = sorted({u.intent for u in result})
-            return intent_slot.IntentSlotTask(tok, result, result, intents, tags, 64, info)
+            info = intent_slot.IntentSlotInfo(intents, tags, 64, "bioes", False, "space")
+            return intent_slot.IntentSlotTask(tok, result, result, info)
         if task == "relation":
-            labels = sorted({e.label for e in result if e.label})
-            return relation.RelationTask(relation_tok, [e for e in result if e.label], result, labels, 64,
-                                         {"format": name.split()[1]}, source="fuzz")
+            info = relation.RelationInfo(sorted({e.label for e in result if e.label}), 64, name.split()[1])
+            return relation.RelationTask(relation_tok, [e for e in result if e.label], result, info, source="fuzz")
         if task == "spelling":
-            return spelling.SpellingTask(tok, result, result, 16)
+            return spelling.SpellingTask(tok, result, result, spelling.SpellingInfo(16))
         if task == "qa":
-            return qa.QATask(tok, result, result, 48, 16, source="fuzz")
+            return qa.QATask(tok, result, result, qa.QAInfo(48, 16), source="fuzz")
         return None
 
     return encode

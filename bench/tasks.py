@@ -109,7 +109,7 @@ def command(name: str, spec: dict[str, Any], init: Path) -> str:
 
 
 def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
-    from bertkit.tasks import task_module
+    from bertkit.tasks import task_spec
     from bertkit.train import TrainConfig
 
     init = model_dir(spec["model"], chinese)
@@ -122,7 +122,7 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="inputs longer than max_length")
-        result = task_module(spec["task"]).finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"],
+        result = task_spec(spec["task"]).finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"],
                                                     fmt=spec["fmt"], init_from=init, **settings)
     minutes = (time.perf_counter() - started) / 60
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"

@@ -1,4 +1,5 @@
-"""The web page in headless Chromium: type a text, see the entities and the attention heatmap; screenshot saved."""
+"""The web page in headless Chromium: type a text, see the entities and the attention heatmap, or the candidates
+for each [MASK] of a pre-trained model; screenshots saved."""
 
 from __future__ import annotations
 
@@ -43,11 +44,49 @@ def test_page_predicts_and_draws_attention(tmp_path):
         server.stop()
 
 
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+def test_page_fills_masks_of_a_pre_trained_model(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bertkit import BertConfig, BertForPreTraining, Tokenizer
+    from bertkit.predict import Predictor
+    from tests.conftest import randomize_
+
+    tok = Tokenizer.train(["北京举行新年音乐会", "今天天气很好", "人民日报发表社论"], vocab_size=60, min_frequency=1)
+    model = randomize_(BertForPreTraining(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                     intermediate_size=37, vocab_size=len(tok))))
+    model.save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    server = Server(tmp_path / "mlm", "--precision", "fp32")
+    driver = _driver(tmp_path)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "task fill_mask" in d.find_element(By.ID, "model-info").text)
+        box = driver.find_element(By.ID, "field-text")
+        box.send_keys("今天[MASK]气很好，北京[MASK]行")
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
+        masks = driver.find_elements(By.CSS_SELECTOR, "#candidates .mask")
+        assert len(masks) == 2  # one block of candidates per [MASK]
+        shown = [[row.find_elements(By.TAG_NAME, "td")[0].text for row in m.find_elements(By.TAG_NAME, "tr")]
+                 for m in masks]
+        expected = Predictor(tmp_path / "mlm").predict(["今天[MASK]气很好，北京[MASK]行"])[0]["masks"]
+        assert shown == [[c["token_str"] for c in candidates] for candidates in expected]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "web-fill-mask.png"))
+    finally:
+        driver.quit()
+        server.stop()
+
+
 def _entities_for(driver, wait, text: str) -> list[str]:
     """Type `text`, press Predict, and read the entities the page marks (text + label)."""
     from selenium.webdriver.common.by import By
 
-    box = driver.find_element(By.ID, "text")
+    box = driver.find_element(By.ID, "field-text")  # the page builds its fields from the task's input schema
     box.clear()
     box.send_keys(text)
     driver.find_element(By.ID, "submit").click()

@@ -73,7 +73,7 @@ def test_labels_outside_the_label_set_are_named(tmp_path):
     tok = Tokenizer.train([tmp_path / "v.txt"], vocab_size=40, min_frequency=1)
     examples = [classification.Example("good", None, "pos", 2), classification.Example("bad", None, "meh", 7)]
     with pytest.raises(DataError, match=r"train:7: label 'meh' is not in the label set \['neg', 'pos'\]"):
-        classification.ClassificationTask(tok, examples, [], ["neg", "pos"])
+        classification.ClassificationTask(tok, examples, [], classification.ClassificationInfo(["neg", "pos"], 128))
 
 
 def test_scores_by_hand():
@@ -109,7 +109,9 @@ def test_tiny_end_to_end_on_pairs(tmp_path):
     saved = tmp_path / "run" / "model"
     assert json.loads((saved / "config.json").read_text())["id2label"] == {"0": "other", "1": "pome"}
     model = classification.BertForSequenceClassification.from_pretrained(saved)
-    out = classification.predict(model, Tokenizer.from_pretrained(saved), ["plum", "fig"], ["pear", "fig"])
+    info = classification.ClassificationInfo(["other", "pome"], 16)
+    out = classification.predict(model, Tokenizer.from_pretrained(saved), info,
+                                 [{"text": "plum", "text_pair": "pear"}, {"text": "fig", "text_pair": "fig"}])
     assert [o["label"] for o in out] == ["pome", "other"]
     assert all(abs(sum(o["probabilities"].values()) - 1.0) < 1e-5 for o in out)
 
@@ -119,7 +121,7 @@ def test_training_and_prediction_encode_a_missing_pair_the_same_way():
     tok = Tokenizer.train(["the cat sat", "on the mat", "a dog"], vocab_size=40, min_frequency=1)
     examples = [classification.Example("the cat sat", None, "a", 1),
                 classification.Example("a dog", "on the mat", "b", 2)]
-    task = classification.ClassificationTask(tok, examples, [], ["a", "b"], max_seq_len=16)
+    task = classification.ClassificationTask(tok, examples, [], classification.ClassificationInfo(["a", "b"], 16))
     alone = tok(["the cat sat"], max_length=16)["input_ids"][0].tolist()
     mixed = tok(["the cat sat", "a dog"], [None, "on the mat"], max_length=16)
     assert task.train[0][0] == alone == mixed["input_ids"][0][: len(alone)].tolist()

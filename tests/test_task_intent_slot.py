@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bertkit import DataError, Tokenizer
+from bertkit.predict import Predictor
 from bertkit.tasks import intent_slot
 from bertkit.tasks.intent_slot import Utterance, read_utterances, scores
 from bertkit.train import TrainConfig
@@ -58,7 +59,6 @@ def test_tiny_end_to_end(tmp_path):
     result = intent_slot.finetune(d, config, eval_file=d, tokenizer=tmp_path / "vocab", model_size="tiny",
                                   crf=True)
     assert result.metrics["intent_accuracy"] == 1.0 and result.metrics["slot_f1"] > 0.9
-    model = intent_slot.BertForIntentSlot.from_pretrained(tmp_path / "run" / "model")
-    out = intent_slot.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), ["weather in rome"])
+    out = Predictor(tmp_path / "run" / "model").predict(["weather in rome"])
     assert out[0]["intent"] == "GetWeather"
     assert out[0]["slots"] == [{"type": "city", "start": 11, "end": 15, "text": "rome"}]

@@ -94,6 +94,8 @@ def test_tiny_end_to_end_learns_and_predicts_from_the_checkpoint(tmp_path, crf):
     assert info["task"] == "ner" and info["crf"] is crf and "S-LOC" in info["labels"]
     model = ner.BertForTokenClassification.from_pretrained(tmp_path / "run" / "model")
     assert (model.head.crf is not None) is crf
-    out = ner.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), ["王五去上海了", ""])
+    info = ner.SPEC.read_info(info, "task.json")
+    out = ner.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), info,
+                      [{"text": "王五去上海了"}, {"text": ""}])
     assert {"type": "LOC", "start": 3, "end": 5, "text": "上海"} in out[0]["entities"]
     assert out[1]["entities"] == []

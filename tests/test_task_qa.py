@@ -70,7 +70,7 @@ def test_tiny_end_to_end(tmp_path):
     assert losses[-1] < losses[0] * 0.5
     assert result.metrics["em"] >= 50  # chance is ~1/50 spans
     model = qa.BertForQuestionAnswering.from_pretrained(tmp_path / "run" / "model")
-    out = qa.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), ["谁住在上海"],
-                     ["小明住在北京，小红住在上海。"], max_seq_len=64)
+    out = qa.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), qa.QAInfo(64, 128),
+                     [{"question": "谁住在上海", "context": "小明住在北京，小红住在上海。"}])
     context = "小明住在北京，小红住在上海。"
     assert out[0]["answer"] and context[out[0]["start"] : out[0]["end"]] == out[0]["answer"]

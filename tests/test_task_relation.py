@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bertkit import DataError, Tokenizer
@@ -71,5 +73,6 @@ def test_tiny_end_to_end(tmp_path):
     loaded_tok = Tokenizer.from_pretrained(directory)
     assert loaded_tok.tokenize("<e1> fire </e1>") == ["<e1>", "fire", "</e1>"]  # markers stay whole
     model = relation.BertForRelation.from_pretrained(directory)
-    out = relation.predict(model, loaded_tok, ["the <e1> smoke </e1> came from the <e2> fire </e2> ."])
+    info = relation.SPEC.read_info(json.loads((directory / "task.json").read_text()), "task.json")
+    out = relation.predict(model, loaded_tok, info, [{"text": "the <e1> smoke </e1> came from the <e2> fire </e2> ."}])
     assert out[0]["label"] == "Cause-Effect(e2,e1)"

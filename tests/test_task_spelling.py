@@ -75,6 +75,7 @@ def test_tiny_end_to_end(tmp_path):
     from bertkit import BertForPreTraining
 
     model = BertForPreTraining.from_pretrained(tmp_path / "run" / "model")
-    out = spelling.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), ["今天天汽很好"])
+    out = spelling.predict(model, Tokenizer.from_pretrained(tmp_path / "run" / "model"), spelling.SpellingInfo(128),
+                           [{"text": "今天天汽很好"}])
     assert out[0]["corrected"] == "今天天气很好"
     assert out[0]["edits"] == [{"position": 3, "from": "汽", "to": "气"}]

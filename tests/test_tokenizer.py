@@ -65,10 +65,11 @@ def test_longest_first_truncation_equals_slow_tokenizer(tokenizers_pair):
     ours, slow = tokenizers_pair
     a = ["one two three four five six seven eight nine ten eleven twelve", "short"]
     b = ["alpha beta", "a much longer second segment that must lose tokens first because it is longest"]
-    before = ours.truncated_count
     with pytest.warns(UserWarning, match="longer than max_length=12 tokens were truncated"):
         got = ours(a, b, max_length=12)
-    assert ours.truncated_count == before + 2
+    with pytest.warns(UserWarning):
+        assert ours.encode_batch(a, b, max_length=12).truncated == 2  # counted per call: no shared counter
+    assert ours.encode_batch(a, b).truncated == 0  # max_length=None: no truncation
     expected = slow(
         a, b, padding=True, truncation="longest_first", max_length=12, return_tensors="pt", return_token_type_ids=True
     )
@@ -81,6 +82,15 @@ def test_no_truncation_is_an_error(tokenizers_pair):
     ours, _ = tokenizers_pair
     with pytest.raises(ValueError, match=r"input 1 has \d+ tokens, more than max_length=8"):
         ours(["short", "this text is certainly longer than eight tokens in total"], max_length=8, truncation=False)
+
+
+def test_special_tokens_written_in_a_text_are_those_tokens_as_in_transformers(minilm_dir):
+    fast = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
+    mine = Tokenizer.from_pretrained(minilm_dir)
+    text = "Paris is the [MASK] of France. [SEP] [mask] [UNK]"
+    assert mine.encode(text) == fast(text)["input_ids"]
+    assert mine.encode(text).count(mine.mask_token_id) == 1  # "[mask]" is lower-case text, not the token
+    assert mine.decode(mine.encode(text)) == fast.decode(fast(text)["input_ids"], skip_special_tokens=True)
 
 
 def test_bad_input_types_are_named(tokenizers_pair):

@@ -10,12 +10,13 @@ from bertkit.errors import BertkitError, CheckpointError, DataError
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562), so `import bertkit.prepared` in a tokenizing worker does not load torch (2 s)
-_LAZY = {"BertConfig": "bertkit.config", "BertForPreTraining": "bertkit.model", "BertModel": "bertkit.model",
+_LAZY = {"BertConfig": "bertkit.config", "BertForMaskedLM": "bertkit.model", "BertForPreTraining": "bertkit.model",
+         "BertModel": "bertkit.model",
          "BertOutput": "bertkit.model", "PreTrainingOutput": "bertkit.model", "Tokenizer": "bertkit.tokenizer"}
 
 if TYPE_CHECKING:
     from bertkit.config import BertConfig
-    from bertkit.model import BertForPreTraining, BertModel, BertOutput, PreTrainingOutput
+    from bertkit.model import BertForMaskedLM, BertForPreTraining, BertModel, BertOutput, PreTrainingOutput
     from bertkit.tokenizer import Tokenizer
 
 
@@ -27,6 +28,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BertConfig",
+    "BertForMaskedLM",
     "BertForPreTraining",
     "BertModel",
     "BertOutput",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import re
@@ -243,22 +242,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a task head (and the whole encoder) from a pre-trained checkpoint, or from scratch."""
-    from bertkit.tasks import task_module
+    from dataclasses import fields
+
+    from bertkit.tasks import task_spec
     from bertkit.train import config_from_args
 
-    module = task_module(args.task)
-    accepted = inspect.signature(module.finetune).parameters
-    given = {name: getattr(args, name) for name in TASK_OPTIONS if getattr(args, name) not in (None, False)}
-    wrong = [f"--{k.replace('_', '-')}" for k in given if k not in accepted]
+    spec = task_spec(args.task)
+    own = {f.name for f in fields(spec.options)} if spec.options else set()
+    given = {name: getattr(args, name) for name in _option_fields() if getattr(args, name) not in (None, False)}
+    wrong = [f"--{k.replace('_', '-')}" for k in given if k not in own]
     if wrong:
         raise BertkitError(f"{', '.join(wrong)} do(es) not apply to the {args.task} task")
     common = {"eval_file": args.eval, "init_from": args.init_from, "tokenizer": args.tokenizer,
               "model_size": args.model_size, "limit": args.limit}
     if args.format:
+        if args.format not in spec.formats:
+            raise BertkitError(f"--format {args.format}: the {args.task} task reads {', '.join(spec.formats)}")
         common["fmt"] = args.format
     if args.max_seq_len:
         common["max_seq_len"] = args.max_seq_len
-    result = module.finetune(args.train, config_from_args(args), **common, **given)
+    result = spec.finetune(args.train, config_from_args(args), **common, **given)
     if result.metrics:
         print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     print(f"model: {result.output_dir / 'model'}")
@@ -271,8 +274,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
                           compile=args.compile)
-    fmt = args.format or DEFAULT_FORMATS[predictor.task]
-    print(json.dumps({"task": predictor.task, "data": args.data, **predictor.evaluate(args.data, fmt)}, indent=2))
+    if args.format and args.format not in predictor.spec.formats:
+        raise BertkitError(f"--format {args.format}: the {predictor.task} task reads "
+                           f"{', '.join(predictor.spec.formats) or 'no labelled files'}")
+    metrics = predictor.evaluate(args.data, args.format)
+    print(json.dumps({"task": predictor.task, "data": args.data, **metrics}, indent=2))
+    return 0
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    """The most likely tokens at each [MASK] of texts, from a pre-trained checkpoint (JSON lines, one per text, as
+    transformers' fill-mask pipeline returns them)."""
+    import dataclasses
+
+    from bertkit.predict import Predictor
+    from bertkit.tasks.fill_mask import NAME, pipeline_output
+
+    if not args.texts and args.input is None:
+        raise DataError("give texts with [MASK] on the command line, or --input FILE (one text per line)")
+    if args.input is not None:
+        check_input_file(args.input)
+    predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
+                          compile=args.compile, task=NAME)
+    predictor.info = dataclasses.replace(predictor.info, top_k=args.top_k)
+    texts = list(args.texts)
+    if args.input is not None:
+        texts += [text for _, text in input_lines(args.input) if text.strip()]
+    for start in range(0, len(texts), 32):
+        for result in predictor.predict(texts[start : start + 32]):
+            print(json.dumps(pipeline_output(result), ensure_ascii=False, allow_nan=False))
     return 0
 
 
@@ -285,7 +315,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_input_file(args.input)
     check_output_file(args.output)
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
-                          compile=args.compile)
+                          compile=args.compile, task=args.task)
     # A file output is written under a temporary name and renamed at the end: a run that stops at a bad line
     # leaves the previous output in place, not a truncated one.
     tmp: Path | None = None
@@ -418,7 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
           allow_hosts=args.allow_host, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
-          compile=args.compile)
+          compile=args.compile, task=args.task)
     return 0
 
 
@@ -477,15 +507,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-4 else 1
 
 
-DEFAULT_FORMATS = {"classification": "tsv", "ner": "conll", "intent_slot": "atis", "relation": "semeval",
-                   "spelling": "sighan", "qa": "squad"}
-TASK_OPTIONS = ("crf", "scheme", "word_level", "augment_corpus", "augment", "doc_stride")
+def _option_fields() -> dict[str, list[Any]]:
+    """Every task option (a field of a spec's options dataclass, one `finetune --flag`) -> its fields, one per task
+    that has it, with the task's name."""
+    from dataclasses import fields
+
+    from bertkit.tasks import task_spec, trainable_tasks
+
+    out: dict[str, list[Any]] = {}
+    for name in trainable_tasks():
+        spec = task_spec(name)
+        for f in fields(spec.options) if spec.options else ():
+            out.setdefault(f.name, []).append((name, f))
+    return out
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {}
 
 
+def _pretrained_task_arg(p: argparse.ArgumentParser) -> None:
+    from bertkit.tasks import TASKS, trainable_tasks
+
+    untrained = [name for name in TASKS if name not in trainable_tasks()]
+    p.add_argument("--task", default=None, choices=untrained,
+                   help="for a pre-trained checkpoint (no task.json): what to serve (default: the masked-token "
+                   "task where it has an MLM head, else sentence vectors)")
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
+                   "(fill-mask or sentence embeddings)")
+    _pretrained_task_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int_range(0, 65535), default=8000, help="(default: %(default)s)")
     p.add_argument("--max-batch", type=int_range(1), default=32,
@@ -539,13 +590,23 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
-    p.add_argument("--data", required=True, help="labelled file (or directory, for intent_slot)")
+    p.add_argument("--data", required=True, help="labelled file (or directory, for formats that are directories)")
     p.add_argument("--format", default=None, help="input format (default: the task's)")
     _device_arg(p)
 
 
+def _fill_mask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a pre-trained checkpoint with an MLM head (BertForPreTraining, BertForMaskedLM)")
+    p.add_argument("texts", nargs="*", help="texts with one or more [MASK] tokens")
+    p.add_argument("--input", default=None, help="also read texts from this file, one per line ('-': stdin)")
+    p.add_argument("--top-k", type=int_range(1, 1000), default=5, help="candidates per mask (default: %(default)s)")
+    _device_arg(p)
+
+
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
+                   "(fill-mask or sentence embeddings)")
+    _pretrained_task_arg(p)
     p.add_argument("--input", default="-", help="JSONL objects or plain text lines, UTF-8 (a BOM is ignored, blank "
                    "lines skipped; no input at all is an error); '-' for stdin (default)")
     p.add_argument("--output", default="-", help="JSONL predictions; '-' for stdout (default)")
@@ -569,27 +630,29 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     from bertkit.config import PRESETS
-    from bertkit.tasks import TASKS
+    from bertkit.tasks import trainable_tasks
     from bertkit.train import TrainConfig, add_train_arguments
 
-    p.add_argument("--task", required=True, choices=sorted(TASKS), help="what to fine-tune for")
+    p.add_argument("--task", required=True, choices=trainable_tasks(), help="what to fine-tune for")
     p.add_argument("--train", required=True, help="training file")
     p.add_argument("--eval", default=None, help="evaluation file (scored at --eval-every and at the end)")
-    p.add_argument("--format", default=None, help="input format (see the task module's FORMATS; default: the "
-                   "task's own: tsv, conll, atis, semeval, sighan, squad)")
+    p.add_argument("--format", default=None, help="input format (the task's SPEC.formats; default: its "
+                   "default_format)")
     p.add_argument("--init-from", default=None, help="pre-trained checkpoint directory (its vocab is used)")
     p.add_argument("--tokenizer", default=None, help="vocabulary directory, to train from scratch")
     p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset when from scratch")
     p.add_argument("--max-seq-len", type=SEQ_LEN, default=None, help="tokens per input (default: the task's, 64-256)")
     p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N training examples (N >= 1)")
-    p.add_argument("--crf", action="store_true", help="ner, intent_slot: a CRF layer on top (Viterbi decoding)")
-    p.add_argument("--scheme", default=None, choices=["bio", "bioes"], help="ner, intent_slot: tag scheme (bio)")
-    p.add_argument("--word-level", default=None, choices=["char", "space"],
-                   help="ner, intent_slot: how raw text is split into words when predicting")
-    p.add_argument("--augment-corpus", default=None, help="spelling: clean text to corrupt with confusion sets")
-    p.add_argument("--augment", type=int_range(0), default=None, help="spelling: how many corrupted sentences to add")
-    p.add_argument("--doc-stride", type=POSITIVE, default=None,
-                   help="qa: step between window starts, in tokens (128; capped at the window's context room)")
+    for flag, owners in _option_fields().items():  # each task's options, from its spec
+        _, first = owners[0]
+        tasks = ", ".join(name for name, _ in owners)
+        helps = dict.fromkeys(f.metadata["help"] for _, f in owners)  # a shared flag may mean the same in each
+        text = f"{tasks}: " + "; ".join(helps)
+        if first.default is False:
+            p.add_argument(f"--{flag.replace('_', '-')}", action="store_true", help=text)
+        else:
+            p.add_argument(f"--{flag.replace('_', '-')}", default=None, choices=first.metadata["choices"],
+                           type=first.metadata["type"], help=text)
     add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
@@ -686,6 +749,7 @@ COMMANDS.update({
     "finetune": (cmd_finetune, _finetune_args),
     "evaluate": (cmd_evaluate, _evaluate_args),
     "predict": (cmd_predict, _predict_args),
+    "fill-mask": (cmd_fill_mask, _fill_mask_args),
     "embed": (cmd_embed, _embed_args),
     "serve": (cmd_serve, _serve_args),
     "export": (cmd_export, _export_args),

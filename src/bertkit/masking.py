@@ -53,7 +53,8 @@ def tokenize_documents(documents: list[list[str]], tokenizer: Any, whole_word: b
     coded: list[list[int]] = []
     for start in range(0, len(flat), batch):
         texts = flat[start : start + batch]
-        for text, (ids, offsets, tokens) in zip(texts, tokenizer.encode_many(texts), strict=True):
+        for text, encoding in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
+            ids, offsets, tokens = encoding.ids, encoding.offsets, encoding.tokens
             starts: set[int] | None = None
             if cut is not None and _CJK.search(text):
                 starts, position = set(), 0

@@ -330,12 +330,13 @@ class BertModel(CheckpointIO, nn.Module):
 
     hf_architecture = "BertModel"
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, pooler: bool = True) -> None:
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        # transformers' BertForMaskedLM has no pooler (add_pooling_layer=False); neither does ours
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.unpad = True  # False: compute on padding too (the reference path transformers takes)
         init_weights(self, config)
 
@@ -373,13 +374,15 @@ class BertModel(CheckpointIO, nn.Module):
         self.config.vocab_size = size
 
     def pool(self, x: Tensor, layout: Layout) -> Tensor:
+        if self.pooler is None:
+            raise ValueError("this encoder was built without a pooler (a masked-LM model)")
         return torch.tanh(self.pooler(layout.first_tokens(x)))  # (B, H)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
     ) -> BertOutput:
         x, layout = self.encode(input_ids, attention_mask, token_type_ids)
-        return BertOutput(layout.pad(x), self.pool(x, layout))
+        return BertOutput(layout.pad(x), self.pool(x, layout) if self.pooler is not None else x.new_zeros(0))
 
     @torch.no_grad()
     def attention_maps(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -440,6 +443,34 @@ class BertForPreTraining(CheckpointIO, nn.Module):
             mlm_logits = self.mlm_logits(x[selected])  # (M, V)
         pooled = self.bert.pool(x, layout)
         return PreTrainingOutput(mlm_logits, self.nsp(pooled), layout.pad(x), pooled)
+
+
+class BertForMaskedLM(CheckpointIO, nn.Module):
+    """BERT with the MLM head only (transformers' BertForMaskedLM: no pooler, no NSP head), for fill-mask."""
+
+    hf_architecture = "BertForMaskedLM"
+    hf_head_renames = BertForPreTraining.hf_head_renames[:3]
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, pooler=False)
+        H = config.hidden_size
+        self.mlm_transform = nn.Linear(H, H)
+        self.mlm_act = _ACTIVATIONS[config.hidden_act]
+        self.mlm_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        init_weights(self, config)
+
+    mlm_logits = BertForPreTraining.mlm_logits
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                mlm_positions: Tensor | None = None) -> Tensor:
+        """Vocabulary logits: (B, T, V), or (M, V) at the `mlm_positions` (a (B, T) bool mask) only."""
+        x, layout = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (S, H)
+        if mlm_positions is None:
+            return layout.pad(self.mlm_logits(x))  # (B, T, V)
+        return self.mlm_logits(x[layout.rows(mlm_positions)])  # (M, V)
 
 
 def init_weights(module: nn.Module, config: BertConfig) -> None:

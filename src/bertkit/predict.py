@@ -1,4 +1,4 @@
-"""Predictor: a fine-tuned checkpoint directory -> predictions for raw inputs, whatever the task (no HTTP here)."""
+"""Predictor: a checkpoint directory -> predictions for raw inputs, for whatever task its spec declares (no HTTP)."""
 
 from __future__ import annotations
 
@@ -13,35 +13,28 @@ import torch
 from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
 from bertkit.device import resolve_device
-from bertkit.errors import BertkitError, DataError, DeviceError
+from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
 from bertkit.quantize import quantize, resolve_precision, warm_up
-from bertkit.tasks import task_module
-from bertkit.tasks.base import check_task_fits_config, read_task_info
+from bertkit.tasks import TASKS, default_task, task_spec
+from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
-
-# What each task reads from an input object (besides "text").
-INPUT_KEYS = {
-    "classification": ("text", "text_pair"),
-    "ner": ("text",),
-    "intent_slot": ("text",),
-    "relation": ("text", "head", "tail"),
-    "spelling": ("text",),
-    "qa": ("question", "context"),
-}
 
 
 class Predictor:
-    """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string}."""
+    """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string} where the task's
+    only required input is a text."""
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
                  device: str | torch.device | None = "auto", precision: str = "fp32",
-                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False) -> None:
-        """`onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
+                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False, task: str | None = None) -> None:
+        """`directory`: a fine-tuned checkpoint (its task.json names the task), or any pre-trained one: fill-mask
+        where it has an MLM head, else sentence embeddings (`task` picks one of those two explicitly).
+        `onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
         inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
         `bertkit.quantize`) or auto (`quantize.choose_precision`: int8 on CPUs with VNNI/AMX, bf16 where native,
         else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8; `compile`: int8 layers
-        through torch.compile (see `quantize.Int8Linear`).
+        through torch.compile (see `quantize.Int8EncoderLayer`), compiled here rather than in the first request.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
@@ -51,19 +44,38 @@ class Predictor:
         if onnx is not None and self.device.type != "cpu":
             raise DeviceError(f"--onnx runs the encoder in onnxruntime on the CPU; --device {device} does not apply")
         check_directory(self.directory)
-        self.info = read_task_info(self.directory)
-        self.task = self.info["task"]
-        self.module = task_module(self.task)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # strict: anything the weight warnings would say is an error instead
             config = BertConfig.from_pretrained(self.directory)
-            check_task_fits_config(self.directory, self.info, config, self.module.MODEL.hf_architecture)
-            self.model = self.module.MODEL.from_pretrained(self.directory, strict=True, config=config).eval()
+            if (self.directory / TASK_FILE).is_file():
+                self.spec, self.info = read_task_info(self.directory)
+                if task is not None and task != self.spec.name:
+                    raise CheckpointError(f"{self.directory} is a fine-tuned {self.spec.name} checkpoint; it cannot "
+                                          f"be used for {task}")
+                check_task_fits_config(self.directory, self.spec, self.info, config)
+            else:
+                if task is not None and (task not in TASKS or task_spec(task).trainable):
+                    untrained = " or ".join(n for n in TASKS if not task_spec(n).trainable)
+                    raise CheckpointError(f"{self.directory} has no task.json: a pre-trained checkpoint serves "
+                                          f"{untrained}, not {task}")
+                self.spec = task_spec(task or default_task(config.architectures))
+                self.info = self.spec.info(max_seq_len=min(self.spec.info().max_seq_len,
+                                                           config.max_position_embeddings))
+            if self.spec.load is not None:
+                self.model = self.spec.load(self.directory, config).eval()
+            else:
+                self.model = self.spec.model.from_pretrained(self.directory, strict=True, config=config).eval()
+        self.task = self.spec.name
+        encoder = self.model.bert if hasattr(self.model, "bert") else self.model
         if onnx is not None:
             from bertkit.export import OnnxEncoder
 
             # before any dtype change: the fingerprint is of the float32 weights the file was exported from
-            self.model.bert = OnnxEncoder(onnx, self.model.bert)
+            onnx_encoder = OnnxEncoder(onnx, encoder)
+            if encoder is self.model:
+                self.model = onnx_encoder
+            else:
+                self.model.bert = onnx_encoder
         if dtype is not None:
             self.model.to(dtype)
         self.model.to(self.device)
@@ -71,32 +83,33 @@ class Predictor:
         if self.precision != "fp32":
             quantize(self.model, self.precision, keep=int8_keep, compile=compile)
             if compile and self.precision == "int8":
-                warm_up(self.model.bert)  # compile now, not in the first request
+                warm_up(self.model.bert if hasattr(self.model, "bert") else self.model)  # compile now
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 
     @property
     def labels(self) -> list[str]:
-        return list(self.info.get("labels", []))
+        return list(getattr(self.info, "labels", []))
 
     def normalise(self, inputs: list[Any]) -> list[dict[str, Any]]:
-        """Check every input before any model work; errors say which input and what was expected."""
-        keys = INPUT_KEYS[self.task]
-        required = ("question", "context") if self.task == "qa" else ("text",)
+        """Check every input against the task's input schema before any model work; errors say which input and
+        what was expected."""
+        fields = {f.name: f for f in self.spec.inputs}
+        required = [f.name for f in self.spec.inputs if f.required]
         out = []
         for index, item in enumerate(inputs):
-            if isinstance(item, str) and self.task != "qa":
+            if isinstance(item, str) and self.spec.plain_text:
                 item = {"text": item}
             if not isinstance(item, dict):
-                raise DataError(f"input {index}: expected an object with {list(required)}, got "
-                                f"{type(item).__name__}")
-            unknown = sorted(set(item) - set(keys))
+                raise DataError(f"input {index}: expected an object with {required}, got {type(item).__name__}")
+            unknown = sorted(set(item) - set(fields))
             if unknown:
-                raise DataError(f"input {index}: unknown field(s) {unknown}; this {self.task} model reads {list(keys)}")
-            for key in keys:
-                if key in required and key not in item:
+                raise DataError(f"input {index}: unknown field(s) {unknown}; this {self.task} model reads "
+                                f"{list(fields)}")
+            for key, spec_field in fields.items():
+                if spec_field.required and key not in item:
                     raise DataError(f"input {index}: missing {key!r}")
-                if key in required and item[key] is None:
+                if spec_field.required and item[key] is None:
                     raise DataError(f"input {index}: {key!r} must be a string, got null")
                 if key in item and item[key] is not None and not isinstance(item[key], str):
                     raise DataError(f"input {index}: {key!r} must be a string, got {type(item[key]).__name__}")
@@ -115,7 +128,7 @@ class Predictor:
             return []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="inputs longer than max_length")
-            results = self.module.predict_inputs(self.model, self.tokenizer, self.info, items)
+            results = self.spec.predict(self.model, self.tokenizer, self.info, items)
         for index, result in enumerate(results):
             # NaN is not JSON: the predict CLI would write an unreadable file and the server a 500.
             if not _all_finite(result):
@@ -123,9 +136,11 @@ class Predictor:
                                    f"weights in {self.directory} may be corrupt")
         return results
 
-    def evaluate(self, path: str | Path, fmt: str) -> dict[str, float]:
+    def evaluate(self, path: str | Path, fmt: str | None = None) -> dict[str, float]:
+        if self.spec.evaluate is None:
+            raise BertkitError(f"the {self.task} task has no labelled evaluation")
         with torch.no_grad():
-            return self.module.evaluate_file(self.model, self.tokenizer, self.info, path, fmt)
+            return self.spec.evaluate(self.model, self.tokenizer, self.info, path, fmt or self.spec.default_format)
 
 
 def check_encodable(text: str, index: int, key: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -36,6 +37,7 @@ import bertkit
 from bertkit.device import describe, for_model
 from bertkit.errors import BertkitError, DataError
 from bertkit.predict import Predictor, check_encodable
+from bertkit.tasks.base import pad_sequences
 
 
 @dataclass
@@ -284,7 +286,7 @@ def _host_name(header: str) -> str:
 def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None, *,
                api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES,
                device: str | None = "auto", precision: str = "auto", int8_keep: Collection[str] = (),
-               compile: bool = False):
+               compile: bool = False, task: str | None = None):
     """The FastAPI application serving one checkpoint directory.
 
     `api_key`: every request but `GET /` must send `Authorization: Bearer <api_key>`. `allowed_hosts`: the names a
@@ -294,7 +296,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     expected = f"Bearer {api_key}".encode() if api_key else None
     predictor = Predictor(directory, onnx=onnx, device=device, precision=precision, int8_keep=tuple(int8_keep),
-                          compile=compile)
+                          compile=compile, task=task)
     batcher = Batcher(predictor, config)
     metrics = Metrics()
     @contextlib.asynccontextmanager
@@ -365,7 +367,8 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": Path(directory).resolve().name, "task": predictor.task,
-                "labels": predictor.labels, "intents": predictor.info.get("intents"),
+                "spec": predictor.spec.schema(), "info": dataclasses.asdict(predictor.info),
+                "labels": predictor.labels,
                 "version": bertkit.__version__, "backend": "onnxruntime" if onnx else f"torch {torch.__version__}",
                 "device": describe(predictor.device), "precision": predictor.precision,
                 "precision_reason": predictor.precision_reason, "limits": asdict(config)}
@@ -380,8 +383,9 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
         try:
             body = await read_body(request)
             if not isinstance(body, dict) or "inputs" not in body:
-                raise HttpError(422, 'expected a JSON object {"inputs": [...]} (texts, or objects such as '
-                                     '{"text": ...} / {"question": ..., "context": ...})')
+                fields = ", ".join(f'"{f.name}"' for f in predictor.spec.inputs)
+                raise HttpError(422, f'expected a JSON object {{"inputs": [...]}}: objects with {fields}'
+                                     + (" (or plain texts)" if predictor.spec.plain_text else ""))
             inputs = body["inputs"]
             if not isinstance(inputs, list) or not inputs:
                 raise HttpError(422, '"inputs" must be a non-empty list')
@@ -418,18 +422,18 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
 
 def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens: int) -> dict[str, Any]:
     """Tokens and every layer's and head's attention probabilities for one input, rounded for the page."""
-    encoder = predictor.model.bert
+    encoder = getattr(predictor.model, "bert", predictor.model)
     if not hasattr(encoder, "attention_maps"):
         raise HttpError(422, "the attention view needs the PyTorch model (not the ONNX one)")
-    batch = predictor.tokenizer(text, pair, max_length=max_tokens)
-    ids = batch["input_ids"][0]  # on the CPU, for the tokens below
+    encodings = predictor.tokenizer.encode_batch([text], [pair], max_length=max_tokens)
+    ids = encodings[0].ids
+    batch = pad_sequences([ids], predictor.tokenizer.pad_token_id, [encodings[0].type_ids])
     with torch.no_grad():
         batch = for_model(predictor.model, batch)
         maps = encoder.attention_maps(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     maps = maps[:, 0].float().cpu()  # (L, N, T, T)
     return {"tokens": predictor.tokenizer.convert_ids_to_tokens(ids),
-            "layers": maps.shape[0], "heads": maps.shape[1],
-            "truncated": predictor.tokenizer.truncated_count > 0 and len(ids) == max_tokens,
+            "layers": maps.shape[0], "heads": maps.shape[1], "truncated": encodings.truncated > 0,
             "attention": [[[[round(v, 4) for v in row] for row in head] for head in layer]
                           for layer in maps.tolist()]}
 
@@ -437,7 +441,7 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           onnx: str | Path | None = None, *, api_key: str | None = None, insecure: bool = False,
           allow_hosts: Collection[str] = (), device: str | None = "auto", precision: str = "auto",
-          int8_keep: Collection[str] = (), compile: bool = False) -> None:
+          int8_keep: Collection[str] = (), compile: bool = False, task: str | None = None) -> None:
     """Run the server (blocking). A non-loopback `host` needs `api_key` or `insecure` (`check_exposure`), and
     warns on stderr either way; `allow_hosts`: Host-header names besides loopback and `host` ("*": any)."""
     import sys
@@ -450,7 +454,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, conf
     config = config or ServeConfig()
     app = create_app(directory, config, onnx, api_key=api_key,
                      allowed_hosts=allowed_host_names(host, allow_hosts, api_key), device=device,
-                     precision=precision, int8_keep=int8_keep, compile=compile)
+                     precision=precision, int8_keep=int8_keep, compile=compile, task=task)
     uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
         timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections)).run()

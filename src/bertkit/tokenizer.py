@@ -112,8 +112,9 @@ class Tokenizer:
         duplicates = len(self.vocab) - len(self.token_to_index)
         if duplicates:
             warnings.warn(f"vocabulary lists {duplicates} token(s) twice; the later line wins", stacklevel=2)
+        # Read-only after construction (no truncation or padding settings are ever toggled on it), so one Tokenizer
+        # serves any number of threads.
         self._rust = self._build(self.token_to_index, self.options)
-        self.truncated_count = 0  # inputs cut to max_length so far, over all calls
 
     # ---- construction --------------------------------------------------------------------------------------------
 
@@ -142,8 +143,10 @@ class Tokenizer:
             special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
         )
         rust.decoder = decoders.WordPiece(prefix="##")
-        if options.additional_special_tokens:
-            rust.add_special_tokens(list(options.additional_special_tokens))
+        # As transformers' BertTokenizerFast: the special tokens written in a text are those tokens ("[MASK]" in
+        # a fill-mask input is the mask, not "[", "mask", "]"), and decoding can skip them.
+        specials = (options.pad_token, options.unk_token, options.cls_token, options.sep_token, options.mask_token)
+        rust.add_special_tokens([*specials, *options.additional_special_tokens])
         return rust
 
     @classmethod
@@ -283,36 +286,27 @@ class Tokenizer:
             _check_text(pair, "pair")
         return self._rust.encode(text, pair, add_special_tokens=add_special_tokens).ids
 
-    def encode_many(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]], list[str]]]:
-        """(ids, character offsets, tokens) of many texts without special tokens, in parallel (for corpora)."""
-        for index, text in enumerate(texts):
-            _check_text(text, f"texts[{index}]")
-        return [(e.ids, e.offsets, e.tokens) for e in self._rust.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_word_lists(self, sentences: Sequence[Sequence[str]]) -> list[Any]:
-        """Encodings (no special tokens, no truncation) of pre-split sentences; `.word_ids` maps tokens to words."""
-        for index, words in enumerate(sentences):
-            _check_item(words, f"sentences[{index}]", True)
-        return self._rust.encode_batch([list(w) for w in sentences], is_pretokenized=True, add_special_tokens=False)
-
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         return self._rust.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def encode_batch(
         self,
         texts: str | Sequence[str] | Sequence[Sequence[str]],
-        text_pairs: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        text_pairs: str | Sequence[str | None] | Sequence[Sequence[str]] | None = None,
         *,
         max_length: int | None = None,
         truncation: bool = True,
         is_split_into_words: bool = False,
-    ) -> list[Any]:
-        """Unpadded encodings (tokenizers `Encoding`: .ids, .type_ids, .offsets, .word_ids, .sequence_ids).
+        add_special_tokens: bool = True,
+    ) -> Encodings:
+        """The one batch-encoding entry point: unpadded encodings (tokenizers `Encoding`: .ids, .type_ids, .offsets,
+        .tokens, .word_ids, .sequence_ids), in a list whose `.truncated` counts the inputs cut.
 
         Pairs are `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1 (a `None` in `text_pairs` encodes that text
-        alone); truncation is longest-first (`truncate_longest_first`) and a warning says inputs were cut (the
-        running total is `truncated_count`). With `truncation=False`, an input over
-        `max_length` is an error.
+        alone, so inputs with and without a pair share a batch). `max_length=None`: no truncation; else inputs
+        over it are cut longest-first (`truncate_longest_first`, which never touches the shared Rust tokenizer's
+        settings), with a warning, or with `truncation=False` refused. `is_split_into_words`: lists of words (tagging
+        tasks; `.word_ids` maps tokens to words). `add_special_tokens=False`: no [CLS]/[SEP] (corpora, contexts).
         """
         single = isinstance(texts, str) or (is_split_into_words and _is_word_list(texts))
         batch = [texts] if single else list(texts)
@@ -327,14 +321,16 @@ class Tokenizer:
             if text is not None:
                 _check_item(text, f"text_pairs[{index}]", is_split_into_words)
         if not batch:
-            raise ValueError("texts is empty: nothing to tokenize")
-        max_length = self.options.model_max_length if max_length is None else max_length
-        if max_length < (4 if pairs is not None and any(p is not None for p in pairs) else 3):
-            raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]")
-        # A pair whose second text is None is encoded alone, so inputs with and without pairs can share a batch.
+            return Encodings()
+        if max_length is not None:
+            if not add_special_tokens:
+                raise ValueError("max_length needs the special tokens (truncation keeps [CLS] and [SEP])")
+            if max_length < (4 if pairs is not None and any(p is not None for p in pairs) else 3):
+                raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]")
         inputs = [(a, b) if b is not None else a for a, b in zip(batch, pairs, strict=True)] if pairs else batch
-        encodings = self._rust.encode_batch(inputs, is_pretokenized=is_split_into_words)
-        too_long = [i for i, e in enumerate(encodings) if len(e.ids) > max_length]
+        encodings = Encodings(self._rust.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                                      add_special_tokens=add_special_tokens))
+        too_long = [] if max_length is None else [i for i, e in enumerate(encodings) if len(e.ids) > max_length]
         if too_long:
             if not truncation:
                 i = too_long[0]
@@ -343,13 +339,12 @@ class Tokenizer:
                     f"({len(too_long)} input(s) too long); pass truncation=True or split the text"
                 )
             for i in too_long:
-                encodings[i] = truncate_longest_first(encodings[i], max_length)
-            self.truncated_count += len(too_long)
-            # One stable message per max_length, so a training loop warns once, not every batch; the running
-            # total is in `tokenizer.truncated_count`.
+                encodings[i] = truncate_longest_first(encodings[i], max_length)  # type: ignore[arg-type]
+            encodings.truncated = len(too_long)
+            # One stable message per max_length, so a training loop warns once, not every batch.
             warnings.warn(
-                f"inputs longer than max_length={max_length} tokens were truncated (longest first); "
-                "see Tokenizer.truncated_count for how many, or pass truncation=False to get an error instead",
+                f"inputs longer than max_length={max_length} tokens were truncated (longest first); pass "
+                "truncation=False to get an error instead",
                 stacklevel=3,
             )
         return encodings
@@ -375,6 +370,8 @@ class Tokenizer:
 
         encodings = self.encode_batch(texts, text_pairs, max_length=max_length, truncation=truncation,
                                       is_split_into_words=is_split_into_words)
+        if not encodings:
+            raise ValueError("texts is empty: nothing to tokenize")
         width = max(len(e.ids) for e in encodings)
         B = len(encodings)
         input_ids = torch.full((B, width), self.pad_token_id, dtype=torch.long)
@@ -404,6 +401,12 @@ class Tokenizer:
                 dtype=torch.long,
             )
         return out
+
+
+class Encodings(list):
+    """Encodings of one `encode_batch` call; `truncated`: how many of them were cut to max_length."""
+
+    truncated: int = 0
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class TrainConfig:
 
 
 class TrainTask(Protocol):
-    """What `fit` needs from a task (pre-training, classification, NER, ...)."""
+    """What `fit` needs from a task (pre-training or any fine-tuning task)."""
 
     def num_examples(self, epoch: int) -> int:
         """Training examples in this epoch (may vary: NSP pairs are rebuilt every epoch)."""

@@ -3,6 +3,7 @@ reported, every reader names what is wrong with a file, and nothing is lost with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -186,9 +187,11 @@ def test_empty_eval_file_is_an_error_in_finetune_and_evaluate(name, tmp_path, vo
         _finetune(name, tmp_path, vocab_dir, eval_file=empty)
     assert not no_training
     with pytest.raises(DataError, match=r"empty.*: no examples in the evaluation file"):
-        module.evaluate_file(None, Tokenizer.from_pretrained(vocab_dir), {"labels": ["0", "1"], "max_seq_len": 32,
-                                                                          "intents": ["a"], "doc_stride": 16}, empty,
-                             fmt)
+        values = {"labels": ["0", "1"], "max_seq_len": 32, "intents": ["a"], "doc_stride": 16, "scheme": "bio",
+                  "crf": False, "word_level": "char", "format": fmt}
+        spec = module.SPEC
+        info = spec.info(**{f.name: values[f.name] for f in dataclasses.fields(spec.info) if f.name in values})
+        spec.evaluate(None, Tokenizer.from_pretrained(vocab_dir), info, empty, fmt)
 
 
 # ---- truncation, repairs and messages -------------------------------------------------------------------------
@@ -252,7 +255,7 @@ def test_spelling_corrects_an_error_at_position_300_of_400(vocab_dir):
     text[300] = wrong
     text = "".join(text)
     model = _Corrector(tok.vocab_size, tok.token_to_index[wrong], tok.token_to_index[right])
-    [result] = spelling.predict(model, tok, [text], max_seq_len=128)
+    [result] = spelling.predict(model, tok, spelling.SpellingInfo(128), [{"text": text}])
     assert result["edits"] == [{"position": 300, "from": wrong, "to": right}]
     owned = sorted(i for row in spelling.encode_windows(tok, text, None, 128) for i in row[2] if i >= 0)
     assert owned == list(range(400))  # every character is corrected by exactly one window

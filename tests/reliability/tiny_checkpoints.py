@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bertkit import BertConfig, Tokenizer
-from bertkit.tasks.base import write_task_info
-from bertkit.tasks.classification import BertForSequenceClassification, label_config
+from bertkit.tasks.base import save_task
+from bertkit.tasks.classification import SPEC, BertForSequenceClassification, ClassificationInfo
 from tests.conftest import randomize_
 
 TEXTS = ["这家酒店非常好，服务很棒", "房间太差了，服务很糟糕", "环境好，很满意", "糟糕透了，不满意", "hello world"]
@@ -16,11 +16,10 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermed
 def make_classifier(directory: Path, labels: tuple[str, ...] = ("neg", "pos"), seed: int = 0) -> Path:
     """A classification checkpoint as `finetune` writes it: weights, config.json, vocab.txt, task.json."""
     tok = Tokenizer.train(TEXTS, vocab_size=80, min_frequency=1)
-    config = BertConfig(**TINY, vocab_size=len(tok), pad_token_id=tok.pad_token_id, extra=label_config(list(labels)))
+    info = ClassificationInfo(list(labels), 32)
+    config = BertConfig(**TINY, vocab_size=len(tok), pad_token_id=tok.pad_token_id, extra=SPEC.config_extra(info))
     model = randomize_(BertForSequenceClassification(config), seed=seed)
-    model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    write_task_info(directory, {"task": "classification", "labels": list(labels), "max_seq_len": 32})
+    save_task(SPEC, info, model, tok, directory)
     return directory
 
 
@@ -28,7 +27,7 @@ def finetune_tiny(task: str, root: Path) -> tuple[Path, list]:
     """Each task's own `finetune` for 2 steps on a handful of rows: (its checkpoint, inputs to predict)."""
     import json
 
-    from bertkit.tasks import task_module
+    from bertkit.tasks import task_spec
     from bertkit.train import TrainConfig
 
     kwargs: dict = {}
@@ -70,5 +69,5 @@ def finetune_tiny(task: str, root: Path) -> tuple[Path, list]:
     Tokenizer.train(corpus, vocab_size=80, min_frequency=1).save_pretrained(root / "vocab")
     config = TrainConfig(output_dir=str(root / "run"), batch_size=4, max_steps=2, lr=1e-3, warmup=0,
                          progress=False, bf16=False)
-    task_module(task).finetune(data, config, tokenizer=root / "vocab", model_size="tiny", **kwargs)
+    task_spec(task).finetune(data, config, tokenizer=root / "vocab", model_size="tiny", **kwargs)
     return root / "run" / "model", inputs

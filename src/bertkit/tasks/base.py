@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bertkit.config import SIZE_LIMITS, BertConfig
+from bertkit.config import BertConfig
 from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write_text
 from bertkit.tokenizer import Tokenizer
@@ -20,102 +20,69 @@ from bertkit.tokenizer import Tokenizer
 TASK_FILE = "task.json"
 
 
-def write_task_info(directory: Path, info: dict[str, Any]) -> None:
-    """task.json: which task, its label set(s) and encoding settings: all a Predictor needs besides the weights."""
-    atomic_write_text(Path(directory) / TASK_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+def save_task(spec: Any, info: Any, model: nn.Module, tokenizer: Tokenizer, directory: Path) -> None:
+    """A self-describing task checkpoint: weights and config.json (its label entries derived from `info`, so
+    transformers sees the labels too), the vocabulary, and task.json (`info`, the one place labels and task settings
+    live)."""
+    model.config.extra.update(spec.config_extra(info))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    write_task_json(directory, spec.write_info(info))
 
 
-def read_task_info(directory: str | Path) -> dict[str, Any]:
+def write_task_json(directory: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(Path(directory) / TASK_FILE, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_task_info(directory: str | Path) -> tuple[Any, Any]:
+    """(spec, info) of a fine-tuned checkpoint, from its task.json; errors name the file and the field."""
+    from bertkit.tasks import TASKS, task_spec
+
     path = Path(directory) / TASK_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; is {directory} a fine-tuned bertkit checkpoint? "
                               "(pre-trained encoders have no task; fine-tune one with `bertkit finetune`)")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(info, dict) or "task" not in info:
+    if not isinstance(data, dict) or "task" not in data:
         raise CheckpointError(f"{path}: expected an object with a 'task' key")
-    check_task_info(info, str(path))
-    return info
+    if data["task"] not in TASKS:
+        raise CheckpointError(f"{path}: task must be one of {sorted(TASKS)}, got {data['task']!r:.100}")
+    spec = task_spec(data["task"])
+    return spec, spec.read_info(data, str(path))
 
 
-def _label_list(value: Any) -> bool:
-    return (isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
-            and len(set(value)) == len(value))
-
-
-def _int_in(low: int, high: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
-
-
-MAX_POSITIONS = SIZE_LIMITS["max_position_embeddings"]  # no sequence can be longer than the largest position table
-# task.json fields: a check and the words for what it expects. An unchecked value would fail deep inside
-# predict (a string max_seq_len) or, worse, predict with the wrong label names.
-_TASK_FIELDS: dict[str, tuple[Any, str]] = {
-    "labels": (_label_list, "a non-empty list of distinct, non-empty strings"),
-    "intents": (_label_list, "a non-empty list of distinct, non-empty strings"),
-    "max_seq_len": (_int_in(8, MAX_POSITIONS), f"an integer from 8 to {MAX_POSITIONS}"),
-    "doc_stride": (_int_in(1, MAX_POSITIONS), "a positive integer"),
-    "scheme": (lambda v: v in ("bio", "bioes"), '"bio" or "bioes"'),
-    "crf": (lambda v: isinstance(v, bool), "true or false"),
-    "word_level": (lambda v: v in ("char", "space"), '"char" or "space"'),
-    "format": (lambda v: isinstance(v, str) and bool(v), "a format name"),
-    "metric": (lambda v: isinstance(v, str) and bool(v), "a metric name"),
-}
-# What each task's predict and evaluate read from task.json.
-_TASK_REQUIRED = {
-    "classification": ("labels", "max_seq_len"),
-    "ner": ("labels", "max_seq_len", "scheme", "crf", "word_level"),
-    "intent_slot": ("intents", "labels", "max_seq_len", "scheme", "crf", "word_level"),
-    "relation": ("labels", "max_seq_len", "format"),
-    "spelling": ("max_seq_len",),
-    "qa": ("max_seq_len", "doc_stride"),
-}
-
-
-def check_task_info(info: dict[str, Any], source: str) -> None:
-    """Every field a task reads has the right type and range; unknown keys are left alone (newer writers may
-    add some). Raises CheckpointError naming the file, the field and what was expected."""
-    task = info["task"]
-    if task not in _TASK_REQUIRED:
-        raise CheckpointError(f"{source}: task must be one of {sorted(_TASK_REQUIRED)}, got {task!r:.100}")
-    missing = [key for key in _TASK_REQUIRED[task] if key not in info]
-    if missing:
-        raise CheckpointError(f"{source}: a {task} task.json needs {missing}; it has {sorted(info)}")
-    for key, (valid, expected) in _TASK_FIELDS.items():
-        if key in info and not valid(info[key]):
-            raise CheckpointError(f"{source}: {key} must be {expected}, got {info[key]!r:.200}")
-
-
-def check_task_fits_config(directory: str | Path, info: dict[str, Any], config: BertConfig,
-                           architecture: str) -> None:
-    """task.json and config.json describe the same model: its class (config `architectures`), label sets, CRF
-    and length. A mismatch means files from two checkpoints were mixed, and loading would predict nonsense."""
+def check_task_fits_config(directory: str | Path, spec: Any, info: Any, config: BertConfig) -> None:
+    """task.json and config.json describe the same model: its class (config `architectures`), the label entries
+    config.json derives from task.json, and length. A mismatch means files from two checkpoints were mixed, and
+    loading would predict nonsense."""
     task_path, config_path = Path(directory) / TASK_FILE, Path(directory) / "config.json"
-    task = info["task"]
     problems = []
-    if architecture not in config.architectures:
-        problems.append(f"{task_path} says task {task!r} (a {architecture}) but {config_path} says architectures "
-                        f"{config.architectures}")
-    sets = {"labels": "id2label", "intents": "bertkit_intents"}
-    if task == "intent_slot":
-        sets["labels"] = "bertkit_slots"
-    for key, config_key in sets.items():
-        if key not in info:
-            continue
-        value = config.extra.get(config_key)
-        theirs = [value[str(i)] for i in range(len(value))] if isinstance(value, dict) else value
-        if theirs is None:
-            problems.append(f"{config_path} has no {config_key}, the label set {task_path} names ({key})")
-        elif theirs != info[key]:
-            problems.append(f"{task_path} has {len(info[key])} {key} {info[key]!r:.200} but {config_path} has "
-                            f"{len(theirs)} in {config_key} {theirs!r:.200}")
-    if "crf" in info and info["crf"] != bool(config.extra.get("bertkit_crf", False)):
-        problems.append(f"{task_path} says crf={info['crf']} but {config_path} says "
-                        f"bertkit_crf={config.extra.get('bertkit_crf', False)}")
-    if info["max_seq_len"] > config.max_position_embeddings:
-        problems.append(f"{task_path} says max_seq_len={info['max_seq_len']} but {config_path} has only "
+    architecture = spec.model.hf_architecture
+    if spec.load is None and architecture not in config.architectures:
+        problems.append(f"{task_path} says task {spec.name!r} (a {architecture}) but {config_path} says "
+                        f"architectures {config.architectures}")
+    for key, ours in spec.config_extra(info).items():
+        if key == "label2id":
+            continue  # derived from id2label, as transformers derives it
+        theirs = config.extra.get(key)
+        if isinstance(ours, dict):  # id2label: compare the label lists
+            ours = [ours[str(i)] for i in range(len(ours))]
+            theirs = [theirs.get(str(i)) for i in range(len(theirs))] if isinstance(theirs, dict) else theirs
+        if theirs is None and ours not in (False, None):
+            problems.append(f"{config_path} has no {key}, which {task_path} implies ({ours!r:.200})")
+        elif isinstance(ours, list):
+            if theirs != ours:
+                count = len(theirs) if isinstance(theirs, list) else 0
+                problems.append(f"{task_path} has {len(ours)} labels {ours!r:.200} but {config_path} has {count} "
+                                f"in {key} {theirs!r:.200}")
+        elif (bool(theirs) != ours) if isinstance(ours, bool) else (theirs is not None and theirs != ours):
+            problems.append(f"{task_path} implies {key}={ours!r} but {config_path} has {key}={theirs!r}")
+    max_seq_len = getattr(info, "max_seq_len", None)
+    if max_seq_len is not None and max_seq_len > config.max_position_embeddings:
+        problems.append(f"{task_path} says max_seq_len={max_seq_len} but {config_path} has only "
                         f"max_position_embeddings={config.max_position_embeddings}")
     if problems:
         raise CheckpointError(f"{directory}: task.json and config.json do not describe the same model:\n  "
@@ -177,6 +144,19 @@ def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Se
         out["attention_mask"][i, : len(row)] = 1
         if types is not None:
             out["token_type_ids"][i, : len(row)] = torch.tensor(types[i], dtype=torch.long)
+    return out
+
+
+def run_batches(model: nn.Module, rows: Sequence[Any], collate: Callable[[Sequence[Any]], dict[str, Any]],
+                forward: Callable[[nn.Module, dict[str, Any]], Sequence[Any]], batch_size: int = 64) -> list[Any]:
+    """The one batched-inference loop every task uses: `rows` in batches of `batch_size`, each collated on the CPU,
+    moved to the model's device and run through `forward(model, batch)`, which returns one output per row."""
+    from bertkit.device import for_model
+
+    out: list[Any] = []
+    for start in range(0, len(rows), batch_size):
+        outputs = forward(model, for_model(model, collate(rows[start : start + batch_size])))
+        out.extend(outputs)
     return out
 
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
@@ -32,10 +31,12 @@ from bertkit.tasks.base import (
     normalise_label,
     pad_sequences,
     require_examples,
+    run_batches,
+    save_task,
     take,
     warn_truncated,
-    write_task_info,
 )
+from bertkit.tasks.spec import InputField, TaskSpec, id2label, labels_field, name_field, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "classification"
@@ -185,46 +186,63 @@ class BertForSequenceClassification(CheckpointIO, nn.Module):
         return self.classifier(self.dropout(pooled))  # (B, C)
 
 
-def label_config(labels: list[str]) -> dict[str, Any]:
-    return {"id2label": {str(i): label for i, label in enumerate(labels)},
-            "label2id": {label: i for i, label in enumerate(labels)}}
+@dataclass
+class ClassificationInfo:
+    labels: list[str] = labels_field()
+    max_seq_len: int = seq_len_field()
+    metric: str = name_field("accuracy", "the headline metric: accuracy, macro_f1, f1 or mcc")
 
 
-def labels_of(config: BertConfig) -> list[str]:
-    id2label = config.extra["id2label"]
-    return [id2label[str(i)] for i in range(len(id2label))]
+Row = tuple[list[int], list[int], int]  # (token ids, segment ids, label id or -1)
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], pairs: list[str | None], max_seq_len: int,
+           labels: list[int] | None = None) -> tuple[list[Row], int]:
+    """The one encoding of training, evaluation and prediction: `[CLS] text [SEP] (pair [SEP])`, cut longest-first
+    to max_seq_len; a missing pair (None) encodes the text alone, so inputs with and without a pair share a batch.
+    Returns the rows and how many inputs were cut."""
+    rows: list[Row] = []
+    cut = 0
+    for start in range(0, len(texts), 2048):
+        chunk = slice(start, start + 2048)
+        encodings = tokenizer.encode_batch(texts[chunk], pairs[chunk], max_length=max_seq_len)
+        cut += encodings.truncated
+        ids = labels[chunk] if labels is not None else [-1] * len(encodings)
+        rows += [(e.ids, e.type_ids, label) for e, label in zip(encodings, ids, strict=True)]
+    return rows, cut
+
+
+def collate(rows: list[Row], pad_id: int) -> dict[str, Any]:
+    batch = pad_sequences([r[0] for r in rows], pad_id, [r[1] for r in rows])
+    batch["labels"] = torch.tensor([r[2] for r in rows], dtype=torch.long)
+    return batch
+
+
+def _logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()
 
 
 class ClassificationTask:
     """TrainTask for `train.fit`: examples tokenized once, padded per batch."""
 
-    def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], labels: list[str],
-                 max_seq_len: int = 128, metric: str = "accuracy", eval_batch_size: int = 64,
-                 source: str = "train", heldout_source: str = "held-out") -> None:
-        self.tokenizer, self.labels, self.max_seq_len, self.metric = tokenizer, labels, max_seq_len, metric
-        self.label_ids = {label: i for i, label in enumerate(labels)}
+    def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], info: ClassificationInfo,
+                 eval_batch_size: int = 64, source: str = "train", heldout_source: str = "held-out") -> None:
+        self.tokenizer, self.info = tokenizer, info
+        self.label_ids = {label: i for i, label in enumerate(info.labels)}
         self.train = self._encode(train, source)
         self.heldout = self._encode(heldout, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
-    def _encode(self, examples: list[Example], source: str) -> list[tuple[list[int], list[int], int]]:
+    def _encode(self, examples: list[Example], source: str) -> list[Row]:
         for e in examples:
             if e.label is None:
                 raise DataError("example has no label", source, e.line)
             if e.label not in self.label_ids:
-                raise DataError(f"label {e.label!r} is not in the label set {self.labels}", source, e.line)
-        out = []
-        has_pairs = any(e.text_pair is not None for e in examples)
-        truncated = self.tokenizer.truncated_count
-        for start in range(0, len(examples), 2048):
-            chunk = examples[start : start + 2048]
-            # A missing pair encodes the text alone, exactly as prediction does (one encoding for both paths).
-            encodings = self.tokenizer.encode_batch([e.text for e in chunk],
-                                                    [e.text_pair for e in chunk] if has_pairs else None,
-                                                    max_length=self.max_seq_len)
-            out += [(enc.ids, enc.type_ids, self.label_ids[e.label]) for enc, e in zip(encodings, chunk, strict=True)]
-        warn_truncated(source, self.tokenizer.truncated_count - truncated, len(examples), self.max_seq_len)
-        return out
+                raise DataError(f"label {e.label!r} is not in the label set {self.info.labels}", source, e.line)
+        rows, cut = encode(self.tokenizer, [e.text for e in examples], [e.text_pair for e in examples],
+                           self.info.max_seq_len, [self.label_ids[e.label] for e in examples])  # type: ignore[index]
+        warn_truncated(source, cut, len(examples), self.info.max_seq_len)
+        return rows
 
     def fingerprint(self) -> str:
         from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
@@ -234,13 +252,8 @@ class ClassificationTask:
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
 
-    def _batch(self, rows: list[tuple[list[int], list[int], int]]) -> dict[str, Any]:
-        batch = pad_sequences([r[0] for r in rows], self.tokenizer.pad_token_id, [r[1] for r in rows])
-        batch["labels"] = torch.tensor([r[2] for r in rows], dtype=torch.long)
-        return batch
-
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
-        return self._batch([self.train[i] for i in indices])
+        return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
         return {"cls": float(len(batch["labels"]))}
@@ -249,28 +262,17 @@ class ClassificationTask:
         return int(batch["attention_mask"].sum())
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        return {"cls": F.cross_entropy(logits.float(), batch["labels"], reduction="sum")}
-
-    def predict_ids(self, model: nn.Module, rows: list[tuple[list[int], list[int], int]]) -> list[int]:
-        predictions: list[int] = []
-        for start in range(0, len(rows), self.eval_batch_size):
-            batch = for_model(model, self._batch(rows[start : start + self.eval_batch_size]))
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            predictions += logits.argmax(-1).tolist()
-        return predictions
+        return {"cls": F.cross_entropy(_logits(model, batch), batch["labels"], reduction="sum")}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if not self.heldout:
             return {}
-        gold = [r[2] for r in self.heldout]
-        return scores(gold, self.predict_ids(model, self.heldout), len(self.labels))
+        predicted = run_batches(model, self.heldout, lambda rows: collate(rows, self.tokenizer.pad_token_id),
+                                lambda m, b: _logits(m, b).argmax(-1).tolist(), self.eval_batch_size)
+        return scores([r[2] for r in self.heldout], predicted, len(self.info.labels))
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        write_task_info(directory, {"task": NAME, "labels": self.labels, "max_seq_len": self.max_seq_len,
-                                    "metric": self.metric})
+        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def scores(gold: list[int], pred: list[int], num_labels: int) -> dict[str, float]:
@@ -279,17 +281,6 @@ def scores(gold: list[int], pred: list[int], num_labels: int) -> dict[str, float
         result["f1"] = per_class_f1(gold, pred, [1])[1][2]  # GLUE's MRPC / QQP F1
         result["mcc"] = matthews_corrcoef(gold, pred)
     return result
-
-
-@torch.no_grad()
-def predict(model: BertForSequenceClassification, tokenizer: Tokenizer, texts: list[str],
-            pairs: list[str] | None = None, max_seq_len: int = 128) -> list[dict[str, Any]]:
-    """Label and per-label probabilities for each text (or pair)."""
-    labels = labels_of(model.config)
-    batch = for_model(model, tokenizer(texts, pairs, max_length=max_seq_len))
-    probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float(), -1)
-    return [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist(), strict=True))}
-            for p in probs]
 
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "tsv",
@@ -306,29 +297,45 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     if len(labels) < 2:
         raise DataError(f"found {len(labels)} label(s) in the training data; classification needs two or more",
                         str(train_file))
-    spec = FORMATS[fmt]
-    metric = spec.metric if isinstance(spec, TableFormat) else "accuracy"
-    model_config = encoder_config(init_from, tok, model_size, max_seq_len, **label_config(labels))
+    layout = FORMATS[fmt]
+    info = ClassificationInfo(labels, max_seq_len, layout.metric if isinstance(layout, TableFormat) else "accuracy")
+    model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForSequenceClassification, init_from, model_config, config.seed)
-    task = ClassificationTask(tok, train, heldout, labels, max_seq_len, metric, source=str(train_file),
-                              heldout_source=str(eval_file))
+    task = ClassificationTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
     return fit(model, task, config, title=f"classification ({Path(train_file).parent.name or 'data'})")
 
 
-MODEL = BertForSequenceClassification
-
-
-def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: ClassificationInfo, path: str | Path, fmt: str
                   ) -> dict[str, float]:
     examples = require_examples(read_examples(path, fmt), path, "evaluation")
-    task = ClassificationTask(tokenizer, [], examples, info["labels"], info["max_seq_len"], heldout_source=str(path))
-    return task.evaluate(model)
+    return ClassificationTask(tokenizer, [], examples, info, heldout_source=str(path)).evaluate(model)
 
 
-def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    # Each input keeps its own shape (a missing pair encodes the text alone), so a result never depends on what
-    # the input was batched with, and inputs with and without text_pair share a batch.
-    pairs = [i.get("text_pair") for i in inputs]
-    return predict(model, tokenizer, [i["text"] for i in inputs],
-                   pairs if any(p is not None for p in pairs) else None, info["max_seq_len"])
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer: Tokenizer, info: ClassificationInfo, inputs: list[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """Label and per-label probabilities for each input ({"text", "text_pair" (optional)}). Each input keeps its
+    own shape, so a result never depends on what the input was batched with."""
+    rows, _ = encode(tokenizer, [i["text"] for i in inputs], [i.get("text_pair") for i in inputs], info.max_seq_len)
+    probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer.pad_token_id),
+                        lambda m, b: torch.softmax(_logits(m, b), -1).cpu())
+    return [{"label": info.labels[int(p.argmax())], "probabilities": dict(zip(info.labels, p.tolist(), strict=True))}
+            for p in probs]
+
+
+SPEC = TaskSpec(
+    name=NAME,
+    description="a label for a text or a text pair ([CLS] -> linear)",
+    model=BertForSequenceClassification,
+    info=ClassificationInfo,
+    inputs=(InputField("text", "the text to classify", multiline=True),
+            InputField("text_pair", "a second text, for sentence-pair tasks", required=False)),
+    predict=predict,
+    view={"label": "label", "probabilities": "probabilities"},
+    example={"text": "The film was a delight from start to finish."},
+    formats=tuple(FORMATS),
+    default_format="tsv",
+    finetune=finetune,
+    evaluate=evaluate_file,
+    config_extra=lambda info: id2label(info.labels),
+)

@@ -3,17 +3,20 @@ similarity, and a paraphrase score (threshold picked on one split, accuracy and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bertkit.config import BertConfig
 from bertkit.device import for_model
 from bertkit.model import BertModel
+from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
-NAME = "embed"
+NAME = "sentence_embedding"
 POOLINGS = ("mean", "cls", "pooler")
 
 
@@ -90,3 +93,39 @@ def load(directory: str | Path) -> tuple[BertModel, Tokenizer]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not used by BertModel.*")
         return BertModel.from_pretrained(directory), Tokenizer.from_pretrained(directory)
+
+
+@dataclass
+class EmbedInfo:
+    pooling: str = choice_field(POOLINGS, "mean", "mean of the last layer, the [CLS] state, or the tanh pooler")
+    max_seq_len: int = seq_len_field(128)
+    normalize: bool = bool_field(True, "L2-normalise the vectors")
+
+
+def load_encoder(directory: Path, config: BertConfig) -> BertModel:
+    """The encoder of any BERT checkpoint (task heads and pre-training heads are not used)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(not used by BertModel|newly initialised).*")
+        return BertModel.from_pretrained(directory, config=config)
+
+
+def predict_inputs(model: BertModel, tokenizer: Tokenizer, info: EmbedInfo, inputs: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    vectors = embed(model, tokenizer, [i["text"] for i in inputs], info.pooling, max_seq_len=info.max_seq_len,
+                    normalize=info.normalize)
+    return [{"vector": [round(float(v), 6) for v in vector]} for vector in vectors]
+
+
+SPEC = TaskSpec(
+    name=NAME,
+    description="a sentence vector per text (feature extraction)",
+    model=BertModel,
+    info=EmbedInfo,
+    inputs=(InputField("text", "the text to embed", multiline=True),),
+    predict=predict_inputs,
+    view={"vector": "vector"},
+    example={"text": "A sentence to embed."},
+    load=load_encoder,
+)

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.device import device_of, for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import report_inconsistent_tags, require_examples, take, write_task_info
+from bertkit.tasks.base import report_inconsistent_tags, require_examples, run_batches, save_task, take
 from bertkit.tasks.ner import _read_conll
+from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, labels_field, option, seq_len_field
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
@@ -114,14 +114,31 @@ class BertForIntentSlot(CheckpointIO, nn.Module):
         return intent, self.head.emissions(out.last_hidden_state, word_index)  # (B, W, C)
 
 
+@dataclass
+class IntentSlotInfo:
+    intents: list[str] = labels_field("the intent set")
+    labels: list[str] = labels_field("the slot tag set (O, then B-/I-(/E-/S-) per slot type)")
+    max_seq_len: int = seq_len_field()
+    scheme: str = choice_field(("bio", "bioes"))
+    crf: bool = bool_field()
+    word_level: str = choice_field(("char", "space"))
+
+
+@dataclass
+class IntentSlotOptions:
+    crf: bool = option("a CRF layer on top of the slot tagger (Viterbi decoding)", False)
+    scheme: str = option("slot tag scheme (default: bio)", "bio", choices=("bio", "bioes"))
+    word_level: str = option("how raw text is split into words when predicting (default: space)", "space",
+                             choices=("char", "space"))
+
+
 class IntentSlotTask:
-    def __init__(self, tokenizer: Tokenizer, train: list[Utterance], heldout: list[Utterance], intents: list[str],
-                 slots: list[str], max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64,
-                 source: str | None = None, heldout_source: str | None = None) -> None:
-        self.tokenizer, self.intents, self.slots, self.max_seq_len, self.info = (
-            tokenizer, intents, slots, max_seq_len, info)
-        self.intent_ids = {t: i for i, t in enumerate(intents)}
-        self.slot_ids = {t: i for i, t in enumerate(slots)}
+    def __init__(self, tokenizer: Tokenizer, train: list[Utterance], heldout: list[Utterance], info: IntentSlotInfo,
+                 eval_batch_size: int = 64, source: str | None = None, heldout_source: str | None = None) -> None:
+        self.tokenizer, self.info = tokenizer, info
+        self.intents, self.slots, self.max_seq_len = info.intents, info.labels, info.max_seq_len
+        self.intent_ids = {t: i for i, t in enumerate(self.intents)}
+        self.slot_ids = {t: i for i, t in enumerate(self.slots)}
         self.train = self._pieces(train, "train", source)
         self.train_intents = [self.intent_ids[u.intent] for u in train]
         self.heldout = heldout
@@ -159,7 +176,7 @@ class IntentSlotTask:
         return batch
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
-        slots = float(len(batch["tags"])) if self.info["crf"] else float(((batch["tags"] != -100)
+        slots = float(len(batch["tags"])) if self.info.crf else float(((batch["tags"] != -100)
                                                                           & batch["word_mask"]).sum())
         return {"intent": float(len(batch["intent"])), "slot": slots}
 
@@ -176,16 +193,12 @@ class IntentSlotTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if not self.heldout:
             return {}
-        intents, tags = predict_pieces(model, self.tokenizer, self.heldout_pieces,
-                                       [len(u.words) for u in self.heldout], self.intents, self.slots,
-                                       self.eval_batch_size)
+        intents, tags, _ = predict_pieces(model, self.tokenizer, self.heldout_pieces,
+                                          [len(u.words) for u in self.heldout], self.info, self.eval_batch_size)
         return scores(self.heldout, intents, tags)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        write_task_info(directory, {**self.info, "intents": self.intents, "labels": self.slots,
-                                    "max_seq_len": self.max_seq_len})
+        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def scores(gold: list[Utterance], intents: list[str], tags: list[list[str]]) -> dict[str, float]:
@@ -198,16 +211,19 @@ def scores(gold: list[Utterance], intents: list[str], tags: list[list[str]]) -> 
 
 
 def predict_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int],
-                   intents: list[str], slots: list[str], batch_size: int = 64) -> tuple[list[str], list[list[str]]]:
-    predicted_intents: list[str] = []
-    decoded: list[list[int]] = []
-    for start in range(0, len(pieces), batch_size):
-        batch = for_model(model, collate(pieces[start : start + batch_size], tokenizer.pad_token_id))
-        intent, emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                  batch["word_index"])
-        predicted_intents += [intents[i] for i in intent.argmax(-1).tolist()]
-        decoded += model.head.decode(emissions, batch["word_mask"])
-    return predicted_intents, assemble(pieces, decoded, lengths, slots)
+                   info: IntentSlotInfo, batch_size: int = 64) -> tuple[list[str], list[list[str]], list[float]]:
+    """(intent, slot tags per word, intent probability) of each utterance (one piece each), in one model pass."""
+
+    def forward(m: nn.Module, batch: dict[str, Any]) -> list[tuple[int, float, list[int]]]:
+        intent, emissions = m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                              batch["word_index"])
+        best = torch.softmax(intent.float(), -1).max(-1)
+        return list(zip(best.indices.tolist(), best.values.tolist(), m.head.decode(emissions, batch["word_mask"]),
+                        strict=True))
+
+    outputs = run_batches(model, pieces, lambda chunk: collate(chunk, tokenizer.pad_token_id), forward, batch_size)
+    tags = assemble(pieces, [o[2] for o in outputs], lengths, info.labels)
+    return [info.intents[o[0]] for o in outputs], tags, [o[1] for o in outputs]
 
 
 def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "atis",
@@ -224,59 +240,36 @@ def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None
     report_inconsistent_tags([(u.tags, u.line) for u in train], train_dir)
     for u in train:
         u.tags = convert_scheme(u.tags, scheme)
-    intents = sorted({u.intent for u in train})
-    slots = tag_set([u.tags for u in train], scheme)
-    model_config = encoder_config(init_from, tok, model_size, max_seq_len, bertkit_intents=intents,
-                                  bertkit_slots=slots, bertkit_crf=crf)
+    info = IntentSlotInfo(sorted({u.intent for u in train}), tag_set([u.tags for u in train], scheme), max_seq_len,
+                          scheme, crf, word_level)
+    model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForIntentSlot, init_from, model_config, config.seed)
-    info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
-    task = IntentSlotTask(tok, train, heldout, intents, slots, max_seq_len, info, source=str(train_dir),
-                          heldout_source=str(eval_file))
+    task = IntentSlotTask(tok, train, heldout, info, source=str(train_dir), heldout_source=str(eval_file))
     return fit(model, task, config, title=f"intent + slots ({Path(train_dir).parent.name or 'data'})")
 
 
-@torch.no_grad()
-def predict(model: BertForIntentSlot, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 64,
-            word_level: str = "space") -> list[dict[str, Any]]:
-    """Intent (with probabilities) and slots with character offsets for each utterance."""
-    split = [words_of(text, word_level) for text in texts]
-    intents, slots = model.config.extra["bertkit_intents"], model.config.extra["bertkit_slots"]
-    pieces = encode_sentences(tokenizer, [w for w, _ in split], None, max_seq_len)
-    if len(pieces) != len(texts):
-        raise DataError(f"an utterance is longer than max_seq_len={max_seq_len} tokens")
-    predicted, tags = predict_pieces(model, tokenizer, pieces, [len(w) for w, _ in split], intents, slots)
-    batch = for_model(model, collate(pieces, tokenizer.pad_token_id))
-    logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
-    probabilities = torch.softmax(logits.float(), -1)
-    return [{"intent": intent, "intent_probability": float(p.max()), "slots": entities_with_offsets(text, t, off),
-             "tags": t}
-            for text, intent, t, (_, off), p in zip(texts, predicted, tags, split, probabilities, strict=True)]
-
-
-MODEL = BertForIntentSlot
-
-
-def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: IntentSlotInfo, path: str | Path, fmt: str
                   ) -> dict[str, float]:
     utterances = require_examples(read_utterances(path, fmt), path, "evaluation")
-    task = IntentSlotTask(tokenizer, [], utterances, info["intents"], info["labels"], info["max_seq_len"], info,
-                          heldout_source=str(path))
-    return task.evaluate(model)
+    return IntentSlotTask(tokenizer, [], utterances, info, heldout_source=str(path)).evaluate(model)
 
 
-def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    """Intent and slots per input. The intent needs the whole utterance in one sequence, so an utterance over
-    max_seq_len is cut to the words that fit, with a warning, and its result counts the words left untagged
-    ("truncated_words"); an utterance with no token at all (only control characters) gets the intent of an empty
-    sequence. Either used to fail every input batched with it."""
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer: Tokenizer, info: IntentSlotInfo, inputs: list[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """Intent (with its probability) and slots with character offsets per input, from one model pass. The intent
+    needs the whole utterance in one sequence, so an utterance over max_seq_len is cut to the words that fit, with a
+    warning, and its result counts the words left untagged ("truncated_words"); an utterance with no token at all
+    (only control characters) gets the intent of an empty sequence. Either used to fail every input batched with
+    it."""
     import warnings
 
     texts = [i["text"] for i in inputs]
-    split = [words_of(text, info["word_level"]) for text in texts]
-    budget = info["max_seq_len"] - 2
+    split = [words_of(text, info.word_level) for text in texts]
+    budget = info.max_seq_len - 2
     kept_words = []
-    for (words, _), encoding in zip(split, tokenizer.encode_word_lists([w for w, _ in split]), strict=True):
+    for (words, _), encoding in zip(split, tokenizer.encode_batch([w for w, _ in split], is_split_into_words=True,
+                                                                  add_special_tokens=False), strict=True):
         counts = [0] * len(words)
         for word in encoding.word_ids:
             if word is not None:
@@ -286,25 +279,36 @@ def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any],
             if used + count > budget and keep:  # a first word longer than the budget keeps its first pieces
                 break
             used, keep = used + min(count, budget), keep + 1
-        kept_words.append(keep if any(counts[:keep]) else 0)
-    cut = [n < len(words) and n > 0 for n, (words, _) in zip(kept_words, split, strict=True)]
-    if any(cut):
-        warnings.warn(f"{sum(cut)} utterance(s) longer than max_seq_len={info['max_seq_len']} tokens were cut to "
-                      "the words that fit", stacklevel=2)
-    fitting = [i for i, n in enumerate(kept_words) if n > 0]
-    shortened = [texts[i][: split[i][1][kept_words[i] - 1][1]] for i in fitting]
-    results: list[dict[str, Any]] = [{} for _ in texts]
-    for i, result in zip(fitting, predict(model, tokenizer, shortened, info["max_seq_len"], info["word_level"])
-                                  if fitting else [], strict=True):
-        dropped = len(split[i][0]) - kept_words[i]
-        results[i] = {**result, "tags": result["tags"] + ["O"] * dropped, "truncated_words": dropped}
-    empty = [i for i, n in enumerate(kept_words) if n == 0]
-    if empty:
-        ids = torch.tensor([[tokenizer.cls_token_id, tokenizer.sep_token_id]] * len(empty), device=device_of(model))
-        no_words = torch.zeros((len(empty), 1), dtype=torch.long, device=ids.device)
-        logits, _ = model(ids, torch.ones_like(ids), torch.zeros_like(ids), no_words)
-        intents = model.config.extra["bertkit_intents"]
-        for i, p in zip(empty, torch.softmax(logits.float(), -1), strict=True):
-            results[i] = {"intent": intents[int(p.argmax())], "intent_probability": float(p.max()), "slots": [],
-                          "tags": ["O"] * len(split[i][0]), "truncated_words": 0}
-    return results
+        kept_words.append(keep)
+    cut = sum(0 < n < len(words) for n, (words, _) in zip(kept_words, split, strict=True))
+    if cut:
+        warnings.warn(f"{cut} utterance(s) longer than max_seq_len={info.max_seq_len} tokens were cut to the words "
+                      "that fit", stacklevel=2)
+    kept = [words[:n] for (words, _), n in zip(split, kept_words, strict=True)]
+    by_sentence = {p.sentence: p for p in encode_sentences(tokenizer, kept, None, info.max_seq_len)}
+    empty = [tokenizer.cls_token_id, tokenizer.sep_token_id]  # no readable token: the intent of an empty sequence
+    pieces = [by_sentence.get(i) or Piece(i, empty, [], [], []) for i in range(len(texts))]
+    intents, tags, probabilities = predict_pieces(model, tokenizer, pieces, [len(k) for k in kept], info)
+    return [{"intent": intent, "intent_probability": p, "slots": entities_with_offsets(text, t, offsets),
+             "tags": t + ["O"] * (len(words) - len(t)), "truncated_words": len(words) - len(t)}
+            for text, intent, t, p, (words, offsets) in zip(texts, intents, tags, probabilities, split, strict=True)]
+
+
+SPEC = TaskSpec(
+    name=NAME,
+    description="the intent of an utterance and its slots with character offsets (JointBERT)",
+    model=BertForIntentSlot,
+    info=IntentSlotInfo,
+    inputs=(InputField("text", "the utterance"),),
+    predict=predict,
+    view={"label": "intent", "probability": "intent_probability", "spans": "slots", "spans_over": "text"},
+    example={"text": "show me flights from boston to denver"},
+    formats=FORMATS,
+    default_format="atis",
+    options=IntentSlotOptions,
+    finetune=finetune,
+    evaluate=evaluate_file,
+    config_extra=lambda info: {"bertkit_intents": info.intents, "bertkit_slots": info.labels,
+                               "bertkit_crf": info.crf},
+    default_max_seq_len=64,
+)

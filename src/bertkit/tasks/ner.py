@@ -21,12 +21,21 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import span_prf
 from bertkit.model import BertModel, CheckpointIO
-from bertkit.tasks.base import SkipReport, report_inconsistent_tags, require_examples, take, write_task_info
+from bertkit.tasks.base import SkipReport, report_inconsistent_tags, require_examples, run_batches, save_task, take
+from bertkit.tasks.spec import (
+    InputField,
+    TaskSpec,
+    bool_field,
+    choice_field,
+    id2label,
+    labels_field,
+    option,
+    seq_len_field,
+)
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
@@ -206,29 +215,43 @@ class BertForTokenClassification(CheckpointIO, nn.Module):
         return self.head.emissions(hidden, word_index)  # (B, W, C)
 
 
-def tag_list(config: BertConfig) -> list[str]:
-    return [config.extra["id2label"][str(i)] for i in range(len(config.extra["id2label"]))]
+@dataclass
+class NerInfo:
+    labels: list[str] = labels_field("the tag set (O, then B-/I-(/E-/S-) per entity type)")
+    max_seq_len: int = seq_len_field()
+    scheme: str = choice_field(("bio", "bioes"))
+    crf: bool = bool_field()
+    word_level: str = choice_field(("char", "space"))
+
+
+@dataclass
+class NerOptions:
+    crf: bool = option("a CRF layer on top of the tagger (Viterbi decoding)", False)
+    scheme: str = option("tag scheme (default: bio)", "bio", choices=("bio", "bioes"))
+    word_level: str = option("how raw text is split into words when predicting (default: char, for Chinese)",
+                             "char", choices=("char", "space"))
 
 
 def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int], tags: list[str],
                batch_size: int = 64) -> list[list[str]]:
     """Predicted tags, one per word of each sentence."""
-    decoded: list[list[int]] = []
-    for start in range(0, len(pieces), batch_size):
-        batch = for_model(model, collate(pieces[start : start + batch_size], tokenizer.pad_token_id))
-        emissions = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
-        decoded += model.head.decode(emissions, batch["word_mask"])
+
+    def decode(m: nn.Module, batch: dict[str, Any]) -> list[list[int]]:
+        emissions = m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["word_index"])
+        return m.head.decode(emissions, batch["word_mask"])
+
+    decoded = run_batches(model, pieces, lambda chunk: collate(chunk, tokenizer.pad_token_id), decode, batch_size)
     return assemble(pieces, decoded, lengths, tags)
 
 
 class NerTask:
     """TrainTask: sentences -> chunks of word pieces; loss on first pieces; entity-level F1 on held-out."""
 
-    def __init__(self, tokenizer: Tokenizer, train: list[Sentence], heldout: list[Sentence], tags: list[str],
-                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64, source: str = "train",
-                 heldout_source: str | None = None) -> None:
-        self.tokenizer, self.tags, self.max_seq_len, self.info = tokenizer, tags, max_seq_len, info
-        self.tag_ids = {t: i for i, t in enumerate(tags)}
+    def __init__(self, tokenizer: Tokenizer, train: list[Sentence], heldout: list[Sentence], info: NerInfo,
+                 eval_batch_size: int = 64, source: str = "train", heldout_source: str | None = None) -> None:
+        self.tokenizer, self.info = tokenizer, info
+        self.tags, self.max_seq_len = info.labels, info.max_seq_len
+        self.tag_ids = {t: i for i, t in enumerate(self.tags)}
         self.train = self._pieces(train, source)
         self.heldout = heldout
         self.heldout_pieces = self._pieces(heldout, None, heldout_source) if heldout else []
@@ -259,7 +282,7 @@ class NerTask:
         return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
-        if self.info["crf"]:
+        if self.info.crf:
             return {"tag": float(len(batch["tags"]))}
         return {"tag": float(((batch["tags"] != -100) & batch["word_mask"]).sum())}
 
@@ -280,9 +303,7 @@ class NerTask:
         return span_prf([s.tags for s in self.heldout], predicted)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        write_task_info(directory, {**self.info, "labels": self.tags, "max_seq_len": self.max_seq_len})
+        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "conll",
@@ -299,40 +320,45 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     report_inconsistent_tags([(s.tags, s.line) for s in train], train_file)
     for s in train:
         s.tags = convert_scheme(s.tags, scheme)
-    tags = tag_set([s.tags for s in train], scheme)
-    model_config = encoder_config(init_from, tok, model_size, max_seq_len,
-                                  id2label={str(i): t for i, t in enumerate(tags)},
-                                  label2id={t: i for i, t in enumerate(tags)}, bertkit_crf=crf)
+    info = NerInfo(tag_set([s.tags for s in train], scheme), max_seq_len, scheme, crf, word_level)
+    model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForTokenClassification, init_from, model_config, config.seed)
-    info = {"task": NAME, "scheme": scheme, "crf": crf, "word_level": word_level}
-    task = NerTask(tok, train, heldout, tags, max_seq_len, info, source=str(train_file),
-                   heldout_source=str(eval_file))
+    task = NerTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
     return fit(model, task, config, title=f"NER ({Path(train_file).parent.name or 'data'})")
 
 
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: NerInfo, path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    sentences = require_examples(read_sentences(path, fmt), path, "evaluation")
+    return NerTask(tokenizer, [], sentences, info, heldout_source=str(path)).evaluate(model)
+
+
 @torch.no_grad()
-def predict(model: BertForTokenClassification, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 128,
-            word_level: str = "char") -> list[dict[str, Any]]:
-    """Entities of each raw text, with character offsets: [{"type", "start", "end", "text"}]."""
-    split = [words_of(text, word_level) for text in texts]
-    pieces = encode_sentences(tokenizer, [w for w, _ in split], None, max_seq_len)
+def predict(model: nn.Module, tokenizer: Tokenizer, info: NerInfo, inputs: list[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """Entities of each raw text, with character offsets: [{"type", "start", "end", "text"}], and a tag per word."""
+    texts = [i["text"] for i in inputs]
+    split = [words_of(text, info.word_level) for text in texts]
+    pieces = encode_sentences(tokenizer, [w for w, _ in split], None, info.max_seq_len)
     lengths = [len(w) for w, _ in split]
-    predicted = tag_pieces(model, tokenizer, pieces, lengths, tag_list(model.config)) if pieces else [
-        ["O"] * n for n in lengths]
+    predicted = tag_pieces(model, tokenizer, pieces, lengths, info.labels)
     return [{"entities": entities_with_offsets(text, t, offsets), "tags": t}
             for text, t, (_, offsets) in zip(texts, predicted, split, strict=True)]
 
 
-MODEL = BertForTokenClassification
-
-
-def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
-                  ) -> dict[str, float]:
-    sentences = require_examples(read_sentences(path, fmt), path, "evaluation")
-    task = NerTask(tokenizer, [], sentences, info["labels"], info["max_seq_len"], info, heldout_source=str(path))
-    return task.evaluate(model)
-
-
-def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    return predict(model, tokenizer, [i["text"] for i in inputs], info["max_seq_len"], info["word_level"])
+SPEC = TaskSpec(
+    name=NAME,
+    description="named entities with character offsets (a tag per word, optional CRF)",
+    model=BertForTokenClassification,
+    info=NerInfo,
+    inputs=(InputField("text", "the text to tag", multiline=True),),
+    predict=predict,
+    view={"spans": "entities", "spans_over": "text"},
+    example={"text": "人民日报记者在北京报道。"},
+    formats=FORMATS,
+    default_format="conll",
+    options=NerOptions,
+    finetune=finetune,
+    evaluate=evaluate_file,
+    config_extra=lambda info: {**id2label(info.labels), "bertkit_crf": info.crf},
+)

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.argtypes import int_range
 from bertkit.config import BertConfig
-from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_text
 from bertkit.model import BertModel, CheckpointIO, init_weights
-from bertkit.tasks.base import pad_sequences, require_examples, take, warn_truncated, write_task_info
+from bertkit.tasks.base import pad_sequences, require_examples, run_batches, save_task, take, warn_truncated
+from bertkit.tasks.spec import InputField, TaskSpec, int_field, option, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "qa"
@@ -110,10 +111,11 @@ def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: i
     windows). It is capped at the room a window has for context, so no context token is ever left out of every
     window, whatever the question length."""
     windows: list[Window] = []
-    q_enc = tokenizer.encode_batch([q.question for q in questions], max_length=10**6) if questions else []
-    c_enc = tokenizer.encode_many([q.context for q in questions]) if questions else []
+    q_enc = tokenizer.encode_batch([q.question for q in questions])
+    c_enc = tokenizer.encode_batch([q.context for q in questions], add_special_tokens=False)
     cut = 0
-    for index, (q, qe, (c_ids, c_offsets, _)) in enumerate(zip(questions, q_enc, c_enc, strict=True)):
+    for index, (q, qe, ce) in enumerate(zip(questions, q_enc, c_enc, strict=True)):
+        c_ids, c_offsets = ce.ids, ce.offsets
         question_ids = qe.ids[1:-1][:max_question_len]
         cut += len(qe.ids) - 2 > max_question_len
         room = max_seq_len - len(question_ids) - 3
@@ -260,11 +262,23 @@ def cmrc_scores(questions: list[Question], predictions: list[str]) -> dict[str, 
     return {"em": 100 * em, "f1": 100 * f1}
 
 
+@dataclass
+class QAInfo:
+    max_seq_len: int = seq_len_field()
+    doc_stride: int = int_field(1, 1 << 20, help="step between window starts, in tokens")
+
+
+@dataclass
+class QAOptions:
+    doc_stride: int = option("step between window starts, in tokens (128; capped at the window's context room)", 128,
+                             type=int_range(1))
+
+
 class QATask:
-    def __init__(self, tokenizer: Tokenizer, train: list[Question], heldout: list[Question], max_seq_len: int,
-                 doc_stride: int, eval_batch_size: int = 32, source: str | None = None,
-                 heldout_source: str | None = None) -> None:
-        self.tokenizer, self.max_seq_len, self.doc_stride = tokenizer, max_seq_len, doc_stride
+    def __init__(self, tokenizer: Tokenizer, train: list[Question], heldout: list[Question], info: QAInfo,
+                 eval_batch_size: int = 32, source: str | None = None, heldout_source: str | None = None) -> None:
+        self.tokenizer, self.info = tokenizer, info
+        max_seq_len, doc_stride = self.max_seq_len, self.doc_stride = info.max_seq_len, info.doc_stride
         usable = [q for q in train if q.answer_start >= 0]
         self.train = make_windows(tokenizer, usable, max_seq_len, doc_stride, training=True, source=source)
         self.heldout = heldout
@@ -309,9 +323,7 @@ class QATask:
                                                 self.eval_batch_size))
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        write_task_info(directory, {"task": NAME, "max_seq_len": self.max_seq_len, "doc_stride": self.doc_stride})
+        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def answer(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], windows: list[Window],
@@ -322,16 +334,14 @@ def answer(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], wi
 
 def answer_spans(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], windows: list[Window],
                  batch_size: int = 32) -> list[tuple[int, int]]:
-    starts: list[Tensor] = []
-    ends: list[Tensor] = []
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        batch = for_model(model, pad_sequences([w.input_ids for w in chunk], tokenizer.pad_token_id,
-                                               [w.token_type_ids for w in chunk]))
-        s, e = (t.cpu() for t in model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
-        for j, w in enumerate(chunk):
-            starts.append(s[j, : len(w.input_ids)])
-            ends.append(e[j, : len(w.input_ids)])
+    def forward(m: nn.Module, batch: dict[str, Any]) -> list[tuple[Tensor, Tensor]]:
+        s, e = (t.cpu() for t in m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
+        return list(zip(s, e, strict=True))
+
+    scored = run_batches(model, windows, lambda chunk: pad_sequences(
+        [w.input_ids for w in chunk], tokenizer.pad_token_id, [w.token_type_ids for w in chunk]), forward, batch_size)
+    starts = [s[: len(w.input_ids)] for w, (s, _) in zip(windows, scored, strict=True)]
+    ends = [e[: len(w.input_ids)] for w, (_, e) in zip(windows, scored, strict=True)]
     return best_answers(questions, windows, starts, ends)
 
 
@@ -346,33 +356,40 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     heldout = require_examples(read_questions(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     model_config = encoder_config(init_from, tok, model_size, max_seq_len)
     model = build_task_model(BertForQuestionAnswering, init_from, model_config, config.seed)
-    task = QATask(tok, train, heldout, max_seq_len, doc_stride, source=str(train_file), heldout_source=str(eval_file))
+    task = QATask(tok, train, heldout, QAInfo(max_seq_len, doc_stride), source=str(train_file),
+                  heldout_source=str(eval_file))
     return fit(model, task, config, title="question answering")
 
 
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: QAInfo, path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    questions = require_examples(read_questions(path, fmt), path, "evaluation")
+    return QATask(tokenizer, [], questions, info, heldout_source=str(path)).evaluate(model)
+
+
 @torch.no_grad()
-def predict(model: BertForQuestionAnswering, tokenizer: Tokenizer, questions: list[str], contexts: list[str],
-            max_seq_len: int = 256, doc_stride: int = 128) -> list[dict[str, Any]]:
-    """The answer span of each (question, context): text and character offsets in the context."""
-    items = [Question(str(i), q, c, [], -1) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
-    spans = answer_spans(model, tokenizer, items, make_windows(tokenizer, items, max_seq_len, doc_stride))
+def predict(model: nn.Module, tokenizer: Tokenizer, info: QAInfo, inputs: list[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+    """The answer span of each {"question", "context"}: text and character offsets in the context."""
+    items = [Question(str(i), x["question"], x["context"], [], -1) for i, x in enumerate(inputs)]
+    spans = answer_spans(model, tokenizer, items, make_windows(tokenizer, items, info.max_seq_len, info.doc_stride))
     return [{"answer": item.context[s:e], "start": s, "end": e} for item, (s, e) in zip(items, spans, strict=True)]
 
 
-MODEL = BertForQuestionAnswering
-
-
-def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
-                  ) -> dict[str, float]:
-    questions = require_examples(read_questions(path, fmt), path, "evaluation")
-    return QATask(tokenizer, [], questions, info["max_seq_len"], info["doc_stride"],
-                  heldout_source=str(path)).evaluate(model)
-
-
-def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    try:
-        questions, contexts = [i["question"] for i in inputs], [i["context"] for i in inputs]
-    except KeyError as exc:
-        raise DataError(f"question answering needs 'question' and 'context' in every input (missing {exc})") from exc
-    return predict(model, tokenizer, questions, contexts, info["max_seq_len"], info["doc_stride"])
+SPEC = TaskSpec(
+    name=NAME,
+    description="extractive question answering: the answer's span in the context",
+    model=BertForQuestionAnswering,
+    info=QAInfo,
+    inputs=(InputField("question", "the question"),
+            InputField("context", "the passage holding the answer", multiline=True)),
+    predict=predict,
+    view={"label": "answer", "span_over": "context"},
+    example={"question": "Where is the Eiffel Tower?", "context": "The Eiffel Tower is in Paris."},
+    formats=FORMATS,
+    default_format="squad",
+    options=QAOptions,
+    finetune=finetune,
+    evaluate=evaluate_file,
+    default_max_seq_len=256,
+)

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.device import for_model
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, take, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take
+from bertkit.tasks.spec import InputField, TaskSpec, choice_field, id2label, labels_field, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "relation"
@@ -165,15 +165,22 @@ def macro_f1_without(gold: list[str], pred: list[str], none_label: str) -> dict[
     return {"macro_f1": sum(f1s) / len(f1s) if f1s else 0.0, "accuracy": accuracy(gold, pred)}
 
 
+@dataclass
+class RelationInfo:
+    labels: list[str] = labels_field("the relation set")
+    max_seq_len: int = seq_len_field()
+    format: str = choice_field(FORMATS, help="the training data's format: which no-relation label the metric skips")
+
+
 class RelationTask:
-    def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], labels: list[str],
-                 max_seq_len: int, info: dict[str, Any], eval_batch_size: int = 64, source: str | None = None,
-                 heldout_source: str | None = None) -> None:
-        self.tokenizer, self.labels, self.max_seq_len, self.info = tokenizer, labels, max_seq_len, info
-        self.label_ids = {label: i for i, label in enumerate(labels)}
-        self.train = encode(tokenizer, train, max_seq_len, self.label_ids, source)
+    def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], info: RelationInfo,
+                 eval_batch_size: int = 64, source: str | None = None, heldout_source: str | None = None) -> None:
+        self.tokenizer, self.info = tokenizer, info
+        self.labels, self.max_seq_len = info.labels, info.max_seq_len
+        self.label_ids = {label: i for i, label in enumerate(self.labels)}
+        self.train = encode(tokenizer, train, info.max_seq_len, self.label_ids, source)
         self.heldout = heldout
-        self.heldout_rows = encode(tokenizer, heldout, max_seq_len, None, heldout_source) if heldout else []
+        self.heldout_rows = encode(tokenizer, heldout, info.max_seq_len, None, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
 
     def fingerprint(self) -> str:
@@ -202,14 +209,12 @@ class RelationTask:
             return {}
         pred = predict_rows(model, self.tokenizer, self.heldout_rows, self.labels, self.eval_batch_size)
         gold = [e.label or "" for e in self.heldout]
-        if self.info["format"] == "semeval":
+        if self.info.format == "semeval":
             return semeval_official_f1(gold, pred)
-        return macro_f1_without(gold, pred, NO_RELATION[self.info["format"]])
+        return macro_f1_without(gold, pred, NO_RELATION[self.info.format])
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        write_task_info(directory, {**self.info, "labels": self.labels, "max_seq_len": self.max_seq_len})
+        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, label_ids: dict[str, int] | None,
@@ -218,7 +223,7 @@ def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, labe
     `source` (the file the examples came from) and the example's line."""
     marker_ids = [tokenizer.token_to_index[m] for m in MARKERS]
     rows = []
-    encodings = tokenizer.encode_batch([e.text for e in examples], max_length=10**6) if examples else []
+    encodings = tokenizer.encode_batch([e.text for e in examples])
     for example, encoding in zip(examples, encodings, strict=True):
         ids = encoding.ids
         if len(ids) > max_seq_len:
@@ -248,14 +253,15 @@ def collate(rows: list[tuple[list[int], int, int, int, int, int]], tokenizer: To
     return batch
 
 
+def _probabilities(model: nn.Module, batch: dict[str, Any]) -> Tensor:
+    logits = model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"], batch["e2_mask"])
+    return torch.softmax(logits.float(), -1).cpu()  # (B, C)
+
+
 def predict_rows(model: nn.Module, tokenizer: Tokenizer, rows: list, labels: list[str], batch_size: int = 64
                  ) -> list[str]:
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = for_model(model, collate(rows[start : start + batch_size], tokenizer))
-        logits = model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"], batch["e2_mask"])
-        out += [labels[i] for i in logits.argmax(-1).tolist()]
-    return out
+    probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer), _probabilities, batch_size)
+    return [labels[int(p.argmax())] for p in probs]
 
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "semeval",
@@ -268,52 +274,57 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     tok = base_tok.with_special_tokens(MARKERS)
     train = require_examples(take(read_examples(train_file, fmt), limit), train_file, "training")
     heldout = require_examples(read_examples(eval_file, fmt), eval_file, "evaluation") if eval_file else []
-    labels = sorted({e.label for e in train if e.label})
-    model_config = encoder_config(init_from, tok if init_from is None else base_tok,
-                                  model_size, max_seq_len, id2label={str(i): x for i, x in enumerate(labels)},
-                                  label2id={x: i for i, x in enumerate(labels)})
+    info = RelationInfo(sorted({e.label for e in train if e.label}), max_seq_len, fmt)
+    model_config = encoder_config(init_from, tok if init_from is None else base_tok, model_size, max_seq_len,
+                                  **SPEC.config_extra(info))
     model = build_task_model(BertForRelation, init_from, model_config, config.seed)
     model.bert.resize_token_embeddings(tok.vocab_size)  # room for the four entity markers
-    info = {"task": NAME, "format": fmt}
-    task = RelationTask(tok, train, heldout, labels, max_seq_len, info, source=str(train_file),
-                        heldout_source=str(eval_file))
+    task = RelationTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
     return fit(model, task, config, title=f"relation ({Path(train_file).parent.name or 'data'})")
 
 
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: RelationInfo, path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    examples = require_examples(read_examples(path, fmt), path, "evaluation")
+    info = RelationInfo(info.labels, info.max_seq_len, fmt)  # the metric follows the file scored
+    return RelationTask(tokenizer, [], examples, info, heldout_source=str(path)).evaluate(model)
+
+
 @torch.no_grad()
-def predict(model: BertForRelation, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 128
+def predict(model: nn.Module, tokenizer: Tokenizer, info: RelationInfo, inputs: list[dict[str, Any]]
             ) -> list[dict[str, Any]]:
-    """Relation of each marked sentence (`... <e1> head </e1> ... <e2> tail </e2> ...`), with probabilities."""
-    labels = [model.config.extra["id2label"][str(i)] for i in range(len(model.config.extra["id2label"]))]
-    rows = encode(tokenizer, [Example(t, None, i + 1) for i, t in enumerate(texts)], max_seq_len, None)
-    batch = for_model(model, collate(rows, tokenizer))
-    probs = torch.softmax(model(batch["input_ids"], batch["attention_mask"], None, batch["e1_mask"],
-                                batch["e2_mask"]).float(), -1)
-    return [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist(), strict=True))}
+    """The relation (with probabilities) of each input: a `text` with the entities marked
+    (`... <e1> head </e1> ... <e2> tail </e2> ...`), or a plain `text` with its `head` and `tail` entity strings."""
+    texts = []
+    for index, item in enumerate(inputs):
+        if item.get("head") is not None or item.get("tail") is not None:
+            try:
+                texts.append(mark(item["text"], item["head"], item["tail"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"input {index}: cannot mark the entities: {exc}") from exc
+        else:
+            texts.append(item["text"])
+    rows = encode(tokenizer, [Example(t, None, i + 1) for i, t in enumerate(texts)], info.max_seq_len, None)
+    probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer), _probabilities)
+    return [{"label": info.labels[int(p.argmax())], "probabilities": dict(zip(info.labels, p.tolist(), strict=True))}
             for p in probs]
 
 
-MODEL = BertForRelation
-
-
-def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
-                  ) -> dict[str, float]:
-    examples = require_examples(read_examples(path, fmt), path, "evaluation")
-    task = RelationTask(tokenizer, [], examples, info["labels"], info["max_seq_len"], {**info, "format": fmt},
-                        heldout_source=str(path))
-    return task.evaluate(model)
-
-
-def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    """Each input is a marked `text`, or a plain `text` with its `head` and `tail` entity strings."""
-    texts = []
-    for item in inputs:
-        if "head" in item or "tail" in item:
-            try:
-                texts.append(mark(item["text"], item["head"], item["tail"]))
-            except (KeyError, ValueError) as exc:
-                raise DataError(f"cannot mark the entities: {exc}") from exc
-        else:
-            texts.append(item["text"])
-    return predict(model, tokenizer, texts, info["max_seq_len"])
+SPEC = TaskSpec(
+    name=NAME,
+    description="the relation between two entities of a sentence (R-BERT, entity markers)",
+    model=BertForRelation,
+    info=RelationInfo,
+    inputs=(InputField("text", "the sentence, entities marked <e1> ... </e1> and <e2> ... </e2> (or give head and "
+                       "tail)", multiline=True),
+            InputField("head", "the head entity's text, when the sentence is not marked", required=False),
+            InputField("tail", "the tail entity's text, when the sentence is not marked", required=False)),
+    predict=predict,
+    view={"label": "label", "probabilities": "probabilities"},
+    example={"text": "The <e1> smoke </e1> came from the <e2> fire </e2> ."},
+    formats=FORMATS,
+    default_format="semeval",
+    finetune=finetune,
+    evaluate=evaluate_file,
+    config_extra=lambda info: id2label(info.labels),
+)

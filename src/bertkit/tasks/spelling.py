@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.device import for_model
+from bertkit.argtypes import int_range
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import prf
 from bertkit.model import BertForPreTraining
-from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, take, write_task_info
+from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take
+from bertkit.tasks.spec import InputField, TaskSpec, option, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
@@ -209,12 +210,24 @@ def csc_scores(sources: list[str], targets: list[str], predictions: list[str]) -
     return result
 
 
+@dataclass
+class SpellingInfo:
+    max_seq_len: int = seq_len_field()
+
+
+@dataclass
+class SpellingOptions:
+    augment_corpus: str | None = option("clean text to corrupt with pycorrector's confusion sets")
+    augment: int = option("how many corrupted sentences of --augment-corpus to add", 0, type=int_range(0))
+
+
 class SpellingTask:
     find_unused_parameters = True  # the NSP head of the pre-training model is not used
 
-    def __init__(self, tokenizer: Tokenizer, train: list[Pair], heldout: list[Pair], max_seq_len: int,
+    def __init__(self, tokenizer: Tokenizer, train: list[Pair], heldout: list[Pair], info: SpellingInfo,
                  eval_batch_size: int = 64) -> None:
-        self.tokenizer, self.max_seq_len = tokenizer, max_seq_len
+        self.tokenizer, self.info = tokenizer, info
+        max_seq_len = self.max_seq_len = info.max_seq_len
         self.train = [row for p in train for row in encode_windows(tokenizer, p.source, p.target, max_seq_len)]
         self.heldout = heldout
         self.heldout_rows = [encode_windows(tokenizer, p.source, None, max_seq_len) for p in heldout]
@@ -256,24 +269,24 @@ class SpellingTask:
         return csc_scores([p.source for p in self.heldout], [p.target for p in self.heldout], predictions)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        write_task_info(directory, {"task": NAME, "max_seq_len": self.max_seq_len})
+        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], windows: list, batch_size: int = 64
                  ) -> list[str]:
     """Corrected sources; `windows[i]` holds the `encode_windows` rows of `sources[i]`."""
     flat = [(k, row) for k, rows in enumerate(windows) for row in rows]
+
+    def best(m: nn.Module, batch: dict[str, Any]) -> list[list[int]]:
+        logits = m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).mlm_logits
+        return logits.argmax(-1).cpu().tolist()
+
+    predicted = run_batches(model, [r[0] for _, r in flat], lambda ids: pad_sequences(ids, tokenizer.pad_token_id),
+                            best, batch_size)
     chars = [list(s) for s in sources]
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
-        batch = for_model(model, pad_sequences([r[0] for _, r in chunk], tokenizer.pad_token_id))
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).mlm_logits
-        best = logits.argmax(-1).cpu()
-        for i, (k, r) in enumerate(chunk):
-            # each window owns a disjoint range of characters, so applying them in turn composes
-            chars[k] = list(apply_predictions("".join(chars[k]), r[2], best[i, : len(r[0])].tolist(), tokenizer))
+    for (k, r), tokens in zip(flat, predicted, strict=True):
+        # each window owns a disjoint range of characters, so applying them in turn composes
+        chars[k] = list(apply_predictions("".join(chars[k]), r[2], tokens[: len(r[0])], tokenizer))
     return ["".join(c) for c in chars]
 
 
@@ -300,30 +313,40 @@ def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | Non
             train.append(Pair(corrupt(sentences[i], confusions, rng), sentences[i], -1))
     model_config = encoder_config(init_from, tok, model_size, max_seq_len)
     model = build_task_model(BertForPreTraining, init_from, model_config, config.seed)
-    task = SpellingTask(tok, train, heldout, max_seq_len)
+    task = SpellingTask(tok, train, heldout, SpellingInfo(max_seq_len))
     return fit(model, task, config, title="spelling correction")
 
 
+def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: SpellingInfo, path: str | Path, fmt: str
+                  ) -> dict[str, float]:
+    pairs = require_examples(read_pairs(path, fmt, split="test"), path, "evaluation")
+    return SpellingTask(tokenizer, [], pairs, info).evaluate(model)
+
+
 @torch.no_grad()
-def predict(model: BertForPreTraining, tokenizer: Tokenizer, texts: list[str], max_seq_len: int = 128
+def predict(model: nn.Module, tokenizer: Tokenizer, info: SpellingInfo, inputs: list[dict[str, Any]]
             ) -> list[dict[str, Any]]:
     """Corrected text (same length) and the edits [{"position", "from", "to"}] for each input."""
-    rows = [encode_windows(tokenizer, t, None, max_seq_len) for t in texts]
+    texts = [i["text"] for i in inputs]
+    rows = [encode_windows(tokenizer, t, None, info.max_seq_len) for t in texts]
     corrected = correct_rows(model, tokenizer, texts, rows)
     return [{"corrected": c, "edits": [{"position": i, "from": a, "to": b}
                                        for i, (a, b) in enumerate(zip(t, c, strict=True)) if a != b]}
             for t, c in zip(texts, corrected, strict=True)]
 
 
-MODEL = BertForPreTraining
-
-
-def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], path: str | Path, fmt: str
-                  ) -> dict[str, float]:
-    pairs = require_examples(read_pairs(path, fmt, split="test"), path, "evaluation")
-    return SpellingTask(tokenizer, [], pairs, info["max_seq_len"]).evaluate(model)
-
-
-def predict_inputs(model: nn.Module, tokenizer: Tokenizer, info: dict[str, Any], inputs: list[dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    return predict(model, tokenizer, [i["text"] for i in inputs], info["max_seq_len"])
+SPEC = TaskSpec(
+    name=NAME,
+    description="Chinese spelling correction: the corrected text (same length) and its edits",
+    model=BertForPreTraining,
+    info=SpellingInfo,
+    inputs=(InputField("text", "Chinese text to correct", multiline=True),),
+    predict=predict,
+    view={"corrected": "corrected", "edits": "edits"},
+    example={"text": "今天天汽很好"},
+    formats=FORMATS,
+    default_format="sighan",
+    options=SpellingOptions,
+    finetune=finetune,
+    evaluate=evaluate_file,
+)

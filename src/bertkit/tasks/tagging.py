@@ -87,7 +87,8 @@ def encode_sentences(tokenizer: Tokenizer, sentences: list[list[str]], tag_ids: 
     cut = total = 0
     for start in range(0, len(sentences), 1024):
         batch = sentences[start : start + 1024]
-        for offset, encoding in enumerate(tokenizer.encode_word_lists(batch)):
+        encodings = tokenizer.encode_batch(batch, is_split_into_words=True, add_special_tokens=False)
+        for offset, encoding in enumerate(encodings):
             index = start + offset
             tags = tag_ids[index] if tag_ids is not None else None
             word_tokens: dict[int, list[int]] = {}
@@ -120,7 +121,7 @@ def encode_sentences(tokenizer: Tokenizer, sentences: list[list[str]], tag_ids: 
 
 def collate(pieces: list[Piece], pad_id: int) -> dict[str, Any]:
     batch = pad_sequences([p.input_ids for p in pieces], pad_id)
-    W = max(len(p.positions) for p in pieces)
+    W = max(1, *(len(p.positions) for p in pieces))  # a piece may have no word (an utterance of control characters)
     batch["word_index"] = torch.zeros((len(pieces), W), dtype=torch.long)
     batch["word_mask"] = torch.zeros((len(pieces), W), dtype=torch.bool)
     batch["tags"] = torch.full((len(pieces), W), IGNORE, dtype=torch.long)
@@ -160,8 +161,12 @@ class TaggingHead(nn.Module):
         return loss, float(selected.sum())
 
     def decode(self, emissions: Tensor, word_mask: Tensor) -> list[list[int]]:
+        """The tag ids of each row's words (an empty list for a row without words)."""
         if self.crf is not None:
-            return self.crf.decode(emissions, word_mask)
+            lengths = word_mask.sum(1).tolist()
+            some = word_mask.clone()
+            some[:, 0] = True  # Viterbi needs one position per row; a row without words drops its one below
+            return [path[:n] for path, n in zip(self.crf.decode(emissions, some), lengths, strict=True)]
         best = emissions.argmax(-1)
         return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
 

@@ -1,0 +1,154 @@
+"""TaskSpec: what one task is (name, model, formats, input schema, options, the info that lives in task.json, and its
+functions), declared in the task's own file; the CLI, Predictor, server and web page iterate over specs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bertkit.config import SIZE_LIMITS
+from bertkit.errors import CheckpointError
+
+MAX_POSITIONS = SIZE_LIMITS["max_position_embeddings"]  # no sequence can be longer than the largest position table
+
+
+@dataclass(frozen=True)
+class InputField:
+    """One field of a prediction input (a string)."""
+
+    name: str
+    help: str
+    required: bool = True
+    multiline: bool = False  # the web page shows a text area rather than a one-line box
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task, as data. Functions:
+
+    - `predict(model, tokenizer, info, inputs) -> results`: one result dict per input (inputs already checked
+      against `inputs`);
+    - `evaluate(model, tokenizer, info, path, fmt) -> metrics` on a labelled file;
+    - `finetune(train, train_config, *, eval_file, fmt, init_from, tokenizer, model_size, max_seq_len, limit,
+      **options)`: `options` are the fields of the `options` dataclass (each one a `finetune --flag`);
+    - `config_extra(info) -> dict`: the config.json entries derived from info (id2label for transformers), written
+      when the model is saved and checked when it is loaded;
+    - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
+      class is loaded strictly).
+    `view` tells the web page how to show a result: which result keys hold a label, probabilities, spans (and over
+    which input field), a corrected text, fill-mask candidates or a vector.
+    """
+
+    name: str
+    description: str
+    model: type[nn.Module]
+    info: type  # a dataclass: everything besides the weights that predict and evaluate read (task.json)
+    inputs: tuple[InputField, ...]
+    predict: Callable[..., list[dict[str, Any]]]
+    view: dict[str, str]
+    example: dict[str, str]  # a typical input: the web page's placeholder
+    formats: tuple[str, ...] = ()
+    default_format: str | None = None
+    options: type | None = None  # a dataclass whose fields are the task's finetune flags
+    finetune: Callable[..., Any] | None = None  # None: the task needs no training (fill-mask, embeddings)
+    evaluate: Callable[..., dict[str, float]] | None = None
+    config_extra: Callable[[Any], dict[str, Any]] = field(default=lambda info: {})
+    load: Callable[[Path, Any], nn.Module] | None = None
+    default_max_seq_len: int = 128
+
+    @property
+    def trainable(self) -> bool:
+        return self.finetune is not None
+
+    @property
+    def plain_text(self) -> bool:
+        """Whether a bare string is an input (it is then {"text": string})."""
+        return [f.name for f in self.inputs if f.required] == ["text"]
+
+    def schema(self) -> dict[str, Any]:
+        """What a client needs to call this task (the server's /health): input fields, result view, an example."""
+        return {"name": self.name, "description": self.description, "plain_text": self.plain_text,
+                "inputs": [dataclasses.asdict(f) for f in self.inputs], "view": self.view, "example": self.example}
+
+    def read_info(self, data: dict[str, Any], source: str) -> Any:
+        """The info dataclass from task.json's object: every field checked (type, range); unknown keys are left
+        alone (newer writers may add some). Raises CheckpointError naming the file, the field and what was
+        expected."""
+        missing = [f.name for f in fields(self.info)
+                   if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise CheckpointError(f"{source}: a {self.name} task.json needs {missing}; it has {sorted(data)}")
+        values = {}
+        for f in fields(self.info):
+            if f.name not in data:
+                continue
+            check, expected = f.metadata.get("check"), f.metadata.get("expected", "")
+            if check is not None and not check(data[f.name]):
+                raise CheckpointError(f"{source}: {f.name} must be {expected}, got {data[f.name]!r:.200}")
+            values[f.name] = data[f.name]
+        return self.info(**values)
+
+    def write_info(self, info: Any) -> dict[str, Any]:
+        """task.json's object: the task's name and its info."""
+        return {"task": self.name, **dataclasses.asdict(info)}
+
+
+# ---- info fields: each knows how to check a value read back from task.json -------------------------------------
+
+def _label_list(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+            and len(set(value)) == len(value))
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def labels_field(help: str = "the label set, in id order") -> Any:
+    return field(metadata={"check": _label_list, "expected": "a non-empty list of distinct, non-empty strings",
+                           "help": help})
+
+
+def seq_len_field(default: Any = dataclasses.MISSING) -> Any:
+    return field(default=default, metadata={"check": _int_in(8, MAX_POSITIONS),
+                                            "expected": f"an integer from 8 to {MAX_POSITIONS}"})
+
+
+def int_field(low: int, high: int, default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": _int_in(low, high),
+                                            "expected": f"an integer from {low} to {high}", "help": help})
+
+
+def choice_field(choices: Sequence[str], default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": lambda v: v in choices, "choices": tuple(choices),
+                                            "expected": " or ".join(f'"{c}"' for c in choices), "help": help})
+
+
+def bool_field(default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": lambda v: isinstance(v, bool), "expected": "true or false",
+                                            "help": help})
+
+
+def name_field(default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": lambda v: isinstance(v, str) and bool(v),
+                                            "expected": "a non-empty string", "help": help})
+
+
+def option(help: str, default: Any = None, *, choices: Sequence[str] | None = None,
+           type: Callable[[str], Any] | None = None) -> Any:
+    """A finetune option: a field of a task's options dataclass, and the `--flag` the CLI builds from it (a bool
+    default of False becomes a switch; `choices` and `type` are argparse's)."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
+                                            "type": type})
+
+
+def id2label(labels: Sequence[str]) -> dict[str, Any]:
+    """config.json's label entries as transformers writes them."""
+    return {"id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)}}
