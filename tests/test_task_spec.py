@@ -231,7 +231,8 @@ def pair_server(tmp_path_factory):
 
 def test_64_concurrent_mixed_requests_all_answered_as_one_by_one(pair_server):
     server, checkpoint = pair_server
-    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "run", "fast", "and", "it", "is", "raining", "in", "the", "street"]
+    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "run", "fast", "and", "it", "is", "raining",
+             "in", "the", "street"]
     requests = []
     for i in range(64):
         text = " ".join(words[: 2 + i % 13])
