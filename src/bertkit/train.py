@@ -689,17 +689,85 @@ def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: Tr
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
-         guard: _InterruptGuard | None = None) -> FitResult:
+@dataclass
+class _Run:
+    """What one training run holds besides the loop: where it runs, its optimizer and schedule, and its position
+    (step, epoch, batch of the epoch), which checkpoints save and `--resume` restores."""
+
+    config: TrainConfig
+    task: TrainTask
+    model: nn.Module
+    title: str
+    device: torch.device
+    rank: int
+    world: int
+    output: Path
+    amp_dtype: torch.dtype | None  # autocast dtype (None: fp32)
+    scaler: torch.amp.GradScaler  # enabled for fp16 only (a GPU without bf16)
+    global_batch: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    fingerprint: str | None
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output / METRICS_NAME
+
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
+
+    def log(self, record: dict[str, Any]) -> None:
+        _append(self.metrics_path, record, self.rank)
+
+    def checkpoint(self) -> Path | None:
+        """Save weights and the whole training state (every rank's RNG) at the current step; rank 0 writes."""
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        rng_states, cuda_states = [torch.get_rng_state()], [cuda_rng]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, (torch.get_rng_state(), cuda_rng))
+            rng_states, cuda_states = [g[0] for g in gathered], [g[1] for g in gathered]
+        path = None
+        if self.rank == 0:
+            # on the CPU, so the file loads on any machine; the optimizer moves its state to the parameters' device
+            state = to_device({"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                               "world_size": self.world, "global_batch": self.global_batch,
+                               "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                               "rng": rng_states, "config": _plain(asdict(self.config)),
+                               "fingerprint": self.fingerprint, "device_type": self.device.type,
+                               "cuda_rng": cuda_states if self.device.type == "cuda" else None,
+                               **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {})},
+                              torch.device("cpu"), non_blocking=False)
+            path = _write_checkpoint(self.output, self.step, self.task, self.model, state,
+                                     self.config.keep_checkpoints)
+        _barrier()
+        return path
+
+    def evaluate(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if self.rank == 0:
+            self.model.eval()
+            with torch.no_grad(), self.autocast():
+                result = self.task.evaluate(self.model)
+            self.model.train()
+            self.log({"kind": "eval", "step": self.step, "epoch": self.epoch, **result})
+            plot_curves(self.metrics_path, self.output / CURVES_NAME, self.title)
+        _barrier()
+        return result
+
+
+def _start_run(model: nn.Module, task: TrainTask, config: TrainConfig, title: str) -> _Run:
+    """Device, precision, step count, optimizer and schedule of a run, before any resume."""
     device = resolve_device(config.device)
     rank, world = distributed_setup(device)
     setup_cuda(device)
     model.to(device)
-    output = Path(config.output_dir)
     amp_dtype = autocast_dtype(device, config.bf16)
-    use_amp = amp_dtype is not None
-    # fp16 (a GPU without bf16) needs loss scaling; bf16 and fp32 do not
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if rank == 0 and device.type == "cuda":
         print(f"training on {describe(device)}, autocast {amp_dtype or 'off (fp32, TF32 matmuls)'}")
     global_batch = config.batch_size * config.grad_accum * world
@@ -710,233 +778,252 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     total_steps = config.max_steps or max(1, round(config.epochs * (first_epoch_examples // global_batch)))
     warmup_steps = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
     warmup_steps = max(1, min(warmup_steps, total_steps))
-
     torch.manual_seed(config.seed + rank)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=config.adam_betas, eps=config.adam_eps,
-                                  fused=device.type in ("cpu", "cuda"))
+                                  betas=config.adam_betas, eps=config.adam_eps, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, warmup_steps))
-    step, epoch, step_in_epoch = 0, 0, 0
-    fingerprint = task.fingerprint() if hasattr(task, "fingerprint") else None
+    return _Run(config, task, model, title, device, rank, world, Path(config.output_dir), amp_dtype,
+                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), global_batch, total_steps,
+                optimizer, scheduler, task.fingerprint() if hasattr(task, "fingerprint") else None)
 
-    metrics_path = output / METRICS_NAME
-    resumed_from = latest_checkpoint(output) if config.resume else None
+
+def _restore(run: _Run) -> None:
+    """With `--resume`: weights, optimizer, schedule, RNG and position from the latest intact checkpoint, after
+    checking it was written by the same settings, data, process count and batch. Else a fresh metrics log."""
+    config, rank = run.config, run.rank
+    resumed_from = latest_checkpoint(run.output) if config.resume else None
     if config.resume and resumed_from is None and rank == 0:
-        print(f"no checkpoint in {output / CHECKPOINTS}: starting from scratch")
-    if resumed_from is not None:
-        state = torch.load(resumed_from / STATE_NAME, map_location="cpu", weights_only=True)
-        changes = resume_changes(state.get("config", {}), config, state.get("fingerprint"), fingerprint)
-        if changes and not config.allow_resume_changes:
-            raise TrainingError(f"--resume: this run differs from the one that wrote {resumed_from}: "
-                                f"{'; '.join(changes)}. Resume with the old settings and data, pass "
-                                "--allow-resume-changes to continue with the new ones, or --overwrite to start over")
-        if changes and rank == 0:
-            warnings.warn(f"resuming with changes (--allow-resume-changes): {'; '.join(changes)}", stacklevel=2)
-        if fingerprint is not None and state.get("fingerprint") is None and rank == 0:
-            warnings.warn(f"{resumed_from} records no training-data fingerprint (written by an older bertkit): "
-                          "whether this run's training data is the same cannot be checked", stacklevel=2)
-        if state["world_size"] != world or state["global_batch"] != global_batch:
-            raise TrainingError(f"{resumed_from} was written by a run with {state['world_size']} process(es) and "
-                                f"global batch {state['global_batch']}; this run has {world} and {global_batch}")
-        from bertkit.checkpoint import from_hf_state_dict, read_weights
+        print(f"no checkpoint in {run.output / CHECKPOINTS}: starting from scratch")
+    if resumed_from is None:
+        if rank == 0 and run.metrics_path.exists():
+            run.metrics_path.unlink()  # a fresh run starts a fresh log
+        return
+    state = torch.load(resumed_from / STATE_NAME, map_location="cpu", weights_only=True)
+    changes = resume_changes(state.get("config", {}), config, state.get("fingerprint"), run.fingerprint)
+    if changes and not config.allow_resume_changes:
+        raise TrainingError(f"--resume: this run differs from the one that wrote {resumed_from}: "
+                            f"{'; '.join(changes)}. Resume with the old settings and data, pass "
+                            "--allow-resume-changes to continue with the new ones, or --overwrite to start over")
+    if changes and rank == 0:
+        warnings.warn(f"resuming with changes (--allow-resume-changes): {'; '.join(changes)}", stacklevel=3)
+    if run.fingerprint is not None and state.get("fingerprint") is None and rank == 0:
+        warnings.warn(f"{resumed_from} records no training-data fingerprint (written by an older bertkit): "
+                      "whether this run's training data is the same cannot be checked", stacklevel=3)
+    if state["world_size"] != run.world or state["global_batch"] != run.global_batch:
+        raise TrainingError(f"{resumed_from} was written by a run with {state['world_size']} process(es) and "
+                            f"global batch {state['global_batch']}; this run has {run.world} and {run.global_batch}")
+    from bertkit.checkpoint import from_hf_state_dict, read_weights
 
-        weights, source = read_weights(resumed_from)
-        from_hf_state_dict(model, weights, source, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if changes:
-            _apply_settings(optimizer, scheduler, config)
-        torch.set_rng_state(state["rng"][rank])
-        saved_device = state.get("device_type", "cpu")
-        if device.type == "cuda" and state.get("cuda_rng") is not None and saved_device == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"][rank], device)
-        if saved_device != device.type and rank == 0:
-            warnings.warn(f"{resumed_from} was written on {saved_device}, this run is on {device.type}: the weights, "
-                          "optimizer and schedule continue exactly; dropout's random stream differs (bit-exact "
-                          "resume holds on one device type)", stacklevel=2)
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        if rank == 0:
-            _trim_metrics(metrics_path, step)
-            print(f"resumed from {resumed_from} at step {step} (epoch {epoch}, batch {step_in_epoch})")
-    elif rank == 0 and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
+    weights, source = read_weights(resumed_from)
+    from_hf_state_dict(run.model, weights, source, strict=True)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if changes:
+        _apply_settings(run.optimizer, run.scheduler, config)
+    torch.set_rng_state(state["rng"][rank])
+    saved_device = state.get("device_type", "cpu")
+    if run.device.type == "cuda" and state.get("cuda_rng") is not None and saved_device == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"][rank], run.device)
+    if saved_device != run.device.type and rank == 0:
+        warnings.warn(f"{resumed_from} was written on {saved_device}, this run is on {run.device.type}: the weights, "
+                      "optimizer and schedule continue exactly; dropout's random stream differs (bit-exact "
+                      "resume holds on one device type)", stacklevel=3)
+    if "scaler" in state and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
+    run.step, run.epoch, run.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+    if rank == 0:
+        _trim_metrics(run.metrics_path, run.step)
+        print(f"resumed from {resumed_from} at step {run.step} (epoch {run.epoch}, batch {run.step_in_epoch})")
 
+
+class ThroughputMeter:
+    """The mean loss terms over the steps since the last log line, and real tokens per second over that window
+    (all processes); evaluation and checkpointing are not training time, so they restart the window."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.started = time.perf_counter()
+        self.restart()
+        self.losses: dict[str, float] = {}
+        self.steps = 0
+
+    def restart(self) -> None:
+        self.tokens, self.window_start = 0, time.perf_counter()
+
+    def add_step(self, losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            self.losses[name] = self.losses.get(name, 0.0) + value
+        self.steps += 1
+
+    def record(self, step: int, epoch: int, lr: float, grad_norm: float) -> dict[str, Any]:
+        """The log line of the window ending at `step`; starts the next window."""
+        now = time.perf_counter()
+        tokens_per_s = self.tokens * self.world / max(now - self.window_start, 1e-9)
+        record = {"kind": "train", "step": step, "epoch": epoch, "loss": sum(self.losses.values()) / self.steps,
+                  **{f"loss_{n}": v / self.steps for n, v in self.losses.items()}, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": tokens_per_s, "elapsed_s": now - self.started}
+        self.losses, self.steps = {}, 0
+        self.tokens, self.window_start = 0, now
+        return record
+
+
+def _backward(run: _Run, train_model: nn.Module, micro: list[dict[str, Any]], meter: ThroughputMeter
+              ) -> tuple[dict[str, float], bool]:
+    """Forward and backward over one step's micro-batches: (this process's share of each loss term's step mean,
+    whether every loss was finite). Each term is divided by its count over ALL micro-batches of ALL processes, so
+    accumulation and DDP (which averages gradients over processes, hence * world) give the one-big-batch
+    gradient."""
+    task, world = run.task, run.world
+    names = sorted({k for b in micro for k in task.counts(b)})
+    local = [sum(task.counts(b).get(n, 0.0) for b in micro) for n in names]
+    totals = dict(zip(names, _all_reduce_sum(local), strict=True))
+    step_loss = dict.fromkeys(names, 0.0)
+    finite = True
+    for m, batch in enumerate(micro):
+        sync = contextlib.nullcontext() if (world == 1 or m == len(micro) - 1) else train_model.no_sync()
+        with sync:
+            with run.autocast():
+                parts = task.loss(train_model, batch)
+            loss = sum(parts[n] / max(totals[n], 1.0) for n in parts) * world
+            finite = finite and bool(torch.isfinite(loss))
+            run.scaler.scale(loss).backward()
+        for n, value in parts.items():
+            step_loss[n] += float(value.detach()) / max(totals[n], 1.0)
+        meter.tokens += task.tokens(batch)
+    return step_loss, finite
+
+
+def _update(run: _Run, loss_finite: bool, bad_steps: int) -> tuple[Tensor, int]:
+    """Clip and apply the gradients, or skip the update (fp16 overflow, or a non-finite loss or gradient, counted
+    towards `max_bad_steps`): (the gradient norm, the consecutive bad steps)."""
+    config, scaler, optimizer = run.config, run.scaler, run.optimizer
+    scaler.unscale_(optimizer)  # (fp16 only) the clipping below sees the true gradients
+    grad_norm = (nn.utils.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+                 if config.max_grad_norm > 0 else torch.tensor(0.0))
+    flags = _all_reduce_sum([0.0 if loss_finite and torch.isfinite(grad_norm) else 1.0, 0.0 if loss_finite else 1.0])
+    finite, loss_finite = flags[0] == 0.0, flags[1] == 0.0
+    if not finite and loss_finite and scaler.is_enabled() and scaler.get_scale() > 1.0:
+        # fp16 loss scaling: gradients that overflow (the loss itself finite) skip the step and halve the scale, as
+        # GradScaler does (unscale_ recorded the inf); not a bad step: an fp16 run's first steps often overflow
+        optimizer.zero_grad(set_to_none=True)
+        scaler.update()
+        run.log({"kind": "skipped", "step": run.step + 1, "reason": "fp16 overflow", "scale": scaler.get_scale()})
+        return grad_norm, bad_steps
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.update()
+        bad_steps += 1
+        warnings.warn(f"step {run.step + 1}: non-finite loss or gradient, update skipped ({bad_steps} in a row)",
+                      stacklevel=3)
+        run.log({"kind": "skipped", "step": run.step + 1, "reason": "non-finite"})
+        if bad_steps >= config.max_bad_steps:
+            raise TrainingError(
+                f"step {run.step + 1}: {bad_steps} consecutive non-finite losses or gradients; stopping. Likely "
+                f"causes: learning rate too high ({config.lr}), fp16/bf16 overflow, or corrupt input. The last good "
+                f"checkpoint is in {run.output / CHECKPOINTS}")
+        return grad_norm, bad_steps
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, 0
+
+
+def _publish(run: _Run, final: Path | None) -> None:
+    """The final checkpoint's weights, config, vocabulary and task.json as OUTPUT/model (swapped in whole), and the
+    curves."""
+    if run.rank != 0 or final is None:
+        return
+    model_dir = run.output / MODEL_NAME
+    tmp = run.output / f".tmp-model-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(STATE_NAME, MANIFEST_NAME))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+    plot_curves(run.metrics_path, run.output / CURVES_NAME, run.title)
+
+
+def _progress_bar(run: _Run) -> Any:
+    if not (run.config.progress and run.rank == 0):
+        return None
+    from tqdm.auto import tqdm
+
+    # In a log file (not a terminal) a bar redrawn every step would flood it: redraw every 30 s there.
+    return tqdm(total=run.total_steps, initial=run.step, desc=run.title, unit="step", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
+         guard: _InterruptGuard | None = None) -> FitResult:
+    run = _start_run(model, task, config, title)
+    _restore(run)
     train_model: nn.Module = maybe_compile(model) if config.compile else model
-    if world > 1:
+    if run.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None,
+            train_model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
             find_unused_parameters=getattr(task, "find_unused_parameters", False))
-
-    def checkpoint() -> Path | None:
-        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        rng_states, cuda_states = [torch.get_rng_state()], [cuda_rng]
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, (torch.get_rng_state(), cuda_rng))
-            rng_states, cuda_states = [g[0] for g in gathered], [g[1] for g in gathered]
-        path = None
-        if rank == 0:
-            # on the CPU, so the file loads on any machine; the optimizer moves its state to the parameters' device
-            state = to_device({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": world,
-                               "global_batch": global_batch, "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "rng": rng_states, "config": _plain(asdict(config)),
-                               "fingerprint": fingerprint, "device_type": device.type,
-                               "cuda_rng": cuda_states if device.type == "cuda" else None,
-                               **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})},
-                              torch.device("cpu"), non_blocking=False)
-            path = _write_checkpoint(output, step, task, model, state, config.keep_checkpoints)
-        _barrier()
-        return path
-
-    def evaluate() -> dict[str, float]:
-        result: dict[str, float] = {}
-        if rank == 0:
-            model.eval()
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=use_amp):
-                result = task.evaluate(model)
-            model.train()
-            _append(metrics_path, {"kind": "eval", "step": step, "epoch": epoch, **result})
-            plot_curves(metrics_path, output / CURVES_NAME, title)
-        _barrier()
-        return result
-
-    progress = None
-    if config.progress and rank == 0:
-        import sys
-
-        from tqdm.auto import tqdm
-
-        # In a log file (not a terminal) a bar redrawn every step would flood it: redraw every 30 s there.
-        progress = tqdm(total=total_steps, initial=step, desc=title, unit="step", dynamic_ncols=True,
-                        mininterval=0.5 if sys.stderr.isatty() else 30)
+    progress = _progress_bar(run)
+    meter = ThroughputMeter(run.world)
     model.train()
     last_eval: dict[str, float] = {}
     bad_steps = 0
-    window_tokens, window_start = 0, time.perf_counter()
-    started = time.perf_counter()
-    running: dict[str, float] = {}
-    running_n = 0
-    batches = _batches(task, config, world, rank, epoch, step_in_epoch, total_steps - step, device)
+    batches = _batches(task, config, run.world, run.rank, run.epoch, run.step_in_epoch, run.total_steps - run.step,
+                       run.device)
     try:
-        while step < total_steps:
-            epoch, step_in_epoch, micro = next(batches)
-            micro = to_device(micro, device)  # pinned by the loader on CUDA: the copies overlap the step
-            # Each loss term is divided by its count over ALL micro-batches of ALL processes, so accumulation
-            # and DDP (which averages gradients over processes, hence * world) give the one-big-batch gradient.
-            names = sorted({k for b in micro for k in task.counts(b)})
-            local = [sum(task.counts(b).get(n, 0.0) for b in micro) for n in names]
-            totals = dict(zip(names, _all_reduce_sum(local), strict=True))
-            step_loss: dict[str, float] = dict.fromkeys(names, 0.0)
-            finite = loss_finite = True
-            for m, batch in enumerate(micro):
-                sync = contextlib.nullcontext() if (world == 1 or m == len(micro) - 1) else train_model.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=use_amp):
-                        parts = task.loss(train_model, batch)
-                    loss = sum(parts[n] / max(totals[n], 1.0) for n in parts) * world
-                    if not torch.isfinite(loss):
-                        finite = loss_finite = False
-                    scaler.scale(loss).backward()
-                for n, value in parts.items():
-                    step_loss[n] += float(value.detach()) / max(totals[n], 1.0)
-                window_tokens += task.tokens(batch)
-            scaler.unscale_(optimizer)  # (fp16 only) the clipping below sees the true gradients
-            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                         if config.max_grad_norm > 0 else torch.tensor(0.0))
-            flags = _all_reduce_sum([0.0 if finite and torch.isfinite(grad_norm) else 1.0, 0.0 if loss_finite else 1.0])
-            finite, loss_finite = flags[0] == 0.0, flags[1] == 0.0
-            if not finite and loss_finite and scaler.is_enabled() and scaler.get_scale() > 1.0:
-                # fp16 loss scaling: gradients that overflow (the loss itself finite) skip the step and halve the
-                # scale, as GradScaler does (unscale_ recorded the inf); not a bad step: the first steps of an
-                # fp16 run usually overflow a few times
-                optimizer.zero_grad(set_to_none=True)
-                scaler.update()
-                _append(metrics_path, {"kind": "skipped", "step": step + 1, "reason": "fp16 overflow",
-                                       "scale": scaler.get_scale()}, rank)
-            elif not finite:
-                bad_steps += 1
-                optimizer.zero_grad(set_to_none=True)
-                if scaler.is_enabled():
-                    scaler.update()
-                warnings.warn(f"step {step + 1}: non-finite loss or gradient, update skipped "
-                              f"({bad_steps} in a row)", stacklevel=2)
-                _append(metrics_path, {"kind": "skipped", "step": step + 1, "reason": "non-finite"}, rank)
-                if bad_steps >= config.max_bad_steps:
-                    raise TrainingError(
-                        f"step {step + 1}: {bad_steps} consecutive non-finite losses or gradients; stopping. "
-                        f"Likely causes: learning rate too high ({config.lr}), fp16/bf16 overflow, or corrupt "
-                        f"input. The last good checkpoint is in {output / CHECKPOINTS}"
-                    )
-            else:
-                bad_steps = 0
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            step_in_epoch += 1
+        while run.step < run.total_steps:
+            run.epoch, run.step_in_epoch, micro = next(batches)
+            micro = to_device(micro, run.device)  # pinned by the loader on CUDA: the copies overlap the step
+            step_loss, finite = _backward(run, train_model, micro, meter)
+            grad_norm, bad_steps = _update(run, finite, bad_steps)
+            run.scheduler.step()
+            run.step += 1
+            run.step_in_epoch += 1
             # each process holds its share of the global mean; the sum over processes is the mean
-            step_means = _all_reduce_sum([step_loss[n] for n in names])
-            for n, value in zip(names, step_means, strict=True):
-                running[n] = running.get(n, 0.0) + value
-            running_n += 1
-            if step % config.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens * world / max(now - window_start, 1e-9)
-                record = {"kind": "train", "step": step, "epoch": epoch,
-                          "loss": sum(running.values()) / running_n,
-                          **{f"loss_{n}": v / running_n for n, v in running.items()},
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                          "tokens_per_s": tokens_per_s, "elapsed_s": now - started}
-                _append(metrics_path, record, rank)
+            meter.add_step(dict(zip(step_loss, _all_reduce_sum(list(step_loss.values())), strict=True)))
+            if run.step % config.log_every == 0 or run.step == run.total_steps:
+                record = meter.record(run.step, run.epoch, run.scheduler.get_last_lr()[0], float(grad_norm))
+                run.log(record)
                 if progress is not None:
-                    progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-                running, running_n = {}, 0
-                window_tokens, window_start = 0, now
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}")
             if progress is not None:
                 progress.update(1)
-            if config.eval_every and step % config.eval_every == 0 and step < total_steps:
-                last_eval = evaluate()
-                window_start = time.perf_counter()  # tokens/s measures training, not evaluation
-            if config.save_every and step % config.save_every == 0 and step < total_steps:
-                checkpoint()
-                window_start = time.perf_counter()
+            if config.eval_every and run.step % config.eval_every == 0 and run.step < run.total_steps:
+                last_eval = run.evaluate()
+                meter.restart()  # tokens/s measures training, not evaluation
+            if config.save_every and run.step % config.save_every == 0 and run.step < run.total_steps:
+                run.checkpoint()
+                meter.restart()
         if progress is not None:
             progress.close()
         del batches  # the loader's workers end here, not after the final evaluation and checkpoint
-        last_eval = evaluate()  # inside the try: Ctrl-C during the final evaluation still saves the trained steps
+        last_eval = run.evaluate()  # inside the try: Ctrl-C during the final evaluation still saves the trained steps
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
-        if rank == 0:
-            print(f"\ninterrupted at step {step}: saving a checkpoint (resume with --resume)", flush=True)
-        if guard is not None:
-            guard.saving = True
-        try:
-            saved = checkpoint()
-        except BaseException:
-            if rank == 0:
-                print(f"the checkpoint of step {step} was NOT saved; {output / CHECKPOINTS} keeps the previous ones",
-                      flush=True)
-            raise
-        if rank == 0:
-            print(f"checkpoint saved: {saved}", flush=True)
+        _save_on_interrupt(run, guard)
         raise
     if guard is not None:
         guard.saving = True  # the final checkpoint and model/: a Ctrl-C now waits for them instead of cutting them
-    final = checkpoint()
-    if rank == 0 and final is not None:
-        model_dir = output / MODEL_NAME
-        tmp = output / f".tmp-model-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(STATE_NAME, MANIFEST_NAME))
-        shutil.rmtree(model_dir, ignore_errors=True)
-        os.replace(tmp, model_dir)
-        plot_curves(metrics_path, output / CURVES_NAME, title)
+    _publish(run, run.checkpoint())
     _barrier()
-    return FitResult(step=step, metrics=last_eval, output_dir=output)
+    return FitResult(step=run.step, metrics=last_eval, output_dir=run.output)
+
+
+def _save_on_interrupt(run: _Run, guard: _InterruptGuard | None) -> None:
+    """After the first Ctrl-C: a checkpoint of the steps done, which later Ctrl-Cs cannot cut."""
+    if run.rank == 0:
+        print(f"\ninterrupted at step {run.step}: saving a checkpoint (resume with --resume)", flush=True)
+    if guard is not None:
+        guard.saving = True
+    try:
+        saved = run.checkpoint()
+    except BaseException:
+        if run.rank == 0:
+            print(f"the checkpoint of step {run.step} was NOT saved; {run.output / CHECKPOINTS} keeps the previous "
+                  "ones", flush=True)
+        raise
+    if run.rank == 0:
+        print(f"checkpoint saved: {saved}", flush=True)
 
 
 def _append(path: Path, record: dict[str, Any], rank: int = 0) -> None:
