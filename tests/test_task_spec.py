@@ -145,12 +145,25 @@ def test_fill_mask_command_and_its_errors(english_mlm, capsys, tmp_path):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and len(lines[0]) == 3 and len(lines[1]) == 2 and len(lines[1][0]) == 3
     _same_as_pipeline(lines[0], pipeline_output(Predictor(english_mlm).predict([ENGLISH[0]])[0])[:3])
-    assert main(["fill-mask", str(english_mlm), "no mask here"]) == 2
-    assert "no [MASK] in the text" in capsys.readouterr().err
+    assert main(["fill-mask", str(english_mlm), ENGLISH[0], "no mask here"]) == 2
+    assert "error: text 2: no [MASK] in the text" in capsys.readouterr().err
+    assert main(["fill-mask", str(english_mlm), "[MASK] " + "word " * 600]) == 2
+    assert "more than max_seq_len=512 (cutting the text could cut a mask)" in capsys.readouterr().err
     BertModel(BertConfig(**TINY, vocab_size=100)).save_pretrained(tmp_path / "encoder")
     Tokenizer.from_pretrained(english_mlm).save_pretrained(tmp_path / "encoder")
     assert main(["fill-mask", str(tmp_path / "encoder"), "a [MASK]"]) == 2
     assert "fill-mask needs an MLM head" in capsys.readouterr().err
+
+
+def test_a_fine_tuned_checkpoint_that_lost_its_task_json_is_refused_not_served_as_another_task(tmp_path):
+    from bertkit.errors import CheckpointError
+    from tests.reliability.tiny_checkpoints import make_classifier
+
+    directory = make_classifier(tmp_path / "c")
+    (directory / "task.json").unlink()
+    with pytest.raises(CheckpointError, match=r"task\.json: not found, but .* holds a fine-tuned model "
+                                              r"\(BertForSequenceClassification; config\.json has id2label\)"):
+        Predictor(directory)
 
 
 def test_a_pre_trained_encoder_serves_sentence_embeddings(english_mlm, minilm_dir):
@@ -263,6 +276,6 @@ def test_health_carries_the_input_schema(pair_server):
     server, _ = pair_server
     health = server.get("/health")[1]
     assert health["spec"]["inputs"][1] == {"name": "text_pair", "help": "a second text, for sentence-pair tasks",
-                                           "required": False, "multiline": False}
+                                           "required": False, "multiline": False, "kind": "text"}
     assert health["spec"]["view"] == {"label": "label", "probabilities": "probabilities"}
     assert health["info"]["labels"] == health["labels"] == ["0", "1"]

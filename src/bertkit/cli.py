@@ -249,7 +249,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     spec = task_spec(args.task)
     own = {f.name for f in fields(spec.options)} if spec.options else set()
-    given = {name: getattr(args, name) for name in _option_fields() if getattr(args, name) not in (None, False)}
+    given = {name: getattr(args, name) for name in _option_fields()
+             if getattr(args, name) is not None and getattr(args, name) is not False}  # --augment 0 is given
     wrong = [f"--{k.replace('_', '-')}" for k in given if k not in own]
     if wrong:
         raise BertkitError(f"{', '.join(wrong)} do(es) not apply to the {args.task} task")
@@ -301,7 +302,14 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     if args.input is not None:
         texts += [text for _, text in input_lines(args.input) if text.strip()]
     for start in range(0, len(texts), 32):
-        for result in predictor.predict(texts[start : start + 32]):
+        try:
+            results = predictor.predict(texts[start : start + 32])
+        except BertkitError as exc:  # the Predictor numbers inputs within the chunk; the user counts from the first
+            where = re.match(r"input (\d+): ", str(exc))
+            if where is None:
+                raise
+            raise DataError(f"text {start + int(where.group(1)) + 1}: {str(exc)[where.end():]}") from exc
+        for result in results:
             print(json.dumps(pipeline_output(result), ensure_ascii=False, allow_nan=False))
     return 0
 

@@ -19,6 +19,9 @@ from bertkit.tasks import TASKS, default_task, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
 from bertkit.tokenizer import Tokenizer
 
+# Checkpoints a pre-training run (bertkit's or transformers') writes: served without task.json
+PRETRAINED_ARCHITECTURES = {"BertModel", "BertForPreTraining", "BertForMaskedLM"}
+
 
 class Predictor:
     """`Predictor(dir).predict([{"text": ...}, ...])`; strings are accepted as {"text": string} where the task's
@@ -54,6 +57,12 @@ class Predictor:
                                           f"be used for {task}")
                 check_task_fits_config(self.directory, self.spec, self.info, config)
             else:
+                tuned = sorted(k for k in config.extra if k.startswith("bertkit_") or k == "id2label")
+                if tuned or not set(config.architectures) <= PRETRAINED_ARCHITECTURES:
+                    raise CheckpointError(f"{self.directory / TASK_FILE}: not found, but {self.directory} holds a "
+                                          f"fine-tuned model ({', '.join(config.architectures)}"
+                                          f"{'; config.json has ' + ', '.join(tuned) if tuned else ''}); its task.json "
+                                          "was lost (copy it back from the run's checkpoints)")
                 if task is not None and (task not in TASKS or task_spec(task).trainable):
                     untrained = " or ".join(n for n in TASKS if not task_spec(n).trainable)
                     raise CheckpointError(f"{self.directory} has no task.json: a pre-trained checkpoint serves "
@@ -107,15 +116,24 @@ class Predictor:
                 raise DataError(f"input {index}: unknown field(s) {unknown}; this {self.task} model reads "
                                 f"{list(fields)}")
             for key, spec_field in fields.items():
+                expected = "a list of strings" if spec_field.kind == "list" else "a string"
                 if spec_field.required and key not in item:
                     raise DataError(f"input {index}: missing {key!r}")
-                if spec_field.required and item[key] is None:
-                    raise DataError(f"input {index}: {key!r} must be a string, got null")
-                if key in item and item[key] is not None and not isinstance(item[key], str):
-                    raise DataError(f"input {index}: {key!r} must be a string, got {type(item[key]).__name__}")
-                if isinstance(item.get(key), str):
-                    check_encodable(item[key], index, key)
-            if not item[required[0]].strip():
+                value = item.get(key)
+                if spec_field.required and value is None:
+                    raise DataError(f"input {index}: {key!r} must be {expected}, got null")
+                if value is None:
+                    continue
+                if spec_field.kind == "list":
+                    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                        raise DataError(f"input {index}: {key!r} must be {expected}, got {_json_type(value)}")
+                    for v in value:
+                        check_encodable(v, index, key)
+                elif not isinstance(value, str):
+                    raise DataError(f"input {index}: {key!r} must be {expected}, got {type(value).__name__}")
+                else:
+                    check_encodable(value, index, key)
+            if isinstance(item[required[0]], str) and not item[required[0]].strip():
                 raise DataError(f"input {index}: {required[0]!r} is empty")
             out.append(item)
         return out
@@ -151,6 +169,10 @@ def check_encodable(text: str, index: int, key: str) -> None:
     except UnicodeEncodeError as exc:
         raise DataError(f"input {index}: {key!r} has a lone surrogate (U+{ord(text[exc.start]):04X}) at character "
                         f"{exc.start}; send valid Unicode text") from None
+
+
+def _json_type(value: Any) -> str:
+    return {list: "a list with a non-string item", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _all_finite(value: Any) -> bool:

@@ -223,6 +223,7 @@ def _check_sizes(items: list[Any], config: ServeConfig) -> None:
     total = 0
     for index, item in enumerate(items):
         values = [item] if isinstance(item, str) else list(item.values()) if isinstance(item, dict) else []
+        values = [v for value in values for v in (value if isinstance(value, list) else [value])]  # list fields too
         for value in values:
             if isinstance(value, str) and len(value) > config.max_chars:
                 raise HttpError(413, f"input {index} has a text of {len(value)} characters; the limit is "

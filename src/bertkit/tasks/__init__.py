@@ -16,6 +16,7 @@ TASKS = {
     "relation": "bertkit.tasks.relation",
     "spelling": "bertkit.tasks.spelling",
     "qa": "bertkit.tasks.qa",
+    "multiple_choice": "bertkit.tasks.multiple_choice",
     "fill_mask": "bertkit.tasks.fill_mask",
     "sentence_embedding": "bertkit.tasks.embed",
 }

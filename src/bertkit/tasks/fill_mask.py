@@ -40,8 +40,10 @@ def load(directory: Path, config: BertConfig) -> nn.Module:
 def encode(tokenizer: Tokenizer, texts: list[str], max_seq_len: int) -> list[list[int]]:
     """Token ids of each text, whole: a text longer than max_seq_len is an error (cutting it could cut a mask)."""
     rows = []
-    for index, encoding in enumerate(tokenizer.encode_batch(texts, max_length=max_seq_len, truncation=False)
-                                     if texts else []):
+    for index, encoding in enumerate(tokenizer.encode_batch(texts)):
+        if len(encoding.ids) > max_seq_len:
+            raise DataError(f"input {index}: {len(encoding.ids)} tokens, more than max_seq_len={max_seq_len} (cutting "
+                            "the text could cut a mask); shorten it")
         if tokenizer.mask_token_id not in encoding.ids:
             mask = tokenizer.options.mask_token
             raise DataError(f"input {index}: no {mask} in the text; write {mask} where a token should be predicted")
@@ -62,7 +64,7 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: FillMaskInfo, inputs: 
             ) -> list[dict[str, Any]]:
     """Per input, `masks`: for each [MASK] in order, the top_k candidates as transformers' fill-mask pipeline
     gives them (a text with several masks: each mask's candidates, the other masks left in its `sequence`; as
-    there, [PAD] tokens are left out of a `sequence`, a predicted one included)."""
+    there, [PAD] tokens are left out of a `sequence`, a predicted one too)."""
     rows = encode(tokenizer, [i["text"] for i in inputs], info.max_seq_len)
     mask_id = tokenizer.mask_token_id
     logits = run_batches(model, rows, lambda chunk: pad_sequences(chunk, tokenizer.pad_token_id),

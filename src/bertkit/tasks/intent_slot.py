@@ -310,5 +310,4 @@ SPEC = TaskSpec(
     evaluate=evaluate_file,
     config_extra=lambda info: {"bertkit_intents": info.intents, "bertkit_slots": info.labels,
                                "bertkit_crf": info.crf},
-    default_max_seq_len=64,
 )

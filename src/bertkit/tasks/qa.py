@@ -391,5 +391,4 @@ SPEC = TaskSpec(
     options=QAOptions,
     finetune=finetune,
     evaluate=evaluate_file,
-    default_max_seq_len=256,
 )

@@ -19,12 +19,13 @@ MAX_POSITIONS = SIZE_LIMITS["max_position_embeddings"]  # no sequence can be lon
 
 @dataclass(frozen=True)
 class InputField:
-    """One field of a prediction input (a string)."""
+    """One field of a prediction input: a string, or (`kind="list"`) a list of strings."""
 
     name: str
     help: str
     required: bool = True
     multiline: bool = False  # the web page shows a text area rather than a one-line box
+    kind: str = "text"  # "text" or "list" (the page takes one item per line)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,6 @@ class TaskSpec:
     evaluate: Callable[..., dict[str, float]] | None = None
     config_extra: Callable[[Any], dict[str, Any]] = field(default=lambda info: {})
     load: Callable[[Path, Any], nn.Module] | None = None
-    default_max_seq_len: int = 128
 
     @property
     def trainable(self) -> bool:
