@@ -68,6 +68,13 @@ RUNS: dict[str, dict[str, Any]] = {
                      fmt="squad", model="chinese", settings=dict(epochs=2, lr=1e-3, batch_size=32, max_seq_len=128,
                                                                 doc_stride=64),
                      metric="f1", anchor="BERT-base (Chinese) dev EM 65.5 / F1 84.5 (Cui et al. 2019)"),
+    "copa": dict(task="multiple_choice", train="superglue/COPA", eval="superglue/COPA", fmt="copa", model="minilm",
+                 settings=dict(epochs=10, lr=5e-5, batch_size=16, max_seq_len=64),
+                 metric="accuracy", anchor="BERT-large 70.6 (SuperGLUE test); majority class 55.0 (val)"),
+    "c3": dict(task="multiple_choice", train="clue/c3", eval="clue/c3", fmt="c3", model="chinese-scale",
+               settings=dict(epochs=1, lr=1e-3, batch_size=16, max_seq_len=128),
+               metric="accuracy",
+               anchor="BERT-base (Chinese) 65.70 dev (CLUE); always the most common train answer position 26.9 (dev)"),
 }
 # The same three Chinese tasks and settings from the mini model pre-trained at scale (bench/pretrain_zh.py); MSRA
 # for one epoch, not three: mini costs ~8x tiny's FLOPs a token, and three epochs would take ~25 minutes

@@ -5,7 +5,9 @@ Input formats (`--format`):
 - `jsonl` (default): one object per line, `{"context": ... (optional), "question": ..., "choices": [...], "label": i}`
   (`label`: the index of the right choice; or `"answer"`: its text).
 - `copa`: SuperGLUE COPA's JSON lines `{"premise", "choice1", "choice2", "question": "cause"|"effect", "label"}`; the
-  question becomes "What was the cause?" / "What happened as a result?".
+  question becomes "What was the cause?" / "What happened as a result?". A directory: for training its `train.jsonl`
+  and `unlabeled.jsonl` (the 400-row SuperGLUE train set, which the pet repository split in two, all labelled), for
+  evaluation its `val.jsonl`.
 - `c3`: C3's JSON arrays `[[paragraphs], [{"question", "choice": [...], "answer"}], id]`; `--train` / `--eval` name a
   file, or a directory whose `*-train.json` (or `*-dev.json`) files are all read. An answer that is not one of its
   choices is skipped and counted; a duplicated choice string is counted (the first copy is the answer).
@@ -57,6 +59,9 @@ def read_questions(path: str | Path, fmt: str = "jsonl", *, split: str = "train"
         if not files:
             raise DataError(f"no *-{split}.json files", str(path))
         return [q for f in files for q in _read_c3(f)]
+    if fmt == "copa" and path.is_dir():
+        names = ("train.jsonl", "unlabeled.jsonl") if split == "train" else ("val.jsonl",)
+        return [q for name in names for q in read_questions(path / name, fmt)]
     questions = []
     for number, line in read_lines(path):
         if not line.strip():
