@@ -5,7 +5,8 @@ every FFN output, then the last two layers whole; the table names what it needed
 
     .venv/bin/python bench/int8_accuracy.py [--only NAME ...]      (after `make bench-tasks`)
 
-Writes bench/results/int8_accuracy.{json,md}; rows without a checkpoint here are listed as such.
+Writes bench/results/int8_accuracy.{json,md}; rows without a checkpoint here are listed as such; with --only, the
+other rows keep their earlier results (each row records when and where it was measured).
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ def main() -> int:
     from tasks import DATA, RUNS
 
     results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}
+    previous = OUT / "int8_accuracy.json"
+    # --only re-measures the rows it names and keeps the others' earlier results
+    kept = json.loads(previous.read_text())["rows"] if args.only and previous.is_file() else {}
     rows = {}
     for name, spec in RUNS.items():
         if args.only and name not in args.only:
+            if name in kept:
+                rows[name] = kept[name]
             continue
         model = ROOT / "runs" / "tasks" / name / "model"
         headline = results.get(name, {}).get("headline")
@@ -61,6 +67,7 @@ def main() -> int:
                 break
         row["delta"] = row["int8"] - row["fp32"]
         row["seconds"] = round(time.perf_counter() - started, 1)
+        row["date"], row["cpu"] = time.strftime("%Y-%m-%d %H:%M"), cpu_name()
         rows[name] = row
         print(name, json.dumps(row), flush=True)
     precision, why = choose_precision()
