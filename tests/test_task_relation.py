@@ -76,3 +76,34 @@ def test_tiny_end_to_end(tmp_path):
     info = relation.SPEC.read_info(json.loads((directory / "task.json").read_text()), "task.json")
     out = relation.predict(model, loaded_tok, info, [{"text": "the <e1> smoke </e1> came from the <e2> fire </e2> ."}])
     assert out[0]["label"] == "Cause-Effect(e2,e1)"
+
+
+def test_wsc_spans_are_marked_at_their_token_index_or_the_nearest_occurrence(tmp_path):
+    from bertkit.tasks.relation import mark_spans
+
+    def target(s1, i1, s2, i2):
+        return {"span1_text": s1, "span1_index": i1, "span2_text": s2, "span2_index": i2}
+
+    assert mark_spans("John hired Bill to take care of him .", target("Bill", 2, "him", 7)) == \
+        "John hired <e1> Bill </e1> to take care of <e2> him </e2> ."
+    # the index is one off (WSC val idx 42): the nearest occurrence of the word is marked
+    assert mark_spans("it said to use it now", target("said", 1, "it", 3)) == \
+        "it <e1> said </e1> to use <e2> it </e2> now"
+    # a possessive token ("Emma's") holds the span "Emma"; a span inside the other nests its markers
+    assert mark_spans("Emma's dog saw her", target("Emma", 0, "her", 3)) == "<e1> Emma's </e1> dog saw <e2> her </e2>"
+    assert mark_spans("and their mothers cried", target("their mothers", 1, "their", 1)) == \
+        "and <e1> <e2> their </e2> mothers </e1> cried"
+    rows = [{"text": "John hired Bill .", "target": target("Bill", 2, "John", 0), "label": True},
+            {"text": "John hired Bill .", "target": target("Stalin", 2, "John", 0), "label": False}]
+    path = tmp_path / "wsc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) whose span is not in the text \('Stalin'\) \(line 2\)"):
+        [example] = read_examples(path, "wsc")
+    assert (example.text, example.label) == ("<e2> John </e2> hired <e1> Bill </e1> .", "true")
+
+
+def test_the_real_wsc_files_read_every_row():
+    train = read_examples(shared_data("superglue", "WSC", "train.jsonl"), "wsc")
+    val = read_examples(shared_data("superglue", "WSC", "val.jsonl"), "wsc")
+    assert (len(train), len(val)) == (554, 104)
+    assert sum(e.label == "false" for e in val) == 66  # the majority class: 63.5%

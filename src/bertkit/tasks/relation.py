@@ -6,10 +6,17 @@ Input formats (`--format`):
 - `semeval`: `relation<TAB>sentence`, entities marked in the sentence as `<e1> ... </e1>` and `<e2> ... </e2>`.
 - `chinese_nre` (FinRE, SanWen): `head<TAB>tail<TAB>relation<TAB>sentence`; the first occurrences of head and
   tail in the sentence are marked (non-overlapping); blank lines are ignored.
+- `wsc` (SuperGLUE WSC, a span-pair task): JSON lines `{"text", "target": {"span1_text", "span1_index", "span2_text",
+  "span2_index"}, "label": true|false}`; the noun phrase (span 1) is marked <e1>, the pronoun (span 2) <e2>, at their
+  whitespace-token indices; where a span's tokens are not at its index (an off-by-one index, a name split across
+  the text) the nearest occurrence of its words is marked, and a span found nowhere skips the row, counted. The
+  label is "true" (the pronoun refers to the noun phrase) or "false".
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +35,9 @@ from bertkit.tasks.spec import InputField, TaskSpec, choice_field, id2label, lab
 from bertkit.tokenizer import Tokenizer
 
 NAME = "relation"
-FORMATS = ("semeval", "chinese_nre")
+FORMATS = ("semeval", "chinese_nre", "wsc")
 MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
-NO_RELATION = {"semeval": "Other", "chinese_nre": "unknown"}
+NO_RELATION = {"semeval": "Other", "chinese_nre": "unknown", "wsc": "false"}
 
 
 @dataclass
@@ -85,7 +92,11 @@ def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: boo
             continue
         cells = line.split("\t")
         try:
-            if fmt == "semeval":
+            if fmt == "wsc":
+                record = json.loads(line)
+                label = {True: "true", False: "false", None: ""}[record.get("label")]
+                text = mark_spans(record["text"], record["target"])
+            elif fmt == "semeval":
                 if len(cells) != 2:
                     raise ValueError(f"expected 2 tab-separated columns (relation, sentence), got {len(cells)}")
                 label, text = cells[0].strip(), cells[1]
@@ -98,12 +109,58 @@ def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: boo
                 head, tail, label, sentence = cells
                 text = mark(sentence, head, tail)
             examples.append(Example(text, label.strip() or None, number))
-        except ValueError as exc:
+        except SpanNotFound as exc:
+            report.skip(number, f"row(s) whose span is not in the text ({exc})")
+        except (ValueError, KeyError, TypeError) as exc:
             if not skip_bad_lines:
                 raise DataError(str(exc), str(path), number) from exc
             report.skip(number, "malformed line(s)")
     report.report()
     return examples
+
+
+class SpanNotFound(ValueError):
+    pass
+
+
+def _word(token: str) -> str:
+    """A token compared as a word: lower case, without a possessive "'s" and surrounding punctuation."""
+    return re.sub(r"^\W+|\W+$", "", re.sub(r"'s$", "", token.lower()))
+
+
+def _find_span(tokens: list[str], words: list[str], index: int) -> int:
+    """The start of `words` in `tokens`: at `index` where they are there, else the nearest occurrence."""
+    wanted = [_word(w) for w in words]
+    starts = [i for i in range(len(tokens) - len(words) + 1)
+              if [_word(t) for t in tokens[i : i + len(words)]] == wanted]
+    if not starts:
+        raise SpanNotFound(f"{' '.join(words)!r:.40}")
+    return min(starts, key=lambda i: abs(i - index))
+
+
+def mark_spans(text: str, target: dict[str, Any]) -> str:
+    """WSC: <e1> around the noun phrase (span 1) and <e2> around the pronoun (span 2), located by token index."""
+    tokens = text.split()
+    spans = []
+    for k in (1, 2):
+        words = str(target[f"span{k}_text"]).split()
+        start = _find_span(tokens, words, int(target[f"span{k}_index"]))
+        spans.append((start, start + len(words), k))
+    inside = [a for a in spans for b in spans if a is not b and b[0] <= a[0] and a[1] <= b[1]]
+    if spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1] and not inside:
+        raise SpanNotFound("the two spans cross")
+    # markers at token boundaries; at one boundary closes come first, and a nested span (the pronoun "their" in
+    # the noun phrase "their mothers") opens inside and closes inside the other
+    events = []
+    for start, end, k in spans:
+        events.append((start, 1, -(end - start), f"<e{k}>"))
+        events.append((end, 0, end - start, f"</e{k}>"))
+    out, position = [], 0
+    for at, _, _, marker in sorted(events):
+        out += [*tokens[position:at], marker]
+        position = at
+    out += tokens[position:]
+    return " ".join(out)
 
 
 class BertForRelation(CheckpointIO, nn.Module):
