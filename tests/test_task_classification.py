@@ -136,11 +136,12 @@ def test_superglue_and_clue_json_presets(tmp_path):
     [e] = read_examples(cb, "cb")
     assert (e.text, e.text_pair, e.label, e.line) == ("It was complex.", "It was simple.", "contradiction", 1)
     ocnli = tmp_path / "ocnli.json"
+    pairs = [("他家很有钱。", "neutral"), ("他很穷。", "-"), ("他有东西。", "entailment")]
     ocnli.write_text("\n".join(json.dumps({"sentence1": "他什么都有", "sentence2": s, "label": y}, ensure_ascii=False)
-                               for s, y in [("他家很有钱。", "neutral"), ("他很穷。", "-"), ("他有东西。", "entailment")]))
+                               for s, y in pairs))
     with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) labelled '-' \(line 2\)"):
         kept = read_examples(ocnli, "ocnli")
-    assert [(e.text_pair, e.label, e.line) for e in kept] == [("他家很有钱。", "neutral", 1), ("他有东西。", "entailment", 3)]
+    assert [(e.text_pair, e.label, e.line) for e in kept] == [(pairs[0][0], "neutral", 1), (pairs[2][0], "entailment", 3)]
     csl = tmp_path / "csl.json"
     csl.write_bytes(json.dumps({"id": 1, "abst": "球团设备安装", "keyword": ["球团", "设备"], "label": "1"},
                                ensure_ascii=False).encode() + b"\r\n")  # FewCLUE files end lines with CRLF
