@@ -141,7 +141,8 @@ def test_superglue_and_clue_json_presets(tmp_path):
                                for s, y in pairs))
     with pytest.warns(UserWarning, match=r"skipped 1 row\(s\) labelled '-' \(line 2\)"):
         kept = read_examples(ocnli, "ocnli")
-    assert [(e.text_pair, e.label, e.line) for e in kept] == [(pairs[0][0], "neutral", 1), (pairs[2][0], "entailment", 3)]
+    got = [(e.text_pair, e.label, e.line) for e in kept]
+    assert got == [(pairs[0][0], "neutral", 1), (pairs[2][0], "entailment", 3)]
     csl = tmp_path / "csl.json"
     csl.write_bytes(json.dumps({"id": 1, "abst": "球团设备安装", "keyword": ["球团", "设备"], "label": "1"},
                                ensure_ascii=False).encode() + b"\r\n")  # FewCLUE files end lines with CRLF
