@@ -84,7 +84,7 @@ RUNS: dict[str, dict[str, Any]] = {
                     anchor="BERT-base 60.37 (CLUE, full 12k train; this row is FewCLUE's 3,024); majority 1.7"),
     "csl": dict(task="classification", train="clue/fewclue/csl/train_few_all.json",
                 eval="clue/fewclue/csl/test_public.json", fmt="csl", model="chinese-scale",
-                settings=dict(epochs=10, lr=1e-3, batch_size=16, max_seq_len=256), metric="accuracy",
+                settings=dict(epochs=10, lr=1e-3, batch_size=16, max_seq_len=128), metric="accuracy",
                 anchor="BERT-base 79.63 (CLUE, full 20k train; this row is FewCLUE's 160); majority 50.0"),
     "wsc": dict(task="relation", train="superglue/WSC/train.jsonl", eval="superglue/WSC/val.jsonl", fmt="wsc",
                 model="minilm", settings=dict(epochs=10, lr=5e-5, batch_size=16, max_seq_len=128),
