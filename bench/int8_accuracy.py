@@ -38,6 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
+    from bertkit.config import BertConfig
     from bertkit.device import cpu_name
     from bertkit.predict import Predictor
     from bertkit.quantize import choose_precision
@@ -64,7 +65,7 @@ def main() -> int:
         fp32 = percent(Predictor(model, device="cpu", precision="fp32").evaluate(eval_path, fmt)[headline])
         row = {"metric": headline, "fp32": fp32, "fallback": [],
                "bench_tasks_fp32": percent(results[name]["metrics"][headline])}
-        layers = Predictor(model, device="cpu", precision="fp32").model.config.num_hidden_layers
+        layers = BertConfig.from_pretrained(model).num_hidden_layers
         for keep in FALLBACKS:
             keep = [k.format(last=layers - 1, last1=layers - 2) for k in keep]
             int8 = percent(Predictor(model, device="cpu", precision="int8", int8_keep=keep).evaluate(

@@ -92,7 +92,7 @@ class Predictor:
         if self.precision != "fp32":
             quantize(self.model, self.precision, keep=int8_keep, compile=compile)
             if compile and self.precision == "int8":
-                warm_up(self.model.bert if hasattr(self.model, "bert") else self.model)  # compile now
+                warm_up(encoder)  # compile now, not in the first request (quantize converts it in place)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

@@ -160,6 +160,12 @@ def run_batches(model: nn.Module, rows: Sequence[Any], collate: Callable[[Sequen
     return out
 
 
+def label_results(labels: Sequence[str], probabilities: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+    """The result of a labelling head: the most probable label and every label's probability, per input."""
+    return [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist(), strict=True))}
+            for p in probabilities]
+
+
 class SkipReport:
     """Counts input lines skipped and why, so no data is dropped silently; printed once at the end of reading."""
 

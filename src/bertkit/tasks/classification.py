@@ -30,6 +30,7 @@ from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import (
     SkipReport,
+    label_results,
     normalise_label,
     pad_sequences,
     require_examples,
@@ -343,8 +344,7 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: ClassificationInfo, in
     rows, _ = encode(tokenizer, [i["text"] for i in inputs], [i.get("text_pair") for i in inputs], info.max_seq_len)
     probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer.pad_token_id),
                         lambda m, b: torch.softmax(_logits(m, b), -1).cpu())
-    return [{"label": info.labels[int(p.argmax())], "probabilities": dict(zip(info.labels, p.tolist(), strict=True))}
-            for p in probs]
+    return label_results(info.labels, probs)
 
 
 SPEC = TaskSpec(

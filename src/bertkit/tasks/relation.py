@@ -30,7 +30,7 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take
+from bertkit.tasks.base import SkipReport, label_results, pad_sequences, require_examples, run_batches, save_task, take
 from bertkit.tasks.spec import InputField, TaskSpec, choice_field, id2label, labels_field, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
@@ -70,16 +70,23 @@ def mark(sentence: str, head: str, tail: str) -> str:
     if not pairs:  # crossing spans (3 of SanWen's 21k): the entity masks between the markers still work
         pairs = [(h, t) for h in heads for t in tails]
     h, t = min(pairs, key=lambda p: (max(p), min(p)))
+    spans = [(h, h + len(head), 1), (t, t + len(tail), 2)]
+    return "".join(_with_markers(list(sentence), spans, lambda marker: f" {marker} "))
+
+
+def _with_markers(units: list[str], spans: list[tuple[int, int, int]], show: Any = str) -> list[str]:
+    """`units` (characters or words) with <eK> before and </eK> after each (start, end, K) span, each marker written
+    as `show(marker)`. At one boundary closes come first and the outer span opens first, so a nested span (the
+    pronoun "their" in "their mothers", 莫扎特 in 莫扎特的歌曲) opens and closes inside the other."""
     events = []
-    for start, end, open_, close in ((h, h + len(head), "<e1>", "</e1>"), (t, t + len(tail), "<e2>", "</e2>")):
-        events.append((start, 1, start - end, f" {open_} "))  # at one position: closes first, outer opens first
-        events.append((end, 0, end - start, f" {close} "))
+    for start, end, k in spans:
+        events.append((start, 1, start - end, show(f"<e{k}>")))
+        events.append((end, 0, end - start, show(f"</e{k}>")))
     out, position = [], 0
     for at, _, _, marker in sorted(events):
-        out += [sentence[position:at], marker]
+        out += [*units[position:at], marker]
         position = at
-    out.append(sentence[position:])
-    return "".join(out)
+    return out + units[position:]
 
 
 def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: bool = False) -> list[Example]:
@@ -149,18 +156,7 @@ def mark_spans(text: str, target: dict[str, Any]) -> str:
     inside = [a for a in spans for b in spans if a is not b and b[0] <= a[0] and a[1] <= b[1]]
     if spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1] and not inside:
         raise SpanNotFound("the two spans cross")
-    # markers at token boundaries; at one boundary closes come first, and a nested span (the pronoun "their" in
-    # the noun phrase "their mothers") opens inside and closes inside the other
-    events = []
-    for start, end, k in spans:
-        events.append((start, 1, -(end - start), f"<e{k}>"))
-        events.append((end, 0, end - start, f"</e{k}>"))
-    out, position = [], 0
-    for at, _, _, marker in sorted(events):
-        out += [*tokens[position:at], marker]
-        position = at
-    out += tokens[position:]
-    return " ".join(out)
+    return " ".join(_with_markers(tokens, spans))
 
 
 class BertForRelation(CheckpointIO, nn.Module):
@@ -363,8 +359,7 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: RelationInfo, inputs: 
             texts.append(item["text"])
     rows = encode(tokenizer, [Example(t, None, i + 1) for i, t in enumerate(texts)], info.max_seq_len, None)
     probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer), _probabilities)
-    return [{"label": info.labels[int(p.argmax())], "probabilities": dict(zip(info.labels, p.tolist(), strict=True))}
-            for p in probs]
+    return label_results(info.labels, probs)
 
 
 SPEC = TaskSpec(
