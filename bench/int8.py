@@ -5,7 +5,8 @@ on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against
 
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
-Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate (bench/speed.py).
+Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate in
+turns of 4 calls after 0.3 s idle (onnxruntime's spinning workers would otherwise slow the next engine).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def main() -> int:
                 if not isinstance(ao, str):
                     fns["torchao int8"] = lambda: ao(ids, mask, types)
                 with torch.inference_mode():
-                    seconds = speed.alternate(fns, repeats)
+                    seconds = speed.alternate(fns, repeats, block=4, settle=0.3)
                     reference = fp32(ids, mask, types).last_hidden_state
                     ours = int8(ids, mask, types).last_hidden_state
                     theirs = torch.from_numpy(session.run(None, feeds)[0])
@@ -170,7 +171,9 @@ def main() -> int:
     lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
               "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
-              "timed). Accuracy on real models and tasks: the accuracy table and tests/test_quantize.py."]
+              "timed). Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
+              "onnxruntime's spinning thread pool does not slow the engine timed after it. Accuracy on real "
+              "models and tasks: the accuracy table and tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "int8.md").write_text("\n".join(lines) + "\n")

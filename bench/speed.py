@@ -94,9 +94,14 @@ def matmul_peak(dtype: torch.dtype, repeats: int) -> float:
     return best
 
 
-def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0) -> dict[str, float]:
+def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0, block: int = 1,
+              settle: float = 0.0) -> dict[str, float]:
     """Median seconds per call of each function, run in alternation so machine noise hits all of them alike;
-    fast functions get more rounds (at least `min_seconds` of timing each)."""
+    fast functions get more rounds (at least `min_seconds` of timing each).
+
+    `block` > 1: each turn is one untimed call, then `block` timed ones, after `settle` seconds idle. For engines
+    with their own thread pools (onnxruntime's workers spin after a run and, on 2 cores, took one from the next
+    engine: bertkit int8 at 1 x 128 ran 1.8x slower right after an onnxruntime call than alone)."""
     warm = []
     for fn in fns.values():
         fn()  # warm-up
@@ -105,11 +110,15 @@ def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0) 
         warm.append(time.perf_counter() - start)
     repeats = max(repeats, min(50, int(min_seconds / max(min(warm), 1e-3))))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in range(-(-repeats // block)):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            if block > 1:
+                time.sleep(settle)
+                fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
