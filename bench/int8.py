@@ -6,7 +6,7 @@ on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
 Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate in
-turns of 4 calls after 0.3 s idle (onnxruntime's spinning workers would otherwise slow the next engine).
+turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine).
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def main() -> int:
               "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
               "timed). Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
-              "onnxruntime's spinning thread pool does not slow the engine timed after it. Accuracy on real "
-              "models and tasks: the accuracy table and tests/test_quantize.py."]
+              "no engine's still-busy thread pool (onnxruntime's spinning workers, OpenMP's) slows the engine "
+              "timed after it. Accuracy on real models and tasks: the accuracy table and tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "int8.md").write_text("\n".join(lines) + "\n")

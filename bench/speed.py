@@ -100,8 +100,9 @@ def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0, 
     fast functions get more rounds (at least `min_seconds` of timing each).
 
     `block` > 1: each turn is one untimed call, then `block` timed ones, after `settle` seconds idle. For engines
-    with their own thread pools (onnxruntime's workers spin after a run and, on 2 cores, took one from the next
-    engine: bertkit int8 at 1 x 128 ran 1.8x slower right after an onnxruntime call than alone)."""
+    with their own thread pools: a pool still spinning after one engine's call takes a core from the next engine
+    on 2 cores (bertkit int8 at 1 x 128 ran 1.8x slower right after an onnxruntime call than alone; with strict
+    alternation, onnxruntime and transformers, timed after bertkit, ran up to 2x slower than in turns)."""
     warm = []
     for fn in fns.values():
         fn()  # warm-up

@@ -1,4 +1,4 @@
-"""Test helpers: tiny fine-tuned checkpoints (NER, sentence-pair classification, intent + slots) and a real
+"""Test helpers: tiny fine-tuned checkpoints (NER, sentence-pair classification, intent + slots, triples) and a real
 `bertkit serve` process on a free loopback port."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from bertkit import Tokenizer
-from bertkit.tasks import classification, intent_slot, ner
+from bertkit.tasks import classification, intent_slot, ner, triples
 from bertkit.train import TrainConfig
 
 
@@ -31,6 +31,41 @@ def make_ner_checkpoint(root: Path) -> Path:
     config = TrainConfig(output_dir=str(root / "run"), batch_size=8, max_steps=40, lr=3e-3, warmup=2,
                          progress=False, bf16=False)
     ner.finetune(data, config, tokenizer=root / "vocab", model_size="tiny")
+    return root / "run" / "model"
+
+
+SONGS = [("曾经的你", "许巍"), ("青花瓷", "周杰伦"), ("后来", "刘若英"), ("童话", "光良"), ("小幸运", "田馥甄"),
+         ("平凡之路", "朴树")]
+FATHERS = [("张三", "张大"), ("李四", "李老"), ("王五", "王伯"), ("赵六", "赵公")]
+
+
+def duie_line(text: str, *spo: tuple[str, str, str, str, str]) -> str:
+    """One DuIE record: (subject, subject type, predicate, object, object type) triples, objects as DuIE nests them."""
+    return json.dumps({"text": text, "spo_list": [
+        {"subject": s, "subject_type": st, "predicate": p, "object": {"@value": o, "inWork": "x"},
+         "object_type": {"@value": ot}} for s, st, p, o, ot in spo]}, ensure_ascii=False)
+
+
+def triples_corpus() -> list[str]:
+    """12 DuIE records: who sang a song, and whose father is whom (some records hold both)."""
+    lines = []
+    for i, (song, singer) in enumerate(SONGS):
+        son, father = FATHERS[i % len(FATHERS)]
+        lines.append(duie_line(f"《{song}》是{singer}演唱的歌曲", (song, "歌曲", "歌手", singer, "人物")))
+        lines.append(duie_line(f"{son}的父亲是{father}，他爱听{singer}的《{song}》",
+                               (son, "人物", "父亲", father, "人物"), (song, "歌曲", "歌手", singer, "人物")))
+    return lines
+
+
+def make_triples_checkpoint(root: Path, max_steps: int = 300) -> Path:
+    """A triples model that learnt `triples_corpus` (exact triples on its sentences)."""
+    data = root / "train.json"
+    data.write_text("\n".join(triples_corpus()), encoding="utf-8")
+    Tokenizer.train([json.loads(line)["text"] for line in triples_corpus()], vocab_size=120, min_frequency=1
+                    ).save_pretrained(root / "vocab")
+    config = TrainConfig(output_dir=str(root / "run"), batch_size=4, max_steps=max_steps, lr=2e-3, warmup=10,
+                         log_every=50, progress=False, bf16=False, seed=0)
+    triples.finetune(data, config, eval_file=data, tokenizer=root / "vocab", model_size="tiny", max_seq_len=48)
     return root / "run" / "model"
 
 

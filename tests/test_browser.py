@@ -1,5 +1,5 @@
-"""The web page in headless Chromium: type a text, see the entities and the attention heatmap, or the candidates
-for each [MASK] of a pre-trained model; screenshots saved."""
+"""The web page in headless Chromium: type a text, see the entities and the attention heatmap, the candidates for
+each [MASK] of a pre-trained model, or the knowledge graph extracted from a sentence; screenshots saved."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import Server, make_ner_checkpoint
+from tests.serving import Server, make_ner_checkpoint, make_triples_checkpoint
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -77,6 +77,41 @@ def test_page_fills_masks_of_a_pre_trained_model(tmp_path):
         assert shown == [[c["token_str"] for c in candidates] for candidates in expected]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(ARTIFACTS / "web-fill-mask.png"))
+    finally:
+        driver.quit()
+        server.stop()
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+def test_page_draws_the_extracted_knowledge_graph(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bertkit.predict import Predictor
+
+    checkpoint = make_triples_checkpoint(tmp_path)
+    text = "李四的父亲是李老，他爱听光良的《童话》"
+    [expected] = Predictor(checkpoint, precision="fp32").predict([text])
+    assert len(expected["triples"]) == 2
+    server = Server(checkpoint, "--precision", "fp32")
+    driver = _driver(tmp_path)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "task triples" in d.find_element(By.ID, "model-info").text)
+        assert _entities_for(driver, wait, text) == [f"{e['text']}{e['type']}" for e in expected["entities"]]
+        svg = driver.find_element(By.ID, "graph")
+        nodes = {n for t in expected["triples"] for n in (t["subject"], t["object"])}
+        assert svg.get_attribute("data-nodes") == str(len(nodes)) and svg.get_attribute("data-edges") == "2"
+        labels = sorted(e.text for e in svg.find_elements(By.CSS_SELECTOR, "text.edge-label"))
+        assert labels == sorted(t["predicate"] for t in expected["triples"])
+        shown = {e.text for e in svg.find_elements(By.CSS_SELECTOR, "g.node text")}
+        assert nodes <= shown  # every entity drawn as a node (with its type under it)
+        assert len(svg.find_elements(By.CSS_SELECTOR, "path.edge")) == 2
+        assert svg.size["width"] > 300 and svg.size["height"] > 150  # drawn, not collapsed
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "web-triples.png"))
     finally:
         driver.quit()
         server.stop()

@@ -17,6 +17,7 @@ TASKS = {
     "spelling": "bertkit.tasks.spelling",
     "qa": "bertkit.tasks.qa",
     "multiple_choice": "bertkit.tasks.multiple_choice",
+    "triples": "bertkit.tasks.triples",
     "fill_mask": "bertkit.tasks.fill_mask",
     "sentence_embedding": "bertkit.tasks.embed",
 }

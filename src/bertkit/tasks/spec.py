@@ -42,7 +42,8 @@ class TaskSpec:
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
       class is loaded strictly).
     `view` tells the web page how to show a result: which result keys hold a label, probabilities, spans (and over
-    which input field), a corrected text, fill-mask candidates or a vector.
+    which input field), a corrected text, fill-mask candidates, graph edges (subject, predicate, object with
+    their types) or a vector.
     """
 
     name: str
