@@ -97,11 +97,11 @@ RUNS: dict[str, dict[str, Any]] = {
                metric="accuracy",
                anchor="BERT-base (Chinese) 65.70 dev (CLUE); always the most common train answer position 26.9 (dev)"),
     "webnlg": dict(task="triples", train="kg/webnlg/train_triples.json", eval="kg/webnlg/test_triples.json",
-                   fmt="webnlg", model="minilm", settings=dict(epochs=4, lr=1e-4, batch_size=32, max_seq_len=128),
+                   fmt="webnlg", model="minilm", settings=dict(epochs=6, lr=1e-4, batch_size=32, max_seq_len=128),
                    metric="f1", baseline="lookup",
                    anchor="TPLinker (BERT-base) exact-match F1 86.7 (test; Wang et al. 2020)"),
     "duie": dict(task="triples", train="kg/duie/duie_train.json", eval="kg/duie/duie_dev.json", fmt="duie",
-                 model="chinese-scale", settings=dict(epochs=10, lr=1e-3, batch_size=32, max_seq_len=128,
+                 model="chinese-scale", settings=dict(epochs=15, lr=1e-3, batch_size=32, max_seq_len=128,
                                                       schema="kg/duie/duie_schema.json"),
                  metric="f1", baseline="lookup",
                  anchor="ERNIE DuIE 2.0 baseline F1 69.42 (full 171k train, official metric with complex-object "

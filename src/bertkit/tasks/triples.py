@@ -391,6 +391,7 @@ def _decode(model: nn.Module, rows: list[Row], info: TriplesInfo, pad_id: int, b
     return run_batches(model, rows, collate_rows, forward, batch_size)
 
 
+@torch.no_grad()
 def extract(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, texts: list[str], batch_size: int = 64
             ) -> list[dict[str, Any]]:
     """Raw texts -> {"triples": [{subject, subject_type, predicate, object, object_type, score}], "entities":
