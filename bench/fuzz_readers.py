@@ -115,6 +115,16 @@ def _valid(fmt: str, rng: random.Random) -> str:
         return f"{rng.choice(['Other', 'A(e1,e2)', ''])}\t{text}"
     if fmt == "relation chinese_nre":
         return f"{t[:2]}\t{t[-2:]}\t{rng.choice(['unknown', 'rel', ''])}\t{_text(rng, 16) + t}"
+    if fmt.startswith("triples"):
+        a, b = t[: rng.randint(0, 3)], t[-rng.randint(0, 3):]
+        if fmt.startswith("triples webnlg"):
+            triple = rng.choice([[a, "rel", b], [a, b], [a, 5, b], _json_value(rng), [b, "", a]])
+            return json.dumps({"text": rng.choice([t, t, None]), "triple_list": [triple]}, ensure_ascii=False)
+        obj = rng.choice([{"@value": b}, b, {"@value": None}, _json_value(rng), {"@value": b, "inWork": a}])
+        spo = rng.choice([{"subject": a, "subject_type": "人物", "predicate": "父亲", "object": obj,
+                           "object_type": {"@value": rng.choice(["人物", "地点"])}}, _json_value(rng), {}])
+        return json.dumps({"text": rng.choice([t, t, 5]), "spo_list": rng.choice([[spo], [spo, spo], spo])},
+                          ensure_ascii=False)
     if fmt in ("spelling confusions",):
         return f"{rng.choice(CJK)}\t{_text(rng, 6)}" if rng.random() < .9 else "# comment"
     return _text(rng, 40)
@@ -150,7 +160,7 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
     """name -> (read(path of the generated file or directory), layout): `file`, `header` (a header row first),
     `atis` / `cais` / `sighan` (a directory or file pair built around the lines), `squad` (one JSON document)."""
     from bertkit.corpus import read_documents, read_peoples_daily, read_reviews
-    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling
+    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples
     from bertkit.tokenizer import Tokenizer
 
     readers: dict[str, tuple[Callable[[Path], Any], str]] = {}
@@ -167,6 +177,9 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
         readers[f"ner {fmt} skip"] = (lambda p, f=fmt: ner.read_sentences(p, f, skip_bad_lines=True), "file")
     for fmt in relation.FORMATS:
         readers[f"relation {fmt}"] = (lambda p, f=fmt: relation.read_examples(p, f), "file")
+    for fmt in triples.FORMATS:
+        readers[f"triples {fmt}"] = (lambda p, f=fmt: triples.read_records(p, f), "file")
+        readers[f"triples {fmt} skip"] = (lambda p, f=fmt: triples.read_records(p, f, skip_bad_lines=True), "file")
     readers["spelling tsv"] = (lambda p: spelling.read_pairs(p, "tsv"), "file")
     readers["spelling sighan"] = (lambda p: spelling.read_pairs(p, "sighan"), "sighan")
     readers["spelling confusions"] = (lambda p: spelling.read_confusions(p), "file")
@@ -183,7 +196,7 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
 def _encoder(tok: Any) -> Callable[[str, Any], Any]:
     """name, what the reader returned -> the task's training encoding of it (the step after reading, where a bad
     example would otherwise surface as a crash in the tokenizer or torch)."""
-    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling
+    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples
     from bertkit.tasks.tagging import convert_scheme, tag_set
 
     relation_tok = tok.with_special_tokens(relation.MARKERS)
@@ -208,6 +221,14 @@ def _encoder(tok: Any) -> Callable[[str, Any], Any]:
         if task == "relation":
             info = relation.RelationInfo(sorted({e.label for e in result if e.label}), 64, name.split()[1])
             return relation.RelationTask(relation_tok, [e for e in result if e.label], result, info, source="fuzz")
+        if task == "triples":
+            fmt = name.split()[1]
+            located = [triples.locate(r, triples.WORD_LEVEL[fmt]) for r in result]
+            types = sorted({s[0] for loc in located for s in loc.spans}) or ["X"]
+            predicates = sorted({t.predicate for r in result for t in r.triples}) or ["p"]
+            info = triples.TriplesInfo(tag_set([[f"B-{k}" for k in types]], "bio"), predicates, 24,
+                                       triples.WORD_LEVEL[fmt])
+            return triples.TriplesTask(tok, result, result, info, source="fuzz")
         if task == "spelling":
             return spelling.SpellingTask(tok, result, result, spelling.SpellingInfo(16))
         if task == "qa":

@@ -34,6 +34,11 @@ def test_duie_reader_and_its_errors(tmp_path):
         kg.read_records(path, "duie")
     with pytest.warns(UserWarning, match=r"duie.json: skipped 1 malformed record\(s\) \(line 2\)"):
         assert len(kg.read_records(path, "duie", skip_bad_lines=True)) == 1
+    path.write_text(_duie("x", ("x", "t", "p", "y", "t")) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"duie.json:2: bad duie record: not JSON \(Expecting property name"):
+        kg.read_records(path, "duie")
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed record\(s\) \(line 2\)"):
+        assert len(kg.read_records(path, "duie", skip_bad_lines=True)) == 1
 
 
 def test_webnlg_reader_gives_the_line_each_record_starts_on(tmp_path):
@@ -66,7 +71,7 @@ def test_locate_counts_what_cannot_be_extracted():
     typed = kg.locate(kg.Record("张三的父亲是张大", [kg.Triple("张三", "父亲", "张大", "人物", "人物"),
                                                    kg.Triple("张大", "职业", "张三", "职业", "人物")], 1), "char")
     assert [s[:3] for s in typed.spans] == [("人物", 0, 1), ("人物", 6, 7)]
-    assert typed.problems == {"entity given two types (the first kept)": 1}
+    assert typed.problems == {"second type(s) of an entity in one record (its first type kept)": 1}
 
 
 def test_triple_prf_by_hand():

@@ -43,6 +43,7 @@ NAME = "triples"
 FORMATS = ("duie", "webnlg")
 WORD_LEVEL = {"duie": "char", "webnlg": "space"}
 UNTYPED = "ENTITY"
+SECOND_TYPE = "second type(s) of an entity in one record (its first type kept)"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = 
     records = []
     for number, item in (_json_lines(path) if fmt == "duie" else _json_items(path)):
         try:
+            if isinstance(item, NotJSON):
+                raise ValueError(str(item))
             if not isinstance(item, dict) or not isinstance(item.get("text"), str):
                 raise ValueError('expected an object with a string "text"')
             parse = _duie_triples if fmt == "duie" else _webnlg_triples
@@ -88,14 +91,18 @@ def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = 
     return records
 
 
+class NotJSON(str):
+    """A line that is not JSON (why), in place of its value: the reader refuses or skips it."""
+
+
 def _json_lines(path: str | Path) -> list[tuple[int, Any]]:
-    items = []
+    items: list[tuple[int, Any]] = []
     for number, line in read_lines(path):
         if line.strip():
             try:
                 items.append((number, json.loads(line)))
             except (json.JSONDecodeError, RecursionError) as exc:
-                raise DataError(f"not JSON: {exc}", str(path), number) from exc
+                items.append((number, NotJSON(f"not JSON ({exc})")))
     return items
 
 
@@ -165,6 +172,8 @@ def read_schema(path: str | Path) -> list[list[str]]:
     rows = []
     for number, item in _json_lines(path):
         try:
+            if isinstance(item, NotJSON):
+                raise ValueError(str(item))
             rows.append([_value(item["subject_type"], "subject_type"), _value(item["predicate"], "predicate"),
                          _value(item["object_type"], "object_type")])
         except (KeyError, TypeError, ValueError) as exc:
@@ -196,8 +205,7 @@ def locate(record: Record, word_level: str) -> Located:
     for t in record.triples:
         for name, kind in ((t.subject, t.subject_type), (t.object, t.object_type)):
             if types.setdefault(name, kind) != kind:
-                problems["entity given two types (the first kept)"] = problems.get(
-                    "entity given two types (the first kept)", 0) + 1
+                problems[SECOND_TYPE] = problems.get(SECOND_TYPE, 0) + 1
     taken = [False] * len(words)
     spans, found, inside = [], set(), set()
     for name in sorted(types, key=lambda n: (-len(n), n)):
