@@ -97,7 +97,7 @@ RUNS: dict[str, dict[str, Any]] = {
                metric="accuracy",
                anchor="BERT-base (Chinese) 65.70 dev (CLUE); always the most common train answer position 26.9 (dev)"),
     "webnlg": dict(task="triples", train="kg/webnlg/train_triples.json", eval="kg/webnlg/test_triples.json",
-                   fmt="webnlg", model="minilm", settings=dict(epochs=6, lr=1e-4, batch_size=32, max_seq_len=128),
+                   fmt="webnlg", model="minilm", settings=dict(epochs=12, lr=1e-4, batch_size=32, max_seq_len=128),
                    metric="f1", baseline="lookup",
                    anchor="TPLinker (BERT-base) exact-match F1 86.7 (test; Wang et al. 2020)"),
     "duie": dict(task="triples", train="kg/duie/duie_train.json", eval="kg/duie/duie_dev.json", fmt="duie",
