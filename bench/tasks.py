@@ -72,7 +72,7 @@ RUNS: dict[str, dict[str, Any]] = {
                model="minilm", settings=dict(epochs=10, lr=5e-5, batch_size=16, max_seq_len=128),
                metric="accuracy", anchor="BERT-large 75.7 acc / 83.6 F1 (SuperGLUE test); majority class 50.0 (val)"),
     "ocnli": dict(task="classification", train="clue/ocnli/train.10k.json", eval="clue/ocnli/dev.json", fmt="ocnli",
-                  model="chinese-scale", settings=dict(epochs=3, lr=1e-3, batch_size=32, max_seq_len=128),
+                  model="chinese-scale", settings=dict(epochs=5, lr=2e-4, batch_size=32, max_seq_len=128),
                   metric="accuracy", anchor="BERT-base 69.2 dev (OCNLI paper, 10k train); majority class 37.4 (dev)"),
     "tnews": dict(task="classification", train="clue/fewclue/tnews/train_few_all.json",
                   eval="clue/fewclue/tnews/test_public.json", fmt="tnews", model="chinese-scale",
