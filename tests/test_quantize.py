@@ -186,6 +186,8 @@ def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
         got = compiled(*batch).last_hidden_state
     with torch.no_grad():
         torch.testing.assert_close(got, eager(*batch).last_hidden_state, atol=0, rtol=0)
+        full = [t[[0, 2]] for t in batch]  # no padding: the whole-layer function, run eagerly
+        torch.testing.assert_close(compiled(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once per process
             compiled(*batch)
@@ -207,9 +209,11 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
     monkeypatch.setattr(q, "_COMPILED", {})
     monkeypatch.setattr(q, "COMPILE_FAILED", [])
     predictor = Predictor(classifier / "run" / "model", device="cpu", precision="int8", compile=True)
-    assert sorted(compiled) == ["int8_attention_output", "int8_feed_forward", "int8_linear"]
+    # the warm-up runs a padded batch (packed attention) and an unpadded one (the whole-layer function)
+    assert sorted(compiled) == ["int8_attention_output", "int8_dense_layer", "int8_feed_forward", "int8_linear"]
     predictor.predict(["a first request"])
-    assert len(compiled) == 3
+    predictor.predict(["a first request", "and a second, longer one"])
+    assert len(compiled) == 4
 
 
 @pytest.mark.slow
@@ -229,8 +233,8 @@ def test_compiled_int8_equals_eager():
     model, batch = _tiny_encoder_and_batch()
     eager_model, fused = quantize(copy.deepcopy(model), "int8"), quantize(copy.deepcopy(model), "int8", compile=True)
     with torch.no_grad():
-        for cut in (12, 9):  # two shapes: compiled once, dynamic
-            args = [t[:, :cut] for t in batch]
+        for rows, cut in (([0, 1, 2], 12), ([0, 1, 2], 9), ([0, 2], 12), ([2], 5)):  # packed, then unpadded
+            args = [t[rows, :cut] for t in batch]
             a, b = eager_model(*args).last_hidden_state, fused(*args).last_hidden_state
             keep = args[1].bool()
             cosine = torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1)

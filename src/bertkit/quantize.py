@@ -113,6 +113,19 @@ def int8_feed_forward(x: Tensor, first: tuple[Tensor, ...], second: tuple[Tensor
     return F.layer_norm(x + int8_linear(h, *second), x.shape[-1:], norm[0], norm[1], norm[2]), h
 
 
+def int8_dense_layer(x: Tensor, batch: int, num_heads: int, qkv: tuple[Tensor, ...], out: tuple[Tensor, ...],
+                     attn_norm: tuple[Tensor, Tensor, float], first: tuple[Tensor, ...], second: tuple[Tensor, ...],
+                     ffn_norm: tuple[Tensor, Tensor, float], act: Callable[[Tensor], Tensor]
+                     ) -> tuple[Tensor, Tensor]:
+    """A whole encoder layer at int8 over a batch without padding ((B * T, H) rows, B = `batch`), attention
+    included: one compiled function a layer instead of three, so the QKV rescaling fuses with the head split and
+    the attention output's transpose with the next quantization. Returns (output, the FFN activation)."""
+    S, H = x.shape
+    q, k, v = int8_linear(x, *qkv).view(batch, S // batch, 3, num_heads, H // num_heads).permute(2, 0, 3, 1, 4)
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(S, H)
+    return int8_feed_forward(int8_attention_output(x, y, out, attn_norm), first, second, ffn_norm, act)
+
+
 _COMPILED: dict[str, Any] = {}  # name -> the compiled function (one per process), or None once compiling failed
 COMPILE_FAILED: list[str] = []  # why compiling failed in this process (then everything runs eagerly)
 
@@ -183,8 +196,9 @@ class Int8Linear(nn.Module):
 class Int8EncoderLayer(nn.Module):
     """An encoder layer at int8 for `--compile`: attention output + residual + LayerNorm, and the feed-forward
     block (two int8 GEMMs, the activation, residual, LayerNorm) each one compiled function, so the element-wise
-    passes between the int8 GEMMs fuse too (they dominate at small hidden sizes). Attention itself (packed or
-    dense) runs as in the float layer. Same submodule names as `EncoderLayer`; inference only."""
+    passes between the int8 GEMMs fuse too (they dominate at small hidden sizes). Attention over a packed or masked
+    batch runs as in the float layer; a batch without padding runs the whole layer, attention included, as one
+    compiled function (`int8_dense_layer`). Same submodule names as `EncoderLayer`; inference only."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -196,16 +210,22 @@ class Int8EncoderLayer(nn.Module):
         self.ffn_out = Int8Linear(layer.ffn_out, compile=True)
         self.ffn_norm = layer.ffn_norm
         self.act = layer.act
+        self.whole_layer = True  # an unpadded batch runs int8_dense_layer (False: as a padded one; for A/B timing)
         self.eval()
 
     def forward(self, x: Tensor, layout: Any) -> Tensor:
         if self.training:
             raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
         dtype, x = x.dtype, x.float()
-        y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
         attn = (self.attn_norm.weight, self.attn_norm.bias, self.attn_norm.eps)
-        x = run_compiled(int8_attention_output, x, y, self.attn_out.buffers_, attn)
         ffn = (self.ffn_norm.weight, self.ffn_norm.bias, self.ffn_norm.eps)
+        if self.whole_layer and layout.indices is None and layout.bias is None and layout.record is None:
+            out, _ = run_compiled(int8_dense_layer, x, layout.batch, self.num_heads, self.qkv.buffers_,
+                                  self.attn_out.buffers_, attn, self.ffn_in.buffers_, self.ffn_out.buffers_, ffn,
+                                  self.act)
+            return out.to(dtype)
+        y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
+        x = run_compiled(int8_attention_output, x, y, self.attn_out.buffers_, attn)
         out, _ = run_compiled(int8_feed_forward, x, self.ffn_in.buffers_, self.ffn_out.buffers_, ffn, self.act)
         return out.to(dtype)
 
@@ -259,10 +279,13 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
 
 @torch.no_grad()
 def warm_up(encoder: nn.Module) -> None:
-    """Run an int8 encoder once on a small padded batch, so `--compile`'s one-time compilation (up to a minute cold)
-    happens at start-up, not in the first request."""
+    """Run an int8 encoder once on a small padded batch and once on an unpadded one (the packed and the whole-layer
+    paths), so `--compile`'s one-time compilation (up to a minute cold) happens at start-up, not in the first
+    request."""
     vocab = encoder.config.vocab_size
     ids = torch.arange(24, dtype=torch.long).remainder(vocab).view(2, 12)
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     encoder(ids, mask, torch.zeros_like(ids))
+    for rows in (2, 1):  # torch.compile specialises a batch of one: both sizes compiled now
+        encoder(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
