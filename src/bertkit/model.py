@@ -220,15 +220,13 @@ class Layout:
         S, H = qkv.shape[0], qkv.shape[1] // 3
         N, D = num_heads, H // num_heads
         if self.indices is None:
-            B, T = self.batch, self.seq_len
-            q, k, v = qkv.view(B, T, 3, N, D).permute(2, 0, 3, 1, 4)  # each (B, N, T, D)
             if self.record is not None:  # explicit math, to look at the probabilities (attention maps)
+                q, k, v = split_heads(qkv, self.batch, num_heads)
                 scores = q.float() @ k.float().transpose(-1, -2) * D**-0.5  # (B, N, T, T)
                 probs = torch.softmax(scores if self.bias is None else scores + self.bias.float(), dim=-1)
                 self.record.append(probs)
                 return (probs.to(v.dtype) @ v).transpose(1, 2).reshape(S, H)
-            y = attend(q, k, v, self.bias, dropout)  # (B, N, T, D)
-            return y.transpose(1, 2).reshape(S, H)
+            return dense_attention(qkv, self.batch, num_heads, self.bias, dropout)
         if use_varlen_kernel(qkv.device):
             y = varlen_attention(qkv, self.offsets, max(self.lengths), N, dropout)
             if y is not None:
@@ -236,10 +234,23 @@ class Layout:
         # One call per sequence, no mask: on CPU this beats padding + masking (measured in bench/attention.py).
         outputs = []
         for part in torch.split(qkv, self.lengths):  # (L, 3H) per sequence
-            q, k, v = part.view(1, -1, 3, N, D).permute(2, 0, 3, 1, 4)  # each (1, N, L, D)
-            y = attend(q, k, v, None, dropout)  # (1, N, L, D)
-            outputs.append(y.transpose(1, 2).reshape(-1, H))  # (L, H)
+            outputs.append(dense_attention(part, 1, num_heads, None, dropout))  # (L, H)
         return torch.cat(outputs)  # (S, H)
+
+
+def split_heads(qkv: Tensor, batch: int, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(B * T, 3H) fused projections of B unpacked sequences -> q, k, v, each (B, N, T, D): the one place the fused
+    QKV layout (q | k | v, each head's D columns together) is read."""
+    S, H = qkv.shape[0], qkv.shape[1] // 3
+    return qkv.view(batch, S // batch, 3, num_heads, H // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def dense_attention(qkv: Tensor, batch: int, num_heads: int, bias: Tensor | None = None, dropout: float = 0.0
+                    ) -> Tensor:
+    """(B * T, 3H) fused projections of B unpacked sequences (additive `bias` masking padding, or None) ->
+    (B * T, H) attention output, one `attend` call over (B, N, T, D)."""
+    S, H = qkv.shape[0], qkv.shape[1] // 3
+    return attend(*split_heads(qkv, batch, num_heads), bias, dropout).transpose(1, 2).reshape(S, H)
 
 
 # The packed layout's attention: "kernel" = one var-len SDPA call over a nested jagged tensor (FlashAttention /

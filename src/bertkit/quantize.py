@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.model import EncoderLayer, dense_attention
+
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags with int8 dot products
 BF16_FEATURES = ("amx_bf16", "avx512_bf16")  # native bf16 matmul (anything else emulates it, slower than fp32)
@@ -120,9 +122,7 @@ def int8_dense_layer(x: Tensor, batch: int, num_heads: int, qkv: tuple[Tensor, .
     """A whole encoder layer at int8 over a batch without padding ((B * T, H) rows, B = `batch`), attention
     included: one compiled function a layer instead of three, so the QKV rescaling fuses with the head split and
     the attention output's transpose with the next quantization. Returns (output, the FFN activation)."""
-    S, H = x.shape
-    q, k, v = int8_linear(x, *qkv).view(batch, S // batch, 3, num_heads, H // num_heads).permute(2, 0, 3, 1, 4)
-    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(S, H)
+    y = dense_attention(int8_linear(x, *qkv), batch, num_heads)
     return int8_feed_forward(int8_attention_output(x, y, out, attn_norm), first, second, ffn_norm, act)
 
 
@@ -245,8 +245,6 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
         return model.to(torch.bfloat16)
     if precision == "fp32":
         return model
-    from bertkit.model import EncoderLayer
-
     patterns = list(keep)
     kept, converted = [], 0
     replaced: set[int] = set()  # layers swapped for an Int8EncoderLayer: their old children are not visited
