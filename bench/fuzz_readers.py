@@ -222,13 +222,11 @@ def _encoder(tok: Any) -> Callable[[str, Any], Any]:
             info = relation.RelationInfo(sorted({e.label for e in result if e.label}), 64, name.split()[1])
             return relation.RelationTask(relation_tok, [e for e in result if e.label], result, info, source="fuzz")
         if task == "triples":
-            fmt = name.split()[1]
-            located = [triples.locate(r, triples.WORD_LEVEL[fmt]) for r in result]
-            types = sorted({s[0] for loc in located for s in loc.spans}) or ["X"]
-            predicates = sorted({t.predicate for r in result for t in r.triples}) or ["p"]
-            info = triples.TriplesInfo(tag_set([[f"B-{k}" for k in types]], "bio"), predicates, 24,
-                                       triples.WORD_LEVEL[fmt])
-            return triples.TriplesTask(tok, result, result, info, source="fuzz")
+            level = triples.WORD_LEVEL[name.split()[1]]
+            located = [triples.locate(r, level) for r in result]
+            labels, predicates, _ = triples.label_sets(located)
+            info = triples.TriplesInfo(labels, predicates or ["p"], 24, level)  # a set without entities: O only
+            return triples.TriplesTask(tok, result, result, info, source="fuzz", located=located)
         if task == "spelling":
             return spelling.SpellingTask(tok, result, result, spelling.SpellingInfo(16))
         if task == "qa":

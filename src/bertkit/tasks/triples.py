@@ -290,10 +290,12 @@ def _piece_entities(piece: Piece, spans: list[tuple[str, int, int, str]]) -> lis
 
 
 def encode(tokenizer: Tokenizer, records: list[Record], info: TriplesInfo, source: str | None = None,
-           train: bool = True) -> list[Row]:
+           train: bool = True, located: list[Located] | None = None) -> list[Row]:
     """Records -> rows (chunks of at most max_seq_len tokens); with `train`, tag and pair targets from the gold
-    triples, and one warning counting the triples that cannot be learnt and why."""
-    located = [locate(r, info.word_level) for r in records]
+    triples, and one warning counting the triples that cannot be learnt and why. `located`: the records'
+    `locate` results, where the caller has them already."""
+    if located is None:
+        located = [locate(r, info.word_level) for r in records]
     tag_ids = {t: i for i, t in enumerate(info.labels)}
     predicate_ids = {p: i for i, p in enumerate(info.predicates)}
     tags = None
@@ -307,15 +309,18 @@ def encode(tokenizer: Tokenizer, records: list[Record], info: TriplesInfo, sourc
             tags.append([tag_ids[t] for t in sequence])
     pieces = encode_sentences(tokenizer, [loc.words for loc in located], tags, info.max_seq_len, source)
     rows, paired = [], [set() for _ in records]
+    golds: list[dict[tuple[str, str], set[int]]] = [{} for _ in records]  # (subject, object) -> predicate ids
+    if train:  # once per record, not once per chunk
+        for gold, loc in zip(golds, located, strict=True):
+            for t in loc.trainable:
+                if t.predicate in predicate_ids:
+                    gold.setdefault((t.subject, t.object), set()).add(predicate_ids[t.predicate])
     for piece in pieces:
         loc = located[piece.sentence]
         entities = _piece_entities(piece, loc.spans)
         pairs = []
         if train:
-            gold: dict[tuple[str, str], set[int]] = {}
-            for t in loc.trainable:
-                if t.predicate in predicate_ids:
-                    gold.setdefault((t.subject, t.object), set()).add(predicate_ids[t.predicate])
+            gold = golds[piece.sentence]
             for a, (_, _, _, sname) in enumerate(entities):
                 for b, (_, _, _, oname) in enumerate(entities):
                     if a != b and sname != oname:
@@ -405,15 +410,15 @@ def extract(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, texts: li
     """Raw texts -> {"triples": [{subject, subject_type, predicate, object, object_type, score}], "entities":
     [{type, start, end, text}]} (character offsets), one per text."""
     records = [Record(t, [], i + 1) for i, t in enumerate(texts)]
-    rows = encode(tokenizer, records, info, train=False)
+    located = [locate(r, info.word_level) for r in records]  # the words and their character offsets
+    rows = encode(tokenizer, records, info, train=False, located=located)
     decoded = _decode(model, rows, info, tokenizer.pad_token_id, batch_size)
     results: list[dict[str, Any]] = [{"triples": [], "entities": []} for _ in texts]
     seen: list[dict[tuple[str, str, str], int]] = [{} for _ in texts]
     spans: list[set[tuple[int, int]]] = [set() for _ in texts]
     for row, (entities, edges) in zip(rows, decoded, strict=True):
         index = row.piece.sentence
-        text = texts[index]
-        _, offsets = words_of(text, info.word_level)
+        text, offsets = texts[index], located[index].offsets
 
         def name(span: tuple[str, int, int], text: str = text, offsets: list = offsets) -> tuple[str, int, int]:
             start, end = offsets[span[1]][0], offsets[span[2]][1]
@@ -493,11 +498,24 @@ class TriplesOptions:
                                 "combinations a predicted triple may have, besides those seen in training")
 
 
+def label_sets(located: list[Located]) -> tuple[list[str], list[str], set[tuple[str, str, str]]]:
+    """What a training set defines: the BIO tag set of its entity types (just "O" where no entity was found), the
+    predicates of its learnable triples, and the (subject type, predicate, object type) combinations they show."""
+    types = sorted({s[0] for loc in located for s in loc.spans})
+    predicates = sorted({t.predicate for loc in located for t in loc.trainable})
+    combos = set()
+    for loc in located:
+        kinds = {name: kind for kind, _, _, name in loc.spans}
+        combos |= {(kinds[t.subject], t.predicate, kinds[t.object]) for t in loc.trainable}
+    return tag_set([[f"B-{k}" for k in types]], "bio"), predicates, combos
+
+
 class TriplesTask:
     def __init__(self, tokenizer: Tokenizer, train: list[Record], heldout: list[Record], info: TriplesInfo,
-                 eval_batch_size: int = 64, source: str | None = None) -> None:
+                 eval_batch_size: int = 64, source: str | None = None, located: list[Located] | None = None
+                 ) -> None:
         self.tokenizer, self.info = tokenizer, info
-        self.train = encode(tokenizer, train, info, source) if train else []
+        self.train = encode(tokenizer, train, info, source, located=located) if train else []
         self.heldout = heldout
         self.eval_batch_size = eval_batch_size
 
@@ -548,21 +566,15 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     heldout = require_examples(read_records(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     word_level = WORD_LEVEL[fmt]
     located = [locate(r, word_level) for r in train]
-    types = sorted({s[0] for loc in located for s in loc.spans})
-    if not types:
+    labels, predicates, combos = label_sets(located)
+    if labels == ["O"]:
         raise DataError("no entity of any training triple was found in its text", str(train_file))
-    labels = tag_set([[f"B-{k}" for k in types]], "bio")
-    predicates = sorted({t.predicate for loc in located for t in loc.trainable})
-    combos = set()
-    for loc in located:
-        kinds = {name: kind for kind, _, _, name in loc.spans}
-        combos |= {(kinds[t.subject], t.predicate, kinds[t.object]) for t in loc.trainable}
     if schema is not None:
         combos |= {tuple(r) for r in read_schema(schema) if r[1] in predicates}
     info = TriplesInfo(labels, predicates, max_seq_len, word_level, [list(c) for c in sorted(combos)])
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForTriples, init_from, model_config, config.seed)
-    task = TriplesTask(tok, train, heldout, info, source=str(train_file))
+    task = TriplesTask(tok, train, heldout, info, source=str(train_file), located=located)
     return fit(model, task, config, title=f"triples ({Path(train_file).parent.name or 'data'})")
 
 
