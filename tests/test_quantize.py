@@ -195,6 +195,51 @@ def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
         compiled.train()(*batch)
 
 
+def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
+    """A fully converted encoder's layers become an Int8LayerStack: an unpadded batch runs through it as one
+    function call per `chunk` layers, with the eager int8 model's outputs exactly; a padded batch goes layer by
+    layer; the stack keeps the layers' state-dict names; a stack with a kept float layer stays a plain one."""
+    import copy
+
+    import bertkit.quantize as q
+    from bertkit.config import BertConfig
+    from bertkit.model import LayerStack
+    from bertkit.quantize import Int8EncoderLayer, Int8LayerStack
+
+    calls = []
+
+    def recording(fn, **kwargs):  # stands in for torch.compile: counts the calls of each function, runs eagerly
+        def run(*args):
+            calls.append((fn.__name__, len(args[3]) if fn.__name__ == "int8_dense_stack" else None))
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    monkeypatch.setattr(q, "_COMPILED", {})
+    monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
+    ids = torch.randint(5, 100, (2, 9))
+    full, padded = (ids, torch.ones_like(ids), torch.zeros_like(ids)), (ids, torch.ones_like(ids), None)
+    padded[1][1, 6:] = 0
+    eager = quantize(copy.deepcopy(model), "int8")
+    fused = quantize(copy.deepcopy(model), "int8", compile=True)
+    assert type(fused.layers) is Int8LayerStack and all(isinstance(m, Int8EncoderLayer) for m in fused.layers)
+    assert fused.state_dict().keys() == eager.state_dict().keys()
+    with torch.no_grad():
+        for chunk, sizes in ((4, [4, 1]), (2, [2, 2, 1]), (8, [5])):
+            fused.layers.chunk, calls[:] = chunk, []
+            torch.testing.assert_close(fused(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
+            assert calls == [("int8_dense_stack", n) for n in sizes]
+        calls[:] = []
+        torch.testing.assert_close(fused(*padded).last_hidden_state, eager(*padded).last_hidden_state, atol=0, rtol=0)
+        assert {name for name, _ in calls} == {"int8_linear", "int8_attention_output", "int8_feed_forward"}
+    mixed = quantize(copy.deepcopy(model), "int8", compile=True, keep=["layers.3.*"])
+    assert type(mixed.layers) is LayerStack and isinstance(mixed.layers[3].qkv, nn.Linear)
+    with pytest.raises(RuntimeError, match="for inference"):
+        fused.train()(*full)
+
+
 def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(classifier, monkeypatch):
     import bertkit.quantize as q
     from bertkit.predict import Predictor
@@ -209,8 +254,8 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
     monkeypatch.setattr(q, "_COMPILED", {})
     monkeypatch.setattr(q, "COMPILE_FAILED", [])
     predictor = Predictor(classifier / "run" / "model", device="cpu", precision="int8", compile=True)
-    # the warm-up runs a padded batch (packed attention) and an unpadded one (the whole-layer function)
-    assert sorted(compiled) == ["int8_attention_output", "int8_dense_layer", "int8_feed_forward", "int8_linear"]
+    # the warm-up runs a padded batch (packed attention) and an unpadded one (the fused layer stack)
+    assert sorted(compiled) == ["int8_attention_output", "int8_dense_stack", "int8_feed_forward", "int8_linear"]
     predictor.predict(["a first request"])
     predictor.predict(["a first request", "and a second, longer one"])
     assert len(compiled) == 4

@@ -336,6 +336,16 @@ class EncoderLayer(nn.Module):
         return self.ffn_norm(x + self.dropout(h))
 
 
+class LayerStack(nn.ModuleList):
+    """The encoder layers, run in order over one layout (`quantize(..., compile=True)` swaps in a subclass that runs
+    an unpadded batch through all of them as one compiled function)."""
+
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        for layer in self:
+            x = layer(x, layout)
+        return x
+
+
 class BertModel(CheckpointIO, nn.Module):
     """The encoder: embeddings, L post-LN layers, and the tanh pooler over the [CLS] position."""
 
@@ -345,7 +355,7 @@ class BertModel(CheckpointIO, nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = LayerStack(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         # transformers' BertForMaskedLM has no pooler (add_pooling_layer=False); neither does ours
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.unpad = True  # False: compute on padding too (the reference path transformers takes)
@@ -365,9 +375,7 @@ class BertModel(CheckpointIO, nn.Module):
                         unpad=self.unpad and record_attention is None)
         layout.record = record_attention
         x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
-        for layer in self.layers:
-            x = layer(x, layout)
-        return x, layout
+        return self.layers(x, layout), layout
 
     def resize_token_embeddings(self, size: int) -> None:
         """Grow the vocabulary to `size` rows (new tokens start at the mean embedding, as a neutral point)."""

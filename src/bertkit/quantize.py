@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.model import EncoderLayer, dense_attention
+from bertkit.model import EncoderLayer, LayerStack, Layout, dense_attention
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags with int8 dot products
@@ -126,6 +126,17 @@ def int8_dense_layer(x: Tensor, batch: int, num_heads: int, qkv: tuple[Tensor, .
     return int8_feed_forward(int8_attention_output(x, y, out, attn_norm), first, second, ffn_norm, act)
 
 
+def int8_dense_stack(x: Tensor, batch: int, num_heads: int, layers: list[tuple[Any, ...]],
+                     act: Callable[[Tensor], Tensor]) -> Tensor:
+    """Every encoder layer at int8 over a batch without padding ((B * T, H) rows), as one function: compiled, one
+    call for the whole encoder instead of one a layer (torch.compile's guards and wrappers cost ~60 us a call),
+    and each layer's last LayerNorm fuses with the next layer's first quantization. `layers`: each layer's
+    `int8_dense_layer` arguments after `num_heads` (Int8EncoderLayer.arguments)."""
+    for arguments in layers:
+        x, _ = int8_dense_layer(x, batch, num_heads, *arguments, act)
+    return x
+
+
 _COMPILED: dict[str, Any] = {}  # name -> the compiled function (one per process), or None once compiling failed
 COMPILE_FAILED: list[str] = []  # why compiling failed in this process (then everything runs eagerly)
 
@@ -198,7 +209,8 @@ class Int8EncoderLayer(nn.Module):
     block (two int8 GEMMs, the activation, residual, LayerNorm) each one compiled function, so the element-wise
     passes between the int8 GEMMs fuse too (they dominate at small hidden sizes). Attention over a packed or masked
     batch runs as in the float layer; a batch without padding runs the whole layer, attention included, as one
-    compiled function (`int8_dense_layer`). Same submodule names as `EncoderLayer`; inference only."""
+    compiled function (`int8_dense_layer`; inside an Int8LayerStack, several layers as one). Same submodule names as
+    `EncoderLayer`; inference only."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -213,21 +225,54 @@ class Int8EncoderLayer(nn.Module):
         self.whole_layer = True  # an unpadded batch runs int8_dense_layer (False: as a padded one; for A/B timing)
         self.eval()
 
+    @property
+    def arguments(self) -> tuple[Any, ...]:
+        """The arguments of `int8_dense_layer` after `num_heads` and before the activation."""
+        return (self.qkv.buffers_, self.attn_out.buffers_, (self.attn_norm.weight, self.attn_norm.bias,
+                self.attn_norm.eps), self.ffn_in.buffers_, self.ffn_out.buffers_,
+                (self.ffn_norm.weight, self.ffn_norm.bias, self.ffn_norm.eps))
+
     def forward(self, x: Tensor, layout: Any) -> Tensor:
         if self.training:
             raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
         dtype, x = x.dtype, x.float()
-        attn = (self.attn_norm.weight, self.attn_norm.bias, self.attn_norm.eps)
-        ffn = (self.ffn_norm.weight, self.ffn_norm.bias, self.ffn_norm.eps)
-        if self.whole_layer and layout.indices is None and layout.bias is None and layout.record is None:
-            out, _ = run_compiled(int8_dense_layer, x, layout.batch, self.num_heads, self.qkv.buffers_,
-                                  self.attn_out.buffers_, attn, self.ffn_in.buffers_, self.ffn_out.buffers_, ffn,
-                                  self.act)
-            return out.to(dtype)
+        arguments = self.arguments
+        if self.whole_layer and unpadded(layout):
+            x, _ = run_compiled(int8_dense_layer, x, layout.batch, self.num_heads, *arguments, self.act)
+            return x.to(dtype)
+        _, out, attn, first, second, ffn = arguments
         y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
-        x = run_compiled(int8_attention_output, x, y, self.attn_out.buffers_, attn)
-        out, _ = run_compiled(int8_feed_forward, x, self.ffn_in.buffers_, self.ffn_out.buffers_, ffn, self.act)
-        return out.to(dtype)
+        x = run_compiled(int8_attention_output, x, y, out, attn)
+        x, _ = run_compiled(int8_feed_forward, x, first, second, ffn, self.act)
+        return x.to(dtype)
+
+
+def unpadded(layout: Layout) -> bool:
+    """A batch without padding (dense, no mask) whose attention maps are not recorded."""
+    return layout.indices is None and layout.bias is None and layout.record is None
+
+
+class Int8LayerStack(LayerStack):
+    """Encoder layers that are all Int8EncoderLayers: a batch without padding runs through them `chunk` layers at a
+    time, each run one compiled function (`int8_dense_stack`); a padded one layer by layer (packed attention
+    between the fused blocks). Same state-dict names as the LayerStack it replaces."""
+
+    fused = True  # False: layer by layer for every batch (for A/B timing)
+    # Layers a call: one compiled function of 4 layers serves every run of 4 (BERT-base: 3 calls), so compiling
+    # costs 4 layers, not 12 (a whole 12-layer stack took 69 s to compile cold here, one layer 12 s).
+    chunk = 4
+
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        if not (self.fused and unpadded(layout)):
+            return super().forward(x, layout)
+        if self.training:
+            raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
+        first, dtype, x = self[0], x.dtype, x.float()
+        arguments = [layer.arguments for layer in self]
+        for start in range(0, len(arguments), self.chunk):
+            x = run_compiled(int8_dense_stack, x, layout.batch, first.num_heads,
+                             arguments[start:start + self.chunk], first.act)
+        return x.to(dtype)
 
 
 def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = (), compile: bool = False
@@ -267,6 +312,11 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
                 continue
             setattr(module, child_name, Int8Linear(child, compile=compile))
             converted += 1
+    if compile:  # stacks of fused layers: an unpadded batch runs through the whole stack as one function
+        for module in list(model.modules()):
+            for child_name, child in list(module.named_children()):
+                if type(child) is LayerStack and len(child) and all(isinstance(m, Int8EncoderLayer) for m in child):
+                    setattr(module, child_name, Int8LayerStack(child).eval())
     if converted == 0 and not kept:
         raise ValueError(f"{type(model).__name__} has no encoder Linear layers ({', '.join(ENCODER_LINEARS)}) to "
                          "quantize")
@@ -277,9 +327,9 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
 
 @torch.no_grad()
 def warm_up(encoder: nn.Module) -> None:
-    """Run an int8 encoder once on a small padded batch and once on an unpadded one (the packed and the whole-layer
-    paths), so `--compile`'s one-time compilation (up to a minute cold) happens at start-up, not in the first
-    request."""
+    """Run an int8 encoder once on a small padded batch and once on an unpadded one (the packed path and the fused
+    layer stack), so `--compile`'s one-time compilation (up to a minute cold) happens at start-up, not in the
+    first request."""
     vocab = encoder.config.vocab_size
     ids = torch.arange(24, dtype=torch.long).remainder(vocab).view(2, 12)
     mask = torch.ones_like(ids)
