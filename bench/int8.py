@@ -6,7 +6,9 @@ on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
 Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate in
-turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine).
+turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine);
+each engine is timed for at least 6 s a cell, up to 120 calls (the small cells' medians over 30 turns, since this
+VM's speed drifts by tens of percent from second to second).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def main() -> int:
                 if not isinstance(ao, str):
                     fns["torchao int8"] = lambda: ao(ids, mask, types)
                 with torch.inference_mode():
-                    seconds = speed.alternate(fns, repeats, block=4, settle=0.3)
+                    seconds = speed.alternate(fns, repeats, min_seconds=6.0, block=4, settle=0.3, max_repeats=120)
                     reference = fp32(ids, mask, types).last_hidden_state
                     ours = int8(ids, mask, types).last_hidden_state
                     theirs = torch.from_numpy(session.run(None, feeds)[0])
@@ -173,7 +175,8 @@ def main() -> int:
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
               "timed). Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
               "no engine's still-busy thread pool (onnxruntime's spinning workers, OpenMP's) slows the engine "
-              "timed after it. Accuracy on real models and tasks: the accuracy table and tests/test_quantize.py."]
+              "timed after it; each engine is timed for at least 6 s a cell (up to 120 calls), tok/s from the "
+              "median call. Accuracy on real models and tasks: the accuracy table and tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "int8.md").write_text("\n".join(lines) + "\n")

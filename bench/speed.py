@@ -95,9 +95,9 @@ def matmul_peak(dtype: torch.dtype, repeats: int) -> float:
 
 
 def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0, block: int = 1,
-              settle: float = 0.0) -> dict[str, float]:
+              settle: float = 0.0, max_repeats: int = 50) -> dict[str, float]:
     """Median seconds per call of each function, run in alternation so machine noise hits all of them alike;
-    fast functions get more rounds (at least `min_seconds` of timing each).
+    fast functions get more rounds (at least `min_seconds` of timing each, at most `max_repeats` calls).
 
     `block` > 1: each turn is one untimed call, then `block` timed ones, after `settle` seconds idle. For engines
     with their own thread pools: a pool still spinning after one engine's call takes a core from the next engine
@@ -109,7 +109,7 @@ def alternate(fns: dict[str, callable], repeats: int, min_seconds: float = 3.0, 
         start = time.perf_counter()
         fn()
         warm.append(time.perf_counter() - start)
-    repeats = max(repeats, min(50, int(min_seconds / max(min(warm), 1e-3))))
+    repeats = max(repeats, min(max_repeats, int(min_seconds / max(min(warm), 1e-3))))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(-(-repeats // block)):
         for name, fn in fns.items():
