@@ -102,7 +102,7 @@ def quantize_onnx(source: str | Path, path: str | Path, *, optimize: bool = True
                   num_heads: int | None = None, hidden_size: int | None = None) -> Path:
     """onnxruntime's int8 for an exported encoder: optionally its BERT graph optimizer first (it fuses LayerNorm and
     GELU; its attention fusion does not match bertkit's fused-QKV graph, and transformers' graph with the fused
-    QAttention ran 0.86-1.04x as fast here, bench notes in the README), then dynamic quantization (int8 weights per
+    QAttention ran 0.88-1.04x as fast here: bench/onnx_anchor.py), then dynamic quantization (int8 weights per
     output channel, activations quantized at run time); the fingerprint metadata is carried over."""
     import tempfile
 
