@@ -338,7 +338,7 @@ class EncoderLayer(nn.Module):
 
 class LayerStack(nn.ModuleList):
     """The encoder layers, run in order over one layout (`quantize(..., compile=True)` swaps in a subclass that runs
-    an unpadded batch through all of them as one compiled function)."""
+    an unpadded batch through them a few layers per compiled call)."""
 
     def forward(self, x: Tensor, layout: Layout) -> Tensor:
         for layer in self:
