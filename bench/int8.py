@@ -8,7 +8,9 @@ on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against
 Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate in
 turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine);
 each engine is timed for at least 6 s a cell, up to 120 calls (the small cells' medians over 30 turns, since this
-VM's speed drifts by tens of percent from second to second).
+VM's speed drifts by tens of percent from second to second). The process keeps freed memory for reuse
+(`bertkit.device.keep_freed_memory()`, as the CLI does), for every engine alike: under glibc's defaults each large
+activation is paged in afresh at every call (bench/malloc.py).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ def main() -> int:
     from bertkit.quantize import choose_precision, cpu_flags, quantize
 
     transformers.logging.set_verbosity_error()
+    from bertkit.device import keep_freed_memory
+
+    kept = keep_freed_memory()  # process-wide: every engine below runs on the same allocator settings
     repeats = 2 if args.quick else 5
     peaks = {"int8": int8_peak(), "fp32": speed.matmul_peak(torch.float32, 5)}
     print(json.dumps({k: v / 1e12 for k, v in peaks.items()}), flush=True)
@@ -151,6 +156,7 @@ def main() -> int:
     flags = sorted(f for f in cpu_flags() if "vnni" in f or "bf16" in f or "amx" in f)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "flags": flags,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+              "malloc keeps freed memory": kept,
               "peaks_tops": {k: v / 1e12 for k, v in peaks.items()}, "auto": [precision, why], "rows": rows}
     shown = ", ".join(flags) or "no VNNI/AMX/bf16 flags"
     lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads; {shown}), "
@@ -176,7 +182,9 @@ def main() -> int:
               "timed). Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
               "no engine's still-busy thread pool (onnxruntime's spinning workers, OpenMP's) slows the engine "
               "timed after it; each engine is timed for at least 6 s a cell (up to 120 calls), tok/s from the "
-              "median call. Accuracy on real models and tasks: the accuracy table and tests/test_quantize.py."]
+              "median call. The process keeps freed memory for reuse, for every engine (`keep_freed_memory`, as the "
+              f"CLI does{'' if kept else '; not in effect here'}). Accuracy on real models and tasks: the accuracy "
+              "table and tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "int8.md").write_text("\n".join(lines) + "\n")

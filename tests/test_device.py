@@ -5,8 +5,13 @@ torch.compile fallback. The CUDA side of the same paths is in tests/test_gpu.py 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 import warnings
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,3 +257,33 @@ def test_fp16_autocast_with_loss_scaling_trains(classifier, tmp_path, monkeypatc
     assert overflows and all(r["reason"] == "fp16 overflow" for r in overflows)
     assert overflows[-1]["scale"] < 2.0**24
     assert [r for r in records if r["kind"] == "eval"][-1]["accuracy"] >= 0.75
+
+
+_FREE_A_LARGE_BLOCK = """
+import sys, torch
+from bertkit.device import keep_freed_memory
+def rss():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) * 1024
+took = keep_freed_memory() if sys.argv[1] == "keep" else False
+x = torch.ones(80 * 2**20 // 4)  # 80 MiB, over glibc's 32 MiB mmap threshold: mapped afresh by default
+before = rss()
+del x
+print(took, before - rss())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("mode, env, kept", [("keep", {}, True), ("default", {}, False),
+                                             ("keep", {"BERTKIT_MALLOC": "system"}, False)])
+def test_keep_freed_memory_makes_malloc_keep_a_large_freed_block(mode, env, kept):
+    """With keep_freed_memory (the CLI's start-up), freeing an 80 MiB tensor keeps its memory in the process for
+    the next large activation; under glibc's defaults, and with the BERTKIT_MALLOC=system opt-out, it is unmapped
+    (resident memory drops by the block)."""
+    done = subprocess.run([sys.executable, "-c", _FREE_A_LARGE_BLOCK, mode], capture_output=True, text=True,
+                          check=True, env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    took, dropped = done.stdout.split()
+    assert took == str(kept)
+    if kept:
+        assert int(dropped) < 8 * 2**20
+    else:
+        assert int(dropped) > 60 * 2**20

@@ -21,6 +21,7 @@ import torch
 from bertkit import resources
 from bertkit.argtypes import float_range, int_range
 from bertkit.config import SIZE_LIMITS, BertConfig
+from bertkit.device import keep_freed_memory
 from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
 
@@ -780,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # large CPU activations reuse freed memory instead of being paged in afresh each time
     try:
         code = args.function(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
