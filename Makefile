@@ -44,6 +44,7 @@ bench: data
 	$(PY) bench/parity.py
 	$(PY) bench/attention.py
 	$(PY) bench/speed.py
+	$(PY) bench/malloc.py
 	$(PY) bench/int8.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/scale.py

@@ -2,9 +2,8 @@
 
     .venv/bin/python bench/readme_tables.py
 
-Each README section `<!-- tasks -->` ... `<!-- /tasks -->` is replaced by bench/results/tasks.md (likewise speed,
-serve_load, scale, pretrain_zh, serve_hostile, fuzz_server, fuzz_readers), so the README shows exactly what the last
-benchmark run wrote.
+Each README section `<!-- tasks -->` ... `<!-- /tasks -->` is replaced by bench/results/tasks.md (likewise every
+name in TABLES), so the README shows exactly what the last benchmark run wrote.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("tasks", "speed", "int8", "int8_accuracy", "serve_load", "scale", "pretrain_zh", "serve_hostile",
-          "fuzz_server", "fuzz_readers")
+TABLES = ("tasks", "speed", "malloc", "int8", "int8_gelu", "int8_accuracy", "serve_load", "scale", "pretrain_zh",
+          "serve_hostile", "fuzz_server", "fuzz_readers")
 
 
 def main() -> int:
