@@ -93,12 +93,12 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     """Have glibc's malloc keep freed memory for reuse, as jemalloc and tcmalloc do: blocks under `limit` bytes come
     from the heap and go back to it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD). By default glibc maps every block over
     32 MiB afresh and unmaps it when freed, so each large activation of a CPU forward pass (BERT-base at 32 x 128:
-    the QKV and FFN GEMMs' 38 and 50 MB outputs) is new memory, paged in at its first write. Here that halved the
-    int8 GEMMs' speed at those shapes (0.29-0.39 TOP/s instead of 0.68).
+    the QKV and FFN GEMMs' 38 and 50 MB outputs) is new memory, paged in at its first write. Here an int8 GEMM
+    allocating such an output ran at 0.6x the speed of the same GEMM writing into a kept buffer (bench/malloc.py).
 
     Process-wide, for the whole process's life; the cost is resident memory that stays near its high-water mark.
-    The CLI calls it at start. Returns whether malloc took the settings: False where the C library is not glibc's
-    (musl's mallopt does nothing), and with BERTKIT_MALLOC=system in the environment (the opt-out)."""
+    The CLI calls it at start. Returns whether malloc took the settings: False where the C library has no working
+    mallopt (musl's is a stub), off Linux, and with BERTKIT_MALLOC=system in the environment (the opt-out)."""
     import ctypes
 
     if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "system" or platform.system() != "Linux":
