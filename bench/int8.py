@@ -8,9 +8,9 @@ on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against
 Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate in
 turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine);
 each engine is timed for at least 6 s a cell, up to 120 calls (the small cells' medians over 30 turns, since this
-VM's speed drifts by tens of percent from second to second). The process keeps freed memory for reuse
-(`bertkit.device.keep_freed_memory()`, as the CLI does), for every engine alike: under glibc's defaults each large
-activation is paged in afresh at every call (bench/malloc.py).
+VM's speed drifts by tens of percent from second to second). `--keep-freed-memory`: the whole process, every
+engine alike, keeps freed memory for reuse (`bertkit.device.keep_freed_memory()`, the CLI's BERTKIT_MALLOC=keep;
+bench/malloc.py); it writes bench/results/int8_keep.{json,md} instead.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 warnings.filterwarnings("ignore")
 OUT = ROOT / "bench" / "results"
+ALLOCATOR = {False: "glibc's malloc defaults", True: "every engine in a process that keeps freed memory for reuse "
+             "(`--keep-freed-memory`: `keep_freed_memory()`, BERTKIT_MALLOC=keep)"}
 
 
 def int8_peak(repeats: int = 10) -> float:
@@ -80,6 +82,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", nargs="+", default=["base", "mini"])
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory for reuse in this process (BERTKIT_MALLOC=keep)")
     args = parser.parse_args()
     import onnxruntime as ort
     import transformers
@@ -93,7 +97,7 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     from bertkit.device import keep_freed_memory
 
-    kept = keep_freed_memory()  # process-wide: every engine below runs on the same allocator settings
+    kept = keep_freed_memory() if args.keep_freed_memory else False  # process-wide: every engine alike
     repeats = 2 if args.quick else 5
     peaks = {"int8": int8_peak(), "fp32": speed.matmul_peak(torch.float32, 5)}
     print(json.dumps({k: v / 1e12 for k, v in peaks.items()}), flush=True)
@@ -182,12 +186,12 @@ def main() -> int:
               "timed). Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
               "no engine's still-busy thread pool (onnxruntime's spinning workers, OpenMP's) slows the engine "
               "timed after it; each engine is timed for at least 6 s a cell (up to 120 calls), tok/s from the "
-              "median call. The process keeps freed memory for reuse, for every engine (`keep_freed_memory`, as the "
-              f"CLI does{'' if kept else '; not in effect here'}). Accuracy on real models and tasks: the accuracy "
-              "table and tests/test_quantize.py."]
+              f"median call. Memory: {ALLOCATOR[kept]}. Accuracy on real models and tasks: the accuracy table and "
+              "tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "int8.json").write_text(json.dumps(result, indent=2) + "\n")
-    (OUT / "int8.md").write_text("\n".join(lines) + "\n")
+    name = "int8_keep" if args.keep_freed_memory else "int8"
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

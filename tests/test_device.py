@@ -273,17 +273,31 @@ print(took, before - rss())
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-@pytest.mark.parametrize("mode, env, kept", [("keep", {}, True), ("default", {}, False),
-                                             ("keep", {"BERTKIT_MALLOC": "system"}, False)])
-def test_keep_freed_memory_makes_malloc_keep_a_large_freed_block(mode, env, kept):
-    """With keep_freed_memory (the CLI's start-up), freeing an 80 MiB tensor keeps its memory in the process for
-    the next large activation; under glibc's defaults, and with the BERTKIT_MALLOC=system opt-out, it is unmapped
-    (resident memory drops by the block)."""
+@pytest.mark.parametrize("mode, kept", [("keep", True), ("default", False)])
+def test_keep_freed_memory_makes_malloc_keep_a_large_freed_block(mode, kept):
+    """With keep_freed_memory, freeing an 80 MiB tensor keeps its memory in the process for the next large
+    activation; under glibc's defaults it is unmapped (resident memory drops by the block)."""
     done = subprocess.run([sys.executable, "-c", _FREE_A_LARGE_BLOCK, mode], capture_output=True, text=True,
-                          check=True, env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+                          check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     took, dropped = done.stdout.split()
     assert took == str(kept)
     if kept:
         assert int(dropped) < 8 * 2**20
     else:
         assert int(dropped) > 60 * 2**20
+
+
+@pytest.mark.parametrize("env, kept", [({}, False), ({"BERTKIT_MALLOC": "keep"}, True),
+                                       ({"BERTKIT_MALLOC": "system"}, False)])
+def test_the_cli_keeps_freed_memory_only_when_asked(env, kept, tmp_path, monkeypatch, capsys):
+    """BERTKIT_MALLOC=keep opts a bertkit process into keep_freed_memory, for any command (here one that then fails
+    on a missing checkpoint); without it glibc's defaults stay."""
+    import bertkit.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.delenv("BERTKIT_MALLOC", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["predict", str(tmp_path / "missing"), "--input", str(tmp_path / "none.txt")]) == 2
+    assert calls == ([True] if kept else [])

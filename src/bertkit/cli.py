@@ -781,7 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # large CPU activations reuse freed memory instead of being paged in afresh each time
+    if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "keep":
+        keep_freed_memory()  # opt-in: large activations reuse freed memory (faster), resident memory grows
     try:
         code = args.function(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit

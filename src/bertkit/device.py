@@ -90,18 +90,19 @@ def cpu_name() -> str:
 
 
 def keep_freed_memory(limit: int = 1 << 30) -> bool:
-    """Have glibc's malloc keep freed memory for reuse, as jemalloc and tcmalloc do: blocks under `limit` bytes come
-    from the heap and go back to it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD). By default glibc maps every block over
-    32 MiB afresh and unmaps it when freed, so each large activation of a CPU forward pass (BERT-base at 32 x 128:
-    the QKV and FFN GEMMs' 38 and 50 MB outputs) is new memory, paged in at its first write. Here an int8 GEMM
-    allocating such an output ran at 0.6x the speed of the same GEMM writing into a kept buffer (bench/malloc.py).
+    """Have glibc's malloc keep freed memory for reuse: blocks under `limit` bytes come from the heap and go back to
+    it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD). By default glibc maps every block over 32 MiB afresh and unmaps it when
+    freed, so each large activation of a CPU forward pass (BERT-base at 32 x 128: the QKV and FFN GEMMs' 38 and
+    50 MB outputs) is new memory, paged in at its first write: an int8 GEMM allocating such an output ran at 0.6x
+    the speed of the same GEMM writing into a kept buffer here. The price: batches of ever new shapes fragment the
+    kept heap, and resident memory grows (bench/malloc.py measures both).
 
-    Process-wide, for the whole process's life; the cost is resident memory that stays near its high-water mark.
-    The CLI calls it at start. Returns whether malloc took the settings: False where the C library has no working
-    mallopt (musl's is a stub), off Linux, and with BERTKIT_MALLOC=system in the environment (the opt-out)."""
+    Process-wide, for the rest of the process's life. Opt-in: the CLI calls it when BERTKIT_MALLOC=keep is set.
+    Returns whether malloc took the settings (False off Linux, or where the C library has no working mallopt:
+    musl's is a stub)."""
     import ctypes
 
-    if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "system" or platform.system() != "Linux":
+    if platform.system() != "Linux":
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
