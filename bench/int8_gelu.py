@@ -4,7 +4,8 @@ under `--compile`) against ATen's erf (F.gelu), in one process, same weights and
     .venv/bin/python bench/int8_gelu.py            (~6 minutes on 2 cores: four models compile)
 
 Writes bench/results/int8_gelu.{json,md}. The fused dequantize-GELU-quantize kernel of the layer stack evaluates
-GELU twice per element (for each row's range, then to quantize), so the cost of erf shows twice.
+GELU twice per element (for each row's range, then to quantize), so the cost of erf shows twice. The process keeps
+freed memory (`keep_freed_memory`) so that page faults add noise to neither.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 one after `bertkit.device.keep_freed_memory()` (what the CLI does at start). A GEMM that allocates its output
 (as every layer of a forward pass does) against the same GEMM writing into a kept buffer (`out=`), in alternation.
 
-    .venv/bin/python bench/malloc.py            (~1 minute)
+    .venv/bin/python bench/malloc.py            (~3 minutes)
 
 Writes bench/results/malloc.{json,md}. glibc maps each block over 32 MiB afresh and unmaps it at free, so a large
-output is paged in at its first write on every call; with the kept heap it is reused.
+output is paged in at its first write on every call; with the kept heap it is reused. The price is measured too:
+resident memory while batches of ever new shapes fragment the kept heap.
 """
 
 from __future__ import annotations
@@ -56,7 +57,39 @@ def child(keep: bool) -> dict:
             pairs = zip(times[f"{kind} allocating"], times[f"{kind} into a kept buffer"], strict=True)
             cell[f"{kind} allocating / kept buffer"] = statistics.median(kept / alloc for alloc, kept in pairs)
         rows.append(cell)
-    return {"kept": took, "threads": torch.get_num_threads(), "rows": rows}
+    return {"kept": took, "threads": torch.get_num_threads(), "rows": rows, "varied": varied_batches()}
+
+
+def varied_batches(count: int = 120) -> dict:
+    """Resident memory while eager int8 BERT-base runs `count` batches of random shapes (1-32 sequences of 16-128
+    tokens, most padded), as a server sees them: what keeping freed memory costs."""
+    import random
+
+    import torch
+
+    from bertkit import BertConfig, BertModel
+    from bertkit.quantize import quantize
+
+    def status(key: str) -> int:  # MB
+        return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) // 1024
+
+    torch.manual_seed(0)
+    model = quantize(BertModel(BertConfig.preset("base", vocab_size=30522)), "int8")
+    rng, resident = random.Random(0), []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(count):
+            rows, length = rng.randint(1, 32), rng.randint(16, 128)
+            ids = torch.randint(1000, 30000, (rows, length))
+            mask = torch.ones_like(ids)
+            for row in range(rows):
+                if rng.random() < 0.7:
+                    mask[row, rng.randint(8, length):] = 0
+            model(ids, mask, torch.zeros_like(ids))
+            if (i + 1) % (count // 4) == 0:
+                resident.append(status("VmRSS"))
+    return {"batches": count, "resident MB": resident, "peak MB": status("VmHWM"),
+            "seconds": time.perf_counter() - start}
 
 
 def main() -> int:
@@ -83,6 +116,13 @@ def main() -> int:
                  for kind in ("int8", "fp32")]
         lines.append(f"| {' x '.join(map(str, plain['shape']))} | {plain['output MB']:.0f} MB | {cells[0]} | "
                      f"{cells[1]} | {kept['int8 into a kept buffer']:.2f} |")
+    varied = {mode: runs[mode]["varied"] for mode in ("system", "keep")}
+    lines += ["", f"Resident memory while eager int8 BERT-base runs {varied['keep']['batches']} batches of random "
+              "shapes (1-32 sequences of 16-128 tokens, most padded), at each quarter of the run:", "",
+              "| malloc | resident MB | peak MB | seconds |", "|---|---|---|---|"]
+    for mode, label in (("system", "glibc default"), ("keep", "kept heap")):
+        v = varied[mode]
+        lines.append(f"| {label} | {', '.join(map(str, v['resident MB']))} | {v['peak MB']} | {v['seconds']:.0f} |")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "malloc.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "malloc.md").write_text("\n".join(lines) + "\n")
