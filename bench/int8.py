@@ -1,7 +1,8 @@
 """CPU inference at int8, in one process: bertkit int8 against onnxruntime int8 (its best: BERT graph optimizer, then
 dynamic quantization with int8 weights per channel), transformers fp32 (SDPA) and bertkit fp32, at base and mini,
 on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against the int8 GEMM peak
-(`torch._int_mm`) measured in the same run.
+(`torch._int_mm`) measured in the same run. On a CPU with native bf16 (AMX, AVX512-BF16), bertkit bf16 (the whole
+model in bf16, what `--precision bf16` runs; `auto` on AMX) is timed too.
 
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
@@ -92,7 +93,7 @@ def main() -> int:
     from bertkit import BertConfig, BertModel
     from bertkit.device import cpu_name
     from bertkit.export import export_onnx, quantize_onnx
-    from bertkit.quantize import choose_precision, cpu_flags, quantize
+    from bertkit.quantize import BF16_FEATURES, choose_precision, cpu_flags, quantize
 
     transformers.logging.set_verbosity_error()
     from bertkit.device import keep_freed_memory
@@ -101,6 +102,7 @@ def main() -> int:
     repeats = 2 if args.quick else 5
     peaks = {"int8": int8_peak(), "fp32": speed.matmul_peak(torch.float32, 5)}
     print(json.dumps({k: v / 1e12 for k, v in peaks.items()}), flush=True)
+    native_bf16 = any(f in cpu_flags() for f in BF16_FEATURES)  # emulated bf16 is not worth timing
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -112,6 +114,7 @@ def main() -> int:
             fp32 = BertModel.from_pretrained(directory).eval()
             int8 = quantize(BertModel.from_pretrained(directory), "int8")
             int8c = quantize(BertModel.from_pretrained(directory), "int8", compile=True)
+            bf16 = quantize(BertModel.from_pretrained(directory), "bf16") if native_bf16 else None
             hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
             exported = export_onnx(fp32, work / f"{size}.onnx")
             quantized = quantize_onnx(exported, work / f"{size}.int8.onnx", num_heads=config.num_attention_heads,
@@ -132,14 +135,19 @@ def main() -> int:
                        "bertkit fp32": lambda: fp32(ids, mask, types)}
                 if not isinstance(ao, str):
                     fns["torchao int8"] = lambda: ao(ids, mask, types)
+                if bf16 is not None:
+                    fns["bertkit bf16"] = lambda: bf16(ids, mask, types)
                 with torch.inference_mode():
                     seconds = speed.alternate(fns, repeats, min_seconds=6.0, block=4, settle=0.3, max_repeats=120)
                     reference = fp32(ids, mask, types).last_hidden_state
                     ours = int8(ids, mask, types).last_hidden_state
                     theirs = torch.from_numpy(session.run(None, feeds)[0])
+                    outputs = [("bertkit int8", ours), ("onnxruntime int8", theirs)]
+                    if bf16 is not None:
+                        outputs.append(("bertkit bf16", bf16(ids, mask, types).last_hidden_state.float()))
                 keep = mask.bool()
                 cos = {name: float(torch.nn.functional.cosine_similarity(out[keep], reference[keep], dim=-1).min())
-                       for name, out in (("bertkit int8", ours), ("onnxruntime int8", theirs))}
+                       for name, out in outputs}
                 tokens = int(mask.sum())
                 flops = speed.forward_flops(config, batch["lengths"])
                 row = {"size": size, "batch": kind, "real_tokens": tokens,
@@ -151,6 +159,10 @@ def main() -> int:
                        "int8 vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit int8"],
                        "int8 vs bertkit fp32": seconds["bertkit fp32"] / seconds["bertkit int8"],
                        "bertkit int8 MFU (int8 peak)": flops / seconds["bertkit int8"] / peaks["int8"],
+                       **({"bf16 vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit bf16"],
+                           "bf16 vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit bf16"],
+                           "bf16 vs bertkit int8 compiled": seconds["bertkit int8 compiled"] / seconds["bertkit bf16"]}
+                          if "bertkit bf16" in seconds else {}),
                        "torchao int8 vs bertkit int8": (seconds["bertkit int8"] / seconds["torchao int8"]
                                                         if "torchao int8" in seconds else ao),
                        "worst-token cosine to fp32": cos}
@@ -169,9 +181,13 @@ def main() -> int:
              f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
              "| size | batch | bertkit int8 tok/s | + compile | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
              "torchao int8 | int8 vs onnxruntime int8 (eager / compiled) | vs transformers fp32 (eager / compiled) | "
-             "int8 MFU (eager / compiled) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "int8 MFU (eager / compiled) | bertkit bf16 | bf16 vs onnxruntime int8 / transformers fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torchao = r.get("torchao int8 tokens_per_s")
+        bf16_cells = (f"{r['bertkit bf16 tokens_per_s']:,.0f} | **{r['bf16 vs onnxruntime int8']:.2f}x / "
+                      f"{r['bf16 vs transformers fp32']:.2f}x**" if "bertkit bf16 tokens_per_s" in r
+                      else "– | – (bf16 not native here)")
         lines.append(
             f"| {r['size']} | {r['batch']} | {r['bertkit int8 tokens_per_s']:,.0f} | "
             f"{r['bertkit int8 compiled tokens_per_s']:,.0f} | {r['onnxruntime int8 tokens_per_s']:,.0f} | "
@@ -179,11 +195,12 @@ def main() -> int:
             f"{format(torchao, ',.0f') if torchao else '–'} | "
             f"**{r['int8 vs onnxruntime int8']:.2f}x / {r['compiled vs onnxruntime int8']:.2f}x** | "
             f"**{r['int8 vs transformers fp32']:.2f}x / {r['compiled vs transformers fp32']:.2f}x** | "
-            f"{r['bertkit int8 MFU (int8 peak)']:.0%} / {r['compiled MFU (int8 peak)']:.0%} |")
+            f"{r['bertkit int8 MFU (int8 peak)']:.0%} / {r['compiled MFU (int8 peak)']:.0%} | {bf16_cells} |")
     lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
               "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
-              "timed). Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
+              "timed); `bertkit bf16` = the whole model in bf16 (`--precision bf16`), timed only where bf16 is "
+              "native. Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
               "no engine's still-busy thread pool (onnxruntime's spinning workers, OpenMP's) slows the engine "
               "timed after it; each engine is timed for at least 6 s a cell (up to 120 calls), tok/s from the "
               f"median call. Memory: {ALLOCATOR[kept]}. Accuracy on real models and tasks: the accuracy table and "

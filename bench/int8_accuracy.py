@@ -1,5 +1,6 @@
-"""int8 against fp32 on the task rows: each fine-tuned checkpoint `bench/tasks.py` left in runs/tasks/NAME/model,
-evaluated on the row's own eval file with the task's metric, once in fp32 and once at int8 (same checkpoint, same
+"""int8 (and bf16) against fp32 on the task rows: each fine-tuned checkpoint `bench/tasks.py` left in
+runs/tasks/NAME/model, evaluated on the row's own eval file with the task's metric, once in fp32, once at int8 and,
+on a CPU with native bf16 (AMX, AVX512-BF16; `auto` picks bf16 on AMX), once in bf16 (same checkpoint, same
 process). A row that loses more than 1.0 point is evaluated again with layers kept in fp32 (the fallback), first
 every FFN output, then the last two layers whole; the table names what it needed.
 
@@ -41,7 +42,7 @@ def main() -> int:
     from bertkit.config import BertConfig
     from bertkit.device import cpu_name
     from bertkit.predict import Predictor
-    from bertkit.quantize import choose_precision
+    from bertkit.quantize import BF16_FEATURES, choose_precision, cpu_flags
     from tasks import DATA, RUNS
 
     results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}
@@ -74,6 +75,9 @@ def main() -> int:
             if abs(int8 - fp32) <= 1.0:  # points
                 break
         row["delta"] = row["int8"] - row["fp32"]
+        if any(f in cpu_flags() for f in BF16_FEATURES):
+            row["bf16"] = percent(Predictor(model, device="cpu", precision="bf16").evaluate(eval_path, fmt)[headline])
+            row["bf16 delta"] = row["bf16"] - row["fp32"]
         row["seconds"] = round(time.perf_counter() - started, 1)
         row["date"], row["cpu"] = time.strftime("%Y-%m-%d %H:%M"), cpu_name()
         rows[name] = row
@@ -84,14 +88,17 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "int8_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads): each checkpoint of the "
-             "task table evaluated on its eval file in fp32 and at int8 (`Predictor(precision=...)`).", "",
-             "| row | metric | fp32 | int8 | int8 - fp32 | layers kept in fp32 |", "|---|---|---|---|---|---|"]
+             "task table evaluated on its eval file in fp32, at int8 and (where bf16 is native) in bf16 "
+             "(`Predictor(precision=...)`); each row measured when and where its json entry says.", "",
+             "| row | metric | fp32 | int8 | int8 - fp32 | layers kept in fp32 | bf16 - fp32 |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         if r.get("missing"):
-            lines.append(f"| {name} | – | no checkpoint here | – | – | – |")
+            lines.append(f"| {name} | – | no checkpoint here | – | – | – | – |")
             continue
+        bf16 = f"{r['bf16 delta']:+.1f}" if "bf16 delta" in r else "–"
         lines.append(f"| {name} | {r['metric']} | {r['fp32']:.1f} | {r['int8']:.1f} | **{r['delta']:+.1f}** | "
-                     f"{', '.join(r['fallback']) or 'none'} |")
+                     f"{', '.join(r['fallback']) or 'none'} | {bf16} |")
     (OUT / "int8_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

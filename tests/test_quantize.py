@@ -26,9 +26,11 @@ HASWELL = {"avx2", "fma"}
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
-    (SAPPHIRE_RAPIDS, "int8"), (EPYC_GENOA, "int8"), (ICE_LAKE, "int8"), (ALDER_LAKE, "int8"),
+    (SAPPHIRE_RAPIDS, "bf16"), (EPYC_GENOA, "int8"), (ICE_LAKE, "int8"), (ALDER_LAKE, "int8"),
     (COOPER_LAKE_NO_VNNI, "bf16"), (HASWELL, "fp32"), (set(), "fp32")])
-def test_auto_picks_int8_with_int8_dot_products_bf16_only_where_native(flags, expected):
+def test_auto_picks_bf16_on_amx_int8_with_int8_dot_products_bf16_only_where_native(flags, expected):
+    """AMX: bf16 (bench/int8.py on a Sapphire Rapids: bertkit bf16 faster than its int8); VNNI without AMX: int8;
+    never bf16 where it is emulated (Ice Lake: 4x slower than fp32), never int8 without int8 dot products."""
     precision, why = choose_precision(flags)
     assert precision == expected, why
     if expected == "fp32":
@@ -146,6 +148,25 @@ def test_predictor_and_commands_at_int8(classifier, tmp_path, capsys):
     assert "written (int8); worst-token cosine to PyTorch fp32 = " in out
     onnx_int8 = Predictor(model_dir, onnx=tmp_path / "m8.onnx").predict(texts)  # the fingerprint survives
     assert [r["label"] for r in onnx_int8] == [r["label"] for r in fp32]
+
+
+def test_predictor_and_evaluate_at_bf16(classifier, capsys):
+    """bf16 (what auto picks on AMX CPUs): the whole model in bf16, same labels as fp32, probabilities close."""
+    from bertkit.predict import Predictor
+
+    model_dir = classifier / "run" / "model"
+    texts = [b for _, b in ROWS]
+    fp32 = Predictor(model_dir, precision="fp32").predict(texts)
+    bf16 = Predictor(model_dir, precision="bf16")
+    assert bf16.precision == "bf16" and next(bf16.model.parameters()).dtype == torch.bfloat16
+    got = bf16.predict(texts)
+    assert [r["label"] for r in got] == [r["label"] for r in fp32]
+    for a, b in zip(fp32, got, strict=True):
+        assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]) < 0.05
+        assert isinstance(b["probabilities"][b["label"]], float)
+    capsys.readouterr()
+    assert main(["evaluate", str(model_dir), "--data", str(classifier / "train.tsv"), "--precision", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
 
 
 def _tiny_encoder_and_batch():
