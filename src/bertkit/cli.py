@@ -577,7 +577,8 @@ def _device_arg(p: argparse.ArgumentParser, precision: bool = True) -> None:
     if precision:
         p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
                        help="inference precision; auto: bf16 on CPUs with AMX, int8 on CPUs with VNNI, "
-                       "bf16 where native (AVX512-BF16, CUDA), else fp32; `bertkit info` says what auto picks here (default: auto)")
+                       "bf16 where native (AVX512-BF16, CUDA), else fp32; `bertkit info` says what auto picks here "
+                       "(default: auto)")
         p.add_argument("--int8-keep", action="append", default=[], metavar="LAYER",
                        help="with int8: an encoder layer (name or glob, e.g. 'bert.layers.11.*') kept in fp32 "
                        "(repeatable)")

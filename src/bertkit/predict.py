@@ -36,8 +36,9 @@ class Predictor:
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
         inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
         `bertkit.quantize`) or auto (`quantize.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
-        where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8; `compile`: int8 layers
-        through torch.compile (see `quantize.Int8EncoderLayer`), compiled here rather than in the first request.
+        where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
+        `compile`: int8 layers through torch.compile (see `quantize.Int8EncoderLayer`), compiled here rather than in
+        the first request.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.

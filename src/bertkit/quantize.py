@@ -30,8 +30,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags with int8 dot products
 BF16_FEATURES = ("amx_bf16", "avx512_bf16")  # native bf16 matmul (anything else emulates it, slower than fp32)
 # With AMX, bf16 matmuls run on the tiles at about int8's speed (2048^2: 2.0 TFLOP/s bf16, 2.3 TOP/s int8, fp32 0.31)
-# and a bf16 model makes none of int8's passes around each GEMM: bench/int8.py measured bertkit bf16 1.1-3x its
-# int8 (compiled included) on a 2-core Sapphire Rapids, so auto picks bf16 there.
+# and a bf16 model makes none of int8's passes around each GEMM: bench/int8.py on a 2-core Sapphire Rapids measured
+# bertkit bf16 at 1.13-2.65x its compiled int8 and 1.59-4.71x its eager int8, so auto picks bf16 there.
 AMX_BF16 = "amx_bf16"
 ENCODER_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
