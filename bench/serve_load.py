@@ -75,15 +75,19 @@ def load(server, sentences: list[str]) -> dict:
 def main() -> int:
     from tests.serving import Server
 
+    from bertkit.device import cpu_name
+    from bertkit.quantize import BF16_FEATURES, cpu_flags
+
+    settings = [("no batching (--max-batch 1)", ["--max-batch", "1", "--precision", "fp32"]),
+                ("dynamic batching (--max-batch 32, --max-wait-ms 5)", ["--max-batch", "32", "--precision", "fp32"]),
+                ("dynamic batching, int8 (--precision int8)", ["--max-batch", "32", "--precision", "int8"])]
+    if any(f in cpu_flags() for f in BF16_FEATURES):  # bf16 only where native (emulated, it is slower than fp32)
+        settings.append(("dynamic batching, bf16 (--precision bf16)", ["--max-batch", "32", "--precision", "bf16"]))
     sentences = [line.split("\t")[0] for line in (DATA / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_checkpoint(Path(tmp))
-        for name, flags in (("no batching (--max-batch 1)", ["--max-batch", "1", "--precision", "fp32"]),
-                            ("dynamic batching (--max-batch 32, --max-wait-ms 5)",
-                             ["--max-batch", "32", "--precision", "fp32"]),
-                            ("dynamic batching, int8 (--precision int8)",
-                             ["--max-batch", "32", "--precision", "int8"])):
+        for name, flags in settings:
             server = Server(checkpoint, *flags, "--max-queue", "1024")
             try:
                 server.post("/predict", {"inputs": sentences[:4]})  # warm-up
@@ -91,16 +95,18 @@ def main() -> int:
             finally:
                 server.stop()
             print(name, json.dumps(results[name]), flush=True)
-    off, on, int8 = results.values()
+    off, on, int8 = list(results.values())[:3]
     speedup = on["requests_per_s"] / off["requests_per_s"]
-    lines = [f"{CLIENTS} concurrent clients, single-sentence requests (SST-2 dev), {SECONDS:.0f} s each, "
-             "MiniLM-L6 classifier, loopback:", "",
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {cpu_name()}: {CLIENTS} concurrent clients, "
+             f"single-sentence requests (SST-2 dev), {SECONDS:.0f} s each, MiniLM-L6 classifier, loopback:", "",
              "| server | requests/s | p50 latency | p99 latency | mean batch |", "|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | "
                      f"{r['mean_batch']} |")
     lines += ["", f"Dynamic batching: **{speedup:.1f}x** the throughput; int8 on top of it: "
-              f"**{int8['requests_per_s'] / on['requests_per_s']:.2f}x** (fp32 rows run `--precision fp32`)."]
+              f"**{int8['requests_per_s'] / on['requests_per_s']:.2f}x**"
+              + (f"; bf16 on top of it: **{results[settings[3][0]]['requests_per_s'] / on['requests_per_s']:.2f}x**"
+                 if len(settings) > 3 else "") + " (fp32 rows run `--precision fp32`)."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve_load.json").write_text(json.dumps({"results": results, "speedup": speedup}, indent=2) + "\n")
     (OUT / "serve_load.md").write_text("\n".join(lines) + "\n")
