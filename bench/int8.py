@@ -91,18 +91,16 @@ def main() -> int:
 
     import speed
     from bertkit import BertConfig, BertModel
-    from bertkit.device import cpu_name
+    from bertkit.device import cpu_name, keep_freed_memory
     from bertkit.export import export_onnx, quantize_onnx
-    from bertkit.quantize import BF16_FEATURES, choose_precision, cpu_flags, quantize
+    from bertkit.quantize import choose_precision, cpu_flags, native_bf16, quantize
 
     transformers.logging.set_verbosity_error()
-    from bertkit.device import keep_freed_memory
-
     kept = keep_freed_memory() if args.keep_freed_memory else False  # process-wide: every engine alike
     repeats = 2 if args.quick else 5
     peaks = {"int8": int8_peak(), "fp32": speed.matmul_peak(torch.float32, 5)}
     print(json.dumps({k: v / 1e12 for k, v in peaks.items()}), flush=True)
-    native_bf16 = any(f in cpu_flags() for f in BF16_FEATURES)  # emulated bf16 is not worth timing
+    time_bf16 = native_bf16()  # emulated bf16 is not worth timing
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -114,7 +112,7 @@ def main() -> int:
             fp32 = BertModel.from_pretrained(directory).eval()
             int8 = quantize(BertModel.from_pretrained(directory), "int8")
             int8c = quantize(BertModel.from_pretrained(directory), "int8", compile=True)
-            bf16 = quantize(BertModel.from_pretrained(directory), "bf16") if native_bf16 else None
+            bf16 = quantize(BertModel.from_pretrained(directory), "bf16") if time_bf16 else None
             hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
             exported = export_onnx(fp32, work / f"{size}.onnx")
             quantized = quantize_onnx(exported, work / f"{size}.int8.onnx", num_heads=config.num_attention_heads,

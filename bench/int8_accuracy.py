@@ -42,13 +42,14 @@ def main() -> int:
     from bertkit.config import BertConfig
     from bertkit.device import cpu_name
     from bertkit.predict import Predictor
-    from bertkit.quantize import BF16_FEATURES, choose_precision, cpu_flags
+    from bertkit.quantize import choose_precision, native_bf16
     from tasks import DATA, RUNS
 
     results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}
     previous = OUT / "int8_accuracy.json"
     # --only re-measures the rows it names and keeps the others' earlier results
     kept = json.loads(previous.read_text())["rows"] if args.only and previous.is_file() else {}
+    with_bf16 = native_bf16()
     rows = {}
     for name, spec in RUNS.items():
         if args.only and name not in args.only:
@@ -75,7 +76,7 @@ def main() -> int:
             if abs(int8 - fp32) <= 1.0:  # points
                 break
         row["delta"] = row["int8"] - row["fp32"]
-        if any(f in cpu_flags() for f in BF16_FEATURES):
+        if with_bf16:
             row["bf16"] = percent(Predictor(model, device="cpu", precision="bf16").evaluate(eval_path, fmt)[headline])
             row["bf16 delta"] = row["bf16"] - row["fp32"]
         row["seconds"] = round(time.perf_counter() - started, 1)

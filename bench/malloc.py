@@ -1,6 +1,7 @@
 """Does glibc's malloc slow CPU inference down? The same GEMMs timed in two processes: one with glibc's defaults,
-one after `bertkit.device.keep_freed_memory()` (what the CLI does at start). A GEMM that allocates its output
-(as every layer of a forward pass does) against the same GEMM writing into a kept buffer (`out=`), in alternation.
+one after `bertkit.device.keep_freed_memory()` (what the CLI does when BERTKIT_MALLOC=keep). A GEMM that allocates
+its output (as every layer of a forward pass does) against the same GEMM writing into a kept buffer (`out=`), in
+alternation.
 
     .venv/bin/python bench/malloc.py            (~3 minutes)
 

@@ -76,13 +76,14 @@ def main() -> int:
     from tests.serving import Server
 
     from bertkit.device import cpu_name
-    from bertkit.quantize import BF16_FEATURES, cpu_flags
+    from bertkit.quantize import native_bf16
 
     settings = [("no batching (--max-batch 1)", ["--max-batch", "1", "--precision", "fp32"]),
                 ("dynamic batching (--max-batch 32, --max-wait-ms 5)", ["--max-batch", "32", "--precision", "fp32"]),
                 ("dynamic batching, int8 (--precision int8)", ["--max-batch", "32", "--precision", "int8"])]
-    if any(f in cpu_flags() for f in BF16_FEATURES):  # bf16 only where native (emulated, it is slower than fp32)
-        settings.append(("dynamic batching, bf16 (--precision bf16)", ["--max-batch", "32", "--precision", "bf16"]))
+    bf16_setting = "dynamic batching, bf16 (--precision bf16)"
+    if native_bf16():  # bf16 only where native (emulated, it is slower than fp32)
+        settings.append((bf16_setting, ["--max-batch", "32", "--precision", "bf16"]))
     sentences = [line.split("\t")[0] for line in (DATA / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +96,7 @@ def main() -> int:
             finally:
                 server.stop()
             print(name, json.dumps(results[name]), flush=True)
-    off, on, int8 = list(results.values())[:3]
+    off, on, int8 = (results[name] for name, _ in settings[:3])
     speedup = on["requests_per_s"] / off["requests_per_s"]
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {cpu_name()}: {CLIENTS} concurrent clients, "
              f"single-sentence requests (SST-2 dev), {SECONDS:.0f} s each, MiniLM-L6 classifier, loopback:", "",
@@ -105,8 +106,8 @@ def main() -> int:
                      f"{r['mean_batch']} |")
     lines += ["", f"Dynamic batching: **{speedup:.1f}x** the throughput; int8 on top of it: "
               f"**{int8['requests_per_s'] / on['requests_per_s']:.2f}x**"
-              + (f"; bf16 on top of it: **{results[settings[3][0]]['requests_per_s'] / on['requests_per_s']:.2f}x**"
-                 if len(settings) > 3 else "") + " (fp32 rows run `--precision fp32`)."]
+              + (f"; bf16 on top of it: **{results[bf16_setting]['requests_per_s'] / on['requests_per_s']:.2f}x**"
+                 if bf16_setting in results else "") + " (fp32 rows run `--precision fp32`)."]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve_load.json").write_text(json.dumps({"results": results, "speedup": speedup}, indent=2) + "\n")
     (OUT / "serve_load.md").write_text("\n".join(lines) + "\n")

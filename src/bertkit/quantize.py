@@ -46,6 +46,13 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether this CPU (or one with `flags`) multiplies bf16 natively (AMX, AVX512-BF16); elsewhere bf16 is
+    emulated and slower than fp32."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    return any(f in flags for f in BF16_FEATURES)
+
+
 def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
                      cuda_bf16: bool = False) -> tuple[str, str]:
     """(precision, why) for `auto`: on a GPU bf16 where it has bf16, else fp32; on a CPU bf16 with AMX, else int8
@@ -84,7 +91,7 @@ def resolve_precision(precision: str, device: torch.device, onnx: bool = False) 
         return choose_precision(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False))
     if precision == "int8" and cuda:
         raise DeviceError("--precision int8 is a CPU path (int8 GEMMs through oneDNN); on a GPU use bf16 or fp32")
-    if precision == "bf16" and not cuda and not any(f in cpu_flags() for f in BF16_FEATURES):
+    if precision == "bf16" and not cuda and not native_bf16():
         warnings.warn("--precision bf16 on a CPU without native bf16 (AMX or AVX512-BF16): bf16 is emulated there "
                       "and runs slower than fp32", stacklevel=3)
     return precision, "chosen explicitly"

@@ -241,9 +241,9 @@ def _barrier() -> None:
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":  # native only: before Ampere, bf16 is emulated (no tensor cores); fp16 is native
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    from bertkit.quantize import BF16_FEATURES, cpu_flags
+    from bertkit.quantize import native_bf16
 
-    return any(f in cpu_flags() for f in BF16_FEATURES)
+    return native_bf16()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
