@@ -2,7 +2,9 @@
 dynamic quantization with int8 weights per channel), transformers fp32 (SDPA) and bertkit fp32, at base and mini,
 on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against the int8 GEMM peak
 (`torch._int_mm`) measured in the same run. On a CPU with native bf16 (AMX, AVX512-BF16), bertkit bf16 (the whole
-model in bf16, what `--precision bf16` runs; `auto` on AMX) is timed too.
+model in bf16, what `--precision bf16` runs; `auto` on AMX: encoder weights packed once for oneDNN, the GELU fused
+into the first FFN GEMM) is timed too, and so is plain bf16 (`model.to(torch.bfloat16)`, F.linear at every call)
+for the packing's gain.
 
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
@@ -93,7 +95,7 @@ def main() -> int:
     from bertkit import BertConfig, BertModel
     from bertkit.device import cpu_name, keep_freed_memory
     from bertkit.export import export_onnx, quantize_onnx
-    from bertkit.quantize import choose_precision, cpu_flags, native_bf16, quantize
+    from bertkit.quantize import choose_precision, cpu_flags, native_bf16, packed_bf16_available, quantize
 
     transformers.logging.set_verbosity_error()
     kept = keep_freed_memory() if args.keep_freed_memory else False  # process-wide: every engine alike
@@ -113,6 +115,8 @@ def main() -> int:
             int8 = quantize(BertModel.from_pretrained(directory), "int8")
             int8c = quantize(BertModel.from_pretrained(directory), "int8", compile=True)
             bf16 = quantize(BertModel.from_pretrained(directory), "bf16") if time_bf16 else None
+            plain = (BertModel.from_pretrained(directory).eval().to(torch.bfloat16)
+                     if time_bf16 and packed_bf16_available() else None)
             hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").eval()
             exported = export_onnx(fp32, work / f"{size}.onnx")
             quantized = quantize_onnx(exported, work / f"{size}.int8.onnx", num_heads=config.num_attention_heads,
@@ -135,6 +139,8 @@ def main() -> int:
                     fns["torchao int8"] = lambda: ao(ids, mask, types)
                 if bf16 is not None:
                     fns["bertkit bf16"] = lambda: bf16(ids, mask, types)
+                if plain is not None:
+                    fns["bertkit bf16 plain"] = lambda: plain(ids, mask, types)
                 with torch.inference_mode():
                     seconds = speed.alternate(fns, repeats, min_seconds=6.0, block=4, settle=0.3, max_repeats=120)
                     reference = fp32(ids, mask, types).last_hidden_state
@@ -161,6 +167,8 @@ def main() -> int:
                            "bf16 vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit bf16"],
                            "bf16 vs bertkit int8 compiled": seconds["bertkit int8 compiled"] / seconds["bertkit bf16"]}
                           if "bertkit bf16" in seconds else {}),
+                       **({"bf16 packed vs plain": seconds["bertkit bf16 plain"] / seconds["bertkit bf16"]}
+                          if "bertkit bf16 plain" in seconds else {}),
                        "torchao int8 vs bertkit int8": (seconds["bertkit int8"] / seconds["torchao int8"]
                                                         if "torchao int8" in seconds else ao),
                        "worst-token cosine to fp32": cos}
@@ -179,13 +187,15 @@ def main() -> int:
              f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
              "| size | batch | bertkit int8 tok/s | + compile | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
              "torchao int8 | int8 vs onnxruntime int8 (eager / compiled) | vs transformers fp32 (eager / compiled) | "
-             "int8 MFU (eager / compiled) | bertkit bf16 | bf16 vs onnxruntime int8 / transformers fp32 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "int8 MFU (eager / compiled) | bertkit bf16 | bf16 vs onnxruntime int8 / transformers fp32 | "
+             "bf16 packed vs plain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torchao = r.get("torchao int8 tokens_per_s")
         bf16_cells = (f"{r['bertkit bf16 tokens_per_s']:,.0f} | **{r['bf16 vs onnxruntime int8']:.2f}x / "
-                      f"{r['bf16 vs transformers fp32']:.2f}x**" if "bertkit bf16 tokens_per_s" in r
-                      else "– | – (bf16 not native here)")
+                      f"{r['bf16 vs transformers fp32']:.2f}x** | "
+                      + (f"{r['bf16 packed vs plain']:.2f}x" if "bf16 packed vs plain" in r else "– (not packed)")
+                      if "bertkit bf16 tokens_per_s" in r else "– | – (bf16 not native here) | –")
         lines.append(
             f"| {r['size']} | {r['batch']} | {r['bertkit int8 tokens_per_s']:,.0f} | "
             f"{r['bertkit int8 compiled tokens_per_s']:,.0f} | {r['onnxruntime int8 tokens_per_s']:,.0f} | "
@@ -197,8 +207,10 @@ def main() -> int:
     lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
               "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
-              "timed); `bertkit bf16` = the whole model in bf16 (`--precision bf16`), timed only where bf16 is "
-              "native. Engines take turns of 4 timed calls, each turn after 0.3 s idle and one untimed call, so "
+              "timed); `bertkit bf16` = the whole model in bf16 (`--precision bf16`: encoder weights packed "
+              "once for oneDNN, GELU fused into the FFN's first GEMM), timed only where bf16 is native; `packed vs "
+              "plain` = its speed over `model.to(torch.bfloat16)` (F.linear at every call). Engines take turns of 4 "
+              "timed calls, each turn after 0.3 s idle and one untimed call, so "
               "no engine's still-busy thread pool (onnxruntime's spinning workers, OpenMP's) slows the engine "
               "timed after it; each engine is timed for at least 6 s a cell (up to 120 calls), tok/s from the "
               f"median call. Memory: {ALLOCATOR[kept]}. Accuracy on real models and tasks: the accuracy table and "

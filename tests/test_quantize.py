@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from bertkit import BertModel, Tokenizer
+from bertkit import quantize as quantize_module
 from bertkit.cli import main
 from bertkit.errors import DeviceError
-from bertkit.quantize import Int8Linear, choose_precision, quantize, resolve_precision
+from bertkit.quantize import Bf16Linear, Int8Linear, choose_precision, quantize, resolve_precision
 from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier, shared_data
 
 # /proc/cpuinfo flags of the CPUs bertkit meets (abridged to what matters)
@@ -167,6 +168,64 @@ def test_predictor_and_evaluate_at_bf16(classifier, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(model_dir), "--data", str(classifier / "train.tsv"), "--precision", "bf16"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+
+
+ONEDNN_BF16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN has no bf16 kernels for this CPU")
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
+def test_bf16_on_the_cpu_packs_encoder_weights_once_and_fuses_the_activation(act, monkeypatch):
+    """bf16 on a CPU: each encoder Linear holds its weight packed for oneDNN once (not at every call) and ffn_in
+    applies the activation as the GEMM's post-op; the outputs are plain bf16's up to rounding, on packed and dense
+    layouts; the state dict is plain bf16's, names and values; training is refused; a deep copy still runs."""
+    import copy
+
+    from bertkit.config import BertConfig
+
+    monkeypatch.setattr(quantize_module, "_PACKED_BF16", [])
+    monkeypatch.setattr(quantize_module, "native_bf16", lambda flags=None: True)  # correctness, not speed
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100, hidden_act=act)).eval()
+    plain = copy.deepcopy(model).to(torch.bfloat16)
+    packed = quantize(copy.deepcopy(model), "bf16")
+    for layer in packed.layers:
+        assert all(isinstance(getattr(layer, n), Bf16Linear) for n in ("qkv", "attn_out", "ffn_in", "ffn_out"))
+        assert layer.ffn_in.activation == act and layer.qkv.activation is None
+        assert layer.act(torch.tensor([-1.0])).item() == -1.0  # the activation now runs inside ffn_in
+    assert isinstance(packed.pooler, nn.Linear) and packed.pooler.weight.dtype == torch.bfloat16
+    expected, got = plain.state_dict(), packed.state_dict()
+    assert list(got) == list(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    ids = torch.randint(5, 100, (3, 12))
+    for mask in (torch.ones_like(ids), (torch.arange(12)[None] < torch.tensor([[12], [7], [3]])).long()):
+        with torch.no_grad():
+            a = plain(ids, mask).last_hidden_state.float()
+            b = packed(ids, mask).last_hidden_state.float()
+            c = copy.deepcopy(packed)(ids, mask).last_hidden_state.float()
+        keep = mask.bool()
+        assert float(torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1).min()) > 0.999
+        assert torch.equal(b, c)
+        assert torch.equal(b[~keep], torch.zeros_like(b[~keep]))
+    packed.train()
+    with pytest.raises(RuntimeError, match="inference"):
+        packed(ids)
+
+
+def test_bf16_stays_plain_where_packing_does_not_pay_or_is_unavailable(monkeypatch):
+    """Where bf16 is emulated (no AMX or AVX512-BF16) nothing is packed (`packed_bf16_available` is False without
+    a trial); where the trial fails, plain bf16 modules run as before."""
+    monkeypatch.setattr(quantize_module, "_PACKED_BF16", [])
+    monkeypatch.setattr(quantize_module, "native_bf16", lambda flags=None: False)
+    assert quantize_module.packed_bf16_available() is False
+    model, batch = _tiny_encoder_and_batch()
+    with torch.no_grad():
+        expected = model.eval().to(torch.bfloat16)(*batch).last_hidden_state
+    model = quantize(model.float(), "bf16")
+    assert all(type(layer.ffn_in) is nn.Linear for layer in model.layers)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(model(*batch).last_hidden_state, expected)
 
 
 def _tiny_encoder_and_batch():
