@@ -8,6 +8,9 @@ point per row, so an outlier token does not flatten the others); the product acc
 the residual stream, the pooler and the task heads stay float32; the packed (no-padding) layout is unchanged.
 Layers named in `keep` stay float32 (the layer-wise fallback for a model that loses accuracy).
 
+bf16 (`quantize(model, "bf16")`): the whole model in bf16; on a CPU with native bf16, each encoder Linear's weight
+is packed once into oneDNN's layout for this CPU and the activation runs inside ffn_in's GEMM (`Bf16Linear`).
+
 `choose_precision` is the one place that decides what `--precision auto` means on this machine; it reads CPU
 features, never assumes them (an Ice Lake has VNNI but emulates bf16 at a quarter of fp32's speed; on a Sapphire
 Rapids, AMX runs bf16 matmuls about as fast as int8 ones, and bf16 skips int8's quantize and rescale passes).
@@ -31,7 +34,8 @@ INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags w
 BF16_FEATURES = ("amx_bf16", "avx512_bf16")  # native bf16 matmul (anything else emulates it, slower than fp32)
 # With AMX, bf16 matmuls run on the tiles at about int8's speed (2048^2: 2.0 TFLOP/s bf16, 2.3 TOP/s int8, fp32 0.31)
 # and a bf16 model makes none of int8's passes around each GEMM: bench/int8.py on a 2-core Sapphire Rapids measured
-# bertkit bf16 at 1.13-2.65x its compiled int8 and 1.59-4.71x its eager int8, so auto picks bf16 there.
+# bertkit bf16 (weights packed for oneDNN) at 1.33-2.83x its compiled int8 and 2.1-5.0x its eager int8, so auto
+# picks bf16 there.
 AMX_BF16 = "amx_bf16"
 ENCODER_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
@@ -326,7 +330,8 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
     int8 replaces the encoder's Linear layers (names ending in qkv, attn_out, ffn_in, ffn_out); `keep`: layer names
     or glob patterns (e.g. "bert.layers.5.*", "*.ffn_out") that stay float32; `compile`: each encoder layer with no
     kept Linear becomes an Int8EncoderLayer (fused through torch.compile), other int8 layers compile alone (see
-    Int8Linear). The model is put in eval mode."""
+    Int8Linear). bf16: the model in bf16, its encoder Linears packed for oneDNN on a CPU with native bf16
+    (`pack_bf16`). The model is put in eval mode."""
     if precision not in ("int8", "bf16", "fp32"):
         raise ValueError(f"precision must be int8, bf16 or fp32, got {precision!r}")
     model.eval()
