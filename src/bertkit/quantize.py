@@ -452,7 +452,7 @@ class Bf16Linear(nn.Module):
 def pack_bf16(model: nn.Module) -> int:
     """Swap every encoder Linear of a bf16 `model` on the CPU for a Bf16Linear (weights packed once, the
     activation fused into ffn_in's GEMM) where `packed_bf16_available()`; returns how many were swapped (0: the
-    model runs as plain bf16 modules). bench/int8.py measured 1.0-1.33x over plain bf16 on a 2-core Sapphire
+    model runs as plain bf16 modules). bench/int8.py measured 1.06-1.36x over plain bf16 on a 2-core Sapphire
     Rapids; the outputs differ from plain bf16's by its rounding (worst-token cosine 0.9999)."""
     if not packed_bf16_available():
         return 0
