@@ -153,3 +153,17 @@ def test_tiny_end_to_end_predict_json_and_schema(tmp_path, capsys):
     predictor.info.schema = [r for r in predictor.info.schema if r[1] != "歌手"]
     [edited] = predictor.predict([{"text": "李四的父亲是李老，他爱听光良的《童话》"}])
     assert {t["predicate"] for t in edited["triples"]} == {"父亲"}
+
+
+def test_triples_on_an_onnx_encoder_predict_as_in_torch(tmp_path):
+    """`export --onnx` then `Predictor(..., onnx=)` for the triples task: the tagger and the pair head read the
+    onnxruntime encoder's hidden states and give the same entities and triples as PyTorch."""
+    pytest.importorskip("onnxruntime")
+    checkpoint = make_triples_checkpoint(tmp_path)
+    path = tmp_path / "triples.onnx"
+    assert main(["export", str(checkpoint), "--onnx", str(path)]) == 0
+    texts = [{"text": "李四的父亲是李老，他爱听光良的《童话》"}, {"text": "光良唱了《童话》"}, {"text": "无"}]
+    expected = Predictor(checkpoint, precision="fp32").predict(texts)
+    got = Predictor(checkpoint, onnx=path).predict(texts)
+    assert got == expected
+    assert {t["predicate"] for t in got[0]["triples"]} == {"父亲", "歌手"}
