@@ -178,7 +178,8 @@ ONEDNN_BF16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is
 def test_bf16_on_the_cpu_packs_encoder_weights_once_and_fuses_the_activation(act, monkeypatch):
     """bf16 on a CPU: each encoder Linear holds its weight packed for oneDNN once (not at every call) and ffn_in
     applies the activation as the GEMM's post-op; the outputs are plain bf16's up to rounding, on packed and dense
-    layouts; the state dict is plain bf16's, names and values; training is refused; a deep copy still runs."""
+    layouts; the state dict is plain bf16's, names and values, and loads back (packed anew); training is refused;
+    a deep copy still runs."""
     import copy
 
     from bertkit.config import BertConfig
@@ -207,6 +208,11 @@ def test_bf16_on_the_cpu_packs_encoder_weights_once_and_fuses_the_activation(act
         assert float(torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1).min()) > 0.999
         assert torch.equal(b, c)
         assert torch.equal(b[~keep], torch.zeros_like(b[~keep]))
+    other = BertModel(BertConfig.preset("tiny", vocab_size=100, hidden_act=act)).eval()  # other weights
+    reloaded = quantize(other, "bf16")
+    reloaded.load_state_dict(expected)  # the plain bf16 state dict, packed anew
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask).last_hidden_state.float(), b)
     packed.train()
     with pytest.raises(RuntimeError, match="inference"):
         packed(ids)

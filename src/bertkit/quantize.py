@@ -414,7 +414,8 @@ class Bf16Linear(nn.Module):
     """y = act(x W^T + b) in bf16 on the CPU, W packed once into oneDNN's blocked layout for this CPU (AMX tiles or
     AVX512-BF16), instead of at every call as F.linear does; `activation` (a name in model._ACTIVATIONS, or None)
     runs as the GEMM's post-op, not as a pass of its own. Same state-dict names and values as the nn.Linear it
-    replaces (the packed weight is written out in the plain layout); inference only, CPU only."""
+    replaces (the packed weight is written out in the plain layout, and a loaded one is packed anew); inference
+    only, CPU only."""
 
     def __init__(self, linear: nn.Linear, activation: str | None = None) -> None:
         super().__init__()
@@ -436,6 +437,22 @@ class Bf16Linear(nn.Module):
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.packed.to_dense()
         super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        key = prefix + "weight"
+        weight = state_dict.get(key)
+        if weight is None:
+            missing_keys.append(key)
+        elif tuple(weight.shape) != (self.out_features, self.in_features):
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, the "
+                              f"shape in current model is {(self.out_features, self.in_features)}.")
+        else:  # packed anew, as at construction
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16), None)
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Bf16Linear:
         plain = nn.Linear(self.in_features, self.out_features, dtype=torch.bfloat16)
