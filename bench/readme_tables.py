@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("tasks", "speed", "malloc", "int8", "int8_keep", "int8_gelu", "int8_accuracy", "serve_load", "scale",
-          "pretrain_zh", "serve_hostile", "fuzz_server", "fuzz_readers")
+TABLES = ("tasks", "speed", "speed_amx", "malloc", "int8", "int8_keep", "int8_gelu", "int8_accuracy", "serve_load",
+          "scale", "pretrain_zh", "serve_hostile", "fuzz_server", "fuzz_readers")
 
 
 def main() -> int:

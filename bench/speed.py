@@ -5,7 +5,9 @@ the same on the GPU (bf16, BERT-base) where torch sees one.
     .venv/bin/python bench/speed.py --quick    (fewer repetitions, for a smoke run)
 
 Same weights (one checkpoint loaded by both libraries), same batches, same dtype; timings alternate between the
-libraries and report the median, and every speed is given as a ratio measured in this run. Peak RSS is measured in
+libraries and report the median (CPU inference, where onnxruntime's thread pool takes part, in turns of 4 calls
+after 0.3 s idle), and every speed is given as a ratio measured in this run. bertkit bf16 inference is what
+`--precision bf16` runs (weights packed for oneDNN where bf16 is native). Peak RSS is measured in
 child processes (a process's peak RSS never goes down, so two libraries cannot share one).
 """
 
@@ -149,8 +151,12 @@ def bench_inference(size: str, repeats: int, work: Path, peaks: dict[str, float]
     directory = work / f"infer-{size}"
     BertModel(config).save_pretrained(directory)
     rows = []
+    from bertkit.quantize import quantize
+
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        ours = BertModel.from_pretrained(directory).to(dtype).eval()
+        # bertkit bf16 is what `--precision bf16` runs (on a CPU with native bf16: weights packed for oneDNN)
+        ours = quantize(BertModel.from_pretrained(directory), "bf16") if dtype is torch.bfloat16 else \
+            BertModel.from_pretrained(directory).eval()
         hf = transformers.BertModel.from_pretrained(directory, attn_implementation="sdpa").to(dtype).eval()
         session = onnx_session(ours, directory, config) if dtype is torch.float32 else None
         for kind in ("var", "full"):
@@ -163,8 +169,8 @@ def bench_inference(size: str, repeats: int, work: Path, peaks: dict[str, float]
             if session is not None:
                 feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
                 fns["onnxruntime"] = lambda feeds=feeds: session.run(None, feeds)
-            with torch.inference_mode():
-                seconds = alternate(fns, repeats)
+            with torch.inference_mode():  # in turns: onnxruntime's spinning pool must not slow the engine after it
+                seconds = alternate(fns, repeats, min_seconds=6.0, block=4, settle=0.3, max_repeats=120)
             tokens = int(mask.sum())
             flops = forward_flops(config, batch["lengths"])
             row = {"bench": "inference", "size": size, "dtype": dtype_name, "batch": kind, "real_tokens": tokens,
