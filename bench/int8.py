@@ -1,10 +1,10 @@
 """CPU inference at int8, in one process: bertkit int8 against onnxruntime int8 (its best: BERT graph optimizer, then
 dynamic quantization with int8 weights per channel), transformers fp32 (SDPA) and bertkit fp32, at base and mini,
-on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against the int8 GEMM peak
-(`torch._int_mm`) measured in the same run. On a CPU with native bf16 (AMX, AVX512-BF16), bertkit bf16 (the whole
-model in bf16, what `--precision bf16` runs; `auto` on AMX: encoder weights packed once for oneDNN, the GELU fused
-into the first FFN GEMM) is timed too, and so is plain bf16 (`model.to(torch.bfloat16)`, F.linear at every call)
-for the packing's gain.
+on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against the int8 GEMM peak (the best of
+`torch._int_mm` and oneDNN's GEMM on packed weights) measured in the same run. On a CPU with native bf16 (AMX,
+AVX512-BF16), bertkit bf16 (the whole model in bf16, what `--precision bf16` runs; `auto` on AMX: encoder weights
+packed once for oneDNN, the GELU fused into the first FFN GEMM) is timed too, and so is plain bf16
+(`model.to(torch.bfloat16)`, F.linear at every call) for the packing's gain.
 
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
@@ -38,17 +38,25 @@ ALLOCATOR = {False: "glibc's malloc defaults", True: "every engine in a process 
 
 
 def int8_peak(repeats: int = 10) -> float:
-    """Best int8 ops/s of torch._int_mm over BERT-shaped GEMMs (M = tokens of a batch)."""
+    """Best int8 ops/s over BERT-shaped GEMMs (M = tokens of a batch) of torch._int_mm and, where this CPU has
+    it, oneDNN's GEMM on a packed weight (what bertkit's int8 layers run for large products)."""
+    from bertkit.quantize import int8_matmul, packed_int8_available
+
     best = 0.0
-    for m, k, n in ((2048, 768, 3072), (2048, 3072, 768), (2048, 768, 2304), (4096, 256, 1024)):
+    for m, k, n in ((1024, 768, 3072), (1024, 3072, 768), (1024, 768, 2304), (2048, 256, 1024)):
         a = torch.randint(-127, 127, (m, k), dtype=torch.int8)
         b = torch.randint(-127, 127, (k, n), dtype=torch.int8)
-        for _ in range(2):
-            torch._int_mm(a, b)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch._int_mm(a, b)
-        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start))
+        scale = torch.ones(1, n)
+        kernels = [lambda: torch._int_mm(a, b)]
+        if packed_int8_available():
+            kernels.append(lambda: int8_matmul(a, b, scale))
+        for kernel in kernels:
+            for _ in range(2):
+                kernel()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                kernel()
+            best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start))
     return best
 
 
@@ -183,7 +191,8 @@ def main() -> int:
     shown = ", ".join(flags) or "no VNNI/AMX/bf16 flags"
     lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads; {shown}), "
              f"torch {result['torch']}, onnxruntime {result['onnxruntime']}. int8 GEMM peak "
-             f"(torch._int_mm) {peaks['int8'] / 1e12:.3f} TOP/s, fp32 matmul peak {peaks['fp32'] / 1e12:.3f} "
+             f"(best of torch._int_mm and oneDNN on packed weights) {peaks['int8'] / 1e12:.3f} TOP/s, fp32 "
+             f"matmul peak {peaks['fp32'] / 1e12:.3f} "
              f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
              "| size | batch | bertkit int8 tok/s | + compile | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
              "torchao int8 | int8 vs onnxruntime int8 (eager / compiled) | vs transformers fp32 (eager / compiled) | "
@@ -207,7 +216,9 @@ def main() -> int:
     lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
               "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
-              "timed); `bertkit bf16` = the whole model in bf16 (`--precision bf16`: encoder weights packed "
+              "timed); int8 products of at least 50M multiply-adds run on weights packed once for oneDNN, and a "
+              "batch whose widest activation passes 16 MiB runs in groups of sequences under it; `bertkit bf16` = the "
+              "whole model in bf16 (`--precision bf16`: encoder weights packed "
               "once for oneDNN, GELU fused into the FFN's first GEMM), timed only where bf16 is native; `packed vs "
               "plain` = its speed over `model.to(torch.bfloat16)` (F.linear at every call). Engines take turns of 4 "
               "timed calls, each turn after 0.3 s idle and one untimed call, so "

@@ -77,6 +77,45 @@ def test_int8_linear_matches_float_within_quantization_error():
     assert bf16.dtype == torch.bfloat16  # the caller's dtype comes back
 
 
+@pytest.mark.skipif(not quantize_module.packed_int8_available(), reason="no oneDNN int8 GEMM with VNNI/AMX here")
+def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight(monkeypatch):
+    """Products of at least PACKED_INT8_MIN_WORK multiply-adds run on the weight packed once for oneDNN, with
+    torch._int_mm's result; a weight changed in place (load_state_dict) is packed anew, not served stale; the
+    packed twin goes with the weight; small products stay on torch._int_mm; without the packed kernel, int8_matmul
+    is torch._int_mm."""
+    import gc
+
+    torch.manual_seed(0)
+    layer = Int8Linear(nn.Linear(768, 1024))
+    q = torch.randint(-128, 128, (80, 768), dtype=torch.int8)  # 80 x 768 x 1024 = 63M multiply-adds
+    assert q.shape[0] * 768 * 1024 >= quantize_module.PACKED_INT8_MIN_WORK
+    expected = torch._int_mm(q, layer.weight_t).float() * layer.weight_scale
+    torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
+                               rtol=1e-6, atol=1e-6)
+    key = layer.weight_t.data_ptr()
+    assert key in quantize_module._INT8_PACKS
+    layer.load_state_dict(Int8Linear(nn.Linear(768, 1024)).state_dict())  # copied into the same buffers
+    assert layer.weight_t.data_ptr() == key
+    expected = torch._int_mm(q, layer.weight_t).float() * layer.weight_scale
+    torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
+                               rtol=1e-6, atol=1e-6)
+    calls = []
+    real = quantize_module.int8_matmul
+    monkeypatch.setattr(quantize_module, "int8_matmul", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    x = torch.randn(80, 768)
+    with torch.no_grad():
+        big, small = layer(x), layer(x[:8])  # 8 x 768 x 1024: torch._int_mm
+    assert calls == [80]
+    torch.testing.assert_close(small, big[:8], rtol=1e-5, atol=1e-5)  # the same numbers either way
+    del layer
+    gc.collect()
+    assert key not in quantize_module._INT8_PACKS
+    monkeypatch.setattr(quantize_module, "_PACKED_INT8", [False])
+    w, scale = torch.randint(-127, 128, (768, 1024), dtype=torch.int8), torch.rand(1, 1024)
+    torch.testing.assert_close(real(q, w, scale), torch._int_mm(q, w).float() * scale, rtol=0, atol=0)
+    assert w.data_ptr() not in quantize_module._INT8_PACKS
+
+
 def _sentences() -> list[str]:
     path = shared_data("glue", "SST-2", "dev.tsv")
     lines = path.read_text(encoding="utf-8").splitlines()[1:65]
@@ -320,6 +359,16 @@ def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
         calls[:] = []
         torch.testing.assert_close(fused(*padded).last_hidden_state, eager(*padded).last_hidden_state, atol=0, rtol=0)
         assert {name for name, _ in calls} == {"int8_linear", "int8_attention_output", "int8_feed_forward"}
+        # a batch whose widest activation passes GROUP_BYTES: unpadded, in groups of whole sequences; padded, the
+        # row-wise blocks in groups of rows; the same numbers
+        widest = max(layer.widest for layer in fused.layers)
+        monkeypatch.setattr(q, "GROUP_BYTES", 4 * widest * 9)  # one 9-token sequence
+        fused.layers.chunk, calls[:] = 4, []
+        torch.testing.assert_close(fused(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
+        assert calls == [("int8_dense_stack", 4), ("int8_dense_stack", 1)] * 2
+        calls[:] = []
+        torch.testing.assert_close(fused(*padded).last_hidden_state, eager(*padded).last_hidden_state, atol=0, rtol=0)
+        assert [name for name, _ in calls].count("int8_feed_forward") == 2 * 5  # 15 real tokens: 9 + 6, 5 layers
     mixed = quantize(copy.deepcopy(model), "int8", compile=True, keep=["layers.3.*"])
     assert type(mixed.layers) is LayerStack and isinstance(mixed.layers[3].qkv, nn.Linear)
     with pytest.raises(RuntimeError, match="for inference"):
