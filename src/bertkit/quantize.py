@@ -4,7 +4,7 @@ where native.
 int8 (`quantize(model, "int8")`): every encoder Linear (fused QKV, attention output, FFN in and out) holds int8
 weights with one scale per output channel; its input is quantized per token at run time (one scale and zero
 point per row, so an outlier token does not flatten the others); the product accumulates in int32 on oneDNN's
-VNNI/AMX kernels (`int8_matmul`, on the weight packed once, for large products; `torch._int_mm` for small ones)
+VNNI/AMX kernels (on AMX, `int8_matmul` on the weight packed once for large products; else `torch._int_mm`)
 and is rescaled to float32; a batch too large for one piece runs in groups (GROUP_BYTES). Embeddings, LayerNorm,
 softmax, GELU, the residual stream, the pooler and the task heads stay float32; the packed (no-padding) layout is
 unchanged.
@@ -120,13 +120,14 @@ _INT8_PACKS: dict[int, tuple[Any, int, Tensor, Tensor]] = {}
 
 
 def packed_int8_available() -> bool:
-    """Whether this CPU runs oneDNN's int8 GEMM on pre-packed weights (onednn::qlinear_pointwise, what inductor's
-    freezing makes of torch._int_mm): oneDNN built in, integer dot products here (VNNI or AMX), and a trial product
-    equal to torch._int_mm's. Decided once a process. Measured on a 2-core Sapphire Rapids at BERT-base's shapes:
-    1.7-2.3x torch._int_mm, which reorders the weight at every call."""
+    """Whether int8 products run on oneDNN's GEMM with pre-packed weights (onednn::qlinear_pointwise, what
+    inductor's freezing makes of torch._int_mm): oneDNN built in, AMX here, and a trial product equal to
+    torch._int_mm's. Decided once a process. Measured on a 2-core Sapphire Rapids at BERT-base's shapes: 1.7-2.3x
+    torch._int_mm, which reorders the weight at every call; on an AMD EPYC with VNNI and no AMX 0.87-1.11x, so
+    there torch._int_mm stays."""
     if not _PACKED_INT8:
         ok = False
-        if torch.backends.mkldnn.is_available() and any(f in cpu_flags() for f in INT8_FEATURES):
+        if torch.backends.mkldnn.is_available() and "amx_int8" in cpu_flags():
             try:
                 gen = torch.Generator().manual_seed(0)
                 q = torch.randint(-128, 128, (20, 64), dtype=torch.int8, generator=gen)
