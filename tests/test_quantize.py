@@ -460,3 +460,27 @@ def test_compiled_int8_equals_eager():
             cosine = torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1)
             assert float(cosine.min()) > 0.9999 and float((a - b).abs().max()) < 0.05
     assert not q.COMPILE_FAILED
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not quantize_module.packed_int8_available(), reason="no oneDNN int8 GEMM with AMX here")
+def test_compiled_int8_does_not_compile_again_for_larger_batches(monkeypatch):
+    """The real torch.compile: batches of every size, on both sides of the eager path's PACKED_INT8_MIN_WORK, run
+    the graphs compiled for the first two (a test on the number of rows inside the compiled layers would be a
+    guard, and each batch crossing it would compile the layers again, in a request)."""
+    from torch._dynamo.utils import counters
+
+    from bertkit.config import BertConfig
+
+    monkeypatch.setattr(quantize_module, "PACKED_INT8_MIN_WORK", 5_000_000)  # tiny: 8 rows below, 1024 above
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = quantize(BertModel(BertConfig.preset("tiny", vocab_size=100)), "int8", compile=True)
+    graphs = []
+    with torch.no_grad():
+        for batch, length in ((1, 8), (2, 12), (4, 64), (8, 128), (3, 100)):
+            ids = torch.randint(5, 100, (batch, length))
+            model(ids, torch.ones_like(ids), torch.zeros_like(ids))
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[-1] and not quantize_module.COMPILE_FAILED

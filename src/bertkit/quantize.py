@@ -109,9 +109,9 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
 
 
-# M x K x N below which int8_linear uses torch._int_mm: oneDNN's packed GEMM costs ~25 us a call before any work
-# (here: 128 x 768 x 768 packed 61 us vs 73; 128 x 256 x 768 41 us vs 38; 512 x 256 x 1024 131 us vs 209), and
-# compiled, _int_mm's conversion and scaling fuse with the passes after it (BERT-mini 1 x 128: 1.1x)
+# M x K x N below which eager int8_linear uses torch._int_mm: oneDNN's packed GEMM costs ~25 us a call before any
+# work (here: 128 x 768 x 768 packed 61 us vs 73; 128 x 256 x 768 41 us vs 38; 512 x 256 x 1024 131 us vs 209).
+# Compiled int8 uses the packed GEMM at every size (BERT-mini: 0.9x at 1 x 128, 1.3x at 32 x 128 against _int_mm).
 PACKED_INT8_MIN_WORK = 50_000_000
 _PACKED_INT8: list[bool] = []  # whether this process runs int8 GEMMs on oneDNN-packed weights (decided once)
 # weight_t's data_ptr -> (a weak reference to weight_t, its version when packed, the packed weight, its scales):
@@ -183,9 +183,12 @@ def int8_linear(rows: Tensor, weight_t: Tensor, weight_scale: Tensor, weight_sum
     scale = (high.clamp(min=0) - low.clamp(max=0)).div(255.0).clamp(min=1e-12)  # (M, 1)
     zero = torch.round(low.clamp(max=0) / scale).neg().sub(128.0)  # (M, 1): q = round(x / s) + z
     q = torch.addcmul(zero, rows, scale.reciprocal()).round_().clamp_(-128, 127).to(torch.int8)
-    if _PACKED_INT8 and _PACKED_INT8[0] and q.shape[0] * q.shape[1] * weight_t.shape[1] >= PACKED_INT8_MIN_WORK:
+    # Compiled, always the packed GEMM where there is one: a test on the number of rows would be a guard, and each
+    # batch crossing it would compile the layers again (in a request); eagerly, only for large products.
+    if _PACKED_INT8 and _PACKED_INT8[0] and (torch.compiler.is_compiling()
+                                             or q.shape[0] * q.shape[1] * weight_t.shape[1] >= PACKED_INT8_MIN_WORK):
         y = int8_matmul(q, weight_t, weight_scale)  # w (q Q^T), oneDNN-packed
-    else:  # (compiled, torch.compile fuses the conversion and the scaling)
+    else:
         y = torch._int_mm(q, weight_t).float().mul_(weight_scale)
     y = y.mul_(scale)  # s w (q Q^T)
     return torch.addr(y, (zero * scale).reshape(-1), weight_sum, alpha=-1).add_(bias)  # - s z w colsum(Q) + b
