@@ -92,10 +92,12 @@ def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight
     expected = torch._int_mm(q, layer.weight_t).float() * layer.weight_scale
     torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
                                rtol=1e-6, atol=1e-6)
-    key = layer.weight_t.data_ptr()
+    key, pointer = id(layer.weight_t), layer.weight_t.data_ptr()
     assert key in quantize_module._INT8_PACKS
+    torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, 2 * layer.weight_scale), 2 * expected,
+                               rtol=1e-6, atol=1e-6)  # the scales are the call's, not the first call's
     layer.load_state_dict(Int8Linear(nn.Linear(768, 1024)).state_dict())  # copied into the same buffers
-    assert layer.weight_t.data_ptr() == key
+    assert layer.weight_t.data_ptr() == pointer
     expected = torch._int_mm(q, layer.weight_t).float() * layer.weight_scale
     torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
                                rtol=1e-6, atol=1e-6)
@@ -113,7 +115,14 @@ def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight
     monkeypatch.setattr(quantize_module, "_PACKED_INT8", [False])
     w, scale = torch.randint(-127, 128, (768, 1024), dtype=torch.int8), torch.rand(1, 1024)
     torch.testing.assert_close(real(q, w, scale), torch._int_mm(q, w).float() * scale, rtol=0, atol=0)
-    assert w.data_ptr() not in quantize_module._INT8_PACKS
+    assert id(w) not in quantize_module._INT8_PACKS
+    monkeypatch.setattr(quantize_module, "_PACKED_INT8", [True])
+    with torch.inference_mode():  # inference tensors have no version counter: packed once, no error
+        made = Int8Linear(nn.Linear(768, 1024))
+        x = torch.randn(80, 768)
+        big, small = made(x), made(x[:8])  # packed, and torch._int_mm
+        assert id(made.weight_t) in quantize_module._INT8_PACKS
+        torch.testing.assert_close(big[:8], small, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_int8_only_on_amx(monkeypatch):

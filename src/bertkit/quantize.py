@@ -114,9 +114,10 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 # Compiled int8 uses the packed GEMM at every size (BERT-mini: 0.9x at 1 x 128, 1.3x at 32 x 128 against _int_mm).
 PACKED_INT8_MIN_WORK = 50_000_000
 _PACKED_INT8: list[bool] = []  # whether this process runs int8 GEMMs on oneDNN-packed weights (decided once)
-# weight_t's data_ptr -> (a weak reference to weight_t, its version when packed, the packed weight, its scales):
-# the packed twin of each int8 weight, made at its first product and dropped with the weight
-_INT8_PACKS: dict[int, tuple[Any, int, Tensor, Tensor]] = {}
+# id(weight_t) -> (a weak reference to it, its data pointer and version when packed, the packed weight): the
+# packed twin of each int8 weight tensor, made at its first product, made again when the weight changed, dropped
+# with the tensor
+_INT8_PACKS: dict[int, tuple[Any, int, int, Tensor]] = {}
 
 
 def packed_int8_available() -> bool:
@@ -142,20 +143,21 @@ def packed_int8_available() -> bool:
     return _PACKED_INT8[0]
 
 
-def _int8_pack(weight_t: Tensor, weight_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """The oneDNN-packed twin of an int8 (K, N) weight and its (N,) scales, made once per weight (again after the
-    weight changes in place, e.g. load_state_dict) and dropped when the weight is freed."""
+def _int8_pack(weight_t: Tensor) -> Tensor:
+    """The oneDNN-packed twin of an int8 (K, N) weight, made once per weight tensor, again when its data moved or
+    changed in place (its version, e.g. load_state_dict; a write through `.data` or numpy bypasses the version, as
+    for autograd, and an inference tensor has none: both are packed once), and dropped with the tensor."""
     import weakref
 
-    key = weight_t.data_ptr()
+    key = id(weight_t)
+    state = (weight_t.data_ptr(), 0 if weight_t.is_inference() else weight_t._version)
     entry = _INT8_PACKS.get(key)
-    if entry is None or entry[0]() is not weight_t or entry[1] != weight_t._version:
-        packed = torch.ops.onednn.qlinear_prepack(weight_t.t().contiguous(), None)
-        entry = (weakref.ref(weight_t), weight_t._version, packed, weight_scale.reshape(-1).float().contiguous())
-        if key not in _INT8_PACKS:
+    if entry is None or entry[0]() is not weight_t or entry[1:3] != state:
+        if entry is None or entry[0]() is not weight_t:
             weakref.finalize(weight_t, _INT8_PACKS.pop, key, None)
+        entry = (weakref.ref(weight_t), *state, torch.ops.onednn.qlinear_prepack(weight_t.t().contiguous(), None))
         _INT8_PACKS[key] = entry
-    return entry[2], entry[3]
+    return entry[3]
 
 
 @torch.library.custom_op("bertkit::int8_matmul", mutates_args=())
@@ -165,9 +167,9 @@ def int8_matmul(q: Tensor, weight_t: Tensor, weight_scale: Tensor) -> Tensor:
     between the fused passes around it; the packed weight, an opaque oneDNN tensor, never enters the graph), else
     torch._int_mm."""
     if q.device.type == "cpu" and weight_t.device.type == "cpu" and packed_int8_available():
-        packed, scale = _int8_pack(weight_t, weight_scale)
-        return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, packed, scale, None, None, 1.0, 0, torch.float32,
-                                                  "none", [], "")
+        return torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, _int8_pack(weight_t),
+                                                  weight_scale.reshape(-1).float().contiguous(), None, None, 1.0,
+                                                  0, torch.float32, "none", [], "")
     return torch._int_mm(q, weight_t).float().mul_(weight_scale)
 
 
@@ -368,7 +370,8 @@ class Int8EncoderLayer(nn.Module):
             return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(dtype)
         _, out, attn, first, second, ffn = arguments
         y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
-        step = max(1, GROUP_BYTES // (4 * self.widest))  # the rest is row by row: groups of rows
+        step = max(1, GROUP_BYTES // (4 * self.widest))  # the rest is row by row: groups of rows,
+        step = -(-x.shape[0] // -(-x.shape[0] // step))  # evened out (no 1-row remainder to compile anew)
         parts = [run_compiled(int8_feed_forward, run_compiled(int8_attention_output, x[i:i + step], y[i:i + step],
                                                               out, attn), first, second, ffn, self.act)[0]
                  for i in range(0, x.shape[0], step)]
