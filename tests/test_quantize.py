@@ -127,15 +127,12 @@ def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight
 
 def test_packed_int8_only_on_amx(monkeypatch):
     """The packed int8 kernel is used only where it was measured faster (AMX); on VNNI without AMX (the EPYC:
-    0.87-1.11x torch._int_mm) and on AVX2 the products stay on torch._int_mm."""
+    0.87-1.11x torch._int_mm) and on AVX2 the products stay on torch._int_mm. (On AMX, the kernel's own trial
+    decides: the test above, where this machine has it.)"""
     for flags in (EPYC_GENOA, ICE_LAKE, ALDER_LAKE, HASWELL):
         monkeypatch.setattr(quantize_module, "cpu_flags", lambda flags=flags: frozenset(flags))
         monkeypatch.setattr(quantize_module, "_PACKED_INT8", [])
         assert not quantize_module.packed_int8_available()
-    monkeypatch.setattr(quantize_module, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS))
-    monkeypatch.setattr(quantize_module, "_PACKED_INT8", [])
-    has_kernel = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
-    assert quantize_module.packed_int8_available() == (has_kernel and "amx_int8" in quantize_module.cpu_flags())
 
 
 def _sentences() -> list[str]:
