@@ -4,10 +4,10 @@ where native.
 int8 (`quantize(model, "int8")`): every encoder Linear (fused QKV, attention output, FFN in and out) holds int8
 weights with one scale per output channel; its input is quantized per token at run time (one scale and zero
 point per row, so an outlier token does not flatten the others); the product accumulates in int32 on oneDNN's
-VNNI/AMX kernels (on AMX, `int8_matmul` on the weight packed once for large products; else `torch._int_mm`)
-and is rescaled to float32; a batch too large for one piece runs in groups (GROUP_BYTES). Embeddings, LayerNorm,
-softmax, GELU, the residual stream, the pooler and the task heads stay float32; the packed (no-padding) layout is
-unchanged.
+VNNI/AMX kernels (on AMX, `int8_matmul` on the weight packed once: every product compiled, large ones eagerly;
+else `torch._int_mm`) and is rescaled to float32; a batch too large for one piece runs in groups (GROUP_BYTES).
+Embeddings, LayerNorm, softmax, GELU, the residual stream, the pooler and the task heads stay float32; the packed
+(no-padding) layout is unchanged.
 Layers named in `keep` stay float32 (the layer-wise fallback for a model that loses accuracy).
 
 bf16 (`quantize(model, "bf16")`): the whole model in bf16; on a CPU with native bf16, each encoder Linear's weight
@@ -21,6 +21,7 @@ Rapids, AMX runs bf16 matmuls about as fast as int8 ones, and bf16 skips int8's 
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -147,14 +148,13 @@ def _int8_pack(weight_t: Tensor) -> Tensor:
     """The oneDNN-packed twin of an int8 (K, N) weight, made once per weight tensor, again when its data moved or
     changed in place (its version, e.g. load_state_dict; a write through `.data` or numpy bypasses the version, as
     for autograd, and an inference tensor has none: both are packed once), and dropped with the tensor."""
-    import weakref
-
     key = id(weight_t)
     state = (weight_t.data_ptr(), 0 if weight_t.is_inference() else weight_t._version)
     entry = _INT8_PACKS.get(key)
-    if entry is None or entry[0]() is not weight_t or entry[1:3] != state:
-        if entry is None or entry[0]() is not weight_t:
-            weakref.finalize(weight_t, _INT8_PACKS.pop, key, None)
+    if entry is None or entry[0]() is not weight_t:  # a tensor not seen before
+        weakref.finalize(weight_t, _INT8_PACKS.pop, key, None)
+        entry = None
+    if entry is None or entry[1:3] != state:
         entry = (weakref.ref(weight_t), *state, torch.ops.onednn.qlinear_prepack(weight_t.t().contiguous(), None))
         _INT8_PACKS[key] = entry
     return entry[3]
@@ -370,8 +370,8 @@ class Int8EncoderLayer(nn.Module):
             return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(dtype)
         _, out, attn, first, second, ffn = arguments
         y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
-        step = max(1, GROUP_BYTES // (4 * self.widest))  # the rest is row by row: groups of rows,
-        step = -(-x.shape[0] // -(-x.shape[0] // step))  # evened out (no 1-row remainder to compile anew)
+        # the rest is row by row: groups of rows, evened out (no 1-row remainder to compile anew in a request)
+        step = evened(x.shape[0], GROUP_BYTES // (4 * self.widest))
         parts = [run_compiled(int8_feed_forward, run_compiled(int8_attention_output, x[i:i + step], y[i:i + step],
                                                               out, attn), first, second, ffn, self.act)[0]
                  for i in range(0, x.shape[0], step)]
@@ -391,12 +391,18 @@ class Int8EncoderLayer(nn.Module):
 GROUP_BYTES = 16 << 20
 
 
+def evened(total: int, most: int) -> int:
+    """The size of each group when `total` items go in as few groups of at most `most` (at least 1) as possible,
+    evened out: 32 by at most 10 -> 8 (8, 8, 8, 8, not 10, 10, 10, 2)."""
+    most = max(1, min(total, most))
+    return -(-total // -(-total // most))
+
+
 def sequence_groups(x: Tensor, batch: int, width: int) -> list[tuple[Tensor, int]]:
     """(rows, sequences) pieces of an unpadded (B * T, H) batch: whole sequences, each piece's widest activation
     (rows x `width` float32) at most GROUP_BYTES."""
     length = x.shape[0] // batch
-    per = max(1, min(batch, GROUP_BYTES // (4 * width * length)))
-    per = -(-batch // -(-batch // per))  # as many groups, evened out (32 sequences by at most 10: 8, 8, 8, 8)
+    per = evened(batch, GROUP_BYTES // (4 * width * length))
     return [(x[start * length:(start + min(per, batch - start)) * length], min(per, batch - start))
             for start in range(0, batch, per)]
 
