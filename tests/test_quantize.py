@@ -361,6 +361,7 @@ def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
     monkeypatch.setattr(torch, "compile", recording)
     monkeypatch.setattr(q, "_COMPILED", {})
     monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    monkeypatch.setattr(q, "frozen_int8_available", lambda: False)  # the function path (frozen: the next test)
     torch.manual_seed(0)
     model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
     ids = torch.randint(5, 100, (2, 9))
@@ -392,6 +393,83 @@ def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
     assert type(mixed.layers) is LayerStack and isinstance(mixed.layers[3].qkv, nn.Linear)
     with pytest.raises(RuntimeError, match="for inference"):
         fused.train()(*full)
+
+
+def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
+    """Where frozen stacks are available (AMX), an unpadded batch runs each `chunk` of layers as one compiled
+    FrozenInt8Layers (its tensors parameters sharing the layers' storage, so inductor's freezing treats them as
+    constants), with the eager int8 model's outputs exactly; the stack's state dict is unchanged; a load_state_dict
+    into the model makes them again (a compiled frozen graph keeps its own copies of the weights); where compiling
+    one fails, one warning and the function path, the same numbers."""
+    import copy
+
+    import bertkit.quantize as q
+    from bertkit.config import BertConfig
+
+    compiled = []
+
+    def recording(fn, **kwargs):  # stands in for torch.compile: records the function, runs it eagerly
+        compiled.append(fn.__name__)
+        def run(*args):
+            calls.append(fn.__name__)
+            if fn.__name__ == "frozen_layers":
+                keeps.append(args[2])
+            return fn(*args)
+        return run
+
+    calls: list[str] = []
+    keeps: list[bool] = []
+    monkeypatch.setattr(torch, "compile", recording)
+    monkeypatch.setattr(q, "_COMPILED", {})
+    monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    monkeypatch.setattr(q, "FROZEN_FAILED", [])
+    monkeypatch.setattr(q, "packed_int8_available", lambda: True)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
+    other = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
+    ids = torch.randint(5, 100, (2, 9))
+    full = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    eager, fused = quantize(copy.deepcopy(model), "int8"), quantize(copy.deepcopy(model), "int8", compile=True)
+    keys = set(fused.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
+        frozen = fused.layers.frozen()
+        assert calls == ["frozen_layers"] * 2 and [len(m.eps) for m in frozen] == [4, 1]
+        layer = fused.layers[4]
+        assert frozen[1].weights[0].data_ptr() == layer.qkv.weight_t.data_ptr()
+        assert isinstance(frozen[1].weights[0], nn.Parameter)
+        assert frozen[1].weights[1].shape == (layer.qkv.out_features,)  # 1-D weight scales
+        assert set(fused.state_dict()) == keys
+        fused(*full)
+        assert fused.layers.frozen() is frozen and compiled == ["frozen_layers"] * 2  # made once
+        # the FFN activations come out of a small batch's graph (stored once), not out of a large one's
+        monkeypatch.setattr(q, "KEEP_ACTIVATIONS_BYTES", 4 * 18 * layer.widest - 1)  # under 18 rows
+        keeps[:] = []
+        torch.testing.assert_close(fused(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
+        torch.testing.assert_close(fused(*[t[:1] for t in full]).last_hidden_state,
+                                   eager(*[t[:1] for t in full]).last_hidden_state, atol=0, rtol=0)
+        assert keeps == [False, False, True, True]
+        rows = torch.randn(9, layer.qkv.in_features)
+        assert len(frozen[0].run(rows, 1, True)[1]) == 4 and not frozen[0].run(rows, 1, False)[1]
+        fused.load_state_dict(quantize(copy.deepcopy(other), "int8").state_dict())
+        torch.testing.assert_close(fused(*full).last_hidden_state,
+                                   quantize(copy.deepcopy(other), "int8")(*full).last_hidden_state, atol=0, rtol=0)
+        assert fused.layers.frozen() is not frozen and compiled == ["frozen_layers"] * 4
+
+        def failing(fn, **kwargs):
+            if fn.__name__ == "frozen_layers":
+                def fail(*args):
+                    raise RuntimeError("no AMX GEMM template here")
+                return fail
+            return recording(fn, **kwargs)
+
+        monkeypatch.setattr(torch, "compile", failing)
+        failed = quantize(copy.deepcopy(model), "int8", compile=True)
+        calls[:] = []
+        with pytest.warns(UserWarning, match="no AMX GEMM template here"):
+            out = failed(*full).last_hidden_state
+        torch.testing.assert_close(out, eager(*full).last_hidden_state, atol=0, rtol=0)
+        assert calls == ["int8_dense_stack"] * 2 and q.FROZEN_FAILED and not q.frozen_int8_available()
 
 
 def test_compiled_int8_layers_evaluate_exact_gelu_as_a_rational_function(monkeypatch):
@@ -435,8 +513,9 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
     monkeypatch.setattr(q, "_COMPILED", {})
     monkeypatch.setattr(q, "COMPILE_FAILED", [])
     predictor = Predictor(classifier / "run" / "model", device="cpu", precision="int8", compile=True)
-    # the warm-up runs a padded batch (packed attention) and an unpadded one (the fused layer stack)
-    assert sorted(compiled) == ["int8_attention_output", "int8_dense_stack", "int8_feed_forward", "int8_linear"]
+    # the warm-up runs a padded batch (packed attention) and an unpadded one (the fused layer stack: frozen on AMX)
+    stack = "frozen_layers" if q.frozen_int8_available() else "int8_dense_stack"
+    assert sorted(compiled) == sorted(["int8_attention_output", stack, "int8_feed_forward", "int8_linear"])
     predictor.predict(["a first request"])
     predictor.predict(["a first request", "and a second, longer one"])
     assert len(compiled) == 4
@@ -465,7 +544,8 @@ def test_compiled_int8_equals_eager():
             keep = args[1].bool()
             cosine = torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1)
             assert float(cosine.min()) > 0.9999 and float((a - b).abs().max()) < 0.05
-    assert not q.COMPILE_FAILED
+    assert not q.COMPILE_FAILED and not q.FROZEN_FAILED
+    assert ("_frozen" in fused.layers.__dict__) == q.packed_int8_available()  # the unpadded batches ran frozen
 
 
 @pytest.mark.slow

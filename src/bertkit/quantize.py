@@ -6,6 +6,8 @@ weights with one scale per output channel; its input is quantized per token at r
 point per row, so an outlier token does not flatten the others); the product accumulates in int32 on oneDNN's
 VNNI/AMX kernels (on AMX, `int8_matmul` on the weight packed once: every product compiled, large ones eagerly;
 else `torch._int_mm`) and is rescaled to float32; a batch too large for one piece runs in groups (GROUP_BYTES).
+Compiled on AMX, a batch without padding runs the layers as FrozenInt8Layers: their weights constants to inductor,
+which packs them and times its own AMX GEMM (rescaling and GELU in its epilogue) against oneDNN's.
 Embeddings, LayerNorm, softmax, GELU, the residual stream, the pooler and the task heads stay float32; the packed
 (no-padding) layout is unchanged.
 Layers named in `keep` stay float32 (the layer-wise fallback for a model that loses accuracy).
@@ -178,21 +180,29 @@ def _int8_matmul_shape(q: Tensor, weight_t: Tensor, weight_scale: Tensor) -> Ten
     return q.new_empty((q.shape[0], weight_t.shape[1]), dtype=torch.float32)
 
 
-def int8_linear(rows: Tensor, weight_t: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor) -> Tensor:
-    """(M, K) float32 rows -> (M, N): per-token asymmetric int8 rows times the int8 weight, rescaled (a pure
-    function, so torch.compile can fuse the quantization before the int8 GEMM and the rescaling after it)."""
+def quantize_tokens(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric int8 per row (token): (q, scale, zero), each (M, 1) but q, with rows ≈ scale (q - zero)."""
     low, high = torch.aminmax(rows, dim=-1, keepdim=True)
     scale = (high.clamp(min=0) - low.clamp(max=0)).div(255.0).clamp(min=1e-12)  # (M, 1)
     zero = torch.round(low.clamp(max=0) / scale).neg().sub(128.0)  # (M, 1): q = round(x / s) + z
-    q = torch.addcmul(zero, rows, scale.reciprocal()).round_().clamp_(-128, 127).to(torch.int8)
+    return torch.addcmul(zero, rows, scale.reciprocal()).round_().clamp_(-128, 127).to(torch.int8), scale, zero
+
+
+def int8_linear(rows: Tensor, weight_t: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor) -> Tensor:
+    """(M, K) float32 rows -> (M, N): per-token asymmetric int8 rows times the int8 weight, rescaled (a pure
+    function, so torch.compile can fuse the quantization before the int8 GEMM and the rescaling after it)."""
+    q, scale, zero = quantize_tokens(rows)
+    if isinstance(weight_t, nn.Parameter) and torch.compiler.is_compiling():
+        # a constant of a frozen compiled module (FrozenInt8Layers): the product written as inductor's freezing
+        # pass recognizes it, which packs the weight once and puts in an AMX GEMM with the w and s products
+        y = torch._int_mm(q, weight_t).to(torch.float32) * scale * weight_scale
     # Compiled, always the packed GEMM where there is one: a test on the number of rows would be a guard, and each
     # batch crossing it would compile the layers again (in a request); eagerly, only for large products.
-    if _PACKED_INT8 and _PACKED_INT8[0] and (torch.compiler.is_compiling()
-                                             or q.shape[0] * q.shape[1] * weight_t.shape[1] >= PACKED_INT8_MIN_WORK):
-        y = int8_matmul(q, weight_t, weight_scale)  # w (q Q^T), oneDNN-packed
+    elif _PACKED_INT8 and _PACKED_INT8[0] and (torch.compiler.is_compiling()
+                                               or q.shape[0] * q.shape[1] * weight_t.shape[1] >= PACKED_INT8_MIN_WORK):
+        y = int8_matmul(q, weight_t, weight_scale).mul_(scale)  # s w (q Q^T), oneDNN-packed
     else:
-        y = torch._int_mm(q, weight_t).float().mul_(weight_scale)
-    y = y.mul_(scale)  # s w (q Q^T)
+        y = torch._int_mm(q, weight_t).float().mul_(weight_scale).mul_(scale)  # s w (q Q^T)
     return torch.addr(y, (zero * scale).reshape(-1), weight_sum, alpha=-1).add_(bias)  # - s z w colsum(Q) + b
 
 
@@ -203,27 +213,28 @@ def int8_attention_output(x: Tensor, y: Tensor, out: tuple[Tensor, ...], norm: t
     return F.layer_norm(x + int8_linear(y, *out), x.shape[-1:], norm[0], norm[1], norm[2])
 
 
-# erf(z) ≈ z P(z²) / Q(z²) on z clamped to [-4, 4] (float32 erf is ±1 beyond): the rational approximation of
-# Eigen's and XLA's float erf; its error against float64 erf is under 5e-7 (tests/test_quantize.py).
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-          -1.42647390514189e-02)
-
-
 def gelu_rational(x: Tensor) -> Tensor:
     """Exact (erf) GELU, x Φ(x), with erf as a rational function: inside a compiled int8 layer it costs ~15
     multiply-adds and one division an element; ATen's vectorized erf (Abramowitz-Stegun with an exp) cost 1.4-2x
     as much in the fused kernel here. Its GELU differs from F.gelu's by under 2e-6, while the int8 rows it feeds
-    are quantized in steps of 1/255 of their range."""
+    are quantized in steps of 1/255 of their range.
+
+    erf(z) ≈ z P(z²) / Q(z²) on z clamped to [-4, 4] (float32 erf is ±1 beyond): the rational approximation of
+    Eigen's and XLA's float erf, error under 5e-7 against float64 erf. The coefficients are literals on purpose:
+    torch.compile(dynamic=True) turns floats read from a global into run-time inputs (a load and a conversion from
+    double in the kernel's inner loop: a compiled GELU over 4096 x 1024 took 1.35x as long here)."""
     z = (x * 0.7071067811865476).clamp(-4.0, 4.0)
     z2 = z * z
-    p = z2 * _ERF_P[0] + _ERF_P[1]
-    for c in _ERF_P[2:]:
-        p = p * z2 + c
-    q = z2 * _ERF_Q[0] + _ERF_Q[1]
-    for c in _ERF_Q[2:]:
-        q = q * z2 + c
+    p = z2 * -2.72614225801306e-10 + 2.77068142495902e-08
+    p = p * z2 + -2.10102402082508e-06
+    p = p * z2 + -5.69250639462346e-05
+    p = p * z2 + -7.34990630326855e-04
+    p = p * z2 + -2.95459980854025e-03
+    p = p * z2 + -1.60960333262415e-02
+    q = z2 * -1.45660718464996e-05 + -2.13374055278905e-04
+    q = q * z2 + -1.68282697438203e-03
+    q = q * z2 + -7.37332916720468e-03
+    q = q * z2 + -1.42647390514189e-02
     return 0.5 * x * (1.0 + z * p / q)
 
 
@@ -412,6 +423,96 @@ def unpadded(layout: Layout) -> bool:
     return layout.indices is None and layout.bias is None and layout.record is None
 
 
+# On AMX, compiled int8 layers over a batch without padding run as modules whose int8 weights are constants to
+# inductor ("freezing"): it packs each weight once and, with max_autotune, times its own AMX GEMM template against
+# oneDNN's at the shape it compiles for, fusing the rescaling (and GELU) into the template's epilogue; no Python op
+# between the kernels. Exploratory A/B, one process, against the layers compiled as functions of their weights
+# (bertkit.int8_matmul between fused passes): a BERT-base FFN block 1.33x at 128 rows, 1.32x at 4096; whole
+# BERT-mini 1 x 128 1.45x, base 1 x 128 1.25x. (Passed as torch.compile options, `freezing` did not take: it is set
+# around each call instead.)
+FROZEN_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                  "max_autotune_report_choices_stats": False, "autotune_num_choices_displayed": 0}
+FROZEN_FAILED: list[str] = []  # why compiling a frozen stack failed in this process (then the function path runs)
+
+
+# Frozen stacks return each layer's FFN activation (so inductor stores it once) where it is at most this large:
+# dropped inside the graph, the fused kernel evaluated GELU again to quantize it (1 x 128, one process: BERT-mini
+# 1.10x, base 1.08x with the activations returned); at larger ones writing them out cost more than it saved
+# (BERT-mini 32 x 128, 16 MiB each: 0.80x; base in 12 MiB groups: 0.98x).
+KEEP_ACTIVATIONS_BYTES = 4 << 20
+
+
+def frozen_int8_available() -> bool:
+    """Whether compiled int8 layers without padding run as frozen modules (FrozenInt8Layers): AMX int8 here
+    (`packed_int8_available`) and no compile failure yet in this process."""
+    return packed_int8_available() and not FROZEN_FAILED and not COMPILE_FAILED
+
+
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with a code object of its own: torch.compile keeps compiled graphs per code object, up to
+    `recompile_limit` (8) for all callers, so each frozen stack (2 graphs: one sequence, any number) gets its own."""
+    import types
+
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+class FrozenInt8Layers(nn.Module):
+    """Consecutive Int8EncoderLayers over a batch without padding, their tensors held as parameters (sharing the
+    layers' storage) so that torch.compile with freezing treats them as constants; `compiled` runs them. Made again
+    when a layer's tensor changed in place or moved (`load_state_dict`), since the compiled graph keeps its own
+    packed copies of the weights."""
+
+    def __init__(self, layers: list[Int8EncoderLayer]) -> None:
+        super().__init__()
+        self.num_heads, self.act = layers[0].num_heads, layers[0].act
+        self.sources = [t for layer in layers for t in self.tensors(layer)]
+        self.state = self.source_state()
+        self.weights = nn.ParameterList([nn.Parameter(t.reshape(-1) if i % 20 in (1, 5, 9, 13) else t,
+                                                      requires_grad=False) for i, t in enumerate(self.sources)])
+        self.eps = [(layer.attn_norm.eps, layer.ffn_norm.eps) for layer in layers]
+        self.widest = max(layer.widest for layer in layers)
+
+        def frozen_layers(x: Tensor, batch: int, keep: bool) -> tuple[Tensor, list[Tensor]]:
+            return self.run(x, batch, keep)
+
+        self.compiled = torch.compile(_own_code(frozen_layers), dynamic=True, options=FROZEN_OPTIONS)
+
+    @staticmethod
+    def tensors(layer: Int8EncoderLayer) -> list[Tensor]:
+        """A layer's 20 tensors: qkv, attn_out, ffn_in, ffn_out (weight_t, weight_scale, weight_sum, bias each),
+        then the two LayerNorms' weight and bias."""
+        return [*(t for linear in (layer.qkv, layer.attn_out, layer.ffn_in, layer.ffn_out) for t in linear.buffers_),
+                layer.attn_norm.weight, layer.attn_norm.bias, layer.ffn_norm.weight, layer.ffn_norm.bias]
+
+    def source_state(self) -> tuple[tuple[int, int], ...]:
+        return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in self.sources)
+
+    def current(self, layers: list[Int8EncoderLayer]) -> bool:
+        """Whether these are still `layers`' tensors, unchanged since this module was made."""
+        now = [t for layer in layers for t in self.tensors(layer)]
+        return (len(now) == len(self.sources) and all(a is b for a, b in zip(now, self.sources, strict=True))
+                and self.source_state() == self.state)
+
+    def run(self, x: Tensor, batch: int, keep: bool) -> tuple[Tensor, list[Tensor]]:
+        """As int8_dense_stack: (output, the FFN activations if `keep`)."""
+        w, hidden = list(self.weights), []
+        for i, (attn_eps, ffn_eps) in enumerate(self.eps):
+            p = w[20 * i:20 * i + 20]
+            x, h = int8_dense_layer(x, batch, self.num_heads, tuple(p[0:4]), tuple(p[4:8]), (p[16], p[17], attn_eps),
+                                    tuple(p[8:12]), tuple(p[12:16]), (p[18], p[19], ffn_eps), self.act)
+            if keep:
+                hidden.append(h)
+        return x, hidden
+
+    def forward(self, x: Tensor, batch: int) -> Tensor:
+        """The layers over (B * T, H) rows of `batch` sequences, compiled with freezing (inference only)."""
+        import torch._inductor.config as inductor_config
+
+        keep = x.shape[0] * self.widest * 4 <= KEEP_ACTIVATIONS_BYTES  # decided here: a guard inside would recompile
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return self.compiled(x, batch, keep)[0]
+
+
 class Int8LayerStack(LayerStack):
     """Encoder layers that are all Int8EncoderLayers: a batch without padding runs through them `chunk` layers at a
     time, each run one compiled function (`int8_dense_stack`); a padded one layer by layer (packed attention
@@ -428,14 +529,44 @@ class Int8LayerStack(LayerStack):
         if self.training:
             raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
         first, dtype, x = self[0], x.dtype, x.float()
-        arguments = [layer.arguments for layer in self]
+        frozen = self.frozen() if frozen_int8_available() else None
+        arguments = [layer.arguments for layer in self] if frozen is None else []
         parts = []
         for rows, count in sequence_groups(x, layout.batch, max(layer.widest for layer in self)):
-            for start in range(0, len(arguments), self.chunk):
-                rows = run_compiled(int8_dense_stack, rows, count, first.num_heads,
-                                    arguments[start:start + self.chunk], first.act)
+            if frozen is not None:
+                try:
+                    for stack in frozen:
+                        rows = stack(rows, count)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as exc:  # compiling happens at the first call
+                    return self.frozen_failed(exc, x, layout, dtype)
+            else:
+                for start in range(0, len(arguments), self.chunk):
+                    rows = run_compiled(int8_dense_stack, rows, count, first.num_heads,
+                                        arguments[start:start + self.chunk], first.act)
             parts.append(rows)
         return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(dtype)
+
+    def frozen(self) -> list[FrozenInt8Layers]:
+        """This stack's frozen compiled modules, `chunk` layers each; made at the first call, again where a
+        layer's tensors changed since."""
+        layers = list(self)
+        chunks = [layers[i:i + self.chunk] for i in range(0, len(layers), self.chunk)]
+        made = self.__dict__.get("_frozen")  # not a submodule: no state-dict entries, not moved by .to()
+        if made is None or len(made) != len(chunks) or not all(m.current(c) for m, c in zip(made, chunks, strict=True)):
+            made = self.__dict__["_frozen"] = [FrozenInt8Layers(c) for c in chunks]
+        return made
+
+    def frozen_failed(self, exc: Exception, x: Tensor, layout: Layout, dtype: torch.dtype) -> Tensor:
+        """Compiling a frozen stack failed: the function path from then on in this process, with one warning."""
+        import warnings
+
+        FROZEN_FAILED.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        self.__dict__.pop("_frozen", None)
+        warnings.warn(f"int8 --compile: compiling the layers with frozen weights failed ({FROZEN_FAILED[0][:200]}); "
+                      "compiling them as functions of their weights instead", stacklevel=3)
+        return self.forward(x, layout).to(dtype)
 
 
 def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = (), compile: bool = False
@@ -616,3 +747,8 @@ def warm_up(encoder: nn.Module) -> None:
     encoder(ids, mask, torch.zeros_like(ids))
     for rows in (2, 1):  # torch.compile specialises a batch of one: both sizes compiled now
         encoder(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
+    stacks = [m for m in encoder.modules() if isinstance(m, Int8LayerStack)]
+    if stacks and frozen_int8_available():  # and the frozen stacks' graph for batches past KEEP_ACTIVATIONS_BYTES
+        widest = max(layer.widest for stack in stacks for layer in stack)
+        many = ids[:1].expand(-(-(KEEP_ACTIVATIONS_BYTES // (4 * widest) + 1) // ids.shape[1]), -1)
+        encoder(many, torch.ones_like(many), torch.zeros_like(many))
