@@ -466,6 +466,7 @@ class FrozenInt8Layers(nn.Module):
         super().__init__()
         self.num_heads, self.act = layers[0].num_heads, layers[0].act
         self.sources = [t for layer in layers for t in self.tensors(layer)]
+        self.versioned = [t for t in self.sources if not t.is_inference()]
         self.state = self.source_state()
         self.weights = nn.ParameterList([nn.Parameter(t.reshape(-1) if i % 20 in (1, 5, 9, 13) else t,
                                                       requires_grad=False) for i, t in enumerate(self.sources)])
@@ -480,12 +481,20 @@ class FrozenInt8Layers(nn.Module):
     @staticmethod
     def tensors(layer: Int8EncoderLayer) -> list[Tensor]:
         """A layer's 20 tensors: qkv, attn_out, ffn_in, ffn_out (weight_t, weight_scale, weight_sum, bias each),
-        then the two LayerNorms' weight and bias."""
-        return [*(t for linear in (layer.qkv, layer.attn_out, layer.ffn_in, layer.ffn_out) for t in linear.buffers_),
-                layer.attn_norm.weight, layer.attn_norm.bias, layer.ffn_norm.weight, layer.ffn_norm.bias]
+        then the two LayerNorms' weight and bias. Read from the modules' dicts: this runs at every call, and
+        nn.Module's attribute lookup made the check ~300 us a BERT-base forward."""
+        modules, out = layer._modules, []
+        for name in ENCODER_LINEARS:
+            b = modules[name]._buffers
+            out += (b["weight_t"], b["weight_scale"], b["weight_sum"], b["bias"])
+        for name in ("attn_norm", "ffn_norm"):
+            p = modules[name]._parameters
+            out += (p["weight"], p["bias"])
+        return out
 
-    def source_state(self) -> tuple[tuple[int, int], ...]:
-        return tuple((t.data_ptr(), 0 if t.is_inference() else t._version) for t in self.sources)
+    def source_state(self) -> list[int]:
+        """Each source's data pointer and version (an inference tensor has none: its pointer only)."""
+        return [t.data_ptr() for t in self.sources] + [t._version for t in self.versioned]
 
     def current(self, layers: list[Int8EncoderLayer]) -> bool:
         """Whether these are still `layers`' tensors, unchanged since this module was made."""
