@@ -278,6 +278,12 @@ _COMPILED: dict[str, Any] = {}  # name -> the compiled function (one per process
 COMPILE_FAILED: list[str] = []  # why compiling failed in this process (then everything runs eagerly)
 
 
+def compile_failure(exc: Exception) -> str:
+    """One line for a compile failure's warning: the exception's type and its message's first line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` through torch.compile (compiled at its first call, cached on disk by torch); where compiling
     fails (no C++ compiler, an unsupported op), eager from then on for every function, with one warning."""
@@ -292,8 +298,7 @@ def run_compiled(fn: Callable[..., Any], *args: Any) -> Any:
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # compiling happens at the first call
-            COMPILE_FAILED.append(f"{type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            COMPILE_FAILED.append(compile_failure(exc))
             _COMPILED.clear()
             warnings.warn(f"int8 --compile: torch.compile failed ({COMPILE_FAILED[0][:200]}); running the int8 "
                           "layers eagerly", stacklevel=3)
@@ -450,7 +455,8 @@ def frozen_int8_available() -> bool:
 
 def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` with a code object of its own: torch.compile keeps compiled graphs per code object, up to
-    `recompile_limit` (8) for all callers, so each frozen stack (2 graphs: one sequence, any number) gets its own."""
+    `recompile_limit` (8) for all callers, so each frozen stack gets its own (up to 4 graphs: one sequence or any
+    number, each with or without the activations as outputs)."""
     import types
 
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -571,7 +577,7 @@ class Int8LayerStack(LayerStack):
         """Compiling a frozen stack failed: the function path from then on in this process, with one warning."""
         import warnings
 
-        FROZEN_FAILED.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        FROZEN_FAILED.append(compile_failure(exc))
         self.__dict__.pop("_frozen", None)
         warnings.warn(f"int8 --compile: compiling the layers with frozen weights failed ({FROZEN_FAILED[0][:200]}); "
                       "compiling them as functions of their weights instead", stacklevel=3)
