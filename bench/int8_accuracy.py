@@ -5,6 +5,11 @@ process). A row that loses more than 1.0 point is evaluated again with layers ke
 every FFN output, then the last two layers whole; the table names what it needed.
 
     .venv/bin/python bench/int8_accuracy.py [--only NAME ...]      (after `make bench-tasks`)
+    .venv/bin/python bench/int8_accuracy.py --compiled [--only NAME ...]
+
+`--compiled` adds int8 through `--compile` (torch.compile'd layers: their own rounding of the quantization, and on
+AMX bf16 attention for batches without padding) to the rows' earlier results, against fp32 evaluated again in the
+same process, with the row's fallback layers; the other columns stay as they were measured.
 
 Writes bench/results/int8_accuracy.{json,md}; rows without a checkpoint here are listed as such; with --only, the
 other rows keep their earlier results (each row records when and where it was measured).
@@ -36,6 +41,7 @@ def percent(value: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--compiled", action="store_true", help="add int8 --compile to the earlier results")
     args = parser.parse_args()
     import torch
 
@@ -48,7 +54,7 @@ def main() -> int:
     results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}
     previous = OUT / "int8_accuracy.json"
     # --only re-measures the rows it names and keeps the others' earlier results
-    kept = json.loads(previous.read_text())["rows"] if args.only and previous.is_file() else {}
+    kept = json.loads(previous.read_text())["rows"] if (args.only or args.compiled) and previous.is_file() else {}
     with_bf16 = native_bf16()
     rows = {}
     for name, spec in RUNS.items():
@@ -63,6 +69,18 @@ def main() -> int:
             print(f"{name}: no checkpoint in {model}", flush=True)
             continue
         eval_path, fmt = DATA / spec["eval"], spec["fmt"]
+        if args.compiled:
+            if name in kept and not kept[name].get("missing"):
+                rows[name] = row = dict(kept[name])
+                started = time.perf_counter()
+                fp32 = percent(Predictor(model, device="cpu", precision="fp32").evaluate(eval_path, fmt)[headline])
+                compiled = percent(Predictor(model, device="cpu", precision="int8", int8_keep=row["fallback"],
+                                             compile=True).evaluate(eval_path, fmt)[headline])
+                row.update({"compiled fp32": fp32, "int8 compiled": compiled, "compiled delta": compiled - fp32,
+                            "compiled seconds": round(time.perf_counter() - started, 1),
+                            "compiled date": time.strftime("%Y-%m-%d %H:%M"), "compiled cpu": cpu_name()})
+                print(name, json.dumps(row), flush=True)
+            continue
         started = time.perf_counter()
         fp32 = percent(Predictor(model, device="cpu", precision="fp32").evaluate(eval_path, fmt)[headline])
         row = {"metric": headline, "fp32": fp32, "fallback": [],
@@ -90,16 +108,18 @@ def main() -> int:
     (OUT / "int8_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads): each checkpoint of the "
              "task table evaluated on its eval file in fp32, at int8 and (where bf16 is native) in bf16 "
-             "(`Predictor(precision=...)`); each row measured when and where its json entry says.", "",
-             "| row | metric | fp32 | int8 | int8 - fp32 | layers kept in fp32 | bf16 - fp32 |",
-             "|---|---|---|---|---|---|---|"]
+             "(`Predictor(precision=...)`), and at int8 with `--compile` (`--compiled`: against fp32 evaluated "
+             "again in that run); each row measured when and where its json entry says.", "",
+             "| row | metric | fp32 | int8 | int8 - fp32 | layers kept in fp32 | bf16 - fp32 | int8 compiled - fp32 |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         if r.get("missing"):
-            lines.append(f"| {name} | – | no checkpoint here | – | – | – | – |")
+            lines.append(f"| {name} | – | no checkpoint here | – | – | – | – | – |")
             continue
         bf16 = f"{r['bf16 delta']:+.1f}" if "bf16 delta" in r else "–"
+        compiled = f"{r['compiled delta']:+.1f}" if "compiled delta" in r else "–"
         lines.append(f"| {name} | {r['metric']} | {r['fp32']:.1f} | {r['int8']:.1f} | **{r['delta']:+.1f}** | "
-                     f"{', '.join(r['fallback']) or 'none'} | {bf16} |")
+                     f"{', '.join(r['fallback']) or 'none'} | {bf16} | {compiled} |")
     (OUT / "int8_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

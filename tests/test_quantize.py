@@ -398,9 +398,10 @@ def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
 def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
     """Where frozen stacks are available (AMX), an unpadded batch runs each `chunk` of layers as one compiled
     FrozenInt8Layers (its tensors parameters sharing the layers' storage, so inductor's freezing treats them as
-    constants), with the eager int8 model's outputs exactly; the stack's state dict is unchanged; a load_state_dict
-    into the model makes them again (a compiled frozen graph keeps its own copies of the weights); where compiling
-    one fails, one warning and the function path, the same numbers."""
+    constants), with the eager int8 model's outputs exactly (float32 attention); the stack's state dict is
+    unchanged; a load_state_dict into the model makes them again (a compiled frozen graph keeps its own copies of
+    the weights); where compiling one fails, one warning and the function path, the same numbers; where bf16 is
+    native, attention's products run in bf16, within its rounding of float32's."""
     import copy
 
     import bertkit.quantize as q
@@ -412,18 +413,16 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
         compiled.append(fn.__name__)
         def run(*args):
             calls.append(fn.__name__)
-            if fn.__name__ == "frozen_layers":
-                keeps.append(args[2])
             return fn(*args)
         return run
 
     calls: list[str] = []
-    keeps: list[bool] = []
     monkeypatch.setattr(torch, "compile", recording)
     monkeypatch.setattr(q, "_COMPILED", {})
     monkeypatch.setattr(q, "COMPILE_FAILED", [])
     monkeypatch.setattr(q, "FROZEN_FAILED", [])
     monkeypatch.setattr(q, "packed_int8_available", lambda: True)
+    monkeypatch.setattr(q, "native_bf16", lambda flags=None: False)
     torch.manual_seed(0)
     model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
     other = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
@@ -442,15 +441,9 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
         assert set(fused.state_dict()) == keys
         fused(*full)
         assert fused.layers.frozen() is frozen and compiled == ["frozen_layers"] * 2  # made once
-        # the FFN activations come out of a small batch's graph (stored once), not out of a large one's
-        monkeypatch.setattr(q, "KEEP_ACTIVATIONS_BYTES", 4 * 18 * layer.widest - 1)  # under 18 rows
-        keeps[:] = []
-        torch.testing.assert_close(fused(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
         torch.testing.assert_close(fused(*[t[:1] for t in full]).last_hidden_state,
                                    eager(*[t[:1] for t in full]).last_hidden_state, atol=0, rtol=0)
-        assert keeps == [False, False, True, True]
-        rows = torch.randn(9, layer.qkv.in_features)
-        assert len(frozen[0].run(rows, 1, True)[1]) == 4 and not frozen[0].run(rows, 1, False)[1]
+        assert all(m.attention == torch.float32 for m in frozen)
         fused.load_state_dict(quantize(copy.deepcopy(other), "int8").state_dict())
         torch.testing.assert_close(fused(*full).last_hidden_state,
                                    quantize(copy.deepcopy(other), "int8")(*full).last_hidden_state, atol=0, rtol=0)
@@ -471,32 +464,86 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
         torch.testing.assert_close(out, eager(*full).last_hidden_state, atol=0, rtol=0)
         assert calls == ["int8_dense_stack"] * 2 and q.FROZEN_FAILED and not q.frozen_int8_available()
 
+        monkeypatch.setattr(torch, "compile", recording)
+        monkeypatch.setattr(q, "FROZEN_FAILED", [])
+        monkeypatch.setattr(q, "native_bf16", lambda flags=None: True)
+        bf16_attention = quantize(copy.deepcopy(model), "int8", compile=True)
+        out, expected = bf16_attention(*full).last_hidden_state, eager(*full).last_hidden_state
+        assert all(m.attention == torch.bfloat16 for m in bf16_attention.layers.frozen())
+        cosine = torch.nn.functional.cosine_similarity(out.flatten(0, 1), expected.flatten(0, 1), dim=-1)
+        assert not torch.equal(out, expected) and float(cosine.min()) > 0.999
+
 
 def test_compiled_int8_layers_evaluate_exact_gelu_as_a_rational_function(monkeypatch):
     """Inside torch.compile the int8 feed-forward block evaluates exact GELU with a rational erf (cheaper than
-    ATen's in the fused kernel): within 2e-6 of float64 GELU, as close as F.gelu's float32 result; run eagerly,
-    the block keeps F.gelu."""
+    ATen's in the fused kernel), within 2e-6 of float64 GELU, as close as F.gelu's float32 result, and quantizes it
+    from bounds taken before the activation (`quantize_activation`); run eagerly, the block keeps F.gelu and
+    quantize_tokens. The two agree within int8's rounding."""
     import torch.nn.functional as F
 
-    from bertkit.quantize import gelu_rational, int8_feed_forward
+    import bertkit.quantize as q
 
     x = torch.linspace(-12, 12, 240_001)
     truth = F.gelu(x.double())
-    assert float((gelu_rational(x).double() - truth).abs().max()) < 2e-6
+    assert float((q.gelu_rational(x).double() - truth).abs().max()) < 2e-6
     assert float((F.gelu(x).double() - truth).abs().max()) < 2e-6  # the bar is float32 GELU's own error
     big = torch.tensor([30.0, 1e4, -30.0, -1e4])
-    torch.testing.assert_close(gelu_rational(big), torch.tensor([30.0, 1e4, 0.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(q.gelu_rational(big), torch.tensor([30.0, 1e4, 0.0, 0.0]), atol=1e-6, rtol=0)
 
     torch.manual_seed(0)
     first, second = Int8Linear(nn.Linear(32, 128)), Int8Linear(nn.Linear(128, 32))
     norm = (torch.ones(32), torch.zeros(32), 1e-12)
     rows = torch.randn(40, 32)
-    eager_h = int8_feed_forward(rows, first.buffers_, second.buffers_, norm, F.gelu)[1]
+    eager = q.int8_feed_forward(rows, first.buffers_, second.buffers_, norm, F.gelu)
+    seen = []
+    quantize_activation = q.quantize_activation
+    monkeypatch.setattr(q, "quantize_activation", lambda h, act, minimum: seen.append(act)
+                        or quantize_activation(h, act, minimum))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    traced_h = int8_feed_forward(rows, first.buffers_, second.buffers_, norm, F.gelu)[1]
-    rational_h = int8_feed_forward(rows, first.buffers_, second.buffers_, norm, gelu_rational)[1]
-    assert torch.equal(traced_h, rational_h) and not torch.equal(traced_h, eager_h)
-    torch.testing.assert_close(traced_h, eager_h, atol=2e-6, rtol=0)
+    traced = q.int8_feed_forward(rows, first.buffers_, second.buffers_, norm, F.gelu)
+    assert seen == [q.gelu_rational] and not torch.equal(traced, eager)
+    cosine = F.cosine_similarity(traced, eager, dim=-1)
+    assert float(cosine.min()) > 0.999 and float((traced - eager).abs().max()) < 0.1
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu"])
+def test_compiled_quantization_takes_bounds_before_the_activation(name, monkeypatch):
+    """quantize_activation (compiled layers) quantizes act(rows) from each row's range before the activation: no
+    value is clipped (every one within half a step of its int8 value, on rows all positive, all negative, past the
+    activation's minimum or not, constant, or far from zero), and the step is the row's own range / 255 where the
+    row's smallest input is past act's minimum (and within 0.1% on BERT-like rows, which pass near it). The
+    compiled quantize_tokens (quantize_range: a fractional zero point) keeps the same half-step bound."""
+    import torch.nn.functional as F
+
+    import bertkit.quantize as q
+    from bertkit.model import gelu_tanh
+
+    act = {"gelu": q.gelu_rational, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]
+    minimum = q.ACTIVATION_MINIMA[{"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]]
+    torch.manual_seed(0)
+    width = 1024
+    rows = torch.cat([torch.randn(64, width) * 3,  # BERT-like FFN inputs: they pass near GELU's minimum
+                      torch.randn(4, width).abs() + 1, -torch.randn(4, width).abs() - 1,  # one-sided
+                      torch.rand(4, width) * 5 - 0.7,  # smallest input past GELU's minimum (-0.752)
+                      torch.full((2, width), 0.3), torch.full((2, width), -2.0),  # constant rows
+                      1000 + torch.randn(2, width) * 0.01, torch.randn(2, width) * 1e-6])
+    values = act(rows)
+    for quantized in (q.quantize_activation(rows, act, minimum),
+                      q.quantize_range(values, *torch.aminmax(values, dim=-1, keepdim=True))):
+        codes, scale, zero = quantized
+        assert codes.dtype == torch.int8 and scale.shape == zero.shape == (rows.shape[0], 1)
+        error = (scale * (codes.float() - zero) - values).abs()
+        assert bool((error <= 0.5001 * scale + 1e-6 * values.abs()).all())
+    low, high = torch.aminmax(values, dim=-1, keepdim=True)
+    exact = ((high.clamp(min=0) - low) / 255).squeeze(1)  # what the bounds must give where they are exact
+    scale = q.quantize_activation(rows, act, minimum)[1].squeeze(1)
+    torch.testing.assert_close(scale[:64], exact[:64], rtol=1e-3, atol=0)
+    past = (rows.min(dim=-1).values >= minimum[1]) & (exact > 0)
+    assert int(past.sum()) >= 6
+    torch.testing.assert_close(scale[past], exact[past], rtol=1e-5, atol=0)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    codes, scale, zero = q.quantize_tokens(values)
+    assert float(((scale * (codes.float() - zero) - values).abs() - 0.5001 * scale).max()) <= 1e-3
 
 
 def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(classifier, monkeypatch):
@@ -523,8 +570,9 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
 
 @pytest.mark.slow
 def test_compiled_int8_equals_eager():
-    """The real torch.compile (inductor, a C++ compiler: about a minute cold): a lone int8 layer and whole fused
-    encoder layers give the eager int8 model's outputs (up to a rounding step where fused float math differs)."""
+    """The real torch.compile (inductor, a C++ compiler: about a minute cold): a lone int8 layer is as close to
+    float as eager int8 (its own rounding grid: a fractional zero point), and whole fused encoder layers give the
+    eager int8 model's outputs up to int8 rounding (and, on AMX, bf16 attention in the frozen stacks)."""
     import copy
 
     import bertkit.quantize as q
@@ -534,7 +582,10 @@ def test_compiled_int8_equals_eager():
     eager, compiled = Int8Linear(linear), Int8Linear(linear, compile=True)
     for rows in (7, 33):  # dynamic in the number of tokens
         x = torch.randn(rows, 64)
-        torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            exact, ours, theirs = linear(x), compiled(x), eager(x)
+        assert float((ours - exact).abs().max()) <= 1.5 * float((theirs - exact).abs().max())
+        assert float(torch.nn.functional.cosine_similarity(ours, theirs, dim=-1).min()) > 0.9999
     model, batch = _tiny_encoder_and_batch()
     eager_model, fused = quantize(copy.deepcopy(model), "int8"), quantize(copy.deepcopy(model), "int8", compile=True)
     with torch.no_grad():
@@ -546,6 +597,31 @@ def test_compiled_int8_equals_eager():
             assert float(cosine.min()) > 0.9999 and float((a - b).abs().max()) < 0.05
     assert not q.COMPILE_FAILED and not q.FROZEN_FAILED
     assert ("_frozen" in fused.layers.__dict__) == q.packed_int8_available()  # the unpadded batches ran frozen
+
+
+@pytest.mark.slow
+def test_compiled_minilm_int8_keeps_the_hidden_states(minilm_dir):
+    """The issue's bar for `--compile` (the real torch.compile, a minute or two cold): MiniLM compiled at int8 keeps
+    a worst-token cosine >= 0.99 of fp32 on real sentences, padded together (the packed path) and one at a time
+    (on AMX the frozen stacks, bf16 attention)."""
+    import bertkit.quantize as q
+
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = BertModel.from_pretrained(minilm_dir).eval()
+        int8 = quantize(BertModel.from_pretrained(minilm_dir), "int8", compile=True)
+    sentences = _sentences()
+    worst = []
+    with torch.no_grad():
+        for batch in [tok(sentences, max_length=128)] + [tok([s], max_length=128) for s in sentences[:3]]:
+            args = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+            a, b = fp32(*args).last_hidden_state, int8(*args).last_hidden_state
+            keep = batch["attention_mask"].bool()
+            worst.append(float(torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1).min()))
+    assert min(worst) >= 0.99, worst
+    assert not q.COMPILE_FAILED and not q.FROZEN_FAILED
+    assert ("_frozen" in int8.layers.__dict__) == q.packed_int8_available()
 
 
 @pytest.mark.slow

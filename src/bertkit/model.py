@@ -36,10 +36,15 @@ class PreTrainingOutput(NamedTuple):
     pooler_output: Tensor  # (B, H)
 
 
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU with tanh's approximation (hidden_act gelu_new / gelu_pytorch_tanh)."""
+    return F.gelu(x, approximate="tanh")
+
+
 _ACTIVATIONS = {
     "gelu": F.gelu,  # exact (erf) GELU, as Google's BERT
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
     "relu": F.relu,
 }
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.model import _ACTIVATIONS, EncoderLayer, LayerStack, Layout, dense_attention
+from bertkit.model import _ACTIVATIONS, EncoderLayer, LayerStack, Layout, dense_attention, gelu_tanh
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags with int8 dot products
@@ -181,17 +181,61 @@ def _int8_matmul_shape(q: Tensor, weight_t: Tensor, weight_scale: Tensor) -> Ten
 
 
 def quantize_tokens(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Asymmetric int8 per row (token): (q, scale, zero), each (M, 1) but q, with rows ≈ scale (q - zero)."""
+    """Asymmetric int8 per row (token): (q, scale, zero), each (M, 1) but q, with rows ≈ scale (q - zero). Under
+    torch.compile, `quantize_range`'s form (a fractional zero point: the same step, another rounding grid)."""
     low, high = torch.aminmax(rows, dim=-1, keepdim=True)
+    if torch.compiler.is_compiling():
+        return quantize_range(rows, low, high)
     scale = (high.clamp(min=0) - low.clamp(max=0)).div(255.0).clamp(min=1e-12)  # (M, 1)
     zero = torch.round(low.clamp(max=0) / scale).neg().sub(128.0)  # (M, 1): q = round(x / s) + z
     return torch.addcmul(zero, rows, scale.reciprocal()).round_().clamp_(-128, 127).to(torch.int8), scale, zero
 
 
+def quantize_range(values: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(q, scale, zero) as quantize_tokens, for rows whose values lie within (M, 1) bounds [low, high]: low maps to
+    -128 and high to 127, so zero = -128 - low / scale is fractional (the quantization step is the same, the error
+    at most half a step) and q needs no clamp. The form for compiled layers: in inductor's fused kernel every
+    per-row step (the clamps, the rounded zero point, the divisions) was evaluated again at each vector of the row,
+    and the clamps of the result cost as much again: quantizing 4096 x 1024 rows took 1.5 ms in quantize_tokens'
+    eager form, 0.85-0.88 ms in this one (compiled, here)."""
+    inverse = 255.0 / (high - low).clamp(min=1e-12)
+    q = ((values - low) * inverse - 128.0).round_().to(torch.int8)  # values - low first: exact where |low| >> range
+    return q, inverse.reciprocal(), -128.0 - low * inverse
+
+
+# Each activation's global minimum and (rounded up) where it is reached: act is increasing from there on, so a
+# row's smallest activation is act(its smallest input) where that input is at least the second number, and never
+# below the first.
+ACTIVATION_MINIMA: dict[Callable[[Tensor], Tensor], tuple[float, float]] = {
+    F.gelu: (-0.1699713, -0.7517),  # exact GELU: -0.16997121 at -0.75179
+    gelu_tanh: (-0.1700408, -0.7524),  # tanh GELU: -0.17004075 at -0.75246
+    F.relu: (0.0, 0.0),
+}
+
+
+def quantize_activation(rows: Tensor, act: Callable[[Tensor], Tensor], minimum: tuple[float, float]
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """quantize_tokens(act(rows)) for an activation with `minimum` (ACTIVATION_MINIMA) in the compiled form, the
+    bounds taken from the rows before the activation: the largest act value is act(max) (at least 0), the smallest
+    act(min) where min is past the activation's own minimum (exactly the row's, since act is increasing there),
+    else that minimum (within 1e-3 of the row's in BERT's FFN rows, which pass near it). The fused kernel then
+    evaluates the activation once an element, not once for the row's range and again to quantize it (GELU's
+    rational erf is the kernel's largest cost: BERT-mini 32 x 128 compiled 1.14x faster)."""
+    low, high = torch.aminmax(rows, dim=-1, keepdim=True)
+    floor, start = minimum
+    low = torch.where(low >= start, act(low), floor)
+    return quantize_range(act(rows), low, act(high).clamp(min=0))
+
+
 def int8_linear(rows: Tensor, weight_t: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor) -> Tensor:
     """(M, K) float32 rows -> (M, N): per-token asymmetric int8 rows times the int8 weight, rescaled (a pure
     function, so torch.compile can fuse the quantization before the int8 GEMM and the rescaling after it)."""
-    q, scale, zero = quantize_tokens(rows)
+    return int8_product(*quantize_tokens(rows), weight_t, weight_scale, weight_sum, bias)
+
+
+def int8_product(q: Tensor, scale: Tensor, zero: Tensor, weight_t: Tensor, weight_scale: Tensor, weight_sum: Tensor,
+                 bias: Tensor) -> Tensor:
+    """int8_linear after the quantization: (M, K) int8 rows with their (M, 1) scales and zero points -> (M, N)."""
     if isinstance(weight_t, nn.Parameter) and torch.compiler.is_compiling():
         # a constant of a frozen compiled module (FrozenInt8Layers): the product written as inductor's freezing
         # pass recognizes it, which packs the weight once and puts in an AMX GEMM with the w and s products
@@ -239,26 +283,27 @@ def gelu_rational(x: Tensor) -> Tensor:
 
 
 def int8_feed_forward(x: Tensor, first: tuple[Tensor, ...], second: tuple[Tensor, ...],
-                      norm: tuple[Tensor, Tensor, float], act: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-    """(LayerNorm(x + ffn_out(act(ffn_in(x)))), act(ffn_in(x))): an encoder layer's feed-forward block at int8, one
-    pure function. The activation is returned too so that torch.compile stores it once: otherwise the fused kernel
-    evaluates GELU's erf twice per element, for each row's min/max and again to quantize it (the stored version
-    runs the block 7-20% faster here, with the same output). Under torch.compile, exact GELU is `gelu_rational`
-    (run eagerly, F.gelu: the eager int8 model's outputs exactly)."""
-    if act is F.gelu and torch.compiler.is_compiling():
-        act = gelu_rational
-    h = act(int8_linear(x, *first))
-    return F.layer_norm(x + int8_linear(h, *second), x.shape[-1:], norm[0], norm[1], norm[2]), h
+                      norm: tuple[Tensor, Tensor, float], act: Callable[[Tensor], Tensor]) -> Tensor:
+    """LayerNorm(x + ffn_out(act(ffn_in(x)))): an encoder layer's feed-forward block at int8, one pure function.
+    Eagerly, the activation and then quantize_tokens; under torch.compile, `quantize_activation` (the activation
+    evaluated once an element), with exact GELU as `gelu_rational`."""
+    h = int8_linear(x, *first)
+    if torch.compiler.is_compiling() and act in ACTIVATION_MINIMA:
+        quantized = quantize_activation(h, gelu_rational if act is F.gelu else act, ACTIVATION_MINIMA[act])
+    else:
+        quantized = quantize_tokens(act(h))
+    return F.layer_norm(x + int8_product(*quantized, *second), x.shape[-1:], norm[0], norm[1], norm[2])
 
 
 def int8_dense_layer(x: Tensor, batch: int, num_heads: int, qkv: tuple[Tensor, ...], out: tuple[Tensor, ...],
                      attn_norm: tuple[Tensor, Tensor, float], first: tuple[Tensor, ...], second: tuple[Tensor, ...],
-                     ffn_norm: tuple[Tensor, Tensor, float], act: Callable[[Tensor], Tensor]
-                     ) -> tuple[Tensor, Tensor]:
+                     ffn_norm: tuple[Tensor, Tensor, float], act: Callable[[Tensor], Tensor],
+                     attention: torch.dtype = torch.float32) -> Tensor:
     """A whole encoder layer at int8 over a batch without padding ((B * T, H) rows, B = `batch`), attention
     included: one compiled function a layer instead of three, so the QKV rescaling fuses with the head split and
-    the attention output's transpose with the next quantization. Returns (output, the FFN activation)."""
-    y = dense_attention(int8_linear(x, *qkv), batch, num_heads)
+    the attention output's transpose with the next quantization. `attention`: the dtype of attention's two
+    products (bf16 in FrozenInt8Layers where bf16 is native; softmax accumulates in float32 either way)."""
+    y = dense_attention(int8_linear(x, *qkv).to(attention), batch, num_heads).float()
     return int8_feed_forward(int8_attention_output(x, y, out, attn_norm), first, second, ffn_norm, act)
 
 
@@ -270,7 +315,7 @@ def int8_dense_stack(x: Tensor, batch: int, num_heads: int, layers: list[tuple[A
     `int8_dense_layer` arguments after `num_heads` (Int8EncoderLayer.arguments); Int8LayerStack passes 4 at a
     time."""
     for arguments in layers:
-        x, _ = int8_dense_layer(x, batch, num_heads, *arguments, act)
+        x = int8_dense_layer(x, batch, num_heads, *arguments, act)
     return x
 
 
@@ -381,7 +426,7 @@ class Int8EncoderLayer(nn.Module):
         dtype, x = x.dtype, x.float()
         arguments = self.arguments
         if self.whole_layer and unpadded(layout):
-            parts = [run_compiled(int8_dense_layer, rows, count, self.num_heads, *arguments, self.act)[0]
+            parts = [run_compiled(int8_dense_layer, rows, count, self.num_heads, *arguments, self.act)
                      for rows, count in sequence_groups(x, layout.batch, self.widest)]
             return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(dtype)
         _, out, attn, first, second, ffn = arguments
@@ -389,7 +434,7 @@ class Int8EncoderLayer(nn.Module):
         # the rest is row by row: groups of rows, evened out (no 1-row remainder to compile anew in a request)
         step = evened(x.shape[0], GROUP_BYTES // (4 * self.widest))
         parts = [run_compiled(int8_feed_forward, run_compiled(int8_attention_output, x[i:i + step], y[i:i + step],
-                                                              out, attn), first, second, ffn, self.act)[0]
+                                                              out, attn), first, second, ffn, self.act)
                  for i in range(0, x.shape[0], step)]
         return (torch.cat(parts) if len(parts) > 1 else parts[0]).to(dtype)
 
@@ -437,14 +482,11 @@ def unpadded(layout: Layout) -> bool:
 # around each call instead.)
 FROZEN_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
                   "max_autotune_report_choices_stats": False, "autotune_num_choices_displayed": 0}
+# Set around each call of a frozen stack: `freezing`, and multiply-adds contracted to FMAs in the generated C++
+# (inductor's default is -ffp-contract=off; GELU's rational erf is a chain of multiply-adds: a compiled GELU over
+# 4096 x 1024 took 0.80 ms with FMAs, 1.28 ms without, here).
+FROZEN_CONFIG = {"freezing": True, "cpp.enable_floating_point_contract_flag": "fast"}
 FROZEN_FAILED: list[str] = []  # why compiling a frozen stack failed in this process (then the function path runs)
-
-
-# Frozen stacks return each layer's FFN activation (so inductor stores it once) where it is at most this large:
-# dropped inside the graph, the fused kernel evaluated GELU again to quantize it (1 x 128, one process: BERT-mini
-# 1.10x, base 1.08x with the activations returned); at larger ones writing them out cost more than it saved
-# (BERT-mini 32 x 128, 16 MiB each: 0.80x; base in 12 MiB groups: 0.98x).
-KEEP_ACTIVATIONS_BYTES = 4 << 20
 
 
 def frozen_int8_available() -> bool:
@@ -455,8 +497,7 @@ def frozen_int8_available() -> bool:
 
 def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` with a code object of its own: torch.compile keeps compiled graphs per code object, up to
-    `recompile_limit` (8) for all callers, so each frozen stack gets its own (up to 4 graphs: one sequence or any
-    number, each with or without the activations as outputs)."""
+    `recompile_limit` (8) for all callers, so each frozen stack gets its own (2 graphs: one sequence, any number)."""
     import types
 
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -466,7 +507,10 @@ class FrozenInt8Layers(nn.Module):
     """Consecutive Int8EncoderLayers over a batch without padding, their tensors held as parameters (sharing the
     layers' storage) so that torch.compile with freezing treats them as constants; `compiled` runs them. Made again
     when a layer's tensor changed in place or moved (`load_state_dict`), since the compiled graph keeps its own
-    packed copies of the weights."""
+    packed copies of the weights. Attention's two products run in bf16 where bf16 is native (AMX, which frozen
+    stacks need anyway; softmax accumulates in float32 inside the kernel): its output feeds an int8 quantization
+    (steps of 1/255 of each row's range) and bf16's own rounding is 1/256 of each value; BERT-mini's compiled
+    32 x 128 1.3x, 1 x 128 1.15x faster than with float32 attention (exploratory A/B, here)."""
 
     def __init__(self, layers: list[Int8EncoderLayer]) -> None:
         super().__init__()
@@ -477,10 +521,10 @@ class FrozenInt8Layers(nn.Module):
         self.weights = nn.ParameterList([nn.Parameter(t.reshape(-1) if i % 20 in (1, 5, 9, 13) else t,
                                                       requires_grad=False) for i, t in enumerate(self.sources)])
         self.eps = [(layer.attn_norm.eps, layer.ffn_norm.eps) for layer in layers]
-        self.widest = max(layer.widest for layer in layers)
+        self.attention = torch.bfloat16 if native_bf16() else torch.float32
 
-        def frozen_layers(x: Tensor, batch: int, keep: bool) -> tuple[Tensor, list[Tensor]]:
-            return self.run(x, batch, keep)
+        def frozen_layers(x: Tensor, batch: int) -> Tensor:
+            return self.run(x, batch)
 
         self.compiled = torch.compile(_own_code(frozen_layers), dynamic=True, options=FROZEN_OPTIONS)
 
@@ -508,24 +552,21 @@ class FrozenInt8Layers(nn.Module):
         return (len(now) == len(self.sources) and all(a is b for a, b in zip(now, self.sources, strict=True))
                 and self.source_state() == self.state)
 
-    def run(self, x: Tensor, batch: int, keep: bool) -> tuple[Tensor, list[Tensor]]:
-        """As int8_dense_stack: (output, the FFN activations if `keep`)."""
-        w, hidden = list(self.weights), []
+    def run(self, x: Tensor, batch: int) -> Tensor:
+        """As int8_dense_stack."""
+        w = list(self.weights)
         for i, (attn_eps, ffn_eps) in enumerate(self.eps):
             p = w[20 * i:20 * i + 20]
-            x, h = int8_dense_layer(x, batch, self.num_heads, tuple(p[0:4]), tuple(p[4:8]), (p[16], p[17], attn_eps),
-                                    tuple(p[8:12]), tuple(p[12:16]), (p[18], p[19], ffn_eps), self.act)
-            if keep:
-                hidden.append(h)
-        return x, hidden
+            x = int8_dense_layer(x, batch, self.num_heads, tuple(p[0:4]), tuple(p[4:8]), (p[16], p[17], attn_eps),
+                                 tuple(p[8:12]), tuple(p[12:16]), (p[18], p[19], ffn_eps), self.act, self.attention)
+        return x
 
     def forward(self, x: Tensor, batch: int) -> Tensor:
         """The layers over (B * T, H) rows of `batch` sequences, compiled with freezing (inference only)."""
         import torch._inductor.config as inductor_config
 
-        keep = x.shape[0] * self.widest * 4 <= KEEP_ACTIVATIONS_BYTES  # decided here: a guard inside would recompile
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.compiled(x, batch, keep)[0]
+        with torch.no_grad(), inductor_config.patch(FROZEN_CONFIG):
+            return self.compiled(x, batch)
 
 
 class Int8LayerStack(LayerStack):
@@ -734,7 +775,9 @@ def pack_bf16(model: nn.Module) -> int:
     Rapids; the outputs differ from plain bf16's by its rounding (worst-token cosine 0.9999)."""
     if not packed_bf16_available():
         return 0
-    names = {fn: name for name, fn in _ACTIVATIONS.items()}
+    names: dict[Any, str] = {}
+    for name, fn in _ACTIVATIONS.items():
+        names.setdefault(fn, name)  # gelu_new and gelu_pytorch_tanh are one function: the first name
     swapped = 0
     for layer in [m for m in model.modules() if isinstance(m, EncoderLayer)]:
         if any(not isinstance(getattr(layer, n), nn.Linear) or getattr(layer, n).weight.device.type != "cpu"
@@ -762,8 +805,3 @@ def warm_up(encoder: nn.Module) -> None:
     encoder(ids, mask, torch.zeros_like(ids))
     for rows in (2, 1):  # torch.compile specialises a batch of one: both sizes compiled now
         encoder(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
-    stacks = [m for m in encoder.modules() if isinstance(m, Int8LayerStack)]
-    if stacks and frozen_int8_available():  # and the frozen stacks' graph for batches past KEEP_ACTIVATIONS_BYTES
-        widest = max(layer.widest for stack in stacks for layer in stack)
-        many = ids[:1].expand(-(-(KEEP_ACTIVATIONS_BYTES // (4 * widest) + 1) // ids.shape[1]), -1)
-        encoder(many, torch.ones_like(many), torch.zeros_like(many))
