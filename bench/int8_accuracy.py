@@ -65,7 +65,7 @@ def main() -> int:
         model = ROOT / "runs" / "tasks" / name / "model"
         headline = results.get(name, {}).get("headline")
         if not (model / "config.json").is_file() or headline is None:
-            rows[name] = {"missing": True}
+            rows[name] = kept[name] if args.compiled and name in kept else {"missing": True}
             print(f"{name}: no checkpoint in {model}", flush=True)
             continue
         eval_path, fmt = DATA / spec["eval"], spec["fmt"]

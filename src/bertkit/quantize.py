@@ -71,7 +71,7 @@ def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
         return ("bf16", "CUDA with bf16") if cuda_bf16 else ("fp32", "CUDA without bf16 (int8 is a CPU path)")
     flags = frozenset(cpu_flags() if flags is None else flags)
     if AMX_BF16 in flags:
-        return "bf16", "CPU with AMX (amx_bf16): bf16 matmuls on AMX tiles, faster here than bertkit's int8 path"
+        return "bf16", "CPU with AMX (amx_bf16): bf16 matmuls on AMX tiles, faster here than bertkit's eager int8"
     int8 = [f for f in INT8_FEATURES if f in flags]
     if int8:
         return "int8", f"CPU with int8 dot products ({', '.join(int8)})"
