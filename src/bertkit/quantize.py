@@ -218,7 +218,8 @@ def quantize_activation(rows: Tensor, act: Callable[[Tensor], Tensor], minimum: 
     """quantize_tokens(act(rows)) for an activation with `minimum` (ACTIVATION_MINIMA) in the compiled form, the
     bounds taken from the rows before the activation: the largest act value is act(max) (at least 0), the smallest
     act(min) where min is past the activation's own minimum (exactly the row's, since act is increasing there),
-    else that minimum (within 1e-3 of the row's in BERT's FFN rows, which pass near it). The fused kernel then
+    else that minimum (BERT's FFN rows pass near it: on random rows of 1024 the step is the row's own within 0.1%,
+    the test). The fused kernel then
     evaluates the activation once an element, not once for the row's range and again to quantize it (GELU's
     rational erf is the kernel's largest cost: BERT-mini 32 x 128 compiled 1.14x faster)."""
     low, high = torch.aminmax(rows, dim=-1, keepdim=True)
