@@ -38,6 +38,13 @@ def percent(value: float) -> float:
     return 100 * value if abs(value) <= 1 else value
 
 
+def score(model: Path, eval_path: Path, fmt: str, headline: str, **options: object) -> float:
+    """The checkpoint's headline metric on the eval file, in points, through `Predictor(model, **options)`."""
+    from bertkit.predict import Predictor
+
+    return percent(Predictor(model, device="cpu", **options).evaluate(eval_path, fmt)[headline])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None)
@@ -47,7 +54,6 @@ def main() -> int:
 
     from bertkit.config import BertConfig
     from bertkit.device import cpu_name
-    from bertkit.predict import Predictor
     from bertkit.quantize import choose_precision, native_bf16
     from tasks import DATA, RUNS
 
@@ -68,34 +74,32 @@ def main() -> int:
             rows[name] = kept[name] if args.compiled and name in kept else {"missing": True}
             print(f"{name}: no checkpoint in {model}", flush=True)
             continue
-        eval_path, fmt = DATA / spec["eval"], spec["fmt"]
+        task = (model, DATA / spec["eval"], spec["fmt"], headline)
         if args.compiled:
             if name in kept and not kept[name].get("missing"):
                 rows[name] = row = dict(kept[name])
                 started = time.perf_counter()
-                fp32 = percent(Predictor(model, device="cpu", precision="fp32").evaluate(eval_path, fmt)[headline])
-                compiled = percent(Predictor(model, device="cpu", precision="int8", int8_keep=row["fallback"],
-                                             compile=True).evaluate(eval_path, fmt)[headline])
+                fp32 = score(*task, precision="fp32")
+                compiled = score(*task, precision="int8", int8_keep=row["fallback"], compile=True)
                 row.update({"compiled fp32": fp32, "int8 compiled": compiled, "compiled delta": compiled - fp32,
                             "compiled seconds": round(time.perf_counter() - started, 1),
                             "compiled date": time.strftime("%Y-%m-%d %H:%M"), "compiled cpu": cpu_name()})
                 print(name, json.dumps(row), flush=True)
             continue
         started = time.perf_counter()
-        fp32 = percent(Predictor(model, device="cpu", precision="fp32").evaluate(eval_path, fmt)[headline])
+        fp32 = score(*task, precision="fp32")
         row = {"metric": headline, "fp32": fp32, "fallback": [],
                "bench_tasks_fp32": percent(results[name]["metrics"][headline])}
         layers = BertConfig.from_pretrained(model).num_hidden_layers
         for keep in FALLBACKS:
             keep = [k.format(last=layers - 1, last1=layers - 2) for k in keep]
-            int8 = percent(Predictor(model, device="cpu", precision="int8", int8_keep=keep).evaluate(
-                eval_path, fmt)[headline])
+            int8 = score(*task, precision="int8", int8_keep=keep)
             row.update(int8=int8, fallback=keep)
             if abs(int8 - fp32) <= 1.0:  # points
                 break
         row["delta"] = row["int8"] - row["fp32"]
         if with_bf16:
-            row["bf16"] = percent(Predictor(model, device="cpu", precision="bf16").evaluate(eval_path, fmt)[headline])
+            row["bf16"] = score(*task, precision="bf16")
             row["bf16 delta"] = row["bf16"] - row["fp32"]
         row["seconds"] = round(time.perf_counter() - started, 1)
         row["date"], row["cpu"] = time.strftime("%Y-%m-%d %H:%M"), cpu_name()

@@ -518,8 +518,8 @@ def test_compiled_quantization_takes_bounds_before_the_activation(name, monkeypa
     import bertkit.quantize as q
     from bertkit.model import gelu_tanh
 
-    act = {"gelu": q.gelu_rational, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]
-    minimum = q.ACTIVATION_MINIMA[{"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]]
+    key = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]
+    act, minimum = q.gelu_rational if key is F.gelu else key, q.ACTIVATION_MINIMA[key]  # as int8_feed_forward
     torch.manual_seed(0)
     width = 1024
     rows = torch.cat([torch.randn(64, width) * 3,  # BERT-like FFN inputs: they pass near GELU's minimum

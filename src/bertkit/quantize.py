@@ -8,8 +8,8 @@ VNNI/AMX kernels (on AMX, `int8_matmul` on the weight packed once: every product
 else `torch._int_mm`) and is rescaled to float32; a batch too large for one piece runs in groups (GROUP_BYTES).
 Compiled on AMX, a batch without padding runs the layers as FrozenInt8Layers: their weights constants to inductor,
 which packs them and times its own AMX GEMM (rescaling and GELU in its epilogue) against oneDNN's.
-Embeddings, LayerNorm, softmax, GELU, the residual stream, the pooler and the task heads stay float32; the packed
-(no-padding) layout is unchanged.
+Embeddings, LayerNorm, softmax, GELU, the residual stream, the pooler and the task heads stay float32 (frozen stacks
+run attention's two products in bf16 where bf16 is native); the packed (no-padding) layout is unchanged.
 Layers named in `keep` stay float32 (the layer-wise fallback for a model that loses accuracy).
 
 bf16 (`quantize(model, "bf16")`): the whole model in bf16; on a CPU with native bf16, each encoder Linear's weight
@@ -219,9 +219,9 @@ def quantize_activation(rows: Tensor, act: Callable[[Tensor], Tensor], minimum: 
     bounds taken from the rows before the activation: the largest act value is act(max) (at least 0), the smallest
     act(min) where min is past the activation's own minimum (exactly the row's, since act is increasing there),
     else that minimum (BERT's FFN rows pass near it: on random rows of 1024 the step is the row's own within 0.1%,
-    the test). The fused kernel then
-    evaluates the activation once an element, not once for the row's range and again to quantize it (GELU's
-    rational erf is the kernel's largest cost: BERT-mini 32 x 128 compiled 1.14x faster)."""
+    the test). The fused kernel then evaluates the activation once an element, not once for the row's range and
+    again to quantize it (GELU's rational erf is the kernel's largest cost: BERT-mini 32 x 128 compiled 1.14x
+    faster)."""
     low, high = torch.aminmax(rows, dim=-1, keepdim=True)
     floor, start = minimum
     low = torch.where(low >= start, act(low), floor)
