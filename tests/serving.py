@@ -180,3 +180,48 @@ class Server:
         """What the server has printed so far (stdout and stderr)."""
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
+
+
+SAMPLE_TEXT = "the cat sat on the mat 北京是中国的首都 it is raining in paris 张三去上海了"
+
+
+def random_checkpoint(task: str, directory: Path, max_seq_len: int = 128, preset: str = "tiny") -> Path:
+    """A checkpoint of `task` with random weights (no training), as its own code saves one: what it costs to
+    serve, not what it predicts. fill_mask and sentence_embedding get a pre-trained (BertForPreTraining) directory;
+    serve it with `--task`."""
+    from bertkit import BertConfig
+    from bertkit.model import BertForPreTraining
+    from bertkit.tasks import task_spec
+    from bertkit.tasks.base import save_task
+    from bertkit.tasks.classification import ClassificationInfo
+    from bertkit.tasks.intent_slot import IntentSlotInfo
+    from bertkit.tasks.multiple_choice import MultipleChoiceInfo
+    from bertkit.tasks.ner import NerInfo
+    from bertkit.tasks.qa import QAInfo
+    from bertkit.tasks.relation import MARKERS, RelationInfo
+    from bertkit.tasks.spelling import SpellingInfo
+    from bertkit.tasks.triples import TriplesInfo
+    from tests.conftest import randomize_
+
+    tok = Tokenizer.train([SAMPLE_TEXT] * 4, vocab_size=120, min_frequency=1)
+    if task == "relation":
+        tok = tok.with_special_tokens(MARKERS)
+    tags = ["O", "B-X", "I-X"]
+    infos = {"classification": ClassificationInfo(["no", "yes"], max_seq_len),
+             "ner": NerInfo(tags, max_seq_len, "bio", False, "char"),
+             "intent_slot": IntentSlotInfo(["ask", "tell"], tags, max_seq_len, "bio", False, "space"),
+             "relation": RelationInfo(["Other", "Cause"], max_seq_len, "semeval"),
+             "spelling": SpellingInfo(max_seq_len), "triples": TriplesInfo(tags, ["p", "q"], max_seq_len, "char"),
+             "qa": QAInfo(max_seq_len, 128), "multiple_choice": MultipleChoiceInfo(max_seq_len)}
+    pretrained = task not in infos
+    spec = None if pretrained else task_spec(task)
+    extra = {} if pretrained else spec.config_extra(infos[task])
+    config = BertConfig.preset(preset, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                               max_position_embeddings=max(512, max_seq_len), extra=extra)
+    model = randomize_((BertForPreTraining if pretrained else spec.model)(config))
+    if pretrained:
+        model.save_pretrained(directory)
+        tok.save_pretrained(directory)
+    else:
+        save_task(spec, infos[task], model, tok, directory)
+    return directory

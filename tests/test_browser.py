@@ -149,14 +149,14 @@ def test_page_asks_for_the_api_key_and_then_predicts(tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    server = Server(make_ner_checkpoint(tmp_path), "--api-key", "page-key")
+    server = Server(make_ner_checkpoint(tmp_path), "--api-key", "page-key-0123456789")
     driver = _driver(tmp_path)
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "needs an API key" in d.find_element(By.ID, "model-info").text)
         assert driver.find_element(By.ID, "key-row").is_displayed()
-        driver.find_element(By.ID, "api-key").send_keys("page-key", Keys.TAB)  # the change event stores it
+        driver.find_element(By.ID, "api-key").send_keys("page-key-0123456789", Keys.TAB)  # the change event stores it
         wait.until(lambda d: "task ner" in d.find_element(By.ID, "model-info").text)
         assert _entities_for(driver, wait, "张三去北京了") == ["张三PER", "北京LOC"]
     finally:

@@ -450,8 +450,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_inputs=args.max_inputs, max_request_chars=args.max_request_chars,
+                         max_request_tokens=args.max_request_tokens, max_choices=args.max_choices,
                          header_timeout_s=args.header_timeout, max_connections=args.max_connections)
-    api_key = args.api_key or os.environ.get("BERTKIT_API_KEY") or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BERTKIT_API_KEY") or None
     check_exposure(args.host, api_key, args.insecure)  # refused before the model loads
     resolve_device(args.device)  # likewise a device this machine does not have
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
@@ -570,6 +571,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="a Host-header name to answer besides loopback and --host (repeatable; '*' for any)")
     p.add_argument("--max-request-chars", type=int_range(1), default=100_000,
                    help="characters over all texts of one request before 413 (default: %(default)s)")
+    p.add_argument("--max-request-tokens", type=int_range(1), default=32_768,
+                   help="tokens the model may encode for one request, counted after a task expands its inputs "
+                   "(choices, windows, chunks) and before any tokenizing, before 413 (default: %(default)s)")
+    p.add_argument("--max-choices", type=int_range(2), default=32,
+                   help="items of a list field (multiple choice's choices) per input before 413 "
+                   "(default: %(default)s)")
     p.add_argument("--header-timeout", type=float_range(0.01, 3600), default=10.0,
                    help="seconds a connection may take to send its request headers (default: %(default)s)")
     p.add_argument("--max-connections", type=int_range(1), default=512,
@@ -792,8 +799,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with a command's texts taken wherever they stand: `fill-mask DIR --top-k 3 "text"` gives
+    the text after the option (argparse alone fills a `nargs="*"` positional once, before the options, and calls
+    the rest unrecognized)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "texts", None), list) and not any(e.startswith("-") for e in extra):
+        args.texts += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "keep":
         keep_freed_memory()  # opt-in: large activations reuse freed memory (faster), resident memory grows
     try:

@@ -23,3 +23,13 @@ class DataError(BertkitError, ValueError):
 
 class DeviceError(BertkitError, ValueError):
     """A device that does not exist here (no CUDA, an index past the last GPU, a name bertkit does not run on)."""
+
+
+def reason(exc: BaseException) -> str:
+    """What a reader's exception says, in words: a KeyError's message is only the key ('question'), so it becomes
+    "missing field 'question'"; an IndexError or TypeError names its kind."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "a missing field"
+    if isinstance(exc, IndexError | TypeError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)

@@ -17,6 +17,7 @@ from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
 from bertkit.quantize import quantize, resolve_precision, warm_up
 from bertkit.tasks import TASKS, default_task, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
+from bertkit.tasks.spec import Work
 from bertkit.tokenizer import Tokenizer
 
 # Checkpoints a pre-training run (bertkit's or transformers') writes: served without task.json
@@ -134,10 +135,21 @@ class Predictor:
                     raise DataError(f"input {index}: {key!r} must be {expected}, got {type(value).__name__}")
                 else:
                     check_encodable(value, index, key)
-            if isinstance(item[required[0]], str) and not item[required[0]].strip():
-                raise DataError(f"input {index}: {required[0]!r} is empty")
+            for key in required:
+                if isinstance(item[key], str) and not item[key].strip():
+                    raise DataError(f"input {index}: {key!r} is empty")
+            if self.spec.validate is not None:
+                self.spec.validate(item, index)
             out.append(item)
         return out
+
+    def work(self, items: list[dict[str, Any]]) -> Work:
+        """At most how many sequences and tokens the model encodes for these (normalised) inputs: counted from
+        their characters, before any tokenizing (the server's per-request budget)."""
+        total = Work()
+        for item in items:
+            total += self.spec.work(item, self.info)
+        return total
 
     @torch.no_grad()
     def predict(self, inputs: list[Any]) -> list[dict[str, Any]]:

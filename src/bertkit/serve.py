@@ -53,11 +53,17 @@ class ServeConfig:
     # characters, and counting them needs no tokenizer work on the event loop; after truncation every input costs
     # at most max_seq_len tokens.
     max_request_chars: int = 100_000  # characters over all text fields of one request (413 above)
+    # What the model will encode, after a task expands an input (multiple choice: a sequence per choice, the
+    # context repeated in each; QA and spelling: windows; NER and triples: chunks), bounded from the characters
+    # before any tokenizing (TaskSpec.work). 64 inputs of 512 tokens fit; one request cannot multiply itself.
+    max_request_tokens: int = 32_768  # tokens over all sequences of one request (413 above)
+    max_choices: int = 32  # items of a list field (multiple choice's choices) per input (413 above)
     max_json_depth: int = 32  # nesting of the request body (400 above), checked before json.loads recurses
     header_timeout_s: float = 10.0  # a connection that has not sent its request headers by then is closed
     body_timeout_s: float = 10.0  # a request body not received by then gets 408
     keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
-    max_connections: int = 512  # open connections; beyond it new ones are closed at once (503 from near it)
+    # open connections; past it a request gets 503 (JSON, Retry-After), past twice it a connection is closed at once
+    max_connections: int = 512
 
 
 class HttpError(Exception):
@@ -223,6 +229,10 @@ def _check_sizes(items: list[Any], config: ServeConfig) -> None:
     total = 0
     for index, item in enumerate(items):
         values = [item] if isinstance(item, str) else list(item.values()) if isinstance(item, dict) else []
+        for key, value in item.items() if isinstance(item, dict) else ():
+            if isinstance(value, list) and len(value) > config.max_choices:
+                raise HttpError(413, f"input {index}: {key!r} has {len(value)} items; the limit is "
+                                     f"{config.max_choices} (--max-choices)")
         values = [v for value in values for v in (value if isinstance(value, list) else [value])]  # list fields too
         for value in values:
             if isinstance(value, str) and len(value) > config.max_chars:
@@ -232,6 +242,16 @@ def _check_sizes(items: list[Any], config: ServeConfig) -> None:
     if total > config.max_request_chars:
         raise HttpError(413, f"the request's texts have {total} characters in all; the limit per request is "
                              f"{config.max_request_chars} (send fewer inputs per request)")
+
+
+def _check_work(predictor: Predictor, items: list[dict[str, Any]], config: ServeConfig) -> None:
+    """The request's work budget: what the model will encode, counted before any tokenizing."""
+    work = predictor.work(items)
+    if work.tokens > config.max_request_tokens:
+        raise HttpError(413, f"the request would encode up to {work.tokens} tokens in {work.sequences} sequences "
+                             f"(the {predictor.task} task expands its inputs); the limit per request is "
+                             f"{config.max_request_tokens} tokens (--max-request-tokens): send fewer or shorter "
+                             "inputs per request")
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -247,9 +267,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+MIN_API_KEY_CHARS = 16
+
+
+def check_api_key(api_key: str) -> None:
+    """An API key is printable ASCII without spaces (HTTP headers are read as Latin-1: any other character could
+    never match what a client sends) and at least MIN_API_KEY_CHARS long (a guessable key guards nothing)."""
+    bad = next((c for c in api_key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        what = "a space" if bad == " " else f"the character {bad!r} (U+{ord(bad):04X})"
+        raise BertkitError(f"the API key has {what} at position {api_key.index(bad)}: use printable ASCII without "
+                           "spaces (letters, digits, punctuation), e.g. `python -c 'import secrets; "
+                           "print(secrets.token_urlsafe())'`")
+    if len(api_key) < MIN_API_KEY_CHARS:
+        raise BertkitError(f"the API key has {len(api_key)} characters; it needs at least {MIN_API_KEY_CHARS} "
+                           "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+
+
 def check_exposure(host: str, api_key: str | None, insecure: bool) -> str | None:
     """Whether `serve` may bind `host`: the warning to print (None on loopback), or a BertkitError when binding
-    beyond this machine has neither an API key nor `--insecure`."""
+    beyond this machine has neither an API key nor `--insecure`, or the key is not one (`check_api_key`)."""
+    if api_key is not None:
+        check_api_key(api_key)
     if is_loopback(host):
         return None
     if api_key:
@@ -294,6 +333,8 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
     Host header may carry (default: the loopback names; None: any).
     """
     config = config or ServeConfig()
+    if api_key is not None:
+        check_api_key(api_key)
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     expected = f"Bearer {api_key}".encode() if api_key else None
     predictor = Predictor(directory, onnx=onnx, device=device, precision=precision, int8_keep=tuple(int8_keep),
@@ -392,6 +433,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
                 raise HttpError(422, '"inputs" must be a non-empty list')
             _check_sizes(inputs, config)
             items = predictor.normalise(inputs)  # every input checked before it can reach the model
+            _check_work(predictor, items, config)
             results = await batcher.submit(items)
         except Exception as exc:
             return handle(exc)
@@ -458,23 +500,42 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, conf
                      precision=precision, int8_keep=int8_keep, compile=compile, task=task)
     uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
-        timeout_keep_alive=config.keep_alive_s, limit_concurrency=config.max_connections)).run()
+        timeout_keep_alive=config.keep_alive_s)).run()
+
+
+BUSY_HEADER_TIMEOUT_S = 1.0  # a connection over the cap gets this long to send the request it is refused
 
 
 def _guarded_protocol(config: ServeConfig) -> type:
-    """uvicorn's h11 protocol with a header timeout and a hard connection cap, which uvicorn lacks: a connection
-    that opens and sends nothing (or half its headers) was held forever (2,200 of them for as long as they liked).
-    """
+    """uvicorn's h11 protocol with a header timeout and a connection cap, which uvicorn lacks: a connection that
+    opens and sends nothing (or half its headers) was held forever (2,200 of them for as long as they liked).
+
+    Over `max_connections` a connection's request is answered 503 in JSON with Retry-After (uvicorn's own
+    concurrency limit answers plain text without it), and the connection closed; over twice the cap a new
+    connection is closed at once, before it can hold a file descriptor for a header timeout."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    refusal = json.dumps({"error": f"server busy: over {config.max_connections} open connections "
+                                   "(--max-connections); retry shortly"}).encode()
+
+    async def busy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(refusal)).encode()),
+            (b"retry-after", b"1"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": refusal, "more_body": False})
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _timeout_s = config.header_timeout_s
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > config.max_connections:
+            if len(self.connections) > 2 * config.max_connections:
                 transport.close()
                 return
+            if len(self.connections) > config.max_connections:
+                self.app = busy  # this connection's requests are answered 503, then it is closed
+                self._timeout_s = min(self._timeout_s, BUSY_HEADER_TIMEOUT_S)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -494,7 +555,7 @@ def _guarded_protocol(config: ServeConfig) -> type:
                 elif self.cycle.response_complete:
                     self._arm()  # between requests: half the next request's headers may already be here
 
-            self._header_timer = self.loop.call_later(config.header_timeout_s, expire)
+            self._header_timer = self.loop.call_later(self._timeout_s, expire)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._header_timer is not None:

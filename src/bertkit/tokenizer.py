@@ -82,19 +82,50 @@ def _read_options(directory: Path) -> TokenizerOptions:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not a valid UTF-8 JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of tokenizer settings, got {type(data).__name__}")
     fields = {}
     for name in TokenizerOptions.__dataclass_fields__:
         if (name in data and data[name] is not None) or (name == "strip_accents" and name in data):
-            fields[name] = data[name]
-    if int(fields.get("model_max_length", 512)) >= _NO_LIMIT:
-        fields["model_max_length"] = 512
-    for name in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
-        if isinstance(fields.get(name), dict):  # transformers' AddedToken serialisation
-            fields[name] = fields[name]["content"]
-    if "additional_special_tokens" in fields:
-        fields["additional_special_tokens"] = tuple(
-            t["content"] if isinstance(t, dict) else t for t in fields["additional_special_tokens"])
+            fields[name] = _checked_option(path, name, data[name])
     return TokenizerOptions(**fields)
+
+
+_FLAGS = ("do_lower_case", "tokenize_chinese_chars")
+_TOKENS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _token(path: Path, name: str, value: Any) -> str:
+    if isinstance(value, dict):  # transformers' AddedToken serialisation
+        value = value.get("content")
+    if not isinstance(value, str) or not value:
+        raise CheckpointError(f"{path}: {name} must be a non-empty string (or an object with one as \"content\"), "
+                              f"got {value!r:.80}")
+    return value
+
+
+def _checked_option(path: Path, name: str, value: Any) -> Any:
+    """One tokenizer_config.json setting, checked as transformers writes it; CheckpointError names the file, the
+    setting and what was expected."""
+    if name in _FLAGS or name == "strip_accents":
+        if not isinstance(value, bool) and not (name == "strip_accents" and value is None):
+            raise CheckpointError(f"{path}: {name} must be true or false{' (or null)' * (name == 'strip_accents')}, "
+                                  f"got {value!r:.80}")
+        return value
+    if name == "model_max_length":
+        # transformers writes int(1e30) for "no limit"; a JSON float of an integer value is read as one
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{path}: model_max_length must be a positive integer, got {value!r:.80}")
+        return 512 if value >= _NO_LIMIT else value
+    if name in _TOKENS:
+        return _token(path, name, value)
+    if name == "additional_special_tokens":
+        if not isinstance(value, list):
+            raise CheckpointError(f"{path}: additional_special_tokens must be a list, got {value!r:.80}")
+        return tuple(_token(path, f"additional_special_tokens[{i}]", t) for i, t in enumerate(value))
+    return value
 
 
 class Tokenizer:

@@ -259,7 +259,7 @@ def test_binding_beyond_loopback_needs_a_key_or_insecure(checkpoint):
     assert check_exposure("127.0.0.1", None, False) is None and check_exposure("::1", None, False) is None
     with pytest.raises(BertkitError, match=r"--host 0\.0\.0\.0 makes the server reachable .* --api-key"):
         check_exposure("0.0.0.0", None, False)
-    assert "Bearer" in check_exposure("0.0.0.0", "k", False)
+    assert "Bearer" in check_exposure("0.0.0.0", "k" * 16, False)
     assert "WITHOUT authentication" in check_exposure("192.168.1.5", None, True)
     # the CLI refuses before it loads the model or binds anything
     done = subprocess.run([sys.executable, "-m", "bertkit.cli", "serve", str(checkpoint), "--host", "0.0.0.0"],
@@ -275,7 +275,7 @@ def _pythonpath() -> dict[str, str]:
 
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_api_key_required_on_every_route_but_the_page(checkpoint, how):
-    key = "s3cret-key"
+    key = "s3cret-key-0123456789"
     s = Server(checkpoint, *(["--api-key", key] if how == "flag" else []),
                env={"BERTKIT_API_KEY": key} if how == "env" else None)
     try:

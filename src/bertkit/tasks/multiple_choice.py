@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.errors import DataError
+from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines, read_text
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take, warn_truncated
-from bertkit.tasks.spec import InputField, TaskSpec, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, Work, seq_len_field, sequence
 from bertkit.tokenizer import Tokenizer
 
 NAME = "multiple_choice"
@@ -72,7 +72,7 @@ def read_questions(path: str | Path, fmt: str = "jsonl", *, split: str = "train"
                 raise ValueError("expected a JSON object")
             questions.append(_from_copa(record, number) if fmt == "copa" else _from_jsonl(record, number))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise DataError(f"bad {fmt} record: {exc}", str(path), number) from exc
+            raise DataError(f"bad {fmt} record: {reason(exc)}", str(path), number) from exc
     return questions
 
 
@@ -136,7 +136,7 @@ def _read_c3(path: Path) -> list[Question]:
                                           choices.index(answer) if answer is not None else None, item_number))
         except (IndexError, KeyError, TypeError) as exc:
             raise DataError(f"item {item_number}: expected [[paragraphs], [{{question, choice, answer}}], id] "
-                            f"({type(exc).__name__}: {exc})", str(path)) from exc
+                            f"({reason(exc)})", str(path)) from exc
     report.report()
     return questions
 
@@ -281,11 +281,10 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: MultipleChoiceInfo, in
             ) -> list[dict[str, Any]]:
     """The chosen answer of each {"context" (optional), "question", "choices"}, its index and the probability of
     every choice."""
-    questions = []
     for index, item in enumerate(inputs):
-        if len(item["choices"]) < 2:
-            raise DataError(f"input {index}: 'choices' needs two or more choices, got {len(item['choices'])}")
-        questions.append(Question(item.get("context") or "", item["question"], item["choices"], None, index))
+        validate(item, index)
+    questions = [Question(item.get("context") or "", item["question"], item["choices"], None, index)
+                 for index, item in enumerate(inputs)]
     rows, _ = encode(tokenizer, questions, info.max_seq_len)
     probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer.pad_token_id),
                         lambda m, b: torch.softmax(_scores(m, b), -1).cpu())
@@ -296,6 +295,30 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: MultipleChoiceInfo, in
         results.append({"answer": q.choices[best], "index": best, "scores": p.tolist(),
                         "probabilities": {c: float(x) for c, x in zip(q.choices, p, strict=True)}})
     return results
+
+
+def validate(item: dict[str, Any], index: int) -> None:
+    """Two or more choices, none blank, no two alike (a repeated choice would share one key of `probabilities`)."""
+    choices = item["choices"]
+    if len(choices) < 2:
+        raise DataError(f"input {index}: 'choices' needs two or more choices, got {len(choices)}")
+    first: dict[str, int] = {}
+    for number, choice in enumerate(choices):
+        if not choice.strip():
+            raise DataError(f"input {index}: choice {number} is blank")
+        if choice in first:
+            raise DataError(f"input {index}: choices {first[choice]} and {number} are the same text {choice!r:.80}; "
+                            "give each choice once")
+        first[choice] = number
+
+
+def work(item: dict[str, Any], info: MultipleChoiceInfo) -> Work:
+    """Each choice is a sequence of its own, the context and question repeated in every one."""
+    shared = len(item.get("context") or "") + len(item["question"])
+    total = Work()
+    for choice in item["choices"]:
+        total += sequence(shared + len(choice), info.max_seq_len)
+    return total
 
 
 SPEC = TaskSpec(
@@ -314,4 +337,6 @@ SPEC = TaskSpec(
     default_format="jsonl",
     finetune=finetune,
     evaluate=evaluate_file,
+    work=work,
+    validate=validate,
 )

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.errors import DataError
+from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
 from bertkit.metrics import span_prf
 from bertkit.model import BertModel, CheckpointIO
@@ -31,6 +31,7 @@ from bertkit.tasks.spec import (
     TaskSpec,
     bool_field,
     choice_field,
+    chunks,
     id2label,
     labels_field,
     option,
@@ -164,7 +165,7 @@ def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
             sentences.append(Sentence(list(text), spans_to_tags(len(text), spans), number))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             if not skip_bad_lines:
-                raise DataError(f"bad CLUENER record: {exc}", str(path), number) from exc
+                raise DataError(f"bad CLUENER record: {reason(exc)}", str(path), number) from exc
             report.skip(number, "bad record(s)")
     report.report()
     return sentences
@@ -360,5 +361,6 @@ SPEC = TaskSpec(
     options=NerOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    work=chunks,
     config_extra=lambda info: {**id2label(info.labels), "bertkit_crf": info.crf},
 )

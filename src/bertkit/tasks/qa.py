@@ -23,15 +23,16 @@ from torch import Tensor, nn
 
 from bertkit.argtypes import int_range
 from bertkit.config import BertConfig
-from bertkit.errors import DataError
+from bertkit.errors import DataError, reason
 from bertkit.fileio import read_text
 from bertkit.model import BertModel, CheckpointIO, init_weights
 from bertkit.tasks.base import pad_sequences, require_examples, run_batches, save_task, take, warn_truncated
-from bertkit.tasks.spec import InputField, TaskSpec, int_field, option, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, option, seq_len_field, windows
 from bertkit.tokenizer import Tokenizer
 
 NAME = "qa"
 FORMATS = ("squad",)
+MAX_QUESTION_LEN = 64  # question tokens kept in each window (Google's BERT: max_query_length)
 
 
 @dataclass
@@ -51,7 +52,7 @@ def read_questions(path: str | Path, fmt: str = "squad") -> list[Question]:
     try:
         data = json.loads(text)["data"]
     except (json.JSONDecodeError, RecursionError, KeyError, TypeError, IndexError) as exc:
-        raise DataError(f"not SQuAD-format JSON ({exc})", str(path)) from exc
+        raise DataError(f"not SQuAD-format JSON ({reason(exc)})", str(path)) from exc
     questions: list[Question] = []
     repaired = 0
     if not isinstance(data, list):
@@ -103,7 +104,8 @@ class Window:
 
 
 def make_windows(tokenizer: Tokenizer, questions: list[Question], max_seq_len: int = 256, doc_stride: int = 128,
-                 max_question_len: int = 64, training: bool = False, source: str | None = None) -> list[Window]:
+                 max_question_len: int = MAX_QUESTION_LEN, training: bool = False, source: str | None = None
+                 ) -> list[Window]:
     """Windows over each context; training windows mark the answer. Questions longer than `max_question_len`
     tokens are cut; with `source` (the file read), a warning counts them.
 
@@ -376,6 +378,13 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: QAInfo, inputs: list[d
     return [{"answer": item.context[s:e], "start": s, "end": e} for item, (s, e) in zip(items, spans, strict=True)]
 
 
+def work(item: dict[str, Any], info: QAInfo) -> Work:
+    """The context in windows after the question: a window's room for context is at least what is left beside a
+    question of one token a character (cut at MAX_QUESTION_LEN)."""
+    room = max(16, info.max_seq_len - min(len(item["question"]), MAX_QUESTION_LEN) - 3)
+    return windows(len(item["context"]), room, min(info.doc_stride, room), info.max_seq_len)
+
+
 SPEC = TaskSpec(
     name=NAME,
     description="extractive question answering: the answer's span in the context",
@@ -391,4 +400,5 @@ SPEC = TaskSpec(
     options=QAOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    work=work,
 )

@@ -15,8 +15,10 @@ Input formats (`--format`):
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.errors import DataError
+from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
@@ -55,21 +57,61 @@ def _occurrences(text: str, part: str) -> list[int]:
     return found
 
 
-def mark(sentence: str, head: str, tail: str) -> str:
-    """Insert <e1> </e1> around `head` and <e2> </e2> around `tail`: the earliest pair of occurrences that do not
-    overlap (one entity is often part of the other, e.g. 云天化 / 云天化集团), else nested, else crossing."""
+def _order(pair: tuple[int, int]) -> tuple[int, int, int]:
+    """Earliest pair first: by the later start, then the earlier start, then the head's start."""
+    return max(pair), min(pair), pair[0]
+
+
+def _earliest(heads: list[int], tails: list[int], allowed: Callable[[int], tuple[int, int]]
+              ) -> tuple[int, int] | None:
+    """The (head, tail) pair first in `_order` among the tails allowed for each head:
+    `allowed(h)` gives the range [low, high] of tail starts, so per head the best tail before it is the first
+    allowed one, and after it the first at or past it: one bisection each, O((H + T) log T) in all."""
+    best: tuple[tuple[int, int, int], tuple[int, int]] | None = None
+    for h in heads:
+        low, high = allowed(h)
+        for t in (bisect.bisect_left(tails, low), bisect.bisect_left(tails, max(low, h))):
+            if t < len(tails) and tails[t] <= high:
+                key = _order((h, tails[t]))
+                if best is None or key < best[0]:
+                    best = (key, (h, tails[t]))
+    return None if best is None else best[1]
+
+
+def locate_pair(sentence: str, head: str, tail: str) -> tuple[int, int]:
+    """Where `mark` puts the two entities: the start of the head and of the tail occurrence marked."""
+    if not head.strip() or not tail.strip():
+        raise ValueError(f"the {'head' if not head.strip() else 'tail'} entity is blank")
     heads, tails = _occurrences(sentence, head), _occurrences(sentence, tail)
     if not heads:
-        raise ValueError(f"head entity {head!r} not found in the sentence")
+        raise ValueError(f"head entity {head!r:.80} not found in the sentence")
     if not tails:
-        raise ValueError(f"tail entity {tail!r} not found in the sentence")
-    pairs = [(h, t) for h in heads for t in tails if t + len(tail) <= h or t >= h + len(head)]
-    if not pairs:  # nested entities (SanWen: 莫扎特 inside 莫扎特的歌曲): markers nest too
-        pairs = [(h, t) for h in heads for t in tails
-                 if (t <= h and h + len(head) <= t + len(tail)) or (h <= t and t + len(tail) <= h + len(head))]
-    if not pairs:  # crossing spans (3 of SanWen's 21k): the entity masks between the markers still work
-        pairs = [(h, t) for h in heads for t in tails]
-    h, t = min(pairs, key=lambda p: (max(p), min(p)))
+        raise ValueError(f"tail entity {tail!r:.80} not found in the sentence")
+    far = len(sentence)
+    lh, lt = len(head), len(tail)
+    # Apart (one entity is often part of the other, e.g. 云天化 / 云天化集团): tails ending by h or starting after
+    # the head. Two ranges, so two searches, the better one kept.
+    before = _earliest(heads, tails, lambda h: (0, h - lt))
+    after = _earliest(heads, tails, lambda h: (h + lh, far))
+    apart = [p for p in (before, after) if p is not None]
+    if apart:
+        return min(apart, key=_order)
+    # nested (SanWen: 莫扎特 inside 莫扎特的歌曲): markers nest too
+    nested = [p for p in (_earliest(heads, tails, lambda h: (h + lh - lt, h)) if lt >= lh else None,
+                          _earliest(heads, tails, lambda h: (h, h + lh - lt)) if lh >= lt else None) if p is not None]
+    if nested:
+        return min(nested, key=_order)
+    # crossing spans (3 of SanWen's 21k): the entity masks between the markers still work
+    pair = _earliest(heads, tails, lambda h: (0, far))
+    assert pair is not None  # both lists are non-empty
+    return pair
+
+
+def mark(sentence: str, head: str, tail: str) -> str:
+    """Insert <e1> </e1> around `head` and <e2> </e2> around `tail`: the earliest pair of occurrences that do not
+    overlap (one entity is often part of the other, e.g. 云天化 / 云天化集团), else nested, else crossing; linear in
+    the occurrences (`locate_pair`), however often the entities occur."""
+    h, t = locate_pair(sentence, head, tail)
     spans = [(h, h + len(head), 1), (t, t + len(tail), 2)]
     return "".join(_with_markers(list(sentence), spans, lambda marker: f" {marker} "))
 
@@ -120,7 +162,7 @@ def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: boo
             report.skip(number, f"row(s) whose span is not in the text ({exc})")
         except (ValueError, KeyError, TypeError) as exc:
             if not skip_bad_lines:
-                raise DataError(str(exc), str(path), number) from exc
+                raise DataError(reason(exc), str(path), number) from exc
             report.skip(number, "malformed line(s)")
     report.report()
     return examples
@@ -347,19 +389,38 @@ def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: RelationInfo, pa
 def predict(model: nn.Module, tokenizer: Tokenizer, info: RelationInfo, inputs: list[dict[str, Any]]
             ) -> list[dict[str, Any]]:
     """The relation (with probabilities) of each input: a `text` with the entities marked
-    (`... <e1> head </e1> ... <e2> tail </e2> ...`), or a plain `text` with its `head` and `tail` entity strings."""
-    texts = []
+    (`... <e1> head </e1> ... <e2> tail </e2> ...`), or a plain `text` with its `head` and `tail` entity strings;
+    then the result says which occurrences were marked (`head` and `tail`: character `start` and `end`), the
+    earliest pair that does not overlap (`locate_pair`)."""
+    texts, located = [], []
     for index, item in enumerate(inputs):
         if item.get("head") is not None or item.get("tail") is not None:
-            try:
-                texts.append(mark(item["text"], item["head"], item["tail"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"input {index}: cannot mark the entities: {exc}") from exc
+            h, t = _locate(item, index)
+            head, tail = item["head"], item["tail"]
+            spans = [(h, h + len(head), 1), (t, t + len(tail), 2)]
+            texts.append("".join(_with_markers(list(item["text"]), spans, lambda marker: f" {marker} ")))
+            located.append({"head": {"start": h, "end": h + len(head)}, "tail": {"start": t, "end": t + len(tail)}})
         else:
             texts.append(item["text"])
+            located.append({})
     rows = encode(tokenizer, [Example(t, None, i + 1) for i, t in enumerate(texts)], info.max_seq_len, None)
     probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer), _probabilities)
-    return label_results(info.labels, probs)
+    return [{**result, **where} for result, where in zip(label_results(info.labels, probs), located, strict=True)]
+
+
+def _locate(item: dict[str, Any], index: int) -> tuple[int, int]:
+    if item.get("head") is None or item.get("tail") is None:
+        raise DataError(f"input {index}: give both 'head' and 'tail' (or mark the entities in 'text')")
+    try:
+        return locate_pair(item["text"], item["head"], item["tail"])
+    except ValueError as exc:
+        raise DataError(f"input {index}: cannot mark the entities: {exc}") from exc
+
+
+def validate(item: dict[str, Any], index: int) -> None:
+    """head and tail, where given, are found (in linear time) before the input joins a batch."""
+    if item.get("head") is not None or item.get("tail") is not None:
+        _locate(item, index)
 
 
 SPEC = TaskSpec(
@@ -379,4 +440,5 @@ SPEC = TaskSpec(
     finetune=finetune,
     evaluate=evaluate_file,
     config_extra=lambda info: id2label(info.labels),
+    validate=validate,
 )

@@ -40,7 +40,13 @@ class TaskSpec:
     - `config_extra(info) -> dict`: the config.json entries derived from info (id2label for transformers), written
       when the model is saved and checked when it is loaded;
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
-      class is loaded strictly).
+      class is loaded strictly);
+    - `work(item, info) -> Work`: an upper bound of what the model encodes for one (checked) input, found without
+      tokenizing (each token covers at least one character): how many sequences, how many tokens in all. The
+      server refuses a request whose work is over its budget before any encoding (default: one sequence of all
+      the input's characters and the special tokens, at most max_seq_len);
+    - `validate(item, index)`: task-specific checks of one input beyond the schema (DataError naming the input),
+      run before the input is batched with others.
     `view` tells the web page how to show a result: which result keys hold a label, probabilities, spans (and over
     which input field), a corrected text, fill-mask candidates, graph edges (subject, predicate, object with
     their types) or a vector.
@@ -61,6 +67,8 @@ class TaskSpec:
     evaluate: Callable[..., dict[str, float]] | None = None
     config_extra: Callable[[Any], dict[str, Any]] = field(default=lambda info: {})
     load: Callable[[Path, Any], nn.Module] | None = None
+    work: Callable[[dict[str, Any], Any], Work] = field(default=lambda item, info: one_sequence(item, info))
+    validate: Callable[[dict[str, Any], int], None] | None = None
 
     @property
     def trainable(self) -> bool:
@@ -98,6 +106,49 @@ class TaskSpec:
     def write_info(self, info: Any) -> dict[str, Any]:
         """task.json's object: the task's name and its info."""
         return {"task": self.name, **dataclasses.asdict(info)}
+
+
+# ---- work: what one input costs the model, bounded before any tokenizing ------------------------------------------
+
+@dataclass(frozen=True)
+class Work:
+    """What the model encodes for some inputs, at most: `sequences` rows of `tokens` tokens in all."""
+
+    sequences: int = 0
+    tokens: int = 0
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.sequences + other.sequences, self.tokens + other.tokens)
+
+
+def characters(item: dict[str, Any]) -> int:
+    """The characters of every text (and every list item) of an input."""
+    return sum(len(v) if isinstance(v, str) else sum(len(x) for x in v) if isinstance(v, list) else 0
+               for v in item.values())
+
+
+def sequence(chars: int, max_seq_len: int, specials: int = 3) -> Work:
+    """One sequence of `chars` characters: at most one token a character, plus [CLS] and [SEP]s, cut at
+    max_seq_len."""
+    return Work(1, min(max_seq_len, chars + specials))
+
+
+def one_sequence(item: dict[str, Any], info: Any) -> Work:
+    return sequence(characters(item), info.max_seq_len)
+
+
+def windows(chars: int, width: int, stride: int, max_seq_len: int) -> Work:
+    """Windows of `width` tokens every `stride` over a text of `chars` characters (at most as many tokens)."""
+    count = 1 if chars <= width else 1 + -(-(chars - width) // max(1, stride))
+    return Work(count, count * min(max_seq_len, chars + max_seq_len - width))  # windows overlap: no better sum
+
+
+def chunks(item: dict[str, Any], info: Any) -> Work:
+    """A text cut into consecutive pieces of max_seq_len - 2 tokens at word boundaries: a piece may end early at
+    a word that does not fit, so at most twice as many pieces as full ones."""
+    chars, width = characters(item), info.max_seq_len - 2
+    count = max(1, 2 * -(-chars // width))
+    return Work(count, min(count * info.max_seq_len, chars + 2 * count))
 
 
 # ---- info fields: each knows how to check a value read back from task.json -------------------------------------

@@ -26,7 +26,7 @@ from bertkit.fileio import read_lines
 from bertkit.metrics import prf
 from bertkit.model import BertForPreTraining
 from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take
-from bertkit.tasks.spec import InputField, TaskSpec, option, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, Work, option, seq_len_field, windows
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
@@ -335,6 +335,12 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: SpellingInfo, inputs: 
             for t, c in zip(texts, corrected, strict=True)]
 
 
+def work(item: dict[str, Any], info: SpellingInfo) -> Work:
+    """Windows of max_seq_len - 2 characters every half window (`encode_windows`)."""
+    width = info.max_seq_len - 2
+    return windows(len(item["text"]), width, max(1, width // 2), info.max_seq_len)
+
+
 SPEC = TaskSpec(
     name=NAME,
     description="Chinese spelling correction: the corrected text (same length) and its edits",
@@ -349,4 +355,5 @@ SPEC = TaskSpec(
     options=SpellingOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    work=work,
 )

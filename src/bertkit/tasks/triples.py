@@ -29,13 +29,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.errors import DataError
+from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
 from bertkit.metrics import get_entities, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks import tagging
 from bertkit.tasks.base import SkipReport, require_examples, run_batches, save_task, take
-from bertkit.tasks.spec import InputField, TaskSpec, choice_field, id2label, labels_field, option, seq_len_field
+from bertkit.tasks.spec import (
+    InputField,
+    TaskSpec,
+    choice_field,
+    chunks,
+    id2label,
+    labels_field,
+    option,
+    seq_len_field,
+)
 from bertkit.tasks.tagging import Piece, TaggingHead, encode_sentences, spans_to_tags, tag_set, words_of
 from bertkit.tokenizer import Tokenizer
 
@@ -85,7 +94,7 @@ def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = 
             records.append(Record(item["text"], parse(item), number))
         except (ValueError, KeyError, TypeError) as exc:
             if not skip_bad_lines:
-                raise DataError(f"bad {fmt} record: {exc}", str(path), number) from exc
+                raise DataError(f"bad {fmt} record: {reason(exc)}", str(path), number) from exc
             report.skip(number, "malformed record(s)")
     report.report()
     return records
@@ -177,7 +186,7 @@ def read_schema(path: str | Path) -> list[list[str]]:
             rows.append([_value(item["subject_type"], "subject_type"), _value(item["predicate"], "predicate"),
                          _value(item["object_type"], "object_type")])
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"bad schema row: {exc}", str(path), number) from exc
+            raise DataError(f"bad schema row: {reason(exc)}", str(path), number) from exc
     return rows
 
 
@@ -605,5 +614,6 @@ SPEC = TaskSpec(
     options=TriplesOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    work=chunks,
     config_extra=lambda info: {**id2label(info.labels), "bertkit_predicates": info.predicates},
 )
