@@ -19,7 +19,7 @@ from bertkit.cli import main, parse_args
 from bertkit.errors import BertkitError, CheckpointError, DataError
 from bertkit.predict import Predictor
 from bertkit.serve import ServeConfig, check_api_key, check_exposure
-from bertkit.tasks import multiple_choice, qa, relation, spelling
+from bertkit.tasks import multiple_choice, qa, relation, spelling, triples
 from bertkit.tasks.tagging import encode_sentences, words_of
 from bertkit.tokenizer import Tokenizer
 from tests.serving import Server, random_checkpoint
@@ -290,3 +290,23 @@ def test_reader_errors_name_the_missing_field(tmp_path):
     path.write_text(json.dumps({"version": "1.1"}))
     with pytest.raises(DataError, match=r"squad\.json: not SQuAD-format JSON \(missing field 'data'\)"):
         qa.read_questions(path)
+
+
+# ---- outputs that grow faster than the input ---------------------------------------------------------------------
+
+def test_triples_scores_at_most_max_pairs_per_chunk_nearest_first():
+    few = [("X", i, i) for i in range(0, 128, 2)]  # 64 entities: every ordered pair (4,032)
+    assert len(triples.candidate_pairs(few)) == 64 * 63
+    many = [("X", i, i) for i in range(0, 1020, 2)]  # 510 entities: 259,590 ordered pairs
+    pairs = triples.candidate_pairs(many)
+    assert len(pairs) == triples.MAX_PAIRS == len(set(pairs)) and all(a != b for a, b in pairs)
+    neighbours = {(a, a + 1) for a in range(509)} | {(a + 1, a) for a in range(509)}
+    assert neighbours <= set(pairs)  # the nearest pairs are all kept
+    assert max(abs(a - b) for a, b in pairs) <= 5  # and none far apart while nearer ones were left out
+
+
+def test_fill_mask_refuses_more_masks_than_it_can_answer(predictors):
+    predictor = predictors["fill_mask"]
+    assert len(predictor.predict(["the [MASK] sat " * 16])[0]["masks"]) == 16
+    with pytest.raises(DataError, match=r"input 0: 17 \[MASK\] tokens; at most 16"):
+        predictor.predict(["the [MASK] sat " * 17])

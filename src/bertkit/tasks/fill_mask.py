@@ -19,6 +19,9 @@ from bertkit.tasks.spec import InputField, TaskSpec, int_field, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "fill_mask"
+# [MASK]s a text may hold: each costs a vocabulary-wide row of logits (V floats) and top_k decoded sequences, so a
+# text of 500 masks would be 500 x V floats and 2,500 sequences of 512 tokens to decode and send.
+MAX_MASKS = 16
 MLM_ARCHITECTURES = {"BertForPreTraining": BertForPreTraining, "BertForMaskedLM": BertForMaskedLM}
 
 
@@ -44,9 +47,13 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_seq_len: int) -> list[lis
         if len(encoding.ids) > max_seq_len:
             raise DataError(f"input {index}: {len(encoding.ids)} tokens, more than max_seq_len={max_seq_len} (cutting "
                             "the text could cut a mask); shorten it")
-        if tokenizer.mask_token_id not in encoding.ids:
+        masks = encoding.ids.count(tokenizer.mask_token_id)
+        if not masks:
             mask = tokenizer.options.mask_token
             raise DataError(f"input {index}: no {mask} in the text; write {mask} where a token should be predicted")
+        if masks > MAX_MASKS:
+            raise DataError(f"input {index}: {masks} {tokenizer.options.mask_token} tokens; at most {MAX_MASKS} a "
+                            "text (each gets top_k candidates, each a whole filled-in sequence)")
         rows.append(list(encoding.ids))
     return rows
 

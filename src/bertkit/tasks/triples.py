@@ -53,6 +53,11 @@ FORMATS = ("duie", "webnlg")
 WORD_LEVEL = {"duie": "char", "webnlg": "space"}
 UNTYPED = "ENTITY"
 SECOND_TYPE = "second type(s) of an entity in one record (its first type kept)"
+# Entity pairs scored per chunk of text, at most: the nearest ones where the tagger found more entities than that
+# many pairs need (65 entities: 4,160 pairs). A text of one repeated name tags an entity every
+# few words, and every ordered pair of 255 entities is 64,770 pairs a chunk, 64 chunks a batch: gigabytes.
+MAX_PAIRS = 4096
+PAIR_BATCH = 16_384  # pairs through the pair head at once
 
 
 @dataclass(frozen=True)
@@ -372,6 +377,25 @@ def collate(rows: list[Row], pad_id: int, num_predicates: int) -> dict[str, Any]
 
 # ---- decoding and scoring -----------------------------------------------------------------------------------------
 
+def candidate_pairs(entities: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
+    """The (subject, object) entity index pairs of one chunk the pair head scores: every ordered pair, or where
+    that is over MAX_PAIRS, the MAX_PAIRS with the fewest entities between them (then the fewest words), found in
+    O(MAX_PAIRS + n) without listing all n^2 pairs."""
+    n = len(entities)
+    if n * (n - 1) <= MAX_PAIRS:
+        return [(a, b) for a in range(n) for b in range(n) if a != b]
+    chosen: list[tuple[int, int, int, int]] = []  # entities are in text order: neighbours first, gap by gap
+    for gap in range(1, n):
+        for a in range(n - gap):
+            b = a + gap
+            distance = entities[b][1] - entities[a][1]
+            chosen += [(gap, distance, a, b), (gap, distance, b, a)]
+        if len(chosen) >= MAX_PAIRS:
+            break
+    chosen.sort()
+    return [(a, b) for _, _, a, b in chosen[:MAX_PAIRS]]
+
+
 def _decode(model: nn.Module, rows: list[Row], info: TriplesInfo, pad_id: int, batch_size: int = 64
             ) -> list[tuple[list[tuple[str, int, int]], list[tuple[tuple[str, int, int], str, tuple[str, int, int],
                                                                       float]]]]:
@@ -388,16 +412,15 @@ def _decode(model: nn.Module, rows: list[Row], info: TriplesInfo, pad_id: int, b
         for i, tag_ids in enumerate(decoded):
             entities = get_entities([info.labels[t] for t in tag_ids])  # local positions
             found.append(entities)
-            for a, s in enumerate(entities):
-                for b, o in enumerate(entities):
-                    if a != b:
-                        pairs.append((i, s[1], s[2], o[1], o[2], a, b))
+            pairs += [(i, entities[a][1], entities[a][2], entities[b][1], entities[b][2], a, b)
+                      for a, b in candidate_pairs(entities)]
         out: list[Any] = [([(k, piece.positions[f], piece.positions[la]) for k, f, la in entities], [])
                           for piece, entities in zip(pieces, found, strict=True)]
-        if pairs:
-            index = torch.tensor([p[:5] for p in pairs], device=words.device)
+        for start in range(0, len(pairs), PAIR_BATCH):
+            chunk = pairs[start : start + PAIR_BATCH]
+            index = torch.tensor([p[:5] for p in chunk], device=words.device)
             probs = torch.sigmoid(m.pair_logits(words, index).float()).cpu()
-            for (i, *_, a, b), row in zip(pairs, probs, strict=True):
+            for (i, *_, a, b), row in zip(chunk, probs, strict=True):
                 s, o = out[i][0][a], out[i][0][b]
                 for p in (row >= info.threshold).nonzero().flatten().tolist():
                     predicate = info.predicates[p]
