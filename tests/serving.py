@@ -185,10 +185,12 @@ class Server:
 SAMPLE_TEXT = "the cat sat on the mat 北京是中国的首都 it is raining in paris 张三去上海了"
 
 
-def random_checkpoint(task: str, directory: Path, max_seq_len: int = 128, preset: str = "tiny") -> Path:
+def random_checkpoint(task: str, directory: Path, max_seq_len: int = 128, preset: str = "tiny",
+                      vocab_size: int | None = None) -> Path:
     """A checkpoint of `task` with random weights (no training), as its own code saves one: what it costs to
     serve, not what it predicts. fill_mask and sentence_embedding get a pre-trained (BertForPreTraining) directory;
-    serve it with `--task`."""
+    serve it with `--task`. `vocab_size`: the vocabulary padded with unused entries to this size (a real BERT's
+    21,128 or 30,522: the MLM head's cost grows with it)."""
     from bertkit import BertConfig
     from bertkit.model import BertForPreTraining
     from bertkit.tasks import task_spec
@@ -204,6 +206,11 @@ def random_checkpoint(task: str, directory: Path, max_seq_len: int = 128, preset
     from tests.conftest import randomize_
 
     tok = Tokenizer.train([SAMPLE_TEXT] * 4, vocab_size=120, min_frequency=1)
+    if vocab_size is not None and vocab_size > len(tok):
+        tok.save_pretrained(directory / "vocab")
+        with open(directory / "vocab" / "vocab.txt", "a", encoding="utf-8") as f:
+            f.writelines(f"[unused{i}]\n" for i in range(vocab_size - len(tok)))
+        tok = Tokenizer.from_pretrained(directory / "vocab")
     if task == "relation":
         tok = tok.with_special_tokens(MARKERS)
     tags = ["O", "B-X", "I-X"]

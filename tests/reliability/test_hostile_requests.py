@@ -109,6 +109,11 @@ def test_work_budget_counts_windows_and_chunks(predictors):
     # NER: ten 10,000-character texts, chunked
     work = predictors["ner"].work(predictors["ner"].normalise(["北京" * 5000] * 10))
     assert work.tokens > config.max_request_tokens
+    # fill-mask: every [MASK] sends back top_k whole sequences: 16 masks x 5 x ~500 tokens is over the budget
+    fill = predictors["fill_mask"]
+    text = "[MASK]" * 16 + "北" * 400
+    assert fill.work(fill.normalise([text])).tokens == (len(text) + 3) * (1 + 16 * fill.info.top_k)
+    assert fill.work(fill.normalise([text])).tokens > config.max_request_tokens
     # a plain request of 64 full-length texts fits, as before the budget
     classification_like = predictors["relation"].normalise(["a <e1> b </e1> c <e2> d </e2>" * 20] * 64)
     assert predictors["relation"].work(classification_like).tokens <= config.max_request_tokens

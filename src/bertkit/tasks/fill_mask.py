@@ -15,7 +15,7 @@ from bertkit.config import BertConfig
 from bertkit.errors import CheckpointError, DataError
 from bertkit.model import BertForMaskedLM, BertForPreTraining
 from bertkit.tasks.base import pad_sequences, run_batches
-from bertkit.tasks.spec import InputField, TaskSpec, int_field, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, one_sequence, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "fill_mask"
@@ -101,6 +101,12 @@ def pipeline_output(result: dict[str, Any]) -> list[Any]:
     return result["masks"][0] if len(result["masks"]) == 1 else result["masks"]
 
 
+def work(item: dict[str, Any], info: FillMaskInfo) -> Work:
+    """One sequence to encode, and top_k whole sequences to decode and send for each [MASK]: counted as tokens."""
+    encoded = one_sequence(item, info)
+    return encoded + Work(0, item["text"].count("[MASK]") * info.top_k * encoded.tokens)
+
+
 SPEC = TaskSpec(
     name=NAME,
     description="the most likely tokens at each [MASK] (from a pre-trained MLM)",
@@ -111,4 +117,5 @@ SPEC = TaskSpec(
     view={"candidates": "masks"},
     example={"text": "The capital of France is [MASK]."},
     load=load,
+    work=work,
 )
