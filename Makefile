@@ -54,9 +54,12 @@ bench: data
 	$(PY) bench/scale.py
 	$(PY) bench/readme_tables.py
 
-# issue 11's hostile-input rounds: 60 s load with hostile clients, 10,000 fuzzed requests, ~100k fuzzed file lines
+# the hostile-input rounds: 60 s load with hostile clients, the costliest request per task (BERT-tiny, then
+# BERT-base), 10,000 fuzzed requests, ~100k fuzzed file lines, prepare-data on 200 MB of odd shapes
 bench-reliability: data
 	$(PY) bench/serve_hostile.py
+	$(PY) bench/serve_costly.py
+	$(PY) bench/serve_costly.py --preset base --seconds 30
 	$(PY) bench/fuzz_server.py
 	$(PY) bench/fuzz_readers.py
 	$(PY) bench/readme_tables.py

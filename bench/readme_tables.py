@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("tasks", "speed", "speed_amx", "malloc", "int8", "int8_keep", "int8_gelu", "int8_accuracy", "serve_load",
-          "scale", "pretrain_zh", "serve_hostile", "fuzz_server", "fuzz_readers")
+          "scale", "pretrain_zh", "serve_hostile", "serve_costly_tiny", "serve_costly_base", "fuzz_server",
+          "fuzz_readers", "prepare_shapes")
 
 
 def main() -> int:
