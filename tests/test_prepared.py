@@ -404,3 +404,19 @@ def test_arrays_that_do_not_match_their_record_are_refused_though_their_sha256_d
         expected = r"train/shard-00002\.tokens\.npy: float32 values; expected uint32"
     with pytest.raises(DataError, match=expected):
         PreparedCorpus(out, tokenizer)
+
+
+def test_a_resume_on_a_corpus_with_any_shard_changed_is_refused(prepared, tokenizer, tmp_path, capsys):
+    """A shard rewritten with all its records consistent is a valid corpus, only another one: its digest (what
+    the run's checkpoint records) differs, so `--resume` on it is refused; held-out shards count too (they make
+    the evaluations a run logs)."""
+    out = _copy(prepared, tmp_path)
+    assert main(_pretrain(tmp_path / "run", "--data", str(out))) == 0
+    for split in ("heldout", "train"):
+        tokens = np.load(out / split / "shard-00000.tokens.npy")
+        _forge(out, split, 0, "tokens", tokens[::-1].copy())
+        PreparedCorpus(out, tokenizer)  # a valid corpus
+        capsys.readouterr()
+        assert main(_pretrain(tmp_path / "run", "--data", str(out), "--resume")) == 2
+        assert re.search(r"--resume: this run differs from the one that wrote .*step-00000003: data \(sha256 of "
+                         r"the encoded examples\) [0-9a-f]{12} -> [0-9a-f]{12}\.", capsys.readouterr().err)

@@ -601,8 +601,7 @@ class PreparedCorpus:
 
     What this claims: the data a run reads is exactly the data the manifest's hashes name. A directory rewritten
     consistently (arrays, records, manifest) is a valid corpus, only another one: nothing here can tell it from the
-    original, but its `digest` differs, and a run's checkpoint records the training split's, so `--resume` on it is
-    refused.
+    original, but its `digest` differs, and a run's checkpoint records that digest, so `--resume` on it is refused.
     """
 
     def __init__(self, directory: str | Path, tokenizer: Tokenizer | None = None, *, verify: bool = True) -> None:
@@ -704,10 +703,17 @@ class PreparedCorpus:
         if check.problem is not None:
             raise DataError(check.problem, array.path)
 
-    def digest(self, split: str) -> list[str]:
-        """The sha256 of every array of a split, from the manifest: what identifies its data."""
-        info = self.manifest["splits"].get(split, {"shards": []})
-        return [record["files"][name] for record in info["shards"] for name in sorted(record["files"])]
+    def digest(self) -> list[str]:
+        """What identifies the corpus's data, recorded by a run's checkpoint: the sha256 of every array of the
+        training split, in order, then "heldout" and the held-out split's (held-out shards make the evaluations a
+        run logs). Without a held-out split: the training split's list alone, the value runs on such corpora have
+        always recorded."""
+        listed = [record["files"][name] for record in self.manifest["splits"]["train"]["shards"]
+                  for name in sorted(record["files"])]
+        if "heldout" in self.manifest["splits"]:
+            listed += ["heldout", *(record["files"][name] for record in self.manifest["splits"]["heldout"]["shards"]
+                                    for name in sorted(record["files"]))]
+        return listed
 
     @property
     def whole_word(self) -> bool:

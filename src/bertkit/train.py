@@ -138,8 +138,9 @@ class TrainTask(Protocol):
     def save(self, model: nn.Module, directory: Path) -> None:
         """Write a self-describing checkpoint directory (weights, config, vocab, labels)."""
 
-    # Optional: `fingerprint() -> str`, a digest of the encoded training examples (see `data_fingerprint`).
-    # `fit` stores it in each checkpoint and `--resume` refuses different training data.
+    # Optional: `fingerprint() -> str`, a digest of the encoded training examples (see `data_fingerprint`; pre-training
+    # on a prepared corpus adds its held-out shards). `fit` stores it in each checkpoint and `--resume` refuses
+    # different data.
 
 
 @dataclass
@@ -550,7 +551,7 @@ def resume_changes(saved: dict[str, Any], config: TrainConfig, saved_data: str |
         if name in saved and saved[name] != new[name]:
             changes.append(f"{name} {saved[name]} -> {new[name]}")
     if saved_data is not None and data is not None and saved_data != data:
-        changes.append(f"training data (sha256 of the encoded examples) {saved_data[:12]} -> {data[:12]}")
+        changes.append(f"data (sha256 of the encoded examples) {saved_data[:12]} -> {data[:12]}")
     return changes
 
 

@@ -231,12 +231,12 @@ def test_resume_refuses_a_changed_lr_naming_it_and_applies_it_when_allowed(tmp_p
 def test_resume_refuses_different_training_data(tmp_path, tokenizer):
     run = tmp_path / "run"
     fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2))
-    with pytest.raises(TrainingError, match=r"differs .*: training data \(sha256 of the encoded examples\) "
+    with pytest.raises(TrainingError, match=r"differs .*: data \(sha256 of the encoded examples\) "
                                             r"[0-9a-f]{12} -> [0-9a-f]{12}\."):
         fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=2, resume=True))
     # the same data again is accepted (the fingerprint is stable across processes' task objects)
     fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2, resume=True))
-    with pytest.warns(UserWarning, match="training data"):
+    with pytest.warns(UserWarning, match=r"data \(sha256 of the encoded examples\)"):
         fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=2, resume=True,
                                                                      allow_resume_changes=True))
 

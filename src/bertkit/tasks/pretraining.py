@@ -57,7 +57,7 @@ class PretrainingTask:
         self.options = options
         self.seed = seed
         self.eval_batch_size = eval_batch_size
-        self.data_digest = data_digest  # what identifies the training data (default: its token arrays)
+        self.data_digest = data_digest  # what identifies the data (default: the training token arrays)
         self.find_unused_parameters = not options.nsp  # the NSP head and pooler get no gradient without NSP
         specials = np.array(sorted(tokenizer.special_token_ids))
         self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials)
@@ -332,7 +332,7 @@ def pretrain(
             raise DataError(f"max_seq_len {options.max_seq_len} exceeds the model's max_position_embeddings "
                             f"{model.config.max_position_embeddings}")
         task = PretrainingTask(tok, train.shards, heldout.shards if heldout is not None else [], options,
-                               seed=config.seed, data_digest=corpus.digest("train"))
+                               seed=config.seed, data_digest=corpus.digest())
         task.num_examples(0)  # both indexes now: a corpus NSP cannot use fails here, not at the final evaluation
         if heldout is not None:
             task.examples(HELDOUT_EPOCH, "held-out")
