@@ -249,7 +249,7 @@ def pretrain(
 
     from bertkit.device import resolve_device
     from bertkit.errors import DataError
-    from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, prepare
+    from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, manifest_path, prepare
     from bertkit.train import distributed_setup, fit, held_run_dir, limit_heap_growth, open_run_dir, release_run_dir
 
     limit_heap_growth()  # before the shards are checked and indexed, whose temporaries would otherwise stay in the heap
@@ -265,6 +265,8 @@ def pretrain(
     # a model inside that same directory).
     files = input_files(train_files) if train_files else []
     held = input_files(heldout_files) if heldout_files else []
+    if data is not None:
+        manifest_path(Path(data))  # a typo in --data is named as such, before its vocabulary is looked for
     output = Path(config.output_dir)
     tok: Tokenizer | None = None
     if isinstance(tokenizer, Tokenizer):
