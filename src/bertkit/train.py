@@ -563,13 +563,27 @@ def resume_changes(saved: dict[str, Any], config: TrainConfig, saved_data: str |
 class _InterruptGuard:
     """SIGINT handling for one run: the first Ctrl-C stops the run (KeyboardInterrupt, which saves a checkpoint);
     later ones, and any while the final checkpoint and model are written, only say the save is still going, so no
-    Ctrl-C cuts a save in the middle.
+    Ctrl-C cuts a save in the middle. A first Ctrl-C inside `whole()` (a step's update and its count) is raised at
+    its end, so the checkpoint it leads to is of one step: its weights, its number.
     Installed only in the main thread (the only one Python delivers signals to)."""
 
     def __init__(self) -> None:
         self.pressed = 0
         self.saving = False  # set while a checkpoint or the final model is written: Ctrl-C then waits for it
+        self.holding = False  # set inside `whole()`
+        self.held = False  # a first Ctrl-C came inside `whole()`
         self.previous: Any = None
+
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.held:
+            self.held = False
+            raise KeyboardInterrupt
 
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is threading.main_thread():
@@ -578,6 +592,9 @@ class _InterruptGuard:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.pressed += 1
+        if self.pressed == 1 and self.holding:
+            self.held = True
+            return
         if self.pressed == 1 and not self.saving:
             raise KeyboardInterrupt
         print("\nstill saving the checkpoint: Ctrl-C is ignored until it is written (kill -9 would lose only this "
@@ -1056,10 +1073,12 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
             run.epoch, run.step_in_epoch, micro = next(batches)
             micro = to_device(micro, run.device)  # pinned by the loader on CUDA: the copies overlap the step
             step_loss, finite = _backward(run, train_model, micro, meter)
-            grad_norm, bad_steps = _update(run, finite, bad_steps)
-            run.scheduler.step()
-            run.step += 1
-            run.step_in_epoch += 1
+            with guard.whole() if guard is not None else contextlib.nullcontext():
+                # a Ctrl-C between the optimizer's update and the count would save step N + 1's weights as step N
+                grad_norm, bad_steps = _update(run, finite, bad_steps)
+                run.scheduler.step()
+                run.step += 1
+                run.step_in_epoch += 1
             # each process holds its share of the global mean; the sum over processes is the mean
             meter.add_step(dict(zip(step_loss, _all_reduce_sum(list(step_loss.values())), strict=True)))
             if run.step % config.log_every == 0 or run.step == run.total_steps:

@@ -417,6 +417,33 @@ def test_ctrl_c_during_a_save_waits_for_it():
         time.sleep(1)
 
 
+def test_ctrl_c_inside_an_update_saves_the_step_it_completes(tmp_path, tokenizer):
+    """A Ctrl-C that comes while the optimizer changes the weights (sent here from the update itself) waits until
+    the step is counted: the checkpoint is of step 2 with step 2's weights, not called step 1."""
+    reference = tmp_path / "reference"
+    fit(_model(tokenizer), _task(tokenizer), _config(reference, max_steps=6, save_every=2, keep_checkpoints=3))
+    updates = []
+
+    def ctrl_c_in_the_second_update(optimizer, args, kwargs):
+        updates.append(optimizer)
+        if len(updates) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, before the update returns
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    hook = register_optimizer_step_post_hook(ctrl_c_in_the_second_update)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(_model(tokenizer), _task(tokenizer), _config(tmp_path / "run", max_steps=6, save_every=0))
+    finally:
+        hook.remove()
+    saved = latest_checkpoint(tmp_path / "run")
+    assert saved is not None and saved.name == "step-00000002"
+    got, expected = (load_file(run / "model.safetensors") for run in (saved, reference / "checkpoints" / saved.name))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
 def test_ctrl_c_during_the_final_evaluation_still_saves_the_trained_steps(tmp_path, tokenizer):
     class InterruptedEval(CountingTask):
         def evaluate(self, model):
