@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,188 @@ def test_file_arrays_read_like_numpy_without_mapping_the_file(tmp_path):
     np.save(tmp_path / "b.npy", np.zeros((2, 2)))
     with pytest.raises(DataError, match="one-dimensional"):
         FileArray(tmp_path / "b.npy")
+    # a cut file is refused when opened, not at the first read past its end in the middle of a run
+    (tmp_path / "cut.npy").write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(DataError, match=r"cut\.npy: holds [\d,]+ bytes; its header describes [\d,]+ \(a cut or "
+                                        r"damaged file\)"):
+        FileArray(tmp_path / "cut.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not an array at all")
+    with pytest.raises(DataError, match=r"junk\.npy: not a \.npy array"):
+        FileArray(tmp_path / "junk.npy")
+
+
+# ---- a directory edited by hand: every file read is one the manifest lists, at its place, with its sha256 ----------
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tokenizer, tmp_path_factory) -> Path:
+    """A prepared corpus of several training shards and a held-out split, copied by each test that edits it."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500, heldout_fraction=0.2, seed=3),
+            workers=1, progress=False)
+    return out
+
+
+def _copy(prepared: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(prepared, tmp_path / "data"))
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _save(out: Path, manifest: dict, *records: tuple[str, dict]) -> None:
+    """Write the manifest (its split totals summed again from the shard records, as a careful forger would) and the
+    given shard records into their shard .json too: an edit consistent across the files."""
+    for split in manifest["splits"].values():
+        for field in ("documents", "sentences", "tokens", "characters"):
+            if all(type(r[field]) is int for r in split["shards"]):
+                split[field] = sum(r[field] for r in split["shards"])
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    for split, record in records:
+        (out / split / f"shard-{record['index']:05d}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def _forge(out: Path, split: str, index: int, name: str, array: np.ndarray, **counts: int) -> None:
+    """Replace one array of a shard and write its new sha256 (and `counts`) into its record and the manifest."""
+    from bertkit.fileio import sha256_file
+
+    path = out / split / f"shard-{index:05d}.{name}.npy"
+    np.save(path, array)
+    manifest = _manifest(out)
+    record = manifest["splits"][split]["shards"][index]
+    record["files"][path.name] = sha256_file(path)
+    record.update(counts)
+    _save(out, manifest, (split, record))
+
+
+def test_a_record_naming_another_shards_files_is_refused(prepared, tokenizer, tmp_path):
+    """Shard 1's record claims shard 0's files (whose sha256 match), so shard 1's own files, now other tokens,
+    would be read unhashed: each record must name its own shard's files."""
+    out = _copy(prepared, tmp_path)
+    manifest = _manifest(out)
+    records = manifest["splits"]["train"]["shards"]
+    records[1] = {**records[0], "index": 1}
+    _save(out, manifest, ("train", records[1]))
+    tokens = np.load(out / "train" / "shard-00000.tokens.npy")
+    np.save(out / "train" / "shard-00001.tokens.npy", tokens)
+    np.save(out / "train" / "shard-00001.sentences.npy", np.load(out / "train" / "shard-00000.sentences.npy"))
+    np.save(out / "train" / "shard-00001.documents.npy", np.load(out / "train" / "shard-00000.documents.npy"))
+    with pytest.raises(DataError, match=r"manifest\.json: train/shard-00001: the record lists shard-00000\.documents"
+                                        r"\.npy, shard-00000\.sentences\.npy, shard-00000\.tokens\.npy; expected "
+                                        r"shard-00001\.documents\.npy"):
+        PreparedCorpus(out, tokenizer)
+
+
+@pytest.mark.parametrize("edit", ["listed twice", "dropped last", "dropped in the middle", "extra file on disk",
+                                  "listed file missing", "held-out files without a held-out split"])
+def test_a_manifest_must_list_exactly_the_shards_on_disk_in_order(prepared, tokenizer, tmp_path, edit):
+    out = _copy(prepared, tmp_path)
+    manifest = _manifest(out)
+    records = manifest["splits"]["train"]["shards"]
+    last = len(records) - 1
+    if edit == "listed twice":  # shard 0 read twice, shard 1 never
+        records[1] = records[0]
+        expected = r"manifest\.json: train shard 1 is recorded as shard 0: each shard is listed once, in order"
+    elif edit == "dropped last":
+        records.pop()
+        expected = rf"train/shard-{last:05d}\.documents\.npy is not in the manifest \(it lists train shards 0 to " \
+                   rf"{last - 1}\)"
+    elif edit == "dropped in the middle":
+        del records[2]
+        expected = r"train shard 2 is recorded as shard 3"
+    elif edit == "extra file on disk":
+        np.save(out / "train" / "shard-00099.tokens.npy", np.zeros(3, dtype=np.uint32))
+        expected = r"train/shard-00099\.tokens\.npy is not in the manifest"
+    elif edit == "listed file missing":
+        (out / "train" / "shard-00002.documents.npy").unlink()
+        expected = r"train/shard-00002\.documents\.npy.* missing"
+    else:
+        del manifest["splits"]["heldout"]
+        expected = r"heldout/shard-00000\.documents\.npy is not in the manifest \(it lists no heldout shards\)"
+    _save(out, manifest)
+    with pytest.raises(DataError, match=expected):
+        PreparedCorpus(out, tokenizer)
+    # the structure is checked even where the hashes are not (the other DDP ranks; a corpus prepare() just wrote)
+    with pytest.raises(DataError, match=expected):
+        PreparedCorpus(out, tokenizer, verify=False)
+
+
+@pytest.mark.parametrize("value", ["12", 12.0, True, None, -1])
+@pytest.mark.parametrize("where", ["manifest", "shard"])
+def test_a_count_that_is_not_an_integer_is_refused_naming_the_file_and_field(prepared, tokenizer, tmp_path, where,
+                                                                            value):
+    out = _copy(prepared, tmp_path)
+    if where == "manifest":
+        manifest = _manifest(out)
+        manifest["splits"]["train"]["shards"][1]["documents"] = value
+        _save(out, manifest)
+        expected = r"manifest\.json: train shard 1: 'documents' must be an integer >= 0, got "
+    else:
+        path = out / "train" / "shard-00001.json"
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record["tokens"] = value
+        path.write_text(json.dumps(record), encoding="utf-8")
+        expected = r"train/shard-00001\.json: 'tokens' must be an integer >= 0, got "
+    with pytest.raises(DataError, match=expected + re.escape(repr(value))):
+        PreparedCorpus(out, tokenizer)
+
+
+def test_a_shard_json_that_disagrees_with_the_manifest_is_refused(prepared, tokenizer, tmp_path):
+    out = _copy(prepared, tmp_path)
+    path = out / "train" / "shard-00003.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["sentences"] += 1
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(DataError, match=r"train/shard-00003\.json: sentences \d+ here, \d+ in manifest\.json"):
+        PreparedCorpus(out, tokenizer)
+
+
+@pytest.mark.parametrize("forgery", ["token count", "sentence offsets past the tokens", "offsets going back",
+                                     "token id past the vocabulary", "float tokens"])
+def test_arrays_that_do_not_match_their_record_are_refused_though_their_sha256_does(prepared, tokenizer, tmp_path,
+                                                                                    forgery):
+    """Each forged array's sha256 is written into its record and the manifest: only the checks of the arrays
+    against the counts, each other and the vocabulary see it (a run would otherwise fail mid-way, or read past a
+    sentence)."""
+    out = _copy(prepared, tmp_path)
+    shard = out / "train" / "shard-00002"
+    tokens = np.load(f"{shard}.tokens.npy")
+    sentences = np.load(f"{shard}.sentences.npy")
+    if forgery == "token count":
+        _forge(out, "train", 2, "tokens", tokens[:-1])
+        expected = r"train/shard-00002\.tokens\.npy: holds \d+ values; its record says \d+ tokens"
+    elif forgery == "sentence offsets past the tokens":
+        _forge(out, "train", 2, "sentences", np.concatenate([sentences[:-1], [len(tokens) + 5]]))
+        expected = r"train/shard-00002\.sentences\.npy: its last offset is \d+; the shard has \d+ tokens"
+    elif forgery == "offsets going back":
+        sentences[2] = sentences[1] - 1
+        _forge(out, "train", 2, "sentences", sentences)
+        expected = r"train/shard-00002\.sentences\.npy: offset 2 \(-?\d+\) is below the one before it"
+    elif forgery == "token id past the vocabulary":
+        tokens[5] = tokenizer.vocab_size + 7
+        _forge(out, "train", 2, "tokens", tokens)
+        expected = rf"train/shard-00002\.tokens\.npy: token 5 has id {tokenizer.vocab_size + 7}; the vocabulary " \
+                   rf"has {tokenizer.vocab_size}"
+    else:
+        _forge(out, "train", 2, "tokens", tokens.astype(np.float32))
+        expected = r"train/shard-00002\.tokens\.npy: float32 values; expected uint32"
+    with pytest.raises(DataError, match=expected):
+        PreparedCorpus(out, tokenizer)
+
+
+def test_a_resume_on_a_corpus_with_any_shard_changed_is_refused(prepared, tokenizer, tmp_path, capsys):
+    """A shard rewritten with all its records consistent is a valid corpus, only another one: its digest (what
+    the run's checkpoint records) differs, so `--resume` on it is refused; held-out shards count too (they make
+    the evaluations a run logs)."""
+    out = _copy(prepared, tmp_path)
+    assert main(_pretrain(tmp_path / "run", "--data", str(out))) == 0
+    for split in ("heldout", "train"):
+        tokens = np.load(out / split / "shard-00000.tokens.npy")
+        _forge(out, split, 0, "tokens", tokens[::-1].copy())
+        PreparedCorpus(out, tokenizer)  # a valid corpus
+        capsys.readouterr()
+        assert main(_pretrain(tmp_path / "run", "--data", str(out), "--resume")) == 2
+        assert re.search(r"--resume: this run differs from the one that wrote .*step-00000003: data \(sha256 of "
+                         r"the encoded examples\) [0-9a-f]{12} -> [0-9a-f]{12}\.", capsys.readouterr().err)

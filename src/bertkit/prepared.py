@@ -25,7 +25,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 
 from bertkit.errors import DataError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
-from bertkit.masking import ArrayShard
+from bertkit.masking import ArrayShard, encode_token
 from bertkit.tokenizer import Tokenizer, TokenizerOptions
 
 FORMAT_VERSION = 1
@@ -42,6 +42,7 @@ MANIFEST_NAME = "manifest.json"
 OPTIONS_NAME = "prepare.json"  # written first: a resumed prepare must have been started with the same options
 SPLITS = ("train", "heldout")
 ARRAYS = ("tokens", "sentences", "documents")
+COUNTS = ("documents", "sentences", "tokens", "characters")  # what a shard's record counts
 
 
 @dataclass(frozen=True)
@@ -373,13 +374,21 @@ class FileArray:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, _fortran_order, dtype = read_header(f)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _fortran_order, dtype = read_header(f)
+            except ValueError as exc:
+                raise DataError(f"not a .npy array ({exc})", self.path) from exc
             self.offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
         if len(shape) != 1 or dtype.hasobject:
             raise DataError(f"expected a one-dimensional numeric array, found shape {shape} of {dtype}", self.path)
+        if size != self.offset + shape[0] * dtype.itemsize:
+            # checked now: a short file would otherwise fail in the middle of a run, at the first read past its end
+            raise DataError(f"holds {size:,} bytes; its header describes {self.offset + shape[0] * dtype.itemsize:,} "
+                            "(a cut or damaged file)", self.path)
         self.dtype, self.shape = dtype, shape
         self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self._sample: np.ndarray | None = None
@@ -432,6 +441,18 @@ class FileArray:
         stop = min(first + self.SAMPLE + 1, len(self))
         return first + int(np.searchsorted(self[first:stop], value, side=side))
 
+    def sha256(self, inspect: Callable[[int, np.ndarray], None] | None = None) -> str:
+        """sha256 of the whole file, read once through the descriptor the array is read by, in blocks of 16 MiB;
+        `inspect(start, values)` sees each block of values on the way."""
+        digest = hashlib.sha256(os.pread(self.fd, self.offset, 0))
+        step = max(1, (16 << 20) // self.dtype.itemsize)
+        for start in range(0, len(self), step):
+            values = self._read(start, min(start + step, len(self)))
+            digest.update(values)
+            if inspect is not None:
+                inspect(start, values)
+        return digest.hexdigest()
+
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
 
@@ -447,19 +468,13 @@ class FileArray:
 
 class PreparedSplit:
     """The documents of one split, read from their files on demand (`FileArray`): `len(split)` documents;
-    `split[i]` is document i as a list of token-code arrays."""
+    `split[i]` is document i as a list of token-code arrays. Built by `PreparedCorpus`, from the records it has
+    checked; opening a shard checks its arrays' dtypes and lengths against its record."""
 
     def __init__(self, directory: Path, records: list[dict[str, Any]]) -> None:
-        self.shards = []
-        starts = [0]
-        for record in records:
-            stem = _shard_stem(directory, record["index"])
-            files = {name: str(stem.with_name(f"{stem.name}.{name}.npy")) for name in ARRAYS}
-            arrays = {name: FileArray(path) for name, path in files.items()}
-            self.shards.append(ArrayShard(**arrays, files=files))
-            starts.append(starts[-1] + record["documents"])
-        self.starts = np.array(starts, dtype=np.int64)
-        self.tokens = int(sum(r["tokens"] for r in records))
+        self.shards = [_open_shard(directory, record) for record in records]
+        self.starts = np.concatenate([[0], np.cumsum([r["documents"] for r in records], dtype=np.int64)])
+        self.tokens = sum(r["tokens"] for r in records)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -473,6 +488,90 @@ class PreparedSplit:
         first, last = int(arrays.documents[local]), int(arrays.documents[local + 1])
         offsets = arrays.sentences[first : last + 1]
         return [arrays.tokens[int(a) : int(b)] for a, b in itertools.pairwise(offsets.tolist())]
+
+
+# what each array holds: its dtype (kind, bytes; either byte order), and its length from the record's counts
+_ARRAY_TYPES = {"tokens": ("u", 4, "uint32"), "sentences": ("i", 8, "int64"), "documents": ("i", 8, "int64")}
+# each offsets array starts at 0 and ends at the count of what it points into
+_OFFSETS_OF = {"sentences": "tokens", "documents": "sentences"}
+_ID_BITS = np.uint32(encode_token(0, True) - 1)  # a token code's id: the bits below its "begins a word" bit
+
+
+def _shard_files(index: int) -> list[str]:
+    """The files of shard `index`, as a record lists them (its arrays), sorted."""
+    return sorted(f"{_shard_stem(Path(), index).name}.{name}.npy" for name in ARRAYS)
+
+
+def _open_shard(directory: Path, record: dict[str, Any]) -> ArrayShard:
+    """One shard's arrays, opened and checked against its record: dtypes and lengths (from the headers)."""
+    stem = _shard_stem(directory, record["index"])
+    files = {name: str(stem.with_name(f"{stem.name}.{name}.npy")) for name in ARRAYS}
+    arrays = {name: FileArray(path) for name, path in files.items()}
+    for name, array in arrays.items():
+        kind, size, expected = _ARRAY_TYPES[name]
+        if (array.dtype.kind, array.dtype.itemsize) != (kind, size):
+            raise DataError(f"{array.dtype.name} values; expected {expected}", array.path)
+        length = record[name] + (name in _OFFSETS_OF)
+        if len(array) != length:
+            raise DataError(f"holds {len(array):,} values; its record says {record[name]:,} {name}"
+                            + (" (an offset each, and the end)" if name in _OFFSETS_OF else ""), array.path)
+    return ArrayShard(**arrays, files=files)
+
+
+def _check_ends(shard: ArrayShard, record: dict[str, Any]) -> None:
+    """Each offsets array starts at 0 and ends at the count of what it points into (reads four values)."""
+    for name, target in _OFFSETS_OF.items():
+        array = getattr(shard, name)
+        first, last = int(array[0]), int(array[-1])
+        if first != 0:
+            raise DataError(f"its first offset is {first}; expected 0", array.path)
+        if last != record[target]:
+            raise DataError(f"its last offset is {last:,}; the shard has {record[target]:,} {target}", array.path)
+
+
+class _ArrayCheck:
+    """What verifying sees of one array while it is hashed, block by block: offsets never go back, token ids lie
+    inside the vocabulary. The first problem is kept, to be reported only if the file's sha256 matches (a damaged
+    file is called damaged, not a bad offset)."""
+
+    def __init__(self, name: str, vocab_size: int) -> None:
+        self.name, self.vocab_size = name, vocab_size
+        self.previous: int | None = None
+        self.problem: str | None = None
+
+    def __call__(self, start: int, values: np.ndarray) -> None:
+        if self.problem is not None or not len(values):
+            return
+        if self.name == "tokens":
+            ids = values & _ID_BITS
+            if int(ids.max()) >= self.vocab_size:  # the common case costs one pass; the culprit is sought only here
+                bad = int(np.flatnonzero(ids >= self.vocab_size)[0])
+                self.problem = f"token {start + bad:,} has id {int(ids[bad]):,}; the vocabulary has {self.vocab_size:,}"
+            return
+        if self.previous is not None and int(values[0]) < self.previous:
+            self.problem = f"offset {start:,} ({int(values[0])}) is below the one before it"
+        elif (values[1:] < values[:-1]).any():
+            bad = int(np.flatnonzero(values[1:] < values[:-1])[0]) + 1
+            self.problem = f"offset {start + bad:,} ({int(values[bad])}) is below the one before it"
+        self.previous = int(values[-1])
+
+
+def _count(record: dict[str, Any], field: str, where: str, path: Path) -> None:
+    value = record.get(field)
+    if type(value) is not int or value < 0:  # not bool (an int subclass), nor a float or a string of digits
+        raise DataError(f"{where}{field!r} must be an integer >= 0, got {value!r}", str(path))
+
+
+def _check_record(record: Any, where: str, path: Path) -> None:
+    """The fields of a shard's record, typed: its index and counts integers, its text and file hashes strings."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}expected a record (a JSON object), got {record!r}", str(path))
+    for field in ("index", *COUNTS):
+        _count(record, field, where, path)
+    files = record.get("files")
+    if not isinstance(record.get("text_sha256"), str) or not isinstance(files, dict) or not all(
+            isinstance(v, str) for v in files.values()):
+        raise DataError(f"{where}expected 'text_sha256' and 'files' (name -> sha256) strings", str(path))
 
 
 def _raise_open_files_limit(needed: int) -> None:
@@ -491,48 +590,130 @@ def _raise_open_files_limit(needed: int) -> None:
 
 
 class PreparedCorpus:
-    """A prepared directory, checked before use: its manifest, every shard's sha256, and (when a tokenizer is
-    given) that it was prepared with the same vocabulary."""
+    """A prepared directory, checked as a whole before use.
+
+    Always (cheap: the manifest, each shard's .json, a listing, a few bytes of each array): the manifest lists each
+    split's shards once, in order from shard 0; each record names its own shard's files and equals the shard's
+    .json; counts are integers and the split totals their sums; the shard files on disk are exactly those listed;
+    each array's dtype, length and first and last offsets match its record. With `verify` (rank 0 of a run given
+    --data), each array is read once: its sha256 against its record, offsets that never go back, token ids inside
+    the vocabulary; and the vocabulary is the tokenizer's when one is given.
+
+    What this claims: the data a run reads is exactly the data the manifest's hashes name. A directory rewritten
+    consistently (arrays, records, manifest) is a valid corpus, only another one: nothing here can tell it from the
+    original, but its `digest` differs, and a run's checkpoint records that digest, so `--resume` on it is refused.
+    """
 
     def __init__(self, directory: str | Path, tokenizer: Tokenizer | None = None, *, verify: bool = True) -> None:
         self.directory = Path(directory)
-        path = self.directory / MANIFEST_NAME
-        if not path.is_file():
-            partial = (self.directory / OPTIONS_NAME).is_file()
-            raise DataError("no manifest.json: " + ("the prepare did not finish; run `bertkit prepare-data` again "
-                            "with the same arguments to complete it" if partial else
-                            "not a directory written by `bertkit prepare-data`"), str(self.directory))
+        path = manifest_path(self.directory)
         try:
             self.manifest = json.loads(path.read_text(encoding="utf-8"))
-            splits = self.manifest["splits"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise DataError(f"unreadable manifest ({exc})", str(path)) from exc
-        if self.manifest.get("format") != FORMAT_VERSION:
-            raise DataError(f"format {self.manifest.get('format')!r}; this bertkit reads format {FORMAT_VERSION}",
-                            str(path))
+        splits = self._check_manifest(path)
         if tokenizer is not None and self.manifest["vocabulary_sha256"] != vocabulary_fingerprint(tokenizer):
             raise DataError(f"prepared with another vocabulary ({self.manifest['vocab_size']} tokens, sha256 "
                             f"{self.manifest['vocabulary_sha256'][:12]}) than the model's ({tokenizer.vocab_size} "
                             f"tokens, sha256 {vocabulary_fingerprint(tokenizer)[:12]}); prepare it again with this "
                             "--tokenizer", str(self.directory))
-        if verify:
-            for split, info in splits.items():
-                for record in info["shards"]:
-                    for name, expected in record["files"].items():
-                        file = self.directory / split / name
-                        if not file.is_file():
-                            raise DataError(f"shard file missing: {split}/{name}", str(self.directory))
-                        if sha256_file(file) != expected:
-                            raise DataError(f"shard {split}/{name} does not match its sha256 in the manifest (the "
-                                            "file changed or is damaged); prepare the corpus again",
-                                            str(self.directory))
+        for split in SPLITS:
+            self._check_split(path, split, splits.get(split, {"shards": []})["shards"])
         _raise_open_files_limit(3 * sum(len(info["shards"]) for info in splits.values()) + 256)
         self.splits = {split: PreparedSplit(self.directory / split, info["shards"]) for split, info in splits.items()}
+        vocab_size = tokenizer.vocab_size if tokenizer is not None else self.manifest["vocab_size"]
+        for split, info in splits.items():
+            for record, shard in zip(info["shards"], self.splits[split].shards, strict=True):
+                if verify:  # first: a damaged file is called damaged, not a bad offset
+                    for name in ARRAYS:
+                        self._verify_array(split, name, getattr(shard, name), record, vocab_size)
+                _check_ends(shard, record)
 
-    def digest(self, split: str) -> list[str]:
-        """The sha256 of every array of a split, from the manifest: what identifies its data."""
-        info = self.manifest["splits"].get(split, {"shards": []})
-        return [record["files"][name] for record in info["shards"] for name in sorted(record["files"])]
+    def _check_manifest(self, path: Path) -> dict[str, Any]:
+        """The manifest's own fields, typed; returns its splits."""
+        manifest = self.manifest
+        if not isinstance(manifest, dict):
+            raise DataError(f"expected a JSON object, got {type(manifest).__name__}", str(path))
+        if manifest.get("format") != FORMAT_VERSION:
+            raise DataError(f"format {manifest.get('format')!r}; this bertkit reads format {FORMAT_VERSION}",
+                            str(path))
+        options, splits = manifest.get("options"), manifest.get("splits")
+        if not isinstance(manifest.get("vocabulary_sha256"), str) or type(manifest.get("vocab_size")) is not int \
+                or not isinstance(options, dict) or not isinstance(options.get("whole_word"), bool) \
+                or not isinstance(splits, dict):
+            raise DataError("expected 'vocabulary_sha256' (a string), 'vocab_size' (an integer), 'options' (with "
+                            "'whole_word', true or false) and 'splits'", str(path))
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown or "train" not in splits:
+            raise DataError(f"splits {sorted(splits)}; expected 'train', and 'heldout' or none", str(path))
+        for split, info in splits.items():
+            if not isinstance(info, dict) or not isinstance(info.get("shards"), list) or not info["shards"]:
+                raise DataError(f"{split}: expected a record with a list of shards", str(path))
+        return splits
+
+    def _check_split(self, path: Path, split: str, records: list[Any]) -> None:
+        """One split's records against each other, their shard's .json and the files on disk (none read whole)."""
+        directory = self.directory / split
+        for position, record in enumerate(records):
+            _check_record(record, f"{split} shard {position}: ", path)
+            if record["index"] != position:
+                raise DataError(f"{split} shard {position} is recorded as shard {record['index']}: each shard is "
+                                f"listed once, in order from shard 0", str(path))
+            if sorted(record["files"]) != _shard_files(position):
+                raise DataError(f"{split}/{_shard_stem(Path(), position).name}: the record lists "
+                                f"{', '.join(sorted(record['files']))}; expected {', '.join(_shard_files(position))}",
+                                str(path))
+            json_path = _shard_stem(directory, position).with_suffix(".json")
+            try:
+                own = json.loads(json_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise DataError(f"{split}/{json_path.name} is missing (the manifest lists shard {position})",
+                                str(self.directory)) from None
+            except (OSError, ValueError) as exc:
+                raise DataError(f"unreadable ({exc})", str(json_path)) from exc
+            _check_record(own, "", json_path)
+            for field in sorted(set(own) | set(record)):
+                if own.get(field) != record.get(field):
+                    raise DataError(f"{field} {own.get(field)!r} here, {record.get(field)!r} in {MANIFEST_NAME}",
+                                    str(json_path))
+        if records:
+            totals = self.manifest["splits"][split]
+            for field in COUNTS:
+                total = sum(r[field] for r in records)
+                if totals.get(field) != total or type(totals.get(field)) is not int:
+                    raise DataError(f"{split}: {field} {totals.get(field)!r}; its shards hold {total}", str(path))
+        expected = {name for position in range(len(records)) for name in
+                    (*_shard_files(position), f"{_shard_stem(Path(), position).name}.json")}
+        found = {entry.name for entry in os.scandir(directory) if entry.name.startswith("shard-")} \
+            if directory.is_dir() else set()
+        for name in sorted(expected - found):
+            raise DataError(f"{split}/{name} is missing (the manifest lists it)", str(self.directory))
+        for name in sorted(found - expected):
+            listed = f"{split} shards 0 to {len(records) - 1}" if records else f"no {split} shards"
+            raise DataError(f"{split}/{name} is not in the manifest (it lists {listed}): a prepared directory holds "
+                            "only its own shards; prepare the corpus again", str(self.directory))
+
+    def _verify_array(self, split: str, name: str, array: FileArray, record: dict[str, Any], vocab_size: int
+                      ) -> None:
+        file = Path(array.path).name
+        check = _ArrayCheck(name, vocab_size)
+        if array.sha256(check) != record["files"][file]:
+            raise DataError(f"shard {split}/{file} does not match its sha256 in the manifest (the file changed or is "
+                            "damaged); prepare the corpus again", str(self.directory))
+        if check.problem is not None:
+            raise DataError(check.problem, array.path)
+
+    def digest(self) -> list[str]:
+        """What identifies the corpus's data, recorded by a run's checkpoint: the sha256 of every array of the
+        training split, in order, then "heldout" and the held-out split's (held-out shards make the evaluations a
+        run logs). Without a held-out split: the training split's list alone, the value runs on such corpora have
+        always recorded."""
+        listed = [record["files"][name] for record in self.manifest["splits"]["train"]["shards"]
+                  for name in sorted(record["files"])]
+        if "heldout" in self.manifest["splits"]:
+            listed += ["heldout", *(record["files"][name] for record in self.manifest["splits"]["heldout"]["shards"]
+                                    for name in sorted(record["files"]))]
+        return listed
 
     @property
     def whole_word(self) -> bool:
@@ -540,3 +721,18 @@ class PreparedCorpus:
 
     def split(self, name: str) -> PreparedSplit | None:
         return self.splits.get(name)
+
+
+def manifest_path(directory: Path) -> Path:
+    """The manifest of a prepared directory; a missing directory, a file, or a directory without one is named."""
+    path = directory / MANIFEST_NAME
+    if path.is_file():
+        return path
+    if not directory.exists():
+        raise DataError("no such directory (expected one written by `bertkit prepare-data`)", str(directory))
+    if not directory.is_dir():
+        raise DataError("is a file; expected a directory written by `bertkit prepare-data`", str(directory))
+    partial = (directory / OPTIONS_NAME).is_file()
+    raise DataError("no manifest.json: " + ("the prepare did not finish; run `bertkit prepare-data` again with the "
+                    "same arguments to complete it" if partial else "not a directory written by `bertkit "
+                    "prepare-data`"), str(directory))

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -54,6 +55,10 @@ RESUME_SETTINGS = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup", "
 
 class TrainingError(BertkitError):
     """Training cannot go on (repeated non-finite losses, a checkpoint that does not fit the run)."""
+
+
+class WorkerDied(TrainingError):
+    """A process building batches (`--workers`) ended in the middle of the run: killed, or out of memory."""
 
 
 @dataclass
@@ -138,8 +143,9 @@ class TrainTask(Protocol):
     def save(self, model: nn.Module, directory: Path) -> None:
         """Write a self-describing checkpoint directory (weights, config, vocab, labels)."""
 
-    # Optional: `fingerprint() -> str`, a digest of the encoded training examples (see `data_fingerprint`).
-    # `fit` stores it in each checkpoint and `--resume` refuses different training data.
+    # Optional: `fingerprint() -> str`, a digest of the encoded training examples (see `data_fingerprint`; pre-training
+    # on a prepared corpus adds its held-out shards). `fit` stores it in each checkpoint and `--resume` refuses
+    # different data.
 
 
 @dataclass
@@ -550,20 +556,34 @@ def resume_changes(saved: dict[str, Any], config: TrainConfig, saved_data: str |
         if name in saved and saved[name] != new[name]:
             changes.append(f"{name} {saved[name]} -> {new[name]}")
     if saved_data is not None and data is not None and saved_data != data:
-        changes.append(f"training data (sha256 of the encoded examples) {saved_data[:12]} -> {data[:12]}")
+        changes.append(f"data (sha256 of the encoded examples) {saved_data[:12]} -> {data[:12]}")
     return changes
 
 
 class _InterruptGuard:
     """SIGINT handling for one run: the first Ctrl-C stops the run (KeyboardInterrupt, which saves a checkpoint);
     later ones, and any while the final checkpoint and model are written, only say the save is still going, so no
-    Ctrl-C cuts a save in the middle.
+    Ctrl-C cuts a save in the middle. A first Ctrl-C inside `whole()` (a step's update and its count) is raised at
+    its end, so the checkpoint it leads to is of one step: its weights, its number.
     Installed only in the main thread (the only one Python delivers signals to)."""
 
     def __init__(self) -> None:
         self.pressed = 0
         self.saving = False  # set while a checkpoint or the final model is written: Ctrl-C then waits for it
+        self.holding = False  # set inside `whole()`
+        self.held = False  # a first Ctrl-C came inside `whole()`
         self.previous: Any = None
+
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.held:
+            self.held = False
+            raise KeyboardInterrupt
 
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is threading.main_thread():
@@ -572,6 +592,9 @@ class _InterruptGuard:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.pressed += 1
+        if self.pressed == 1 and self.holding:
+            self.held = True
+            return
         if self.pressed == 1 and not self.saving:
             raise KeyboardInterrupt
         print("\nstill saving the checkpoint: Ctrl-C is ignored until it is written (kill -9 would lose only this "
@@ -630,14 +653,90 @@ def _batches(task: TrainTask, config: TrainConfig, world: int, rank: int, epoch:
     # its own generator: seeding workers from torch's global one would shift the dropout stream of the training
     # process, and a run would no longer equal its resumed twin
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.workers, prefetch_factor=4,
-                                         worker_init_fn=_quiet_batch_worker, generator=torch.Generator(),
+                                         worker_init_fn=functools.partial(_start_batch_worker, os.getpid()),
+                                         generator=torch.Generator(),
                                          pin_memory=device is not None and device.type == "cuda",
                                          multiprocessing_context="fork" if os.name == "posix" else None)
-    return iter(loader)
+    return _WorkerBatches(loader)
 
 
-def _quiet_batch_worker(worker_id: int) -> None:
+class _WorkerBatches:
+    """The batches of a loader with worker processes. A worker that dies is named (its id, PID and exit signal or
+    status) by a `WorkerDied` raised from `next`, between steps, where the run's state is whole.
+
+    torch's own SIGCHLD handler is taken out again once the workers are started: it raises from wherever the main
+    thread is when the signal comes, between an optimizer update and the step count, or in the middle of a
+    checkpoint, and a checkpoint saved after that would not be of any one step. torch's other check stays: while
+    a batch is awaited, it looks at the workers every 5 s, and a dead one ends the wait."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
+        handled = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGCHLD")
+        previous = signal.getsignal(signal.SIGCHLD) if handled else None
+        self.iterator: Any = iter(loader)
+        if handled:
+            signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+
+    def __iter__(self) -> _WorkerBatches:
+        return self
+
+    def __next__(self) -> tuple[int, int, list[dict[str, Any]]]:
+        try:
+            return next(self.iterator)
+        except (RuntimeError, EOFError, OSError):
+            # torch's "DataLoader worker (pid(s) ...) exited unexpectedly"; or a batch the worker queued before it
+            # died, whose shared memory cannot be fetched from it now, which comes before the worker is wholly gone
+            # (so it is waited for a moment); or a worker's own error, raised again here as it is
+            dead = self._dead_workers(wait_s=2.0)
+            if not dead:
+                raise
+        self.iterator = None  # its finalizer stops the other workers
+        raise WorkerDied("; ".join(dead))
+
+    def _dead_workers(self, wait_s: float) -> list[str]:
+        """What ended each worker that has ended, looking for up to `wait_s` seconds until one has."""
+        workers = getattr(self.iterator, "_workers", [])  # torch's worker processes, in worker-id order
+        deadline = time.monotonic() + wait_s
+        while True:
+            ended = [(worker_id, p) for worker_id, p in enumerate(workers) if p.exitcode is not None]
+            if ended or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        dead = []
+        for worker_id, process in ended:
+            code = process.exitcode
+            how = f"exited with status {code}"
+            if code < 0:
+                name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+                how = f"was killed by signal {name}" + (" (kill -9, or the kernel's out-of-memory killer)"
+                                                        if -code == signal.SIGKILL else "")
+            dead.append(f"batch worker {worker_id} of {len(workers)} (PID {process.pid}) {how}")
+        return dead
+
+
+def _start_batch_worker(parent: int, worker_id: int) -> None:
+    """First thing in each batch worker: it ends with its parent, and does not hold the parent's run lock."""
+    _die_with_parent(parent)
+    for fd in _held_locks.values():
+        # the fork copied the lock's descriptor, and flock holds until the last copy is closed: a worker outliving a
+        # kill -9 of the run would keep a --resume out of the directory
+        os.close(fd)
+    _held_locks.clear()
     torch.set_num_threads(1)  # the training process's threads do the math; a worker builds batches in Python
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG), so a worker does not live on
+    after a kill -9 of the run, holding memory and shard files (torch's workers notice a dead parent only at their
+    next 5-second check, and elsewhere that check is all there is)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request: no signal will come
+        os._exit(1)
+
 
 def limit_heap_growth() -> int:
     """Opt-in (`BERTKIT_MMAP_THRESHOLD=BYTES`): stop glibc's heap from growing with every new tensor shape; returns
@@ -974,10 +1073,12 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
             run.epoch, run.step_in_epoch, micro = next(batches)
             micro = to_device(micro, run.device)  # pinned by the loader on CUDA: the copies overlap the step
             step_loss, finite = _backward(run, train_model, micro, meter)
-            grad_norm, bad_steps = _update(run, finite, bad_steps)
-            run.scheduler.step()
-            run.step += 1
-            run.step_in_epoch += 1
+            with guard.whole() if guard is not None else contextlib.nullcontext():
+                # a Ctrl-C between the optimizer's update and the count would save step N + 1's weights as step N
+                grad_norm, bad_steps = _update(run, finite, bad_steps)
+                run.scheduler.step()
+                run.step += 1
+                run.step_in_epoch += 1
             # each process holds its share of the global mean; the sum over processes is the mean
             meter.add_step(dict(zip(step_loss, _all_reduce_sum(list(step_loss.values())), strict=True)))
             if run.step % config.log_every == 0 or run.step == run.total_steps:
@@ -1002,6 +1103,15 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
             progress.close()
         _save_on_interrupt(run, guard)
         raise
+    except WorkerDied as died:
+        if progress is not None:
+            progress.close()
+        if run.world > 1:  # the other processes are inside a step's collectives and cannot join a save
+            raise WorkerDied(f"{died}, at step {run.step}; the last checkpoint is in {run.output / CHECKPOINTS}") \
+                from None
+        saved = _save_on_interrupt(run, guard, str(died))
+        raise WorkerDied(f"{died}, at step {run.step}; the run stopped there and saved a checkpoint: {saved} "
+                         "(continue with --resume)") from None
     if guard is not None:
         guard.saving = True  # the final checkpoint and model/: a Ctrl-C now waits for them instead of cutting them
     _publish(run, run.checkpoint())
@@ -1009,10 +1119,11 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     return FitResult(step=run.step, metrics=last_eval, output_dir=run.output)
 
 
-def _save_on_interrupt(run: _Run, guard: _InterruptGuard | None) -> None:
-    """After the first Ctrl-C: a checkpoint of the steps done, which later Ctrl-Cs cannot cut."""
+def _save_on_interrupt(run: _Run, guard: _InterruptGuard | None, reason: str = "interrupted") -> Path | None:
+    """After the first Ctrl-C (or a batch worker's death): a checkpoint of the steps done, which later Ctrl-Cs
+    cannot cut; returns its path (on rank 0)."""
     if run.rank == 0:
-        print(f"\ninterrupted at step {run.step}: saving a checkpoint (resume with --resume)", flush=True)
+        print(f"\n{reason} at step {run.step}: saving a checkpoint (resume with --resume)", flush=True)
     if guard is not None:
         guard.saving = True
     try:
@@ -1024,6 +1135,7 @@ def _save_on_interrupt(run: _Run, guard: _InterruptGuard | None) -> None:
         raise
     if run.rank == 0:
         print(f"checkpoint saved: {saved}", flush=True)
+    return saved
 
 
 def _append(path: Path, record: dict[str, Any], rank: int = 0) -> None:

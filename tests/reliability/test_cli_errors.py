@@ -65,6 +65,20 @@ def test_bad_numbers_are_refused_at_parse_time_naming_the_flag(argv, flag, expec
     assert f"argument {flag}: " in err and expected in err and "Traceback" not in err
 
 
+def test_pretrain_data_that_is_not_a_prepared_directory_is_named(tmp_path, capsys):
+    run = ["--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]
+    assert main(["pretrain", "--data", str(tmp_path / "nope"), *run]) == 2
+    _one_error_line(capsys, f"{tmp_path / 'nope'}: no such directory (expected one written by `bertkit prepare-data`)")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    assert main(["pretrain", "--data", str(tmp_path / "file"), *run]) == 2
+    _one_error_line(capsys, f"{tmp_path / 'file'}: is a file; expected a directory written by `bertkit prepare-data`")
+    (tmp_path / "empty").mkdir()
+    assert main(["pretrain", "--data", str(tmp_path / "empty"), *run]) == 2
+    _one_error_line(capsys, f"{tmp_path / 'empty'}: no manifest.json: not a directory written by `bertkit "
+                            "prepare-data`")
+    assert not (tmp_path / "run").exists()  # refused before the run directory was claimed
+
+
 def test_predict_missing_input_file(checkpoint, tmp_path, capsys):
     assert main(["predict", str(checkpoint), "--input", str(tmp_path / "nope.jsonl")]) == 2
     _one_error_line(capsys, "nope.jsonl: file not found")

@@ -1,10 +1,12 @@
 """Run directories: one run per directory, no fresh run over an old one, resume refuses changed settings or data,
-unwritable directories fail before training, torn metrics, a second Ctrl-C, the umask, and CLI number checks."""
+unwritable directories fail before training, torn metrics, a second Ctrl-C, a killed batch worker, batch workers
+that end with their run, the umask, and CLI number checks."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -148,6 +150,94 @@ def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpu
     assert f"resumed from {saved} at step {step}" in capsys.readouterr().out
 
 
+def _batch_workers(process: subprocess.Popen, run: Path, timeout: float = 120) -> list[int]:
+    """The PIDs of a run's two batch workers (its children forked from it: the same command line), once it trains."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never started its batch workers"
+        own = _cmdline(process.pid)  # read each time: right after Popen the child may not have exec'd yet
+        children = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        workers = sorted(pid for pid in children if _cmdline(pid) == own)
+        if len(workers) == 2 and (run / "metrics.jsonl").is_file() and _steps(run):
+            return workers
+        time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be collected
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers in /proc (Linux)")
+
+
+@needs_proc
+def test_a_killed_batch_worker_ends_the_run_in_one_line_with_a_checkpoint(tmp_path, corpus):
+    run = tmp_path / "run"
+    argv = _pretrain(corpus, run, "--max-steps", "100000", "--save-every", "100000", "--workers", "2")
+    process = subprocess.Popen(argv, env={**_env(), "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        victim = _batch_workers(process, run)[-1]
+        os.kill(victim, signal.SIGKILL)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    found = re.fullmatch(rf"bertkit pretrain: error: batch worker [01] of 2 \(PID {victim}\) was killed by signal "
+                         r"SIGKILL \(kill -9, or the kernel's out-of-memory killer\), at step (\d+); the run stopped "
+                         r"there and saved a checkpoint: (.+) \(continue with --resume\)", lines[0])
+    assert found, lines[0]
+    step, saved = int(found[1]), Path(found[2])
+    assert saved == run / "checkpoints" / f"step-{step:08d}" and step >= 1
+    assert latest_checkpoint(run) == saved and verify_checkpoint(saved) is not None
+    assert f"checkpoint saved: {saved}" in out
+    resumed = subprocess.run(_pretrain(corpus, run, "--max-steps", str(step + 2), "--resume", "--allow-resume-changes",
+                                       "--workers", "2"), env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {saved} at step {step}" in resumed.stdout
+    assert _steps(run)[-3:] == [step, step + 1, step + 2]
+
+
+@needs_proc
+def test_batch_workers_end_with_a_killed_run_and_leave_its_directory_free(tmp_path, corpus):
+    import fcntl
+
+    run = tmp_path / "run"
+    process = subprocess.Popen(_pretrain(corpus, run, "--max-steps", "100000", "--workers", "2"), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        workers = _batch_workers(process, run)
+    finally:
+        process.kill()
+        process.wait()
+    # at once: no worker holds a copy of the run's lock, so a --resume now is not told the directory is in use
+    fd = os.open(run / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 2.0  # torch's own check of the parent comes every 5 s
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(map(_alive, workers)), [pid for pid in workers if _alive(pid)]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_files_honour_the_umask(tmp_path, corpus, umask):
     run = tmp_path / "run"
@@ -231,12 +321,12 @@ def test_resume_refuses_a_changed_lr_naming_it_and_applies_it_when_allowed(tmp_p
 def test_resume_refuses_different_training_data(tmp_path, tokenizer):
     run = tmp_path / "run"
     fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2))
-    with pytest.raises(TrainingError, match=r"differs .*: training data \(sha256 of the encoded examples\) "
+    with pytest.raises(TrainingError, match=r"differs .*: data \(sha256 of the encoded examples\) "
                                             r"[0-9a-f]{12} -> [0-9a-f]{12}\."):
         fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=2, resume=True))
     # the same data again is accepted (the fingerprint is stable across processes' task objects)
     fit(_model(tokenizer), _task(tokenizer), _config(run, max_steps=2, resume=True))
-    with pytest.warns(UserWarning, match="training data"):
+    with pytest.warns(UserWarning, match=r"data \(sha256 of the encoded examples\)"):
         fit(_model(tokenizer), _task(tokenizer, OTHER_DOCS), _config(run, max_steps=2, resume=True,
                                                                      allow_resume_changes=True))
 
@@ -325,6 +415,33 @@ def test_ctrl_c_during_a_save_waits_for_it():
     with _InterruptGuard(), pytest.raises(KeyboardInterrupt):  # outside a save, the first Ctrl-C stops the run
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
+
+
+def test_ctrl_c_inside_an_update_saves_the_step_it_completes(tmp_path, tokenizer):
+    """A Ctrl-C that comes while the optimizer changes the weights (sent here from the update itself) waits until
+    the step is counted: the checkpoint is of step 2 with step 2's weights, not called step 1."""
+    reference = tmp_path / "reference"
+    fit(_model(tokenizer), _task(tokenizer), _config(reference, max_steps=6, save_every=2, keep_checkpoints=3))
+    updates = []
+
+    def ctrl_c_in_the_second_update(optimizer, args, kwargs):
+        updates.append(optimizer)
+        if len(updates) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, before the update returns
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    hook = register_optimizer_step_post_hook(ctrl_c_in_the_second_update)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(_model(tokenizer), _task(tokenizer), _config(tmp_path / "run", max_steps=6, save_every=0))
+    finally:
+        hook.remove()
+    saved = latest_checkpoint(tmp_path / "run")
+    assert saved is not None and saved.name == "step-00000002"
+    got, expected = (load_file(run / "model.safetensors") for run in (saved, reference / "checkpoints" / saved.name))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
 
 def test_ctrl_c_during_the_final_evaluation_still_saves_the_trained_steps(tmp_path, tokenizer):

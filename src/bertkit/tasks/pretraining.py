@@ -57,7 +57,7 @@ class PretrainingTask:
         self.options = options
         self.seed = seed
         self.eval_batch_size = eval_batch_size
-        self.data_digest = data_digest  # what identifies the training data (default: its token arrays)
+        self.data_digest = data_digest  # what identifies the data (default: the training token arrays)
         self.find_unused_parameters = not options.nsp  # the NSP head and pooler get no gradient without NSP
         specials = np.array(sorted(tokenizer.special_token_ids))
         self.random_ids = np.setdiff1d(np.arange(tokenizer.vocab_size), specials)
@@ -249,7 +249,7 @@ def pretrain(
 
     from bertkit.device import resolve_device
     from bertkit.errors import DataError
-    from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, prepare
+    from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, manifest_path, prepare
     from bertkit.train import distributed_setup, fit, held_run_dir, limit_heap_growth, open_run_dir, release_run_dir
 
     limit_heap_growth()  # before the shards are checked and indexed, whose temporaries would otherwise stay in the heap
@@ -265,6 +265,8 @@ def pretrain(
     # a model inside that same directory).
     files = input_files(train_files) if train_files else []
     held = input_files(heldout_files) if heldout_files else []
+    if data is not None:
+        manifest_path(Path(data))  # a typo in --data is named as such, before its vocabulary is looked for
     output = Path(config.output_dir)
     tok: Tokenizer | None = None
     if isinstance(tokenizer, Tokenizer):
@@ -332,7 +334,7 @@ def pretrain(
             raise DataError(f"max_seq_len {options.max_seq_len} exceeds the model's max_position_embeddings "
                             f"{model.config.max_position_embeddings}")
         task = PretrainingTask(tok, train.shards, heldout.shards if heldout is not None else [], options,
-                               seed=config.seed, data_digest=corpus.digest("train"))
+                               seed=config.seed, data_digest=corpus.digest())
         task.num_examples(0)  # both indexes now: a corpus NSP cannot use fails here, not at the final evaluation
         if heldout is not None:
             task.examples(HELDOUT_EPOCH, "held-out")
