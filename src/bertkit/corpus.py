@@ -28,19 +28,22 @@ def split_sentences(text: str, max_chars: int = 0) -> list[str]:
     """Split a long line into sentences after 。！？!?；… (keeping closing quotes with their sentence).
 
     With `max_chars`, a sentence longer than that is cut at commas (，,、) and then hard-cut, so no piece exceeds it.
+    Linear in the length of the text: a long sentence is walked with an index, each comma search looks at most
+    `max_chars` characters, and nothing but the pieces themselves is copied.
     """
     pieces = [p.strip() for p in _SENTENCE_END.split(text) if p and p.strip()]
     if not max_chars:
         return pieces
     out: list[str] = []
     for piece in pieces:
-        while len(piece) > max_chars:
-            cut = max(piece.rfind(c, 0, max_chars) for c in "，,、")
-            cut = cut + 1 if cut > 0 else max_chars
-            out.append(piece[:cut])
-            piece = piece[cut:]
-        if piece:
-            out.append(piece)
+        start, end = 0, len(piece)
+        while end - start > max_chars:
+            cut = max(piece.rfind(c, start, start + max_chars) for c in "，,、")
+            cut = cut + 1 if cut > start else start + max_chars  # a comma opening the window is no cut
+            out.append(piece[start:cut])
+            start = cut
+        if start < end:
+            out.append(piece[start:] if start else piece)
     return out
 
 
