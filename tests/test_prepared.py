@@ -4,7 +4,9 @@ and every bad directory refused before use with the shard or setting that is wro
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,37 @@ def test_same_bytes_for_one_and_two_workers_and_the_same_tokens_as_in_memory(cor
           [[s.tolist() for s in heldout[i]] for i in range(len(heldout))]
     assert sorted(map(str, got)) == sorted(map(str, expected))
     assert prepared.whole_word and train.tokens == sum(len(s) for d in got[: len(train)] for s in d)
+
+
+def test_every_shard_is_bounded_whatever_the_shape_of_the_text(tokenizer, tmp_path):
+    """A file of one line, or without blank lines, was one document sent whole to one worker (198 MB of text held
+    as 5.2 GB). Cut at max_document_chars, with a warning naming the file and line, no shard holds more than
+    shard_chars + max_document_chars characters; the bytes are the same for one and two workers."""
+    lines = [ARTICLES[i % len(ARTICLES)] for i in range(1500)]  # 25,000 characters
+    shapes = {"one-line.txt": "".join(lines), "no-blank-lines.txt": "\n".join(lines) + "\n",
+              "normal.txt": "\n\n".join("\n".join(lines[i : i + 3]) for i in range(0, len(lines), 3)) + "\n"}
+    options = PrepareOptions(shard_chars=2000, max_document_chars=1500)
+    for name, text in shapes.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = prepare([tmp_path / name], tokenizer, tmp_path / name.replace(".txt", ""), options=options,
+                               workers=1, progress=False)
+        train = manifest["splits"]["train"]
+        assert max(r["characters"] for r in train["shards"]) < 2000 + 1500, name
+        assert train["documents"] >= 25_000 // 1500 and len(train["shards"]) >= 25_000 // 3500, name
+        messages = [str(w.message) for w in caught]
+        # without blank lines, the first cut is before the line that takes the document past 1,500 characters
+        over = next(n for n, size in enumerate(itertools.accumulate(map(len, lines)), start=1) if size > 1500)
+        first_cut = {"one-line.txt": 1, "no-blank-lines.txt": over}.get(name)
+        if first_cut is None:
+            assert not messages
+        else:
+            assert messages[0].startswith(f"{tmp_path / name}:{first_cut}: over 1,500 characters without a blank")
+    with pytest.warns(UserWarning) as caught:
+        prepare([tmp_path / "one-line.txt"], tokenizer, tmp_path / "two", options=options, workers=2, progress=False)
+    assert "cuts in all, into documents of at most 1,500 characters (at line 1)" in str(caught[-1].message)
+    assert _files(tmp_path / "one-line") == _files(tmp_path / "two")
 
 
 def test_an_interrupted_prepare_resumes_by_skipping_finished_shards(corpus, tokenizer, tmp_path):
@@ -126,6 +159,14 @@ def test_prepare_data_command(corpus, tokenizer, tmp_path, capsys):
               "--workers", "-1"])
     assert caught.value.code == 2
     assert "argument --workers: expected an integer from 0 to 1024" in capsys.readouterr().err
+    # a file of one line of 1,000 sentences becomes documents of at most --max-document-chars characters
+    one_line = tmp_path / "one-line.txt"
+    one_line.write_text("北京欢迎你。" * 1000, encoding="utf-8")
+    with pytest.warns(UserWarning) as warned:
+        assert main(["prepare-data", str(one_line), "--tokenizer", str(tmp_path / "vocab"), "--output",
+                     str(tmp_path / "one"), "--workers", "1", "--max-document-chars", "600", "--no-progress"]) == 0
+    assert str(warned[0].message).startswith(f"{one_line}:1: over 600 characters without a blank line")
+    assert "train: 10 documents, 1,000 sentences" in capsys.readouterr().out
 
 
 def _pretrain(output: Path, *source: str) -> list[str]:

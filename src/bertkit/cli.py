@@ -21,6 +21,7 @@ import torch
 from bertkit import resources
 from bertkit.argtypes import float_range, int_range
 from bertkit.config import SIZE_LIMITS, BertConfig
+from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.device import keep_freed_memory
 from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
@@ -215,7 +216,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
     tok = Tokenizer.from_pretrained(args.tokenizer)
     options = PrepareOptions(whole_word=args.whole_word_masking, shard_chars=args.shard_chars,
-                             heldout_fraction=args.heldout_fraction, seed=args.seed)
+                             heldout_fraction=args.heldout_fraction, seed=args.seed,
+                             max_document_chars=args.max_document_chars)
     manifest = prepare(args.input, tok, args.output, heldout=args.heldout, options=options, workers=args.workers,
                        progress=args.progress)
     for split, info in manifest["splits"].items():
@@ -711,6 +713,10 @@ def _prepare_data_args(p: argparse.ArgumentParser) -> None:
                    help="tokenizing processes (default: 0, one per core)")
     p.add_argument("--shard-chars", type=int_range(1), default=None,
                    help="characters of text per shard (default: 1/64 of the input size, from 50,000 to 1,000,000)")
+    p.add_argument("--max-document-chars", type=int_range(1), default=MAX_DOCUMENT_CHARS,
+                   help="a longer document (a file without blank lines, a line of megabytes) is cut into documents "
+                   "of at most this many characters, with a warning naming the file and line (default: "
+                   "%(default)s)")
     p.add_argument("--seed", type=int_range(0), default=0, help="held-out choice seed (default: 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 

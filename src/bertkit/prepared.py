@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import DataError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
 from bertkit.masking import ArrayShard
@@ -56,10 +57,15 @@ class PrepareOptions:
     heldout_fraction: float = 0.0  # without held-out files: this fraction of the documents, chosen by `seed`
     seed: int = 0
     max_sentence_chars: int = 256  # long lines are split into sentences, pieces over this cut at commas
+    # a document longer than this is cut (with a warning naming the file and line), so a corpus without blank lines
+    # or a file of one line becomes many documents, and no shard holds more than shard_chars + this many characters
+    max_document_chars: int = MAX_DOCUMENT_CHARS
 
     def __post_init__(self) -> None:
         if self.shard_chars is not None and self.shard_chars < 1:
             raise DataError(f"shard_chars must be >= 1, got {self.shard_chars}")
+        if self.max_document_chars < 1:
+            raise DataError(f"max_document_chars must be >= 1, got {self.max_document_chars}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise DataError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 
@@ -218,8 +224,8 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
     tokenizer_options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
 
     def documents(paths: list[Path]) -> Iterator[list[str]]:
-        for path in paths:  # lines; the workers split them into sentences
-            yield from read_documents(path, split=False)
+        for path in paths:  # lines (a long one cut at the document limit); the workers split them into sentences
+            yield from read_documents(path, split=False, max_document_chars=options.max_document_chars)
 
     streams: dict[str, Iterator[list[str]]]
     if heldout_files:
