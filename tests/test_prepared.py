@@ -6,17 +6,23 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import bertkit
 from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.corpus import read_documents
 from bertkit.errors import DataError
-from bertkit.prepared import PreparedCorpus, PrepareOptions, prepare
+from bertkit.prepared import MANIFEST_NAME, PreparedCorpus, PrepareOptions, prepare
 from bertkit.tasks.pretraining import tokenize_documents
 
 ARTICLES = ["北京举行新年音乐会。江泽民等出席。今天天气很好！", "人民日报发表社论。新年快乐！我们去上海。",
@@ -167,6 +173,108 @@ def test_prepare_data_command(corpus, tokenizer, tmp_path, capsys):
                      str(tmp_path / "one"), "--workers", "1", "--max-document-chars", "600", "--no-progress"]) == 0
     assert str(warned[0].message).startswith(f"{one_line}:1: over 600 characters without a blank line")
     assert "train: 10 documents, 1,000 sentences" in capsys.readouterr().out
+
+
+SRC = Path(bertkit.__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+
+
+def _children(pid: int) -> dict[int, tuple[str, str]]:
+    """The processes whose parent is `pid`: pid -> (start time, command line), from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # ended meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+            if int(fields[1]) == pid:
+                found[int(entry.name)] = (fields[19], command)
+    return found
+
+
+def _running(pid: int, started: str) -> bool:
+    """Whether that process still runs: the same start time (not a reused pid), and not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[19] == started and fields[0] != "Z"
+
+
+def _wait_until_gone(processes: dict[int, tuple[str, str]], seconds: float) -> dict[int, str]:
+    """Wait up to `seconds` for the processes to end; return those still running (pid -> command line)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = {pid: command for pid, (started, command) in processes.items() if _running(pid, started)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_prepare_data_leaves_no_worker_or_resource_tracker_behind(tokenizer, tmp_path):
+    """kill -9 of prepare-data used to leave its workers and multiprocessing's resource tracker running (~500 MB,
+    still there 48 minutes later): now none of its processes outlives it by more than a few seconds."""
+    texts = ["\n".join(ARTICLES[(i + k) % len(ARTICLES)] for k in range(1 + i % 3)) for i in range(40_000)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts) + "\n", encoding="utf-8")  # 3.7 MB: about 10 s with 2 workers here
+    tokenizer.save_pretrained(tmp_path / "vocab")
+    out = tmp_path / "out"
+    with open(tmp_path / "stderr.txt", "wb") as stderr:  # a file, not a pipe a survivor could hold open
+        process = subprocess.Popen([sys.executable, "-m", "bertkit.cli", "prepare-data", str(corpus), "--tokenizer",
+                                    str(tmp_path / "vocab"), "--output", str(out), "--workers", "2",
+                                    "--shard-chars", "2000", "--no-progress"],
+                                   env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+    children: dict[int, tuple[str, str]] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            children = _children(process.pid)
+            workers = [pid for pid, (_, command) in children.items() if "spawn_main" in command]
+            if len(workers) == 2 and (out / "train" / "shard-00000.json").is_file():
+                break  # mid-run: both workers started and writing shards
+            time.sleep(0.05)
+        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
+        assert len(workers) == 2 and any("resource_tracker" in c for _, c in children.values()), children
+        process.kill()
+        process.wait()
+        assert not (out / MANIFEST_NAME).exists()  # it was killed before it finished
+        left = _wait_until_gone(children, 5.0)
+        assert not left, f"still running 5 s after their parent was killed: {left}"
+    finally:
+        process.kill()
+        for pid, (started, _) in children.items():  # what this test started, should the check above fail
+            if _running(pid, started):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_a_worker_without_the_parent_death_signal_ends_within_seconds_of_its_parent(tmp_path):
+    """Where the kernel sends no signal (not Linux, or prctl refused), the worker's own thread sees its parent gone
+    (it was adopted, so its parent pid changed) and ends it. Parent and worker are throwaway processes here."""
+    worker = ("import sys, time; from bertkit import prepared; prepared.sys.platform = 'not linux'; "
+              "prepared._die_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)")
+    parent = ("import os, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
+              "str(os.getpid())], stdout=subprocess.PIPE); child.stdout.readline(); print(child.pid, flush=True); "
+              "time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", parent, worker], env=ENV, stdout=subprocess.PIPE)
+    children: dict[int, tuple[str, str]] = {}
+    try:
+        child = int(process.stdout.readline())
+        children = {pid: info for pid, info in _children(process.pid).items() if pid == child}
+        assert children, "the worker did not start"
+        process.kill()
+        process.wait()
+        assert not _wait_until_gone(children, 5.0)
+    finally:
+        process.kill()
+        for pid, (started, _) in children.items():
+            if _running(pid, started):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _pretrain(output: Path, *source: str) -> list[str]:
