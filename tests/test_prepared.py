@@ -218,7 +218,8 @@ def _wait_until_gone(processes: dict[int, tuple[str, str]], seconds: float) -> d
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
 def test_kill_9_of_prepare_data_leaves_no_worker_or_resource_tracker_behind(tokenizer, tmp_path):
     """kill -9 of prepare-data used to leave its workers and multiprocessing's resource tracker running (~500 MB,
-    still there 48 minutes later): now none of its processes outlives it by more than a few seconds."""
+    still there 48 minutes later): now none of its processes outlives it by more than a few seconds. The workers,
+    seen mid-run, hold no torch."""
     texts = ["\n".join(ARTICLES[(i + k) % len(ARTICLES)] for k in range(1 + i % 3)) for i in range(40_000)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(texts) + "\n", encoding="utf-8")  # 3.7 MB: about 10 s with 2 workers here
@@ -240,6 +241,8 @@ def test_kill_9_of_prepare_data_leaves_no_worker_or_resource_tracker_behind(toke
             time.sleep(0.05)
         assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
         assert len(workers) == 2 and any("resource_tracker" in c for _, c in children.values()), children
+        # spawn imports the parent's main module (bertkit.cli) in each worker: it must not load torch (~190 MB each)
+        assert not [pid for pid in workers if "libtorch" in Path(f"/proc/{pid}/maps").read_text()]
         process.kill()
         process.wait()
         assert not (out / MANIFEST_NAME).exists()  # it was killed before it finished

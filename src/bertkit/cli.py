@@ -16,13 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bertkit import resources
 from bertkit.argtypes import float_range, int_range
 from bertkit.config import SIZE_LIMITS, BertConfig
 from bertkit.corpus import MAX_DOCUMENT_CHARS
-from bertkit.device import keep_freed_memory
 from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
 
@@ -467,6 +464,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint's encoder to ONNX (dynamic batch and sequence axes) and check it against PyTorch."""
     import numpy as np
+    import torch
 
     from bertkit.device import resolve_device
     from bertkit.export import export_onnx
@@ -821,6 +819,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "keep":
+        from bertkit.device import keep_freed_memory
+
         keep_freed_memory()  # opt-in: large activations reuse freed memory (faster), resident memory grows
     try:
         code = args.function(args)
