@@ -117,6 +117,24 @@ def test_an_interrupted_prepare_resumes_by_skipping_finished_shards(corpus, toke
     assert {p: p.stat().st_mtime_ns for p in before} == before  # finished shards were not written again
 
 
+def test_a_prepare_from_before_the_document_limit_is_continued_not_refused(corpus, tokenizer, tmp_path):
+    """prepare.json written before max_document_chars existed lacks it: its documents were under the default, so a
+    resume (pretrain --train --resume prepares again) continues the directory instead of refusing or redoing it."""
+    out = tmp_path / "out"
+    prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500), workers=1, progress=False)
+    settings = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+    del settings["options"]["max_document_chars"]
+    (out / "prepare.json").write_text(json.dumps(settings), encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in (out / "train").glob("shard-*")}
+    for replace_changed in (False, True):
+        prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500), workers=1, progress=False,
+                replace_changed=replace_changed)
+        assert {p: p.stat().st_mtime_ns for p in before} == before
+    with pytest.raises(DataError, match=r"other settings \(options: .*'max_document_chars': 1000000.* -> .*'max_d"):
+        prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500, max_document_chars=99),
+                workers=1, progress=False)
+
+
 def test_bad_directories_are_refused_naming_what_is_wrong(corpus, tokenizer, tmp_path):
     out = tmp_path / "out"
     prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500), workers=1, progress=False)

@@ -364,8 +364,8 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
     path = output / OPTIONS_NAME
     if path.is_file() and replace_changed:
         try:
-            same = json.loads(path.read_text(encoding="utf-8")) == settings
-        except (OSError, ValueError):
+            same = _read_settings(path) == settings
+        except (OSError, ValueError, AttributeError):
             same = False
         if not same:
             import shutil
@@ -378,8 +378,8 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
                     target.unlink()
     if path.is_file():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            old = _read_settings(path)
+        except (OSError, ValueError, AttributeError) as exc:
             raise DataError(f"unreadable ({exc}); delete the directory to prepare again", str(path)) from exc
         changed = [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in settings.items() if old.get(key) != value]
         if changed:
@@ -388,6 +388,19 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
         return
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+# options added since the first format-1 prepares, with the value those were made with: documents under the limit
+# give the same bytes, and a shard whose text the new option changes fails its text hash and is written again
+_ADDED_OPTIONS = {"max_document_chars": MAX_DOCUMENT_CHARS}
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The settings a prepare wrote, with the options it predates at the values it used."""
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(settings.get("options"), dict):
+        settings["options"] = {**_ADDED_OPTIONS, **settings["options"]}
+    return settings
 
 
 # ---- reading -------------------------------------------------------------------------------------------------------
