@@ -791,6 +791,14 @@ COMMANDS.update({
 })
 
 
+def keep_freed_memory() -> bool:
+    """`device.keep_freed_memory`, imported when asked for: bertkit.device imports torch, which this module must not
+    (every prepare-data worker imports it, as the main module of the process that spawned it)."""
+    from bertkit.device import keep_freed_memory as keep
+
+    return keep()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: vocabulary, pre-training, "
                                      "fine-tuning, evaluation and serving.")
@@ -819,8 +827,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "keep":
-        from bertkit.device import keep_freed_memory
-
         keep_freed_memory()  # opt-in: large activations reuse freed memory (faster), resident memory grows
     try:
         code = args.function(args)
