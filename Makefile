@@ -62,6 +62,7 @@ bench-reliability: data
 	$(PY) bench/serve_costly.py --preset base --seconds 30
 	$(PY) bench/fuzz_server.py
 	$(PY) bench/fuzz_readers.py
+	$(PY) bench/prepare_shapes.py
 	$(PY) bench/readme_tables.py
 
 # issue 12's scale run: the largest offline Chinese corpus, mini pre-trained >= 60 min through `pretrain --data`,

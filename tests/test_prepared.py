@@ -4,18 +4,26 @@ and every bad directory refused before use with the shard or setting that is wro
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import bertkit
 from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.corpus import read_documents
 from bertkit.errors import DataError
-from bertkit.prepared import PreparedCorpus, PrepareOptions, prepare
+from bertkit.prepared import MANIFEST_NAME, PreparedCorpus, PrepareOptions, prepare
 from bertkit.tasks.pretraining import tokenize_documents
 
 ARTICLES = ["北京举行新年音乐会。江泽民等出席。今天天气很好！", "人民日报发表社论。新年快乐！我们去上海。",
@@ -62,6 +70,37 @@ def test_same_bytes_for_one_and_two_workers_and_the_same_tokens_as_in_memory(cor
     assert prepared.whole_word and train.tokens == sum(len(s) for d in got[: len(train)] for s in d)
 
 
+def test_every_shard_is_bounded_whatever_the_shape_of_the_text(tokenizer, tmp_path):
+    """A file of one line, or without blank lines, was one document sent whole to one worker (198 MB of text held
+    as 5.2 GB). Cut at max_document_chars, with a warning naming the file and line, no shard holds more than
+    shard_chars + max_document_chars characters; the bytes are the same for one and two workers."""
+    lines = [ARTICLES[i % len(ARTICLES)] for i in range(1500)]  # 25,000 characters
+    shapes = {"one-line.txt": "".join(lines), "no-blank-lines.txt": "\n".join(lines) + "\n",
+              "normal.txt": "\n\n".join("\n".join(lines[i : i + 3]) for i in range(0, len(lines), 3)) + "\n"}
+    options = PrepareOptions(shard_chars=2000, max_document_chars=1500)
+    for name, text in shapes.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = prepare([tmp_path / name], tokenizer, tmp_path / name.replace(".txt", ""), options=options,
+                               workers=1, progress=False)
+        train = manifest["splits"]["train"]
+        assert max(r["characters"] for r in train["shards"]) < 2000 + 1500, name
+        assert train["documents"] >= 25_000 // 1500 and len(train["shards"]) >= 25_000 // 3500, name
+        messages = [str(w.message) for w in caught]
+        # without blank lines, the first cut is before the line that takes the document past 1,500 characters
+        over = next(n for n, size in enumerate(itertools.accumulate(map(len, lines)), start=1) if size > 1500)
+        first_cut = {"one-line.txt": 1, "no-blank-lines.txt": over}.get(name)
+        if first_cut is None:
+            assert not messages
+        else:
+            assert messages[0].startswith(f"{tmp_path / name}:{first_cut}: over 1,500 characters without a blank")
+    with pytest.warns(UserWarning) as caught:
+        prepare([tmp_path / "one-line.txt"], tokenizer, tmp_path / "two", options=options, workers=2, progress=False)
+    assert "cuts in all, into documents of at most 1,500 characters (at line 1)" in str(caught[-1].message)
+    assert _files(tmp_path / "one-line") == _files(tmp_path / "two")
+
+
 def test_an_interrupted_prepare_resumes_by_skipping_finished_shards(corpus, tokenizer, tmp_path):
     options = PrepareOptions(shard_chars=500)
     out = tmp_path / "out"
@@ -77,6 +116,24 @@ def test_an_interrupted_prepare_resumes_by_skipping_finished_shards(corpus, toke
     prepare([corpus], tokenizer, out, options=options, workers=1, progress=False)
     assert _files(out) == complete
     assert {p: p.stat().st_mtime_ns for p in before} == before  # finished shards were not written again
+
+
+def test_a_prepare_from_before_the_document_limit_is_continued_not_refused(corpus, tokenizer, tmp_path):
+    """prepare.json written before max_document_chars existed lacks it: its documents were under the default, so a
+    resume (pretrain --train --resume prepares again) continues the directory instead of refusing or redoing it."""
+    out = tmp_path / "out"
+    prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500), workers=1, progress=False)
+    settings = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+    del settings["options"]["max_document_chars"]
+    (out / "prepare.json").write_text(json.dumps(settings), encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in (out / "train").glob("shard-*")}
+    for replace_changed in (False, True):
+        prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500), workers=1, progress=False,
+                replace_changed=replace_changed)
+        assert {p: p.stat().st_mtime_ns for p in before} == before
+    with pytest.raises(DataError, match=r"other settings \(options: .*'max_document_chars': 1000000.* -> .*'max_d"):
+        prepare([corpus], tokenizer, out, options=PrepareOptions(shard_chars=500, max_document_chars=99),
+                workers=1, progress=False)
 
 
 def test_bad_directories_are_refused_naming_what_is_wrong(corpus, tokenizer, tmp_path):
@@ -127,6 +184,119 @@ def test_prepare_data_command(corpus, tokenizer, tmp_path, capsys):
               "--workers", "-1"])
     assert caught.value.code == 2
     assert "argument --workers: expected an integer from 0 to 1024" in capsys.readouterr().err
+    # a file of one line of 1,000 sentences becomes documents of at most --max-document-chars characters
+    one_line = tmp_path / "one-line.txt"
+    one_line.write_text("北京欢迎你。" * 1000, encoding="utf-8")
+    with pytest.warns(UserWarning) as warned:
+        assert main(["prepare-data", str(one_line), "--tokenizer", str(tmp_path / "vocab"), "--output",
+                     str(tmp_path / "one"), "--workers", "1", "--max-document-chars", "600", "--no-progress"]) == 0
+    assert str(warned[0].message).startswith(f"{one_line}:1: over 600 characters without a blank line")
+    assert "train: 10 documents, 1,000 sentences" in capsys.readouterr().out
+
+
+SRC = Path(bertkit.__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+
+
+def _children(pid: int) -> dict[int, tuple[str, str]]:
+    """The processes whose parent is `pid`: pid -> (start time, command line), from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # ended meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+            if int(fields[1]) == pid:
+                found[int(entry.name)] = (fields[19], command)
+    return found
+
+
+def _running(pid: int, started: str) -> bool:
+    """Whether that process still runs: the same start time (not a reused pid), and not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[19] == started and fields[0] != "Z"
+
+
+def _wait_until_gone(processes: dict[int, tuple[str, str]], seconds: float) -> dict[int, str]:
+    """Wait up to `seconds` for the processes to end; return those still running (pid -> command line)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = {pid: command for pid, (started, command) in processes.items() if _running(pid, started)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_prepare_data_leaves_no_worker_or_resource_tracker_behind(tokenizer, tmp_path):
+    """kill -9 of prepare-data used to leave its workers and multiprocessing's resource tracker running (~500 MB,
+    still there 48 minutes later): now none of its processes outlives it by more than a few seconds. The workers,
+    seen mid-run, hold no torch."""
+    texts = ["\n".join(ARTICLES[(i + k) % len(ARTICLES)] for k in range(1 + i % 3)) for i in range(40_000)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(texts) + "\n", encoding="utf-8")  # 3.7 MB: about 10 s with 2 workers here
+    tokenizer.save_pretrained(tmp_path / "vocab")
+    out = tmp_path / "out"
+    with open(tmp_path / "stderr.txt", "wb") as stderr:  # a file, not a pipe a survivor could hold open
+        process = subprocess.Popen([sys.executable, "-m", "bertkit.cli", "prepare-data", str(corpus), "--tokenizer",
+                                    str(tmp_path / "vocab"), "--output", str(out), "--workers", "2",
+                                    "--shard-chars", "2000", "--no-progress"],
+                                   env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+    children: dict[int, tuple[str, str]] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            children = _children(process.pid)
+            workers = [pid for pid, (_, command) in children.items() if "spawn_main" in command]
+            if len(workers) == 2 and (out / "train" / "shard-00000.json").is_file():
+                break  # mid-run: both workers started and writing shards
+            time.sleep(0.05)
+        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
+        assert len(workers) == 2 and any("resource_tracker" in c for _, c in children.values()), children
+        # spawn imports the parent's main module (bertkit.cli) in each worker: it must not load torch (~190 MB each)
+        assert not [pid for pid in workers if "libtorch" in Path(f"/proc/{pid}/maps").read_text()]
+        process.kill()
+        process.wait()
+        assert not (out / MANIFEST_NAME).exists()  # it was killed before it finished
+        left = _wait_until_gone(children, 5.0)
+        assert not left, f"still running 5 s after their parent was killed: {left}"
+    finally:
+        process.kill()
+        for pid, (started, _) in children.items():  # what this test started, should the check above fail
+            if _running(pid, started):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_a_worker_without_the_parent_death_signal_ends_within_seconds_of_its_parent(tmp_path):
+    """Where the kernel sends no signal (not Linux, or prctl refused), the worker's own thread sees its parent gone
+    (it was adopted, so its parent pid changed) and ends it. Parent and worker are throwaway processes here."""
+    worker = ("import sys, time; from bertkit import prepared; prepared.sys.platform = 'not linux'; "
+              "prepared._die_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)")
+    parent = ("import os, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
+              "str(os.getpid())], stdout=subprocess.PIPE); child.stdout.readline(); print(child.pid, flush=True); "
+              "time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", parent, worker], env=ENV, stdout=subprocess.PIPE)
+    children: dict[int, tuple[str, str]] = {}
+    try:
+        child = int(process.stdout.readline())
+        children = {pid: info for pid, info in _children(process.pid).items() if pid == child}
+        assert children, "the worker did not start"
+        process.kill()
+        process.wait()
+        assert not _wait_until_gone(children, 5.0)
+    finally:
+        process.kill()
+        for pid, (started, _) in children.items():
+            if _running(pid, started):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _pretrain(output: Path, *source: str) -> list[str]:

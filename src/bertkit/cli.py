@@ -16,12 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bertkit import resources
 from bertkit.argtypes import float_range, int_range
 from bertkit.config import SIZE_LIMITS, BertConfig
-from bertkit.device import keep_freed_memory
+from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import BertkitError, DataError
 from bertkit.tokenizer import Tokenizer
 
@@ -215,7 +213,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
     tok = Tokenizer.from_pretrained(args.tokenizer)
     options = PrepareOptions(whole_word=args.whole_word_masking, shard_chars=args.shard_chars,
-                             heldout_fraction=args.heldout_fraction, seed=args.seed)
+                             heldout_fraction=args.heldout_fraction, seed=args.seed,
+                             max_document_chars=args.max_document_chars)
     manifest = prepare(args.input, tok, args.output, heldout=args.heldout, options=options, workers=args.workers,
                        progress=args.progress)
     for split, info in manifest["splits"].items():
@@ -465,6 +464,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint's encoder to ONNX (dynamic batch and sequence axes) and check it against PyTorch."""
     import numpy as np
+    import torch
 
     from bertkit.device import resolve_device
     from bertkit.export import export_onnx
@@ -711,6 +711,10 @@ def _prepare_data_args(p: argparse.ArgumentParser) -> None:
                    help="tokenizing processes (default: 0, one per core)")
     p.add_argument("--shard-chars", type=int_range(1), default=None,
                    help="characters of text per shard (default: 1/64 of the input size, from 50,000 to 1,000,000)")
+    p.add_argument("--max-document-chars", type=int_range(1), default=MAX_DOCUMENT_CHARS,
+                   help="a longer document (a file without blank lines, a line of megabytes) is cut into documents "
+                   "of at most this many characters, with a warning naming the file and line (default: "
+                   "%(default)s)")
     p.add_argument("--seed", type=int_range(0), default=0, help="held-out choice seed (default: 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -785,6 +789,14 @@ COMMANDS.update({
     "info": (cmd_info, _info_args),
     "fetch-data": (cmd_fetch_data, _fetch_args),
 })
+
+
+def keep_freed_memory() -> bool:
+    """`device.keep_freed_memory`, imported when asked for: bertkit.device imports torch, which this module must not
+    (every prepare-data worker imports it, as the main module of the process that spawned it)."""
+    from bertkit.device import keep_freed_memory as keep
+
+    return keep()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from bertkit import fileio
 from bertkit.fileio import atomic_write_text, read_lines
 
 Document = list[str]  # sentences (or lines) in order
@@ -13,6 +15,9 @@ Document = list[str]  # sentences (or lines) in order
 _TAG = re.compile(r"/[A-Za-z]+$")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;…])(?![”’」』）)\"'])|(?<=[。！？!?][”’」』）)\"'])")
 _PARAGRAPH_END = tuple("。！？!?…”’」』）)\"'：:；;")
+# a document longer than this many characters is cut (a corpus without blank lines would otherwise be one document,
+# held whole); a long novel has about a million characters, so real documents are kept whole
+MAX_DOCUMENT_CHARS = 1_000_000
 
 
 def strip_pos_tags(line: str) -> str:
@@ -28,19 +33,22 @@ def split_sentences(text: str, max_chars: int = 0) -> list[str]:
     """Split a long line into sentences after 。！？!?；… (keeping closing quotes with their sentence).
 
     With `max_chars`, a sentence longer than that is cut at commas (，,、) and then hard-cut, so no piece exceeds it.
+    Linear in the length of the text: a long sentence is walked with an index, each comma search looks at most
+    `max_chars` characters, and nothing but the pieces themselves is copied.
     """
     pieces = [p.strip() for p in _SENTENCE_END.split(text) if p and p.strip()]
     if not max_chars:
         return pieces
     out: list[str] = []
     for piece in pieces:
-        while len(piece) > max_chars:
-            cut = max(piece.rfind(c, 0, max_chars) for c in "，,、")
-            cut = cut + 1 if cut > 0 else max_chars
-            out.append(piece[:cut])
-            piece = piece[cut:]
-        if piece:
-            out.append(piece)
+        start, end = 0, len(piece)
+        while end - start > max_chars:
+            cut = max(piece.rfind(c, start, start + max_chars) for c in "，,、")
+            cut = cut + 1 if cut > start else start + max_chars  # a comma opening the window is no cut
+            out.append(piece[start:cut])
+            start = cut
+        if start < end:
+            out.append(piece[start:] if start else piece)
     return out
 
 
@@ -68,23 +76,94 @@ def read_peoples_daily(path: str | Path) -> list[Document]:
     return documents
 
 
-def read_documents(path: str | Path, split: bool = True, max_chars: int = 256) -> Iterator[Document]:
+def read_documents(path: str | Path, split: bool = True, max_chars: int = 256,
+                   max_document_chars: int = MAX_DOCUMENT_CHARS) -> Iterator[Document]:
     """Google's pre-training format: one sentence (or line) per line, a blank line between documents.
 
     With `split`, a line holding several sentences (typical of Chinese text, one paragraph a line) is split at
     。！？!?；… and pieces longer than `max_chars` are cut at commas, so NSP sees sentence boundaries.
+
+    A document longer than `max_document_chars` characters (a file without blank lines, a line of megabytes) is cut
+    into documents of at most that many: at a line end, or inside a longer line at a sentence end (else a comma or a
+    space, else anywhere) in the last half of the allowance. A warning names the file and the line of the first cut,
+    and the number of cuts when the file ends. The file is read in pieces of at most a megabyte, so what is held
+    stays near `max_document_chars` characters whatever the shape of the text.
     """
+    limit = max(1, max_document_chars)
+    cuts = 0
+    cut_lines: list[int] = []  # the first few lines cut at, for the warnings
     current: Document = []
-    for _, line in read_lines(path):
-        text = line.strip()
+    size = 0  # characters in `current`
+    parts: list[str] = []  # the pieces read so far of a line that has not ended
+    parts_size = 0
+
+    def sentences(text: str) -> list[str]:
+        return split_sentences(text, max_chars) if split else [text]
+
+    def cut_at(number: int) -> None:
+        nonlocal cuts
+        cuts += 1
+        if len(cut_lines) < 4 and number not in cut_lines:
+            cut_lines.append(number)
+        if cuts == 1:
+            warnings.warn(f"{path}:{number}: over {limit:,} characters without a blank line: the document is cut "
+                          f"here, and wherever one grows past that again, into documents of at most {limit:,} "
+                          "characters; separate documents with a blank line, or raise max_document_chars "
+                          "(prepare-data --max-document-chars)", stacklevel=3)
+
+    for number, piece, ended in fileio.read_line_pieces(path, fileio.LINE_PIECE_BYTES):
+        parts.append(piece)
+        parts_size += len(piece)
+        if parts_size > limit:  # this line alone is over the limit: cut it, keeping no more than `limit` in hand
+            if current:
+                yield current
+                current, size = [], 0
+                cut_at(number)
+            line = "".join(parts)
+            start = 0
+            while len(line) - start > limit:
+                stop = _cut_point(line, start + (limit + 1) // 2, start + limit)
+                head = line[start:stop].strip()
+                if head:
+                    yield sentences(head)
+                    cut_at(number)
+                start = stop
+            parts, parts_size = [line[start:]], len(line) - start
+        if not ended:
+            continue
+        text = "".join(parts).strip()
+        parts, parts_size = [], 0
         if not text:
             if current:
                 yield current
-            current = []
+            current, size = [], 0
             continue
-        current.extend(split_sentences(text, max_chars) if split else [text])
+        if current and size + len(text) > limit:
+            yield current
+            current, size = [], 0
+            cut_at(number)
+        current.extend(sentences(text))
+        size += len(text)
     if current:
         yield current
+    if cuts > 1:
+        lines = ", ".join(f"{n:,}" for n in cut_lines[:3]) + (", ..." if len(cut_lines) > 3 else "")
+        warnings.warn(f"{path}: {cuts:,} cuts in all, into documents of at most {limit:,} characters (at line"
+                      f"{'s' if len(cut_lines) > 1 else ''} {lines})", stacklevel=2)
+
+
+def _cut_point(text: str, low: int, high: int) -> int:
+    """Where to cut `text` no later than `high` and after `low`: after the last sentence end in (low, high], else
+    after the last comma or space, else at `high`."""
+    best = -1
+    # one character past `high`, so that a closing quote after 。 is seen and kept with its sentence
+    for match in _SENTENCE_END.finditer(text, low + 1, min(high + 1, len(text))):
+        if match.start() <= high:
+            best = match.start()
+    if best > low:
+        return best
+    comma = max(text.rfind(c, low + 1, high) for c in "，,、 ")
+    return comma + 1 if comma > low else high
 
 
 def write_documents(path: str | Path, documents: Iterable[Document]) -> Path:

@@ -91,23 +91,67 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(line number, line without its newline) of a UTF-8 text file (gzip-compressed when it ends in .gz), a leading
     BOM dropped; a file that is missing, a directory, unreadable, or a byte sequence that is not UTF-8 is a
     DataError naming the file (and the line)."""
+    for number, line, _ in read_line_pieces(path, None):
+        yield number, line
+
+
+# bytes read at a time from a line that has no end in sight: what a reader of a corpus without newlines holds
+LINE_PIECE_BYTES = 1 << 20
+
+
+def read_line_pieces(path: str | Path, piece_bytes: int | None) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, whether the line ends here) of a file read as `read_lines` reads it, but a line longer
+    than `piece_bytes` bytes comes in pieces of at most that many bytes (cut between characters; None: whole lines),
+    so a file of one 200 MB line is never held whole. A line's last piece has its newline removed; a file whose last
+    line fills its last piece exactly, without a newline, ends with an empty piece that ends the line."""
     path = Path(path)
+    size = -1 if piece_bytes is None else max(piece_bytes, 4)  # room for the longest UTF-8 character
     with open_for_reading(path) as raw_handle:
         # a .gz file is read through gzip, line by line, never decompressed whole
         handle = gzip.GzipFile(fileobj=raw_handle) if path.suffix == ".gz" else raw_handle
-        number = 0
+        number, ended, done, carry = 0, True, 0, b""  # done: bytes of the line before `carry`
         try:
-            for number, raw in enumerate(handle, start=1):
+            while True:
+                want = size - len(carry) if size > 0 else -1  # with the bytes kept back, a piece stays within size
+                raw = handle.readline(want)
+                if not raw:
+                    break
+                if ended:
+                    number, done = number + 1, 0
+                # a line ends at its newline, or where readline stopped short of the size asked: the end of the file
+                ended = raw.endswith(b"\n") or want < 0 or len(raw) < want
+                data, carry = carry + raw, b""
+                if not ended:  # a character cut by the piece's end is kept for the next piece
+                    keep = _complete_utf8(data)
+                    data, carry = data[:keep], data[keep:]
                 try:
-                    line = raw.decode("utf-8")
+                    text = data.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path), number) from exc
-                if number == 1:
-                    line = line.removeprefix("\ufeff")
-                yield number, line.rstrip("\r\n")
+                    raise DataError(f"not UTF-8 text ({exc.reason} at byte {done + exc.start})", str(path),
+                                    number) from exc
+                done += len(data)
+                if number == 1 and done == len(data):
+                    text = text.removeprefix("\ufeff")
+                yield number, text.rstrip("\r\n") if ended else text, ended
+            if carry:  # the file ends inside a character
+                raise DataError(f"not UTF-8 text (unexpected end of data at byte {done})", str(path), number)
+            if not ended:
+                yield number, "", True
         except (OSError, EOFError) as exc:  # EIO mid-file, a damaged or cut .gz: the file's fault, not a crash
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise DataError(f"read failed after line {number} ({reason})", str(path)) from exc
+
+
+def _complete_utf8(data: bytes) -> int:
+    """The length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: complete
+            return len(data)
+        if byte >= 0xC0:  # a lead byte: complete if its continuation bytes are all here
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)  # no lead byte in reach: not UTF-8, and the decoder says where
 
 
 def read_text(path: str | Path) -> str:

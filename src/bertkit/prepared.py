@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import DataError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
 from bertkit.masking import ArrayShard, encode_token
@@ -57,10 +62,15 @@ class PrepareOptions:
     heldout_fraction: float = 0.0  # without held-out files: this fraction of the documents, chosen by `seed`
     seed: int = 0
     max_sentence_chars: int = 256  # long lines are split into sentences, pieces over this cut at commas
+    # a document longer than this is cut (with a warning naming the file and line), so a corpus without blank lines
+    # or a file of one line becomes many documents, and no shard holds more than shard_chars + this many characters
+    max_document_chars: int = MAX_DOCUMENT_CHARS
 
     def __post_init__(self) -> None:
         if self.shard_chars is not None and self.shard_chars < 1:
             raise DataError(f"shard_chars must be >= 1, got {self.shard_chars}")
+        if self.max_document_chars < 1:
+            raise DataError(f"max_document_chars must be >= 1, got {self.max_document_chars}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise DataError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
 
@@ -219,8 +229,8 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
     tokenizer_options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
 
     def documents(paths: list[Path]) -> Iterator[list[str]]:
-        for path in paths:  # lines; the workers split them into sentences
-            yield from read_documents(path, split=False)
+        for path in paths:  # lines (a long one cut at the document limit); the workers split them into sentences
+            yield from read_documents(path, split=False, max_document_chars=options.max_document_chars)
 
     streams: dict[str, Iterator[list[str]]]
     if heldout_files:
@@ -243,7 +253,8 @@ def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Pa
     context = multiprocessing.get_context("spawn")
     pool: concurrent.futures.Executor = (
         _InProcess() if workers == 1 else
-        concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker))
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                               initargs=(os.getpid(),)))
     with pool:
         for split, stream in streams.items():
             directory = output / split
@@ -277,10 +288,35 @@ class _InProcess(concurrent.futures.Executor):
         return future
 
 
-def _quiet_worker() -> None:
+def _start_worker(parent: int) -> None:
+    """Set up a worker process: no thread pools of its own, and an end when `parent` ends."""
     # one process per core does the parallelism; the Rust tokenizer's own thread pool would oversubscribe the cores
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _die_with_parent(parent)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when its parent (process id `parent`) ends, however it ends: a parent killed with SIGKILL
+    runs no cleanup, and a worker blocked on its task queue would otherwise wait forever (holding its memory, and
+    keeping multiprocessing's resource tracker alive through the pipe every spawned process inherits; the tracker
+    exits once the last holder has gone). On Linux the kernel sends SIGKILL at the parent's death
+    (PR_SET_PDEATHSIG); everywhere, a daemon thread checks the parent's pid once a second."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request was made: nobody will send the signal
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is adopted by init (or a subreaper): its parent pid changes
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Iterator[list[str]],
@@ -329,8 +365,8 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
     path = output / OPTIONS_NAME
     if path.is_file() and replace_changed:
         try:
-            same = json.loads(path.read_text(encoding="utf-8")) == settings
-        except (OSError, ValueError):
+            same = _read_settings(path) == settings
+        except (OSError, ValueError, AttributeError):
             same = False
         if not same:
             import shutil
@@ -343,8 +379,8 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
                     target.unlink()
     if path.is_file():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            old = _read_settings(path)
+        except (OSError, ValueError, AttributeError) as exc:
             raise DataError(f"unreadable ({exc}); delete the directory to prepare again", str(path)) from exc
         changed = [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in settings.items() if old.get(key) != value]
         if changed:
@@ -353,6 +389,19 @@ def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_cha
         return
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+# options added since the first format-1 prepares, with the value those were made with: documents under the limit
+# give the same bytes, and a shard whose text the new option changes fails its text hash and is written again
+_ADDED_OPTIONS = {"max_document_chars": MAX_DOCUMENT_CHARS}
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The settings a prepare wrote, with the options it predates at the values it used."""
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(settings.get("options"), dict):
+        settings["options"] = {**_ADDED_OPTIONS, **settings["options"]}
+    return settings
 
 
 # ---- reading -------------------------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ def _one_error_line(capsys, *needles: str) -> str:
         (["demo", "--batch-size", "ten"], "--batch-size", "got 'ten'"),
         (["demo", "--model-size", "huge"], "--model-size", "invalid choice: 'huge'"),
         (["prepare-corpus", "--seed", "-1"], "--seed", ">= 0"),
+        (["prepare-data", "t.txt", "--tokenizer", "v", "--output", "o", "--max-document-chars", "0"],
+         "--max-document-chars", ">= 1"),
     ],
 )
 def test_bad_numbers_are_refused_at_parse_time_naming_the_flag(argv, flag, expected, capsys, checkpoint):

@@ -315,6 +315,32 @@ def test_unreadable_paths_are_named_in_every_reader(name, tmp_path, monkeypatch)
         read(plain)
 
 
+def test_a_line_read_in_pieces_is_cut_between_characters_and_errors_name_line_and_byte(tmp_path):
+    """A reader of a corpus without newlines takes a line a few bytes at a time: the pieces join to the line
+    `read_lines` gives (BOM, \\r\\n and a last line without newline included), none is cut inside a character, and
+    a byte that is not UTF-8 is named by its line and its offset in the line, as when the line is read whole."""
+    path = tmp_path / "lines.txt"
+    path.write_bytes("\ufeff北京欢迎你北京欢迎你\nab\r\n\n".encode() + "北京".encode() * 3 + "a北京".encode())
+    for size in (4, 5, 7, 64):
+        pieces = list(fileio.read_line_pieces(path, size))
+        assert all(len(text.encode()) <= size for _, text, _ in pieces)
+        lines: dict[int, str] = {}
+        for number, text, _ in pieces:
+            lines[number] = lines.get(number, "") + text
+        assert list(lines.items()) == list(fileio.read_lines(path)) == [
+            (1, "北京欢迎你北京欢迎你"), (2, "ab"), (3, ""), (4, "北京北京北京a北京")]
+        assert [ended for _, _, ended in pieces].count(True) == 4 and pieces[-1][2]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n" + "北京".encode() * 4 + b"\xff!\n")
+    truncated = tmp_path / "truncated.txt"
+    truncated.write_bytes(b"ok\n" + "北京".encode() * 3 + "京".encode()[:2])
+    for size in (4, 7, None):
+        with pytest.raises(DataError, match=r"bad\.txt:2: not UTF-8 text \(invalid start byte at byte 24\)"):
+            list(fileio.read_line_pieces(bad, size))
+        with pytest.raises(DataError, match=r"truncated\.txt:2: not UTF-8 text \(unexpected end of data at byte 18\)"):
+            list(fileio.read_line_pieces(truncated, size))
+
+
 def test_intent_slot_file_in_place_of_a_directory_is_named(tmp_path):
     path = _write(tmp_path / "seq.in", "hello\n")
     with pytest.raises(DataError, match=r"seq\.in: expected a directory"):
