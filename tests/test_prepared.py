@@ -278,8 +278,8 @@ def test_kill_9_of_prepare_data_leaves_no_worker_or_resource_tracker_behind(toke
 def test_a_worker_without_the_parent_death_signal_ends_within_seconds_of_its_parent(tmp_path):
     """Where the kernel sends no signal (not Linux, or prctl refused), the worker's own thread sees its parent gone
     (it was adopted, so its parent pid changed) and ends it. Parent and worker are throwaway processes here."""
-    worker = ("import sys, time; from bertkit import prepared; prepared.sys.platform = 'not linux'; "
-              "prepared._die_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)")
+    worker = ("import sys, time; from bertkit import processes; processes.sys.platform = 'not linux'; "
+              "processes.die_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)")
     parent = ("import os, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
               "str(os.getpid())], stdout=subprocess.PIPE); child.stdout.readline(); print(child.pid, flush=True); "
               "time.sleep(120)")

@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -40,6 +36,7 @@ from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import DataError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
 from bertkit.masking import ArrayShard, encode_token
+from bertkit.processes import die_with_parent
 from bertkit.tokenizer import Tokenizer, TokenizerOptions
 
 FORMAT_VERSION = 1
@@ -293,30 +290,7 @@ def _start_worker(parent: int) -> None:
     # one process per core does the parallelism; the Rust tokenizer's own thread pool would oversubscribe the cores
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _die_with_parent(parent)
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this process when its parent (process id `parent`) ends, however it ends: a parent killed with SIGKILL
-    runs no cleanup, and a worker blocked on its task queue would otherwise wait forever (holding its memory, and
-    keeping multiprocessing's resource tracker alive through the pipe every spawned process inherits; the tracker
-    exits once the last holder has gone). On Linux the kernel sends SIGKILL at the parent's death
-    (PR_SET_PDEATHSIG); everywhere, a daemon thread checks the parent's pid once a second."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request was made: nobody will send the signal
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:  # an orphan is adopted by init (or a subreaper): its parent pid changes
-        time.sleep(1.0)
-    os._exit(1)
+    die_with_parent(parent)
 
 
 def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Iterator[list[str]],

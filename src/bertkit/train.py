@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from bertkit.device import describe, resolve_device, setup_cuda, to_device
 from bertkit.errors import BertkitError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
+from bertkit.processes import die_with_parent
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "training_state.pt"
@@ -715,27 +716,13 @@ class _WorkerBatches:
 
 def _start_batch_worker(parent: int, worker_id: int) -> None:
     """First thing in each batch worker: it ends with its parent, and does not hold the parent's run lock."""
-    _die_with_parent(parent)
+    die_with_parent(parent, watch=False)
     for fd in _held_locks.values():
         # the fork copied the lock's descriptor, and flock holds until the last copy is closed: a worker outliving a
         # kill -9 of the run would keep a --resume out of the directory
         os.close(fd)
     _held_locks.clear()
     torch.set_num_threads(1)  # the training process's threads do the math; a worker builds batches in Python
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG), so a worker does not live on
-    after a kill -9 of the run, holding memory and shard files (torch's workers notice a dead parent only at their
-    next 5-second check, and elsewhere that check is all there is)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request: no signal will come
-        os._exit(1)
 
 
 def limit_heap_growth() -> int:
