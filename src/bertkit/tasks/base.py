@@ -147,17 +147,34 @@ def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Se
     return out
 
 
-def run_batches(model: nn.Module, rows: Sequence[Any], collate: Callable[[Sequence[Any]], dict[str, Any]],
-                forward: Callable[[nn.Module, dict[str, Any]], Sequence[Any]], batch_size: int = 64) -> list[Any]:
-    """The one batched-inference loop every task uses: `rows` in batches of `batch_size`, each collated on the CPU,
-    moved to the model's device and run through `forward(model, batch)`, which returns one output per row."""
-    from bertkit.device import for_model
+# Padded tokens per forward pass at most: a batch of 64 rows of 512 tokens held 64 x heads x 512 x 512 attention
+# scores and every layer's activations at once (+300 MiB on BERT-tiny, far more on base); as many long rows in
+# smaller passes cost the same time per token on a CPU.
+MAX_BATCH_TOKENS = 8192
 
+
+def run_batches(model: nn.Module, rows: Sequence[Any], collate: Callable[[Sequence[Any]], dict[str, Any]],
+                forward: Callable[[nn.Module, dict[str, Any]], Sequence[Any]], batch_size: int = 64,
+                max_tokens: int = MAX_BATCH_TOKENS) -> list[Any]:
+    """The one batched-inference loop every task uses: `rows` in batches of `batch_size`, each collated on the CPU,
+    moved to the model's device and run through `forward(model, batch)`, which returns one output per row. A batch
+    whose padded `input_ids` hold more than `max_tokens` is halved until it fits (a single row runs as it is)."""
     out: list[Any] = []
     for start in range(0, len(rows), batch_size):
-        outputs = forward(model, for_model(model, collate(rows[start : start + batch_size])))
-        out.extend(outputs)
+        out.extend(_run_batch(model, rows[start : start + batch_size], collate, forward, max_tokens))
     return out
+
+
+def _run_batch(model: nn.Module, rows: Sequence[Any], collate: Callable[[Sequence[Any]], dict[str, Any]],
+               forward: Callable[[nn.Module, dict[str, Any]], Sequence[Any]], max_tokens: int) -> list[Any]:
+    from bertkit.device import for_model
+
+    batch = collate(rows)
+    if len(rows) > 1 and batch["input_ids"].numel() > max_tokens:
+        half = len(rows) // 2
+        return (_run_batch(model, rows[:half], collate, forward, max_tokens)
+                + _run_batch(model, rows[half:], collate, forward, max_tokens))
+    return list(forward(model, for_model(model, batch)))
 
 
 def label_results(labels: Sequence[str], probabilities: Sequence[torch.Tensor]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from bertkit.tasks.spec import InputField, TaskSpec, Work, option, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
+LOGITS_BUDGET = 1 << 25  # vocabulary logits a forward pass may hold (128 MiB of float32)
 FORMATS = ("sighan", "tsv")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -281,8 +282,9 @@ def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], win
         logits = m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).mlm_logits
         return logits.argmax(-1).cpu().tolist()
 
+    # every position's logits over the vocabulary: (B, T, V) floats, so a pass holds at most LOGITS_BUDGET of them
     predicted = run_batches(model, [r[0] for _, r in flat], lambda ids: pad_sequences(ids, tokenizer.pad_token_id),
-                            best, batch_size)
+                            best, batch_size, max_tokens=max(1, LOGITS_BUDGET // len(tokenizer)))
     chars = [list(s) for s in sources]
     for (k, r), tokens in zip(flat, predicted, strict=True):
         # each window owns a disjoint range of characters, so applying them in turn composes

@@ -54,9 +54,9 @@ WORD_LEVEL = {"duie": "char", "webnlg": "space"}
 UNTYPED = "ENTITY"
 SECOND_TYPE = "second type(s) of an entity in one record (its first type kept)"
 # Entity pairs scored per chunk of text, at most: the nearest ones where the tagger found more entities than that
-# many pairs need (65 entities: 4,160 pairs). A text of one repeated name tags an entity every
-# few words, and every ordered pair of 255 entities is 64,770 pairs a chunk, 64 chunks a batch: gigabytes.
-MAX_PAIRS = 4096
+# many pairs need (33 entities: 1,056 pairs). A text of one repeated name tags an entity every few words, and every
+# ordered pair of 255 entities is 64,770 pairs a chunk, 64 chunks a batch: gigabytes, and seconds of Python.
+MAX_PAIRS = 1024
 PAIR_BATCH = 16_384  # pairs through the pair head at once
 
 
@@ -420,12 +420,13 @@ def _decode(model: nn.Module, rows: list[Row], info: TriplesInfo, pad_id: int, b
             chunk = pairs[start : start + PAIR_BATCH]
             index = torch.tensor([p[:5] for p in chunk], device=words.device)
             probs = torch.sigmoid(m.pair_logits(words, index).float()).cpu()
-            for (i, *_, a, b), row in zip(chunk, probs, strict=True):
+            hits = (probs >= info.threshold).nonzero().tolist()  # (pair, predicate): only those pass on to Python
+            for (k, p), score in zip(hits, probs[probs >= info.threshold].tolist(), strict=True):
+                i, *_, a, b = chunk[k]
                 s, o = out[i][0][a], out[i][0][b]
-                for p in (row >= info.threshold).nonzero().flatten().tolist():
-                    predicate = info.predicates[p]
-                    if not allowed or (s[0], predicate, o[0]) in allowed:
-                        out[i][1].append((s, predicate, o, float(row[p])))
+                predicate = info.predicates[p]
+                if not allowed or (s[0], predicate, o[0]) in allowed:
+                    out[i][1].append((s, predicate, o, score))
         return out
 
     def collate_rows(chunk: list[Row]) -> dict[str, Any]:
