@@ -54,9 +54,9 @@ WORD_LEVEL = {"duie": "char", "webnlg": "space"}
 UNTYPED = "ENTITY"
 SECOND_TYPE = "second type(s) of an entity in one record (its first type kept)"
 # Entity pairs scored per chunk of text, at most: the nearest ones where the tagger found more entities than that
-# many pairs need (33 entities: 1,056 pairs). A text of one repeated name tags an entity every few words, and every
+# many pairs need (23 entities: 506 pairs). A text of one repeated name tags an entity every few words, and every
 # ordered pair of 255 entities is 64,770 pairs a chunk, 64 chunks a batch: gigabytes, and seconds of Python.
-MAX_PAIRS = 1024
+MAX_PAIRS = 512
 PAIR_BATCH = 16_384  # pairs through the pair head at once
 
 
