@@ -73,7 +73,8 @@ def item(task: str, chars: int, k: int, n: int = 1) -> Any:
 def shapes(task: str) -> list[tuple[int, int]]:
     """(inputs per request, characters per input) pairs inside the default limits (64 inputs, 10,000 characters a
     text, 100,000 a request)."""
-    grid = [(1, 10_000), (10, 9_900), (16, 6_000), (32, 3_000), (64, 1_500), (64, 505), (64, 250), (1, 505)]
+    grid = [(1, 10_000), (10, 9_900), (16, 6_000), (32, 3_000), (64, 1_500), (64, 505), (64, 250), (1, 505),
+            (16, 505), (4, 1_000), (1, 4_000)]
     if task == "fill_mask":  # one sequence a text; the masks' candidates are what grows
         grid = [(1, 300), (1, 100), (4, 100), (16, 30), (64, 40), (64, 100)]
     if task == "multiple_choice":  # 32 choices x 512 tokens = 16,384: two questions fill the token budget
