@@ -59,7 +59,7 @@ bench: data
 bench-reliability: data
 	$(PY) bench/serve_hostile.py
 	$(PY) bench/serve_costly.py
-	$(PY) bench/serve_costly.py --preset base --seconds 30
+	$(PY) bench/serve_costly.py --preset base --seconds 0
 	$(PY) bench/fuzz_server.py
 	$(PY) bench/fuzz_readers.py
 	$(PY) bench/prepare_shapes.py
