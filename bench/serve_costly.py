@@ -166,7 +166,10 @@ def run_task(task: str, root: Path, preset: str, grid: list[tuple[int, int]], se
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checkpoint = random_checkpoint(task, root / task, MAX_SEQ_LEN, preset, vocab_size=VOCAB)
-    server = Server(checkpoint, *(["--task", task] if task in PRETRAINED else []))
+    # as `bertkit serve` runs for a user: every core (the test helper pins servers to one thread)
+    server = Server(checkpoint, *(["--task", task] if task in PRETRAINED else []),
+                    env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+    server.timeout = 600.0  # BERT-base's costliest requests take about a minute
     try:
         health = server.get("/health")[1]
         status, _, _ = server.post("/predict", {"inputs": VALID[task]})

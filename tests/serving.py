@@ -119,6 +119,7 @@ class Server:
             [sys.executable, "-m", "bertkit.cli", "serve", str(checkpoint), "--port", str(self.port), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
         self.headers: dict[str, str] = {}  # sent with every request (e.g. an Authorization header)
+        self.timeout = 60.0  # seconds a request may take before the client gives up
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -135,7 +136,7 @@ class Server:
         req = urllib.request.Request(self.url + path, data=body, method=method,
                                      headers={"Content-Type": "application/json", **self.headers, **(headers or {})})
         try:
-            with urllib.request.urlopen(req, timeout=60) as response:
+            with urllib.request.urlopen(req, timeout=self.timeout) as response:
                 return response.status, json.loads(response.read() or b"null"), dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null"), dict(error.headers)
@@ -146,7 +147,7 @@ class Server:
         races its close: under load the client's write hits a closed socket, EPIPE, and the answer is lost.)"""
         import http.client
 
-        connection = http.client.HTTPConnection(self.url.split("//")[1], timeout=60)
+        connection = http.client.HTTPConnection(self.url.split("//")[1], timeout=self.timeout)
         try:
             connection.putrequest("POST", path)
             for name, value in {"Content-Type": "application/json", **self.headers,
