@@ -30,7 +30,7 @@ from bertkit.tasks.spec import InputField, TaskSpec, Work, option, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
-LOGITS_BUDGET = 1 << 25  # vocabulary logits a forward pass may hold (128 MiB of float32)
+LOGITS_BUDGET = 1 << 24  # vocabulary logits a forward pass may hold (64 MiB of float32)
 # What a token costs here against one a classifier encodes, in the server's work budget: the vocabulary projection
 # (2 x hidden x V multiply-adds a position, V = 21,128) is 6.6x BERT-tiny's encoder per token, 0.2x BERT-base's;
 # bench/serve_costly.py measured BERT-tiny spelling at 4.1x classification's time for the same tokens.
@@ -283,8 +283,9 @@ def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], win
     flat = [(k, row) for k, rows in enumerate(windows) for row in rows]
 
     def best(m: nn.Module, batch: dict[str, Any]) -> list[list[int]]:
-        logits = m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).mlm_logits
-        return logits.argmax(-1).cpu().tolist()
+        real = batch["attention_mask"].bool()  # logits at real tokens only, (M, V): no padded (B, T, V) copy
+        out = m(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mlm_positions=real)
+        return [row.tolist() for row in torch.split(out.mlm_logits.argmax(-1).cpu(), real.sum(1).tolist())]
 
     # every position's logits over the vocabulary: (B, T, V) floats, so a pass holds at most LOGITS_BUDGET of them
     predicted = run_batches(model, [r[0] for _, r in flat], lambda ids: pad_sequences(ids, tokenizer.pad_token_id),
