@@ -286,11 +286,16 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: MultipleChoiceInfo, in
     questions = [Question(item.get("context") or "", item["question"], item["choices"], None, index)
                  for index, item in enumerate(inputs)]
     rows, _ = encode(tokenizer, questions, info.max_seq_len)
-    probs = run_batches(model, rows, lambda chunk: collate(chunk, tokenizer.pad_token_id),
-                        lambda m, b: torch.softmax(_scores(m, b), -1).cpu())
-    results = []
-    for q, p in zip(questions, probs, strict=True):
-        p = p[: len(q.choices)]
+    # Each choice scored as a row of its own (a one-choice question), so a pass holds whole choices, not whole
+    # questions: 32 choices of 512 tokens are 16,384 tokens, twice what a pass may hold (run_batches).
+    choices = [([ids], [types], -1) for ids_list, types_list, _ in rows
+               for ids, types in zip(ids_list, types_list, strict=True)]
+    scores = run_batches(model, choices, lambda chunk: collate(chunk, tokenizer.pad_token_id),
+                         lambda m, b: _scores(m, b)[:, 0].float().cpu())
+    results, start = [], 0
+    for q in questions:
+        p = torch.softmax(torch.stack(scores[start : start + len(q.choices)]), -1)
+        start += len(q.choices)
         best = int(p.argmax())
         results.append({"answer": q.choices[best], "index": best, "scores": p.tolist(),
                         "probabilities": {c: float(x) for c, x in zip(q.choices, p, strict=True)}})
