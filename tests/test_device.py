@@ -261,7 +261,7 @@ def test_fp16_autocast_with_loss_scaling_trains(classifier, tmp_path, monkeypatc
 
 _FREE_A_LARGE_BLOCK = """
 import sys, torch
-from bertkit.device import keep_freed_memory
+from bertkit.memory import keep_freed_memory
 def rss():
     return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) * 1024
 took = keep_freed_memory() if sys.argv[1] == "keep" else False

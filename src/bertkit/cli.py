@@ -21,6 +21,7 @@ from bertkit.argtypes import float_range, int_range
 from bertkit.config import SIZE_LIMITS, BertConfig
 from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import BertkitError, DataError
+from bertkit.memory import MALLOC_ENV, keep_freed_memory
 from bertkit.tokenizer import Tokenizer
 
 # ---- argument types: a bad number is refused while parsing (exit 2, the flag named), before any work -----------
@@ -791,14 +792,6 @@ COMMANDS.update({
 })
 
 
-def keep_freed_memory() -> bool:
-    """`device.keep_freed_memory`, imported when asked for: bertkit.device imports torch, which this module must not
-    (every prepare-data worker imports it, as the main module of the process that spawned it)."""
-    from bertkit.device import keep_freed_memory as keep
-
-    return keep()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: vocabulary, pre-training, "
                                      "fine-tuning, evaluation and serving.")
@@ -826,7 +819,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "keep":
+    if os.environ.get(MALLOC_ENV, "").strip().lower() == "keep":
         keep_freed_memory()  # opt-in: large activations reuse freed memory (faster), resident memory grows
     try:
         code = args.function(args)

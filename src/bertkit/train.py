@@ -34,9 +34,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bertkit import hardware
 from bertkit.device import describe, resolve_device, setup_cuda, to_device
 from bertkit.errors import BertkitError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
+from bertkit.memory import limit_heap_growth
 from bertkit.processes import die_with_parent
 
 CHECKPOINTS = "checkpoints"
@@ -248,9 +250,7 @@ def _barrier() -> None:
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":  # native only: before Ampere, bf16 is emulated (no tensor cores); fp16 is native
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    from bertkit.quantize import native_bf16
-
-    return native_bf16()
+    return hardware.native_bf16()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -723,30 +723,6 @@ def _start_batch_worker(parent: int, worker_id: int) -> None:
         os.close(fd)
     _held_locks.clear()
     torch.set_num_threads(1)  # the training process's threads do the math; a worker builds batches in Python
-
-
-def limit_heap_growth() -> int:
-    """Opt-in (`BERTKIT_MMAP_THRESHOLD=BYTES`): stop glibc's heap from growing with every new tensor shape; returns
-    the threshold set (0: none, glibc's default).
-
-    The no-padding engine gives every batch other shapes; glibc keeps freed activation buffers in its heap (its mmap
-    threshold rises to 32 MB after the first large free) and the heap fragments: mini, batch 64 x 128, went
-    0.5 -> 2.4 GB in 50 steps, 3.1 GB in a long run. A fixed threshold (malloc(3): M_MMAP_THRESHOLD) such as 131072
-    returns every large buffer to the system when freed (the same 50 steps stay near 1.3 GB), but each buffer is
-    then mapped and zeroed anew: bench/scale.py measured mini 35% slower, so it is not the default."""
-    import ctypes
-    import ctypes.util
-
-    threshold = int(os.environ.get("BERTKIT_MMAP_THRESHOLD", 0))
-    if threshold <= 0 or not sys.platform.startswith("linux"):
-        return 0
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return 0
-    m_mmap_threshold = -3
-    return threshold if mallopt(m_mmap_threshold, threshold) == 1 else 0
 
 
 def fit(model: nn.Module, task: TrainTask, config: TrainConfig, *, title: str = "training") -> FitResult:

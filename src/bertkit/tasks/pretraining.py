@@ -249,8 +249,9 @@ def pretrain(
 
     from bertkit.device import resolve_device
     from bertkit.errors import DataError
+    from bertkit.memory import limit_heap_growth
     from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, manifest_path, prepare
-    from bertkit.train import distributed_setup, fit, held_run_dir, limit_heap_growth, open_run_dir, release_run_dir
+    from bertkit.train import distributed_setup, fit, held_run_dir, open_run_dir, release_run_dir
 
     limit_heap_growth()  # before the shards are checked and indexed, whose temporaries would otherwise stay in the heap
     options = options or PretrainingOptions()
