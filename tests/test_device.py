@@ -18,10 +18,11 @@ import torch
 
 import bertkit.model as model_module
 from bertkit.cli import main
+from bertkit.compiled import CompiledOrEager
 from bertkit.config import BertConfig
 from bertkit.device import device_of, for_model, resolve_device, to_device
 from bertkit.errors import DeviceError
-from bertkit.train import CompiledOrEager, autocast_dtype
+from bertkit.train import autocast_dtype
 from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier
 
 ROWS = CLASSIFIER_ROWS
