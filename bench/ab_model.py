@@ -45,7 +45,7 @@ def main() -> int:
     sys.modules["bertkit.baseline_model"] = baseline
     spec.loader.exec_module(baseline)
 
-    from bertkit.device import cpu_name
+    from bertkit.hardware import cpu_name
 
     print(f"{cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; working tree vs {args.rev}")

@@ -12,7 +12,7 @@ Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), t
 turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine);
 each engine is timed for at least 6 s a cell, up to 120 calls (the small cells' medians over 30 turns, since this
 VM's speed drifts by tens of percent from second to second). `--keep-freed-memory`: the whole process, every
-engine alike, keeps freed memory for reuse (`bertkit.device.keep_freed_memory()`, the CLI's BERTKIT_MALLOC=keep;
+engine alike, keeps freed memory for reuse (`bertkit.memory.keep_freed_memory()`, the CLI's BERTKIT_MALLOC=keep;
 bench/malloc.py); it writes bench/results/int8_keep.{json,md} instead.
 """
 
@@ -101,9 +101,10 @@ def main() -> int:
 
     import speed
     from bertkit import BertConfig, BertModel
-    from bertkit.device import cpu_name, keep_freed_memory
     from bertkit.export import export_onnx, quantize_onnx
-    from bertkit.quantize import choose_precision, cpu_flags, native_bf16, packed_bf16_available, quantize
+    from bertkit.hardware import cpu_flags, cpu_name, native_bf16
+    from bertkit.memory import keep_freed_memory
+    from bertkit.quantize import choose_precision, packed_bf16_available, quantize
 
     transformers.logging.set_verbosity_error()
     kept = keep_freed_memory() if args.keep_freed_memory else False  # process-wide: every engine alike

@@ -53,8 +53,8 @@ def main() -> int:
     import torch
 
     from bertkit.config import BertConfig
-    from bertkit.device import cpu_name
-    from bertkit.quantize import choose_precision, native_bf16
+    from bertkit.hardware import cpu_name, native_bf16
+    from bertkit.quantize import choose_precision
     from tasks import DATA, RUNS
 
     results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}

@@ -36,7 +36,8 @@ def aten_gelu(x: torch.Tensor) -> torch.Tensor:
 def main() -> int:
     import speed
     from bertkit import BertConfig, BertModel
-    from bertkit.device import cpu_name, keep_freed_memory
+    from bertkit.hardware import cpu_name
+    from bertkit.memory import keep_freed_memory
     from bertkit.quantize import ACTIVATION_MINIMA, quantize
     from int8 import one_by_128
 

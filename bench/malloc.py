@@ -1,5 +1,5 @@
 """Does glibc's malloc slow CPU inference down? The same GEMMs timed in two processes: one with glibc's defaults,
-one after `bertkit.device.keep_freed_memory()` (what the CLI does when BERTKIT_MALLOC=keep). A GEMM that allocates
+one after `bertkit.memory.keep_freed_memory()` (what the CLI does when BERTKIT_MALLOC=keep). A GEMM that allocates
 its output (as every layer of a forward pass does) against the same GEMM writing into a kept buffer (`out=`), in
 alternation.
 
@@ -30,7 +30,7 @@ def child(keep: bool) -> dict:
 
     import torch
 
-    from bertkit.device import keep_freed_memory
+    from bertkit.memory import keep_freed_memory
 
     took = keep_freed_memory() if keep else False
     rows = []
@@ -98,7 +98,7 @@ def main() -> int:
         print(json.dumps(child(sys.argv[2] == "keep")))
         return 0
     sys.path.insert(0, str(ROOT / "src"))
-    from bertkit.device import cpu_name
+    from bertkit.hardware import cpu_name
 
     runs = {}
     for mode in ("system", "keep"):

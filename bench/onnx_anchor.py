@@ -61,8 +61,8 @@ def main() -> int:
 
     import speed
     from bertkit import BertConfig, BertModel
-    from bertkit.device import cpu_name
     from bertkit.export import export_onnx, quantize_onnx
+    from bertkit.hardware import cpu_name
     from int8 import one_by_128
 
     transformers.logging.set_verbosity_error()

@@ -175,7 +175,7 @@ def main() -> int:
     parser.add_argument("--shapes", default="cba", help="which shapes, in this order (default: cba, normal first)")
     args = parser.parse_args()
 
-    from bertkit.device import cpu_name
+    from bertkit.hardware import cpu_name
     from bertkit.tokenizer import Tokenizer
 
     pool = sentences(random.Random(args.seed), 100_000)

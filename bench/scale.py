@@ -156,7 +156,7 @@ def main() -> int:
                 speeds = sorted(r["tokens_per_s"] for r in rows_w)
                 median = next(r for r in rows_w if r["tokens_per_s"] == speeds[len(speeds) // 2])
                 speed_rows.append({"model": size, "workers": workers, **median, "runs_tokens_per_s": speeds})
-        # the opt-in heap limit of train.limit_heap_growth against glibc's default, mini, 0 workers
+        # the opt-in heap limit of memory.limit_heap_growth against glibc's default, mini, 0 workers
         heap_rows = []
         opt_in = {"BERTKIT_MMAP_THRESHOLD": "131072"}
         for label, env in (("glibc default", {}), ("BERTKIT_MMAP_THRESHOLD=131072", opt_in)):
@@ -165,7 +165,7 @@ def main() -> int:
             heap_rows.append({"allocator": label, **row})
             print(f"heap {label}: {row}", flush=True)
     base = scale_rows[0]
-    from bertkit.device import cpu_name
+    from bertkit.hardware import cpu_name
 
     result = {"cpu": cpu_name(), "cores": cores, "corpus_mb": round(megabytes, 1), "copies": args.copies,
               "whole_word": True, "prepare": rows, "speedup": round(rows[0]["seconds"] / rows[1]["seconds"], 2),

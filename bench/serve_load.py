@@ -75,8 +75,7 @@ def load(server, sentences: list[str]) -> dict:
 def main() -> int:
     from tests.serving import Server
 
-    from bertkit.device import cpu_name
-    from bertkit.quantize import native_bf16
+    from bertkit.hardware import cpu_name, native_bf16
 
     settings = [("no batching (--max-batch 1)", ["--max-batch", "1", "--precision", "fp32"]),
                 ("dynamic batching (--max-batch 32, --max-wait-ms 5)", ["--max-batch", "32", "--precision", "fp32"]),

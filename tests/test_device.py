@@ -18,10 +18,11 @@ import torch
 
 import bertkit.model as model_module
 from bertkit.cli import main
+from bertkit.compiled import CompiledOrEager
 from bertkit.config import BertConfig
 from bertkit.device import device_of, for_model, resolve_device, to_device
 from bertkit.errors import DeviceError
-from bertkit.train import CompiledOrEager, autocast_dtype
+from bertkit.train import autocast_dtype
 from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier
 
 ROWS = CLASSIFIER_ROWS
@@ -261,7 +262,7 @@ def test_fp16_autocast_with_loss_scaling_trains(classifier, tmp_path, monkeypatc
 
 _FREE_A_LARGE_BLOCK = """
 import sys, torch
-from bertkit.device import keep_freed_memory
+from bertkit.memory import keep_freed_memory
 def rss():
     return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1]) * 1024
 took = keep_freed_memory() if sys.argv[1] == "keep" else False

@@ -390,7 +390,7 @@ def test_file_arrays_read_like_numpy_without_mapping_the_file(tmp_path):
             assert array.searchsorted(v, side=side) == int(np.searchsorted(values, v, side=side)), (v, side)
     np.testing.assert_array_equal(np.asarray(array), values)
     assert list(array)[:5] == values[:5].tolist()
-    from bertkit.train import data_fingerprint
+    from bertkit.resume import data_fingerprint
 
     assert data_fingerprint([array, 1]) == data_fingerprint([values, 1])
     small = FileArray(path)  # the sample built over several reads gives the same answers

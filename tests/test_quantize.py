@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bertkit import BertModel, Tokenizer
+from bertkit import BertModel, Tokenizer, hardware
 from bertkit import quantize as quantize_module
 from bertkit.cli import main
 from bertkit.errors import DeviceError
@@ -48,13 +48,12 @@ def test_auto_on_gpus_and_explicit_choices_the_device_cannot_run(monkeypatch):
     assert resolve_precision("auto", torch.device("cpu"), onnx=True)[0] == "fp32"
     with pytest.raises(DeviceError, match="expected one of auto, fp32, bf16, int8"):
         resolve_precision("fp8", torch.device("cpu"))
-    import bertkit.quantize as q
 
-    monkeypatch.setattr(q, "cpu_flags", lambda: frozenset(ICE_LAKE))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(ICE_LAKE))
     with pytest.warns(UserWarning, match="emulated there and runs slower than fp32"):
         assert resolve_precision("bf16", torch.device("cpu"))[0] == "bf16"
     assert resolve_precision("auto", torch.device("cpu"))[0] == "int8"
-    monkeypatch.setattr(q, "cpu_flags", lambda: frozenset(EPYC_GENOA))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(EPYC_GENOA))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resolve_precision("bf16", torch.device("cpu"))  # native: no warning
@@ -130,7 +129,7 @@ def test_packed_int8_only_on_amx(monkeypatch):
     0.87-1.11x torch._int_mm) and on AVX2 the products stay on torch._int_mm. (On AMX, the kernel's own trial
     decides: the test above, where this machine has it.)"""
     for flags in (EPYC_GENOA, ICE_LAKE, ALDER_LAKE, HASWELL):
-        monkeypatch.setattr(quantize_module, "cpu_flags", lambda flags=flags: frozenset(flags))
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
         monkeypatch.setattr(quantize_module, "_PACKED_INT8", [])
         assert not quantize_module.packed_int8_available()
 
@@ -243,7 +242,7 @@ def test_bf16_on_the_cpu_packs_encoder_weights_once_and_fuses_the_activation(act
     from bertkit.config import BertConfig
 
     monkeypatch.setattr(quantize_module, "_PACKED_BF16", [])
-    monkeypatch.setattr(quantize_module, "native_bf16", lambda flags=None: True)  # correctness, not speed
+    monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: True)  # correctness, not speed
     torch.manual_seed(0)
     model = BertModel(BertConfig.preset("tiny", vocab_size=100, hidden_act=act)).eval()
     plain = copy.deepcopy(model).to(torch.bfloat16)
@@ -280,7 +279,7 @@ def test_bf16_stays_plain_where_packing_does_not_pay_or_is_unavailable(monkeypat
     """Where bf16 is emulated (no AMX or AVX512-BF16) nothing is packed (`packed_bf16_available` is False without
     a trial); where the trial fails, plain bf16 modules run as before."""
     monkeypatch.setattr(quantize_module, "_PACKED_BF16", [])
-    monkeypatch.setattr(quantize_module, "native_bf16", lambda flags=None: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: False)
     assert quantize_module.packed_bf16_available() is False
     model, batch = _tiny_encoder_and_batch()
     with torch.no_grad():
@@ -422,7 +421,7 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
     monkeypatch.setattr(q, "COMPILE_FAILED", [])
     monkeypatch.setattr(q, "FROZEN_FAILED", [])
     monkeypatch.setattr(q, "packed_int8_available", lambda: True)
-    monkeypatch.setattr(q, "native_bf16", lambda flags=None: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: False)
     torch.manual_seed(0)
     model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
     other = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
@@ -466,7 +465,7 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
 
         monkeypatch.setattr(torch, "compile", recording)
         monkeypatch.setattr(q, "FROZEN_FAILED", [])
-        monkeypatch.setattr(q, "native_bf16", lambda flags=None: True)
+        monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: True)
         bf16_attention = quantize(copy.deepcopy(model), "int8", compile=True)
         out, expected = bf16_attention(*full).last_hidden_state, eager(*full).last_hidden_state
         assert all(m.attention == torch.bfloat16 for m in bf16_attention.layers.frozen())

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
-from bertkit.train import latest_checkpoint, parameter_groups, verify_checkpoint, warmup_linear_decay
+from bertkit.rundir import latest_checkpoint, verify_checkpoint
+from bertkit.train import parameter_groups, warmup_linear_decay
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +95,9 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path, small_corpus):
 
 
 def test_step_batches_are_the_same_for_any_number_of_workers_across_epochs():
+    from bertkit.loader import batches
     from bertkit.tasks.pretraining import PretrainingOptions, PretrainingTask
-    from bertkit.train import TrainConfig, _batches
+    from bertkit.train import TrainConfig
 
     rng = np.random.default_rng(0)
     docs = [[list(rng.integers(5, 60, int(rng.integers(3, 20)))) for _ in range(int(rng.integers(2, 6)))]
@@ -106,7 +108,7 @@ def test_step_batches_are_the_same_for_any_number_of_workers_across_epochs():
     runs = {}
     for workers in (0, 2, 3):
         config = TrainConfig(batch_size=4, grad_accum=2, workers=workers, seed=5)
-        steps = list(_batches(task, config, world=1, rank=0, epoch=0, step_in_epoch=1, steps=examples // 8 + 3))
+        steps = list(batches(task, config, world=1, rank=0, epoch=0, step_in_epoch=1, steps=examples // 8 + 3))
         runs[workers] = steps
     assert {e for e, _, _ in runs[0]} == {0, 1}  # the run crosses an epoch boundary
     for workers in (2, 3):

@@ -21,6 +21,7 @@ from bertkit.argtypes import float_range, int_range
 from bertkit.config import SIZE_LIMITS, BertConfig
 from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import BertkitError, DataError
+from bertkit.memory import MALLOC_ENV, keep_freed_memory
 from bertkit.tokenizer import Tokenizer
 
 # ---- argument types: a bad number is refused while parsing (exit 2, the flag named), before any work -----------
@@ -227,7 +228,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pre-train BERT (MLM + NSP, or MLM only) on text or a prepared corpus; resumable; torchrun for DDP."""
     from bertkit.tasks.pretraining import PretrainingOptions, pretrain
-    from bertkit.train import config_from_args
+    from bertkit.train_flags import config_from_args
 
     options = PretrainingOptions(max_seq_len=args.max_seq_len, nsp=not args.no_nsp, mask_prob=args.mask_prob,
                                  whole_word=args.whole_word_masking, max_predictions=args.max_predictions)
@@ -245,7 +246,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from bertkit.tasks import task_spec
-    from bertkit.train import config_from_args
+    from bertkit.train_flags import config_from_args
 
     spec = task_spec(args.task)
     own = {f.name for f in fields(spec.options)} if spec.options else set()
@@ -654,7 +655,8 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     from bertkit.config import PRESETS
     from bertkit.tasks import trainable_tasks
-    from bertkit.train import TrainConfig, add_train_arguments
+    from bertkit.train import TrainConfig
+    from bertkit.train_flags import add_train_arguments
 
     p.add_argument("--task", required=True, choices=trainable_tasks(), help="what to fine-tune for")
     p.add_argument("--train", required=True, help="training file")
@@ -721,7 +723,8 @@ def _prepare_data_args(p: argparse.ArgumentParser) -> None:
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from bertkit.config import PRESETS
-    from bertkit.train import TrainConfig, add_train_arguments
+    from bertkit.train import TrainConfig
+    from bertkit.train_flags import add_train_arguments
 
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--train", nargs="+", help="training text: files (.gz too) or directories; one sentence per "
@@ -791,14 +794,6 @@ COMMANDS.update({
 })
 
 
-def keep_freed_memory() -> bool:
-    """`device.keep_freed_memory`, imported when asked for: bertkit.device imports torch, which this module must not
-    (every prepare-data worker imports it, as the main module of the process that spawned it)."""
-    from bertkit.device import keep_freed_memory as keep
-
-    return keep()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: vocabulary, pre-training, "
                                      "fine-tuning, evaluation and serving.")
@@ -826,7 +821,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.environ.get("BERTKIT_MALLOC", "").strip().lower() == "keep":
+    if os.environ.get(MALLOC_ENV, "").strip().lower() == "keep":
         keep_freed_memory()  # opt-in: large activations reuse freed memory (faster), resident memory grows
     try:
         code = args.function(args)

@@ -8,14 +8,13 @@ CPU copies and read with `map_location="cpu"`, then moved.
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from bertkit.errors import DeviceError
+from bertkit.hardware import cpu_name
 
 CHOICES = "auto, cpu, cuda or cuda:N"
 
@@ -77,39 +76,6 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = True) -> Any:
 def for_model(model: nn.Module, batch: Any) -> Any:
     """A batch built on the CPU (tokenizer, collate) moved to where `model` computes."""
     return to_device(batch, device_of(model))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def keep_freed_memory(limit: int = 1 << 30) -> bool:
-    """Have glibc's malloc keep freed memory for reuse: blocks under `limit` bytes come from the heap and go back to
-    it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD). By default glibc maps every block over 32 MiB afresh and unmaps it when
-    freed, so each large activation of a CPU forward pass (BERT-base at 32 x 128: the QKV and FFN GEMMs' 38 and
-    50 MB outputs) is new memory, paged in at its first write: an int8 GEMM allocating such an output ran at 0.6x
-    the speed of the same GEMM writing into a kept buffer here. The price: batches of ever new shapes fragment the
-    kept heap, and resident memory grows (bench/malloc.py measures both).
-
-    Process-wide, for the rest of the process's life. Opt-in: the CLI calls it when BERTKIT_MALLOC=keep is set.
-    Returns whether malloc took the settings (False off Linux, or where the C library has no working mallopt:
-    musl's is a stub)."""
-    import ctypes
-
-    if platform.system() != "Linux":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
 def describe(device: torch.device) -> str:

@@ -25,6 +25,11 @@ class DeviceError(BertkitError, ValueError):
     """A device that does not exist here (no CUDA, an index past the last GPU, a name bertkit does not run on)."""
 
 
+class TrainingError(BertkitError):
+    """Training cannot go on (repeated non-finite losses, a checkpoint that does not fit the run, a run directory in
+    use or not writable)."""
+
+
 def reason(exc: BaseException) -> str:
     """What a reader's exception says, in words: a KeyError's message is only the key ('question'), so it becomes
     "missing field 'question'"; an IndexError or TypeError names its kind."""

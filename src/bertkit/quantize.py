@@ -25,41 +25,24 @@ from __future__ import annotations
 import fnmatch
 import weakref
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit import hardware
+from bertkit.hardware import BF16_FEATURES
 from bertkit.model import _ACTIVATIONS, EncoderLayer, LayerStack, Layout, dense_attention, gelu_tanh
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags with int8 dot products
-BF16_FEATURES = ("amx_bf16", "avx512_bf16")  # native bf16 matmul (anything else emulates it, slower than fp32)
 # With AMX, bf16 matmuls run on the tiles at about int8's speed (2048^2: 2.0 TFLOP/s bf16, 2.3 TOP/s int8, fp32 0.31)
 # and a bf16 model makes none of int8's passes around each GEMM: bench/int8.py on a 2-core Sapphire Rapids measured
 # bertkit bf16 (weights packed for oneDNN) at 1.33-2.83x its compiled int8 and 2.1-5.0x its eager int8, so auto
 # picks bf16 there.
 AMX_BF16 = "amx_bf16"
 ENCODER_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
-
-
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def native_bf16(flags: Iterable[str] | None = None) -> bool:
-    """Whether this CPU (or one with `flags`) multiplies bf16 natively (AMX, AVX512-BF16); elsewhere bf16 is
-    emulated and slower than fp32."""
-    flags = cpu_flags() if flags is None else frozenset(flags)
-    return any(f in flags for f in BF16_FEATURES)
 
 
 def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
@@ -69,7 +52,7 @@ def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
     emulates."""
     if cuda:
         return ("bf16", "CUDA with bf16") if cuda_bf16 else ("fp32", "CUDA without bf16 (int8 is a CPU path)")
-    flags = frozenset(cpu_flags() if flags is None else flags)
+    flags = frozenset(hardware.cpu_flags() if flags is None else flags)
     if AMX_BF16 in flags:
         return "bf16", "CPU with AMX (amx_bf16): bf16 matmuls on AMX tiles, faster here than bertkit's eager int8"
     int8 = [f for f in INT8_FEATURES if f in flags]
@@ -100,7 +83,7 @@ def resolve_precision(precision: str, device: torch.device, onnx: bool = False) 
         return choose_precision(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False))
     if precision == "int8" and cuda:
         raise DeviceError("--precision int8 is a CPU path (int8 GEMMs through oneDNN); on a GPU use bf16 or fp32")
-    if precision == "bf16" and not cuda and not native_bf16():
+    if precision == "bf16" and not cuda and not hardware.native_bf16():
         warnings.warn("--precision bf16 on a CPU without native bf16 (AMX or AVX512-BF16): bf16 is emulated there "
                       "and runs slower than fp32", stacklevel=3)
     return precision, "chosen explicitly"
@@ -131,7 +114,7 @@ def packed_int8_available() -> bool:
     there torch._int_mm stays."""
     if not _PACKED_INT8:
         ok = False
-        if torch.backends.mkldnn.is_available() and "amx_int8" in cpu_flags():
+        if torch.backends.mkldnn.is_available() and "amx_int8" in hardware.cpu_flags():
             try:
                 gen = torch.Generator().manual_seed(0)
                 q = torch.randint(-128, 128, (20, 64), dtype=torch.int8, generator=gen)
@@ -522,7 +505,7 @@ class FrozenInt8Layers(nn.Module):
         self.weights = nn.ParameterList([nn.Parameter(t.reshape(-1) if i % 20 in (1, 5, 9, 13) else t,
                                                       requires_grad=False) for i, t in enumerate(self.sources)])
         self.eps = [(layer.attn_norm.eps, layer.ffn_norm.eps) for layer in layers]
-        self.attention = torch.bfloat16 if native_bf16() else torch.float32
+        self.attention = torch.bfloat16 if hardware.native_bf16() else torch.float32
 
         def frozen_layers(x: Tensor, batch: int) -> Tensor:
             return self.run(x, batch)
@@ -692,7 +675,7 @@ def packed_bf16_available() -> bool:
     F.linear's. Decided once a process; False where bf16 is emulated (packing would not make it fast)."""
     if not _PACKED_BF16:
         ok = False
-        if torch.backends.mkldnn.is_available() and native_bf16():
+        if torch.backends.mkldnn.is_available() and hardware.native_bf16():
             try:
                 ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
                 if ok:

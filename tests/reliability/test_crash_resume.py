@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertkit.train import _checkpoint_dirs, latest_checkpoint
+from bertkit.rundir import checkpoint_dirs, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 CYCLES = int(os.environ.get("BERTKIT_KILL_CYCLES", "6"))
@@ -47,7 +47,7 @@ def _finetune(corpus: Path, output: Path, init: Path, *extra: str) -> list[str]:
 def _newest_name(output: Path) -> str | None:
     """The newest checkpoint directory's name: a cheap progress signal, polled while the run works (verifying
     checksums here would hash whole checkpoints many times a second beside the run being timed)."""
-    dirs = _checkpoint_dirs(output)
+    dirs = checkpoint_dirs(output)
     return dirs[0].name if dirs else None
 
 

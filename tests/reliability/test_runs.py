@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
 from bertkit.cli import main
+from bertkit.rundir import latest_checkpoint, plot_curves, verify_checkpoint
 from bertkit.tasks.pretraining import PretrainingOptions, PretrainingTask, tokenize_documents
-from bertkit.train import TrainConfig, TrainingError, fit, latest_checkpoint, plot_curves, verify_checkpoint
+from bertkit.train import TrainConfig, TrainingError, fit
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [["北京欢迎你。", "今天天气很好。"], ["人民日报发表社论。", "新年快乐！"], ["我们去上海。", "上海很大。"]]
@@ -116,8 +117,8 @@ def test_a_second_ctrl_c_cannot_cut_the_save_the_first_announced(tmp_path, corpu
     run = tmp_path / "run"
     # every checkpoint write takes a second longer, so the later Ctrl-Cs surely land inside the save (signals sent
     # while the main thread is in one long torch op would otherwise coalesce into one Python-level handler call)
-    slow_save = ("import sys, time; import bertkit.train as t; write = t._write_checkpoint; "
-                 "t._write_checkpoint = lambda *a, **k: (time.sleep(1.0), write(*a, **k))[1]; "
+    slow_save = ("import sys, time; import bertkit.rundir as r; write = r.write_checkpoint; "
+                 "r.write_checkpoint = lambda *a, **k: (time.sleep(1.0), write(*a, **k))[1]; "
                  "from bertkit.cli import main; sys.exit(main(sys.argv[1:]))")
     argv = _pretrain(corpus, run, "--max-steps", "100000", "--save-every", "3")
     process = subprocess.Popen([sys.executable, "-c", slow_save, *argv[3:]], env=_env(),
@@ -291,7 +292,7 @@ def test_overwrite_with_bad_input_deletes_nothing_and_a_failed_pretrain_releases
     assert main(_pretrain(corpus, tmp_path / "other", "--max-steps", "2", "--max-seq-len", "1024",
                           "--init-from", str(run / "model"))[3:]) == 2
     assert "max_seq_len 1024 exceeds" in capsys.readouterr().err
-    from bertkit.train import held_run_dir
+    from bertkit.rundir import held_run_dir
 
     assert not held_run_dir(tmp_path / "other")
     other = subprocess.run(_pretrain(corpus, tmp_path / "other", "--max-steps", "2", "--overwrite"), env=_env(),
@@ -405,14 +406,14 @@ def test_contradictory_flags_and_non_finite_config_values_are_refused(capsys, tm
 
 
 def test_ctrl_c_during_a_save_waits_for_it():
-    from bertkit.train import _InterruptGuard
+    from bertkit.interrupt import InterruptGuard
 
-    with _InterruptGuard() as guard:  # found in review: a first Ctrl-C during the final save cut it
+    with InterruptGuard() as guard:  # found in review: a first Ctrl-C during the final save cut it
         guard.saving = True
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs between bytecodes: it must not raise here
         assert guard.pressed == 1
-    with _InterruptGuard(), pytest.raises(KeyboardInterrupt):  # outside a save, the first Ctrl-C stops the run
+    with InterruptGuard(), pytest.raises(KeyboardInterrupt):  # outside a save, the first Ctrl-C stops the run
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
 

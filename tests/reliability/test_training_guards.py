@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from bertkit import BertConfig, BertForPreTraining, Tokenizer
+from bertkit.rundir import latest_checkpoint, verify_checkpoint
 from bertkit.tasks.pretraining import PretrainingOptions, PretrainingTask, tokenize_documents
-from bertkit.train import TrainConfig, TrainingError, fit, latest_checkpoint, verify_checkpoint
+from bertkit.train import TrainConfig, TrainingError, fit
 
 
 class Poisoned(PretrainingTask):

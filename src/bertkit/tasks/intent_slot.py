@@ -163,7 +163,7 @@ class IntentSlotTask:
         return pieces
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint([self.train, self.train_intents])
 

@@ -221,7 +221,7 @@ class MultipleChoiceTask:
         return rows
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint(self.train)
 

@@ -272,7 +272,7 @@ class NerTask:
                                 source if source is not None else heldout_source)
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint(self.train)
 

@@ -205,7 +205,7 @@ class PretrainingTask:
         self.tokenizer.save_pretrained(directory)
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint
+        from bertkit.resume import data_fingerprint
 
         if self.data_digest is None:
             self.data_digest = [[shard.tokens, shard.sentences, shard.documents] for shard in self.train]
@@ -248,9 +248,12 @@ def pretrain(
     import torch.distributed as dist
 
     from bertkit.device import resolve_device
+    from bertkit.distributed import distributed_setup
     from bertkit.errors import DataError
+    from bertkit.memory import limit_heap_growth
     from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, manifest_path, prepare
-    from bertkit.train import distributed_setup, fit, held_run_dir, limit_heap_growth, open_run_dir, release_run_dir
+    from bertkit.rundir import claim_run_dir
+    from bertkit.train import fit
 
     limit_heap_growth()  # before the shards are checked and indexed, whose temporaries would otherwise stay in the heap
     options = options or PretrainingOptions()
@@ -290,10 +293,10 @@ def pretrain(
             raise DataError(f"the vocabulary has {tok.vocab_size} tokens but {init_from} has only "
                             f"{model.config.vocab_size} embeddings", str(init_from))
     # claim the run directory before writing a vocabulary or prepared text into it (--overwrite deletes both; not
-    # a data/ given as --data, which may be the one an earlier --train run prepared there)
-    held_before = held_run_dir(output)
-    open_run_dir(config, rank, own=("tokenizer", "data") if data is None else ("tokenizer",))
-    try:
+    # a data/ given as --data, which may be the one an earlier --train run prepared there); a run that stops before
+    # `fit` does not keep it locked
+    with claim_run_dir(output, resume=config.resume, overwrite=config.overwrite, rank=rank,
+                       own=("tokenizer", "data") if data is None else ("tokenizer",)):
         if tok is None:
             vocab_dir = output / "tokenizer"
             if rank == 0 and not (vocab_dir / "vocab.txt").is_file():
@@ -348,8 +351,4 @@ def pretrain(
                   f"{', whole-word masking' if options.whole_word else ''}: "
                   f"{steps_summary(config, task.num_examples(0))}; {len(train):,} training documents "
                   f"({train.tokens:,} tokens), held-out: {len(heldout) if heldout is not None else 0:,} documents")
-    except BaseException:
-        if rank == 0 and not held_before:
-            release_run_dir(output)  # a run that stops before `fit` does not keep the directory locked
-        raise
-    return fit(model, task, config, title="pre-training")
+        return fit(model, task, config, title="pre-training")

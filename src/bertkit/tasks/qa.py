@@ -289,7 +289,7 @@ class QATask:
         self.eval_batch_size = eval_batch_size
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint(self.train)
 

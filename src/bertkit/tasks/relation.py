@@ -279,7 +279,7 @@ class RelationTask:
         self.eval_batch_size = eval_batch_size
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint(self.train)
 

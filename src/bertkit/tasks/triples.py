@@ -553,7 +553,7 @@ class TriplesTask:
         self.eval_batch_size = eval_batch_size
 
     def fingerprint(self) -> str:
-        from bertkit.train import data_fingerprint  # the encoded training examples: --resume refuses other data
+        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint([(r.piece, r.entities, r.pairs) for r in self.train])
 
