@@ -65,7 +65,7 @@ bench-reliability: data
 	$(PY) bench/prepare_shapes.py
 	$(PY) bench/readme_tables.py
 
-# issue 12's scale run: the largest offline Chinese corpus, mini pre-trained >= 60 min through `pretrain --data`,
+# the Chinese scale run: the largest offline Chinese corpus, mini pre-trained >= 60 min through `pretrain --data`,
 # then ChnSentiCorp, MSRA and CAIS fine-tuned from it (~2 h on 2 cores)
 bench-pretrain-zh: data
 	$(PY) bench/pretrain_zh.py

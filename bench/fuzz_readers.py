@@ -1,4 +1,4 @@
-"""Fuzz round over every file reader (issue 11, acceptance 3, reader half): generated files -- near-valid lines of
+"""Fuzz round over every file reader (the reader half of the hostile rounds): generated files -- near-valid lines of
 each format, mutated, random Unicode, invalid UTF-8, BOMs, CRLF, deep JSON, huge lines -- fed to each task's
 readers, the pre-training corpus readers and tokenizer training. Every outcome must be a result or a BertkitError.
 

@@ -1,4 +1,5 @@
-"""Reference fine-tuning runs on real datasets, one per row of the README's task table (JSON + markdown out).
+"""Reference fine-tuning runs on real datasets, one per row of the task table in docs/tasks.md
+(JSON + markdown out).
 
     .venv/bin/python bench/tasks.py                 (all runs; `make bench-tasks`; ~1.5 h on 2 cores)
     .venv/bin/python bench/tasks.py --only atis sst2

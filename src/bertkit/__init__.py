@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "quantize":  # the module, callable as its function: bertkit.quantize(model, "int8")
+        return importlib.import_module("bertkit.quantize")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'bertkit' has no attribute {name!r}")
@@ -38,4 +40,5 @@ __all__ = [
     "PreTrainingOutput",
     "Tokenizer",
     "__version__",
+    "quantize",
 ]

@@ -23,6 +23,8 @@ Rapids, AMX runs bf16 matmuls about as fast as int8 ones, and bf16 skips int8's 
 from __future__ import annotations
 
 import fnmatch
+import sys
+import types
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -789,3 +791,16 @@ def warm_up(encoder: nn.Module) -> None:
     encoder(ids, mask, torch.zeros_like(ids))
     for rows in (2, 1):  # torch.compile specialises a batch of one: both sizes compiled now
         encoder(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its main function: `bertkit.quantize(model, "int8")`. The module and the function
+    share a name, and importing `bertkit.quantize` binds the module as the package's attribute, so the package's
+    `quantize` is this module whichever import ran first; `from bertkit.quantize import ...` is unchanged."""
+
+    def __call__(self, model: nn.Module, precision: str = "int8", keep: Iterable[str] = (), compile: bool = False
+                 ) -> nn.Module:
+        return quantize(model, precision, keep, compile)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -229,7 +229,7 @@ def test_reader_fuzz_big_round():
 
 
 def test_tally_is_reported():
-    """Runs last in this module: how many generated cases each property saw (the README's fuzz figure)."""
+    """Runs last in this module: how many generated cases each property saw (the fuzz figure in docs/reliability.md)."""
     assert sum(TALLY.values()) > 1000, TALLY
     print("property cases:", TALLY)
 
