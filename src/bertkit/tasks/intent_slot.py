@@ -27,17 +27,20 @@ from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import report_inconsistent_tags, require_examples, run_batches, save_task, take
 from bertkit.tasks.ner import _read_conll
-from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, labels_field, option, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, labels_field, seq_len_field
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
     assemble,
     collate,
     convert_scheme,
+    crf_option,
     encode_sentences,
     entities_with_offsets,
     normalise_tag,
+    scheme_option,
     tag_set,
+    word_level_option,
     words_of,
 )
 from bertkit.tokenizer import Tokenizer
@@ -126,10 +129,9 @@ class IntentSlotInfo:
 
 @dataclass
 class IntentSlotOptions:
-    crf: bool = option("a CRF layer on top of the slot tagger (Viterbi decoding)", False)
-    scheme: str = option("slot tag scheme (default: bio)", "bio", choices=("bio", "bioes"))
-    word_level: str = option("how raw text is split into words when predicting (default: space)", "space",
-                             choices=("char", "space"))
+    crf: bool = crf_option()
+    scheme: str = scheme_option()
+    word_level: str = word_level_option("space")
 
 
 class IntentSlotTask:

@@ -34,7 +34,6 @@ from bertkit.tasks.spec import (
     chunks,
     id2label,
     labels_field,
-    option,
     seq_len_field,
 )
 from bertkit.tasks.tagging import (
@@ -43,11 +42,14 @@ from bertkit.tasks.tagging import (
     assemble,
     collate,
     convert_scheme,
+    crf_option,
     encode_sentences,
     entities_with_offsets,
     normalise_tag,
+    scheme_option,
     spans_to_tags,
     tag_set,
+    word_level_option,
     words_of,
 )
 from bertkit.tokenizer import Tokenizer
@@ -227,10 +229,9 @@ class NerInfo:
 
 @dataclass
 class NerOptions:
-    crf: bool = option("a CRF layer on top of the tagger (Viterbi decoding)", False)
-    scheme: str = option("tag scheme (default: bio)", "bio", choices=("bio", "bioes"))
-    word_level: str = option("how raw text is split into words when predicting (default: char, for Chinese)",
-                             "char", choices=("char", "space"))
+    crf: bool = crf_option()
+    scheme: str = scheme_option()
+    word_level: str = word_level_option("char")
 
 
 def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int], tags: list[str],

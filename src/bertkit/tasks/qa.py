@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.argtypes import int_range
+from bertkit.argtypes import flag, int_range
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_text
 from bertkit.model import BertModel, CheckpointIO, init_weights
 from bertkit.tasks.base import pad_sequences, require_examples, run_batches, save_task, take, warn_truncated
-from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, option, seq_len_field, windows
+from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, seq_len_field, windows
 from bertkit.tokenizer import Tokenizer
 
 NAME = "qa"
@@ -272,7 +272,7 @@ class QAInfo:
 
 @dataclass
 class QAOptions:
-    doc_stride: int = option("step between window starts, in tokens (128; capped at the window's context room)", 128,
+    doc_stride: int = flag("step between window starts, in tokens (capped at the window's context room)", 128,
                              type=int_range(1))
 
 

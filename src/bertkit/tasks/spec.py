@@ -192,14 +192,6 @@ def name_field(default: Any = dataclasses.MISSING, help: str = "") -> Any:
                                             "expected": "a non-empty string", "help": help})
 
 
-def option(help: str, default: Any = None, *, choices: Sequence[str] | None = None,
-           type: Callable[[str], Any] | None = None) -> Any:
-    """A finetune option: a field of a task's options dataclass, and the `--flag` the CLI builds from it (a bool
-    default of False becomes a switch; `choices` and `type` are argparse's)."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
-                                            "type": type})
-
-
 def id2label(labels: Sequence[str]) -> dict[str, Any]:
     """config.json's label entries as transformers writes them."""
     return {"id2label": {str(i): label for i, label in enumerate(labels)},

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.argtypes import int_range
+from bertkit.argtypes import flag, int_range
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import prf
 from bertkit.model import BertForPreTraining
 from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take
-from bertkit.tasks.spec import InputField, TaskSpec, Work, option, seq_len_field, windows
+from bertkit.tasks.spec import InputField, TaskSpec, Work, seq_len_field, windows
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
@@ -222,8 +222,8 @@ class SpellingInfo:
 
 @dataclass
 class SpellingOptions:
-    augment_corpus: str | None = option("clean text to corrupt with pycorrector's confusion sets")
-    augment: int = option("how many corrupted sentences of --augment-corpus to add", 0, type=int_range(0))
+    augment_corpus: str | None = flag("clean text to corrupt with pycorrector's confusion sets")
+    augment: int = flag("how many corrupted sentences of --augment-corpus to add", 0, type=int_range(0))
 
 
 class SpellingTask:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.argtypes import flag
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
@@ -42,7 +43,6 @@ from bertkit.tasks.spec import (
     chunks,
     id2label,
     labels_field,
-    option,
     seq_len_field,
 )
 from bertkit.tasks.tagging import Piece, TaggingHead, encode_sentences, spans_to_tags, tag_set, words_of
@@ -527,7 +527,7 @@ class TriplesInfo:
 
 @dataclass
 class TriplesOptions:
-    schema: str | None = option("DuIE's schema file (JSON lines subject_type / predicate / object_type): the type "
+    schema: str | None = flag("DuIE's schema file (JSON lines subject_type / predicate / object_type): the type "
                                 "combinations a predicted triple may have, besides those seen in training")
 
 
