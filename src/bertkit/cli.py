@@ -153,7 +153,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         common["fmt"] = args.format
     if args.max_seq_len:
         common["max_seq_len"] = args.max_seq_len
-    result = spec.finetune(args.train, config_from_args(args), **common, **given)
+    if spec.options:
+        common["options"] = options_from_args(spec.options, args)  # the flags given; the class's defaults for the rest
+    result = spec.finetune(args.train, config_from_args(args), **common)
     if result.metrics:
         print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     print(f"model: {result.output_dir / 'model'}")

@@ -36,7 +36,8 @@ class TaskSpec:
       against `inputs`);
     - `evaluate(model, tokenizer, info, path, fmt) -> metrics` on a labelled file;
     - `finetune(train, train_config, *, eval_file, fmt, init_from, tokenizer, model_size, max_seq_len, limit,
-      **options)`: `options` are the fields of the `options` dataclass (each one a `finetune --flag`);
+      options)`: `options` is an instance of the `options` dataclass (each of its flag fields one `finetune --flag`;
+      its defaults are the task's), given only to a task that has one;
     - `config_extra(info) -> dict`: the config.json entries derived from info (id2label for transformers), written
       when the model is saved and checked when it is loaded;
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
