@@ -73,7 +73,7 @@ def load(server, sentences: list[str]) -> dict:
 
 
 def main() -> int:
-    from tests.serving import Server
+    from bench._serving import Server
 
     from bertkit.device import cpu_name
     from bertkit.quantize import native_bf16
