@@ -79,7 +79,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
-    from tests.serving import Server, make_pair_checkpoint
+    from bench._serving import Server, make_pair_checkpoint
 
     statuses: Counter[int] = Counter()
     bad: list[tuple[int, str, bytes]] = []

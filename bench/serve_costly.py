@@ -161,7 +161,7 @@ def beside(server: Any, task: str, hostile: dict[str, Any], seconds: float) -> d
 
 
 def run_task(task: str, root: Path, preset: str, grid: list[tuple[int, int]], seconds: float) -> dict[str, Any]:
-    from tests.serving import Server, random_checkpoint
+    from bench._serving import Server, random_checkpoint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -56,7 +56,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    from tests.serving import Server, make_pair_checkpoint
+    from bench._serving import Server, make_pair_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         with warnings.catch_warnings():

@@ -73,7 +73,7 @@ def load(server, sentences: list[str]) -> dict:
 
 
 def main() -> int:
-    from tests.serving import Server
+    from bench._serving import Server
 
     from bertkit.hardware import cpu_name, native_bf16
 

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -182,12 +183,16 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
         settings["augment_corpus"] = ROOT / "runs" / "demo" / "corpus" / "train.txt"
     if "schema" in settings:
         settings["schema"] = DATA / settings["schema"]
+    task = task_spec(spec["task"])
+    if task.options:  # the task's own flags, as `bertkit finetune` hands them over
+        own = {f.name for f in fields(task.options)}
+        settings["options"] = task.options(**{k: settings.pop(k) for k in list(settings) if k in own})
     baseline = lookup_baseline(spec) if spec.get("baseline") == "lookup" else None
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="inputs longer than max_length")
-        result = task_spec(spec["task"]).finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"],
-                                                    fmt=spec["fmt"], init_from=init, **settings)
+        result = task.finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"], fmt=spec["fmt"],
+                               init_from=init, **settings)
     minutes = (time.perf_counter() - started) / 60
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
             else f"bertkit Chinese at scale ({init})" if spec["model"] == "chinese-scale"

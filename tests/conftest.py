@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench._serving import randomize_  # noqa: F401  (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERTKIT_SHARED", REPO.parent / "shared")) / "data"
@@ -31,20 +32,6 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found (the shared datasets live in ../shared/data beside the repo)")
     return path
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter random values (LayerNorm weights and biases too), so a swapped or dropped
-    parameter cannot hide behind an identity initialisation."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator) * 0.05
-            if name.endswith("LayerNorm.weight") or name.endswith("norm.weight"):
-                param.copy_(1.0 + noise)
-            else:
-                param.copy_(noise * 2)
-    return model
 
 
 def batch_with_padding_and_pairs(vocab_size: int, type_vocab_size: int = 2, seed: int = 0):

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from bench._serving import Server
 
-from tests.serving import Server, make_ner_checkpoint, make_triples_checkpoint
+from tests.serving import make_ner_checkpoint, make_triples_checkpoint
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

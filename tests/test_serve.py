@@ -7,8 +7,9 @@ import threading
 import urllib.request
 
 import pytest
+from bench._serving import Server
 
-from tests.serving import Server, make_ner_checkpoint
+from tests.serving import make_ner_checkpoint
 
 
 @pytest.fixture(scope="module")

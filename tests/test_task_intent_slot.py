@@ -57,7 +57,7 @@ def test_tiny_end_to_end(tmp_path):
     config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=8, max_steps=40, lr=3e-3, warmup=2,
                          log_every=10, progress=False, bf16=False)
     result = intent_slot.finetune(d, config, eval_file=d, tokenizer=tmp_path / "vocab", model_size="tiny",
-                                  crf=True)
+                                  options=intent_slot.IntentSlotOptions(crf=True))
     assert result.metrics["intent_accuracy"] == 1.0 and result.metrics["slot_f1"] > 0.9
     out = Predictor(tmp_path / "run" / "model").predict(["weather in rome"])
     assert out[0]["intent"] == "GetWeather"

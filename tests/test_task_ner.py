@@ -84,8 +84,8 @@ def test_tiny_end_to_end_learns_and_predicts_from_the_checkpoint(tmp_path, crf):
     tok.save_pretrained(tmp_path / "vocab")
     config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=8, max_steps=40, lr=3e-3, warmup=2,
                          log_every=5, progress=False, bf16=False)
-    result = ner.finetune(data, config, eval_file=data, tokenizer=tmp_path / "vocab", model_size="tiny", crf=crf,
-                          scheme="bioes")
+    result = ner.finetune(data, config, eval_file=data, tokenizer=tmp_path / "vocab", model_size="tiny",
+                          options=ner.NerOptions(crf=crf, scheme="bioes"))
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert losses[-1] < losses[0] * 0.5

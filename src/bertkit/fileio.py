@@ -1,4 +1,5 @@
-"""Crash-safe file writing: every file bertkit produces is written to a temporary name, synced, then renamed."""
+"""Files in and out: crash-safe writing (every file bertkit produces is written to a temporary name, synced, then
+renamed), and reading text files and stdin line by line with errors that name the path and line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import gzip
 import hashlib
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,3 +196,45 @@ def open_for_reading(path: str | Path) -> BinaryIO:
         raise DataError("permission denied: the file is not readable by this user", str(path)) from None
     except OSError as exc:
         raise DataError(f"cannot read ({exc.strerror or exc})", str(path)) from None
+
+
+# ---- files named on the command line: checked before a model is loaded, so a typo costs no waiting ------------
+
+def check_input_file(name: str) -> None:
+    """'-' (stdin) or a readable regular file; else DataError naming the path and what it is instead (the checks
+    every reader makes, `open_for_reading`, made before a model is loaded)."""
+    if name != "-":
+        open_for_reading(name).close()
+
+
+def check_output_file(name: str) -> None:
+    """'-' (stdout) or a file name whose directory exists and is writable; else an error naming the path."""
+    if name == "-":
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise DataError("is a directory; expected a file name to write", name)
+    parent = path.parent
+    if not parent.exists():
+        raise DataError(f"directory {parent} does not exist", name)
+    if not parent.is_dir():
+        raise DataError(f"{parent} is not a directory", name)
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DataError("cannot write here (permission denied)", name)
+
+
+def input_lines(name: str) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) of a UTF-8 file or of stdin ('-'): a BOM before the first line is
+    dropped, and bytes that are not UTF-8 are a DataError naming the line."""
+    if name != "-":
+        yield from read_lines(name)  # says what is wrong with a missing, unreadable or odd path
+        return
+    source = getattr(sys.stdin, "buffer", sys.stdin)  # bytes when it is a real stream, text when replaced in tests
+    for number, raw in enumerate(source, start=1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", "<stdin>", number) from exc
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        yield number, line.rstrip("\r\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
-from bertkit.quantize import quantize, resolve_precision, warm_up
+from bertkit.quantize import prepare_for_inference
 from bertkit.tasks import TASKS, default_task, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
 from bertkit.tasks.spec import Work
@@ -89,12 +90,8 @@ class Predictor:
                 self.model.bert = onnx_encoder
         if dtype is not None:
             self.model.to(dtype)
-        self.model.to(self.device)
-        self.precision, self.precision_reason = resolve_precision(precision, self.device, onnx is not None)
-        if self.precision != "fp32":
-            quantize(self.model, self.precision, keep=int8_keep, compile=compile)
-            if compile and self.precision == "int8":
-                warm_up(encoder)  # compile now, not in the first request (quantize converts it in place)
+        self.precision, self.precision_reason = prepare_for_inference(self.model, encoder, self.device, precision,
+                                                                      int8_keep, compile, onnx is not None)
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 
@@ -172,6 +169,88 @@ class Predictor:
             raise BertkitError(f"the {self.task} task has no labelled evaluation")
         with torch.no_grad():
             return self.spec.evaluate(self.model, self.tokenizer, self.info, path, fmt or self.spec.default_format)
+
+
+def failed_input(exc: BertkitError) -> tuple[int, str] | None:
+    """(index in the batch, the message without its "input N: " prefix) of a Predictor error about one input of a
+    batch; None for an error about the whole batch. Callers number inputs as their user does (a file's lines)."""
+    where = re.match(r"input (\d+): ", str(exc))
+    return (int(where.group(1)), str(exc)[where.end():]) if where else None
+
+
+def predict_file(predictor: Predictor, input: str, output: str, batch_size: int = 32, progress: bool = True
+                 ) -> int:
+    """Predict for JSONL inputs (objects, or plain lines of text; blank lines skipped) of a file or stdin ('-'),
+    `batch_size` at a time, writing JSONL to a file or stdout ('-'); returns how many inputs. An error names the line
+    of the input. A file output is written under a temporary name and renamed at the end: a run that stops at a bad
+    line leaves the previous output in place, not a truncated one."""
+    import json
+    import os
+    import sys
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from bertkit.fileio import input_lines, process_umask
+
+    tmp: Path | None = None
+    if output == "-":
+        out = sys.stdout
+    else:
+        target = Path(output)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        tmp, out = Path(name), os.fdopen(fd, "w", encoding="utf-8")
+    source = "<stdin>" if input == "-" else input
+    count = 0
+    try:
+        batch: list[Any] = []
+        lines: list[int] = []
+        bar = tqdm(desc="predict", unit="input", disable=output == "-" or not progress)
+
+        def flush() -> None:
+            try:
+                results = predictor.predict(batch)
+            except BertkitError as exc:
+                # the Predictor names the input by its place in the batch; the user needs the line of the file
+                failed = failed_input(exc)
+                if failed and failed[0] < len(lines):
+                    raise DataError(failed[1], source, lines[failed[0]]) from exc
+                raise DataError(f"lines {lines[0]}-{lines[-1]}: {exc}", source) from exc
+            for result in results:
+                # allow_nan=False: NaN is not JSON (the Predictor refuses non-finite outputs; this keeps it so)
+                out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
+            bar.update(len(batch))
+            batch.clear()
+            lines.clear()
+
+        for number, text in input_lines(input):
+            if not text.strip():
+                continue
+            try:
+                item = json.loads(text) if text.lstrip().startswith("{") else text
+            except json.JSONDecodeError as exc:
+                raise DataError(f"not a JSON object: {exc.msg}", source, number) from exc
+            batch.append(item)
+            lines.append(number)
+            count += 1
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        bar.close()
+        if not count:
+            raise DataError("no inputs: every line is empty or blank (give one JSON object or text per line)", source)
+        if tmp is not None:
+            out.close()
+            os.chmod(tmp, 0o666 & ~process_umask())
+            os.replace(tmp, output)
+            tmp = None
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return count
 
 
 def check_encodable(text: str, index: int, key: str) -> None:

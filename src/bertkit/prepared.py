@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from bertkit.argtypes import flag, float_range, int_range
 from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import DataError
 from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
@@ -51,17 +52,22 @@ COUNTS = ("documents", "sentences", "tokens", "characters")  # what a shard's re
 class PrepareOptions:
     """How text becomes shards; any change gives other bytes, so a resumed prepare must use the same."""
 
-    whole_word: bool = False  # jieba word starts for Chinese whole-word masking
+    whole_word: bool = flag("store jieba word starts (Chinese whole-word masking)", False,
+                            name="--whole-word-masking")
     # characters of text per shard (whole documents; the last may be shorter). None: from the inputs' total size,
     # 1/64 of it between 50,000 and 1,000,000, so a small corpus still has shards for every core and a large one
     # keeps a worker's lists near 40 MB; a function of the inputs alone, so the bytes stay the same for any workers
-    shard_chars: int | None = None
-    heldout_fraction: float = 0.0  # without held-out files: this fraction of the documents, chosen by `seed`
-    seed: int = 0
+    shard_chars: int | None = flag("characters of text per shard (default: 1/64 of the input size, from 50,000 to "
+                                   "1,000,000)", type=int_range(1))
+    heldout_fraction: float = flag("without --heldout: hold out this fraction of the documents (chosen by --seed)",
+                                   0.0, type=float_range(0.0, 1.0, high_open=True))
+    seed: int = flag("held-out choice seed", 0, type=int_range(0))
     max_sentence_chars: int = 256  # long lines are split into sentences, pieces over this cut at commas
     # a document longer than this is cut (with a warning naming the file and line), so a corpus without blank lines
     # or a file of one line becomes many documents, and no shard holds more than shard_chars + this many characters
-    max_document_chars: int = MAX_DOCUMENT_CHARS
+    max_document_chars: int = flag("a longer document (a file without blank lines, a line of megabytes) is cut into "
+                                   "documents of at most this many characters, with a warning naming the file and "
+                                   "line", MAX_DOCUMENT_CHARS, type=int_range(1))
 
     def __post_init__(self) -> None:
         if self.shard_chars is not None and self.shard_chars < 1:

@@ -793,6 +793,20 @@ def warm_up(encoder: nn.Module) -> None:
         encoder(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
 
 
+def prepare_for_inference(model: nn.Module, encoder: nn.Module, device: torch.device, precision: str,
+                          keep: Iterable[str] = (), compile: bool = False, onnx: bool = False) -> tuple[str, str]:
+    """The one inference set-up of a loaded model (the Predictor's, `bertkit embed`'s): moved to `device`, converted
+    to `precision` (`resolve_precision`: "auto" picks one), and with int8 and `compile`, its `encoder` compiled now
+    rather than in the first request. Returns (precision, why it was chosen)."""
+    model.to(device)
+    chosen, why = resolve_precision(precision, device, onnx)
+    if chosen != "fp32":
+        quantize(model, chosen, keep=keep, compile=compile)
+        if compile and chosen == "int8":
+            warm_up(encoder)  # quantize converted it in place
+    return chosen, why
+
+
 class _CallableModule(types.ModuleType):
     """This module, callable as its main function: `bertkit.quantize(model, "int8")`. The module and the function
     share a name, and importing `bertkit.quantize` binds the module as the package's attribute, so the package's

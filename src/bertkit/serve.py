@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves handler a
 from fastapi.responses import HTMLResponse, JSONResponse
 
 import bertkit
+from bertkit.argtypes import flag, float_range, int_range
 from bertkit.device import describe, for_model
 from bertkit.errors import BertkitError, DataError
 from bertkit.predict import Predictor, check_encodable
@@ -42,28 +43,36 @@ from bertkit.tasks.base import pad_sequences
 
 @dataclass
 class ServeConfig:
-    max_batch: int = 32  # inputs per forward pass (1 disables dynamic batching)
-    max_wait_ms: float = 5.0  # how long a forward pass waits for more requests
-    max_queue: int = 256  # inputs waiting before new requests get 503
-    max_inputs: int = 64  # inputs per request (413 above)
+    """The server's limits; those with a help text are `bertkit serve` flags."""
+
+    max_batch: int = flag("inputs per forward pass; 1 = no batching", 32, type=int_range(1))
+    max_wait_ms: float = flag("how long a forward pass waits for more requests, in ms", 5.0,
+                              type=float_range(0, 10_000))
+    max_queue: int = flag("queued inputs before new requests get 503", 256, type=int_range(1))
+    max_inputs: int = flag("inputs per request before 413", 64, type=int_range(1))
     max_chars: int = 10_000  # characters per text field (413 above)
     max_body_bytes: int = 2_000_000  # request body (413 above)
     attention_max_tokens: int = 96  # the attention view is for reading, not for long documents
     # Characters, not tokens: what a request costs before truncation (normalising and tokenizing) grows with its
     # characters, and counting them needs no tokenizer work on the event loop; after truncation every input costs
     # at most max_seq_len tokens.
-    max_request_chars: int = 100_000  # characters over all text fields of one request (413 above)
+    max_request_chars: int = flag("characters over all texts of one request before 413", 100_000, type=int_range(1))
     # What the model will encode, after a task expands an input (multiple choice: a sequence per choice, the
     # context repeated in each; QA and spelling: windows; NER and triples: chunks), bounded from the characters
     # before any tokenizing (TaskSpec.work). 64 inputs of 512 tokens fit; one request cannot multiply itself.
-    max_request_tokens: int = 32_768  # tokens over all sequences of one request (413 above)
-    max_choices: int = 32  # items of a list field (multiple choice's choices) per input (413 above)
+    max_request_tokens: int = flag("tokens the model may encode for one request, counted after a task expands its "
+                                   "inputs (choices, windows, chunks) and before any tokenizing, before 413", 32_768,
+                                   type=int_range(1))
+    max_choices: int = flag("items of a list field (multiple choice's choices) per input before 413", 32,
+                            type=int_range(2))
     max_json_depth: int = 32  # nesting of the request body (400 above), checked before json.loads recurses
-    header_timeout_s: float = 10.0  # a connection that has not sent its request headers by then is closed
+    header_timeout_s: float = flag("seconds a connection may take to send its request headers (then it is closed)",
+                                   10.0, type=float_range(0.01, 3600), name="--header-timeout",
+                                   metavar="SECONDS")
     body_timeout_s: float = 10.0  # a request body not received by then gets 408
     keep_alive_s: int = 5  # an idle keep-alive connection is closed after this
     # open connections; past it a request gets 503 (JSON, Retry-After), past twice it a connection is closed at once
-    max_connections: int = 512
+    max_connections: int = flag("open connections before new ones are refused", 512, type=int_range(1))
 
 
 class HttpError(Exception):

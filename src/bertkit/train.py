@@ -98,6 +98,9 @@ class TrainConfig:
 class TrainTask(Protocol):
     """What `fit` needs from a task (pre-training or any fine-tuning task)."""
 
+    # Under DDP: whether some parameters get no gradient in a step (unused heads), which DDP must then search for.
+    find_unused_parameters: bool
+
     def num_examples(self, epoch: int) -> int:
         """Training examples in this epoch (may vary: NSP pairs are rebuilt every epoch)."""
 
@@ -379,7 +382,7 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     if run.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
-            find_unused_parameters=getattr(task, "find_unused_parameters", False))
+            find_unused_parameters=task.find_unused_parameters)
     progress = _progress_bar(run)
     meter = ThroughputMeter(run.world)
     model.train()

@@ -14,6 +14,7 @@ import tracemalloc
 import warnings
 
 import pytest
+from bench._serving import Server, random_checkpoint
 
 from bertkit.cli import main, parse_args
 from bertkit.errors import BertkitError, CheckpointError, DataError
@@ -22,7 +23,6 @@ from bertkit.serve import ServeConfig, check_api_key, check_exposure
 from bertkit.tasks import multiple_choice, qa, relation, spelling, triples
 from bertkit.tasks.tagging import encode_sentences, words_of
 from bertkit.tokenizer import Tokenizer
-from tests.serving import Server, random_checkpoint
 
 MAX_SEQ_LEN = 512  # the widest a BERT reads: the most each sequence can cost
 

@@ -9,10 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from bench._serving import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.serving import Server, make_ner_checkpoint
+from tests.serving import make_ner_checkpoint
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),

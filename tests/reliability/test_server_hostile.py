@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench._serving import Server, make_pair_checkpoint
 
 from bertkit.errors import BertkitError
 from bertkit.predict import Predictor
 from bertkit.serve import Batcher, ServeConfig, allowed_host_names, check_exposure, json_depth
 from bertkit.tokenizer import Tokenizer
-from tests.serving import Server, make_intent_checkpoint, make_pair_checkpoint
+from tests.serving import make_intent_checkpoint
 
 VALID = [{"text": "the cat sat", "text_pair": "a cat sat"}, "it is raining", {"text": "dogs run fast"},
          {"text": "he won the race", "text_pair": "he lost"}]

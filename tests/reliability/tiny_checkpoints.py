@@ -39,14 +39,15 @@ def finetune_tiny(task: str, root: Path) -> tuple[Path, list]:
     elif task == "ner":
         data = root / "train.txt"
         data.write_text("张 B-PER\n三 I-PER\n去 O\n北 B-LOC\n京 I-LOC\n\n" * 4, encoding="utf-8")
-        corpus, inputs, kwargs = ["张三去北京"], ["张三去北京了"], {"crf": True}
+        corpus, inputs, kwargs = ["张三去北京"], ["张三去北京了"], {"options": task_spec(task).options(crf=True)}
     elif task == "intent_slot":
         data = root / "train"
         data.mkdir()
         (data / "seq.in").write_text("play song by adele\nweather in paris\n" * 3)
         (data / "seq.out").write_text("O B-song O B-singer\nO O B-city\n" * 3)
         (data / "label").write_text("PlayMusic\nGetWeather\n" * 3)
-        corpus, inputs, kwargs = ["play song by adele weather in paris"], ["weather in rome"], {"crf": True}
+        corpus, inputs = ["play song by adele weather in paris"], ["weather in rome"]
+        kwargs = {"options": task_spec(task).options(crf=True)}
     elif task == "relation":
         data = root / "train.tsv"
         data.write_text("Cause-Effect(e1,e2)\tthe <e1> fire </e1> caused the <e2> smoke </e2> .\n"

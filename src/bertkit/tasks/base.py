@@ -7,7 +7,7 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +28,33 @@ def save_task(spec: Any, info: Any, model: nn.Module, tokenizer: Tokenizer, dire
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     write_task_json(directory, spec.write_info(info))
+
+
+class FinetuneTask(Protocol):
+    """What every fine-tuning task's TrainTask (`train.fit`'s protocol) shares, written once. A task class lists
+    this Protocol among its bases and sets `task_name` (its SPEC's name), `tokenizer`, `info` and `train` (its
+    encoded training examples, a list); it writes what is its own: batches, loss and evaluation (and `fingerprint`,
+    where its training data is more than `train`)."""
+
+    task_name: ClassVar[str]
+    tokenizer: Tokenizer
+    info: Any
+    train: list[Any]
+    find_unused_parameters: bool = False  # every parameter of a task model gets a gradient (DDP need not search)
+
+    def fingerprint(self) -> str:
+        """A digest of the encoded training examples: `--resume` refuses other data."""
+        from bertkit.resume import data_fingerprint
+
+        return data_fingerprint(self.train)
+
+    def num_examples(self, epoch: int) -> int:
+        return len(self.train)
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        from bertkit.tasks import task_spec
+
+        save_task(task_spec(self.task_name), self.info, model, self.tokenizer, directory)
 
 
 def write_task_json(directory: Path, data: dict[str, Any]) -> None:

@@ -29,13 +29,13 @@ from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import (
+    FinetuneTask,
     SkipReport,
     label_results,
     normalise_label,
     pad_sequences,
     require_examples,
     run_batches,
-    save_task,
     take,
     warn_truncated,
 )
@@ -247,8 +247,9 @@ def _logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()
 
 
-class ClassificationTask:
+class ClassificationTask(FinetuneTask):
     """TrainTask for `train.fit`: examples tokenized once, padded per batch."""
+    task_name = NAME
 
     def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], info: ClassificationInfo,
                  eval_batch_size: int = 64, source: str = "train", heldout_source: str = "held-out") -> None:
@@ -269,14 +270,6 @@ class ClassificationTask:
         warn_truncated(source, cut, len(examples), self.info.max_seq_len)
         return rows
 
-    def fingerprint(self) -> str:
-        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
-
-        return data_fingerprint(self.train)
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
-
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
 
@@ -295,9 +288,6 @@ class ClassificationTask:
         predicted = run_batches(model, self.heldout, lambda rows: collate(rows, self.tokenizer.pad_token_id),
                                 lambda m, b: _logits(m, b).argmax(-1).tolist(), self.eval_batch_size)
         return scores([r[2] for r in self.heldout], predicted, len(self.info.labels))
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def scores(gold: list[int], pred: list[int], num_labels: int) -> dict[str, float]:

@@ -95,6 +95,52 @@ def load(directory: str | Path) -> tuple[BertModel, Tokenizer]:
         return BertModel.from_pretrained(directory), Tokenizer.from_pretrained(directory)
 
 
+def embed_file(checkpoint: str | Path, input: str, output: str, *, pooling: str = "mean", max_seq_len: int = 128,
+               normalize: bool = True, device: str = "auto", precision: str = "fp32",
+               int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False) -> np.ndarray:
+    """Vectors of the lines of a file or stdin ('-'), written to a .npy file, or as JSON lines of {text, vector} to
+    another file or stdout ('-'). Row i is line i, always: a blank line is embedded as empty text (with a warning
+    counting them) rather than skipped, which would shift every later row against its line. The model is set up
+    for inference as the Predictor sets it up (device, precision)."""
+    import json
+    import sys
+
+    from bertkit.device import resolve_device
+    from bertkit.errors import BertkitError, DataError
+    from bertkit.fileio import atomic_write, atomic_write_text, input_lines
+    from bertkit.quantize import prepare_for_inference
+
+    model, tok = load(checkpoint)
+    prepare_for_inference(model, model, resolve_device(device), precision, int8_keep, compile)
+    if max_seq_len > model.config.max_position_embeddings:
+        raise BertkitError(f"--max-seq-len {max_seq_len} exceeds {checkpoint}'s max_position_embeddings "
+                           f"{model.config.max_position_embeddings}")
+    source = "<stdin>" if input == "-" else input
+    texts = [text for _, text in input_lines(input)]
+    if not texts:
+        raise DataError("no input lines (the input is empty)", source)
+    blank = [number for number, text in enumerate(texts, start=1) if not text.strip()]
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        print(f"bertkit embed: warning: {source}: {len(blank)} blank line(s) (line {shown}) embedded as empty "
+              "text, keeping row i = line i", file=sys.stderr)
+    vectors = embed(model, tok, texts, pooling, max_seq_len=max_seq_len, normalize=normalize)
+    rows = (json.dumps({"text": text, "vector": [round(float(v), 6) for v in vector]}, ensure_ascii=False) + "\n"
+            for text, vector in zip(texts, vectors, strict=True))
+    if output == "-":
+        sys.stdout.writelines(rows)
+    elif output.endswith(".npy"):
+
+        def write_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # np.save(path) would append ".npy" to the temporary name
+                np.save(handle, vectors)
+
+        atomic_write(output, write_npy)
+    else:
+        atomic_write_text(output, "".join(rows))
+    return vectors
+
+
 @dataclass
 class EmbedInfo:
     pooling: str = choice_field(POOLINGS, "mean", "mean of the last layer, the [CLS] state, or the tanh pooler")

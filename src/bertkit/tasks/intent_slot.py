@@ -25,19 +25,22 @@ from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import report_inconsistent_tags, require_examples, run_batches, save_task, take
+from bertkit.tasks.base import FinetuneTask, report_inconsistent_tags, require_examples, run_batches, take
 from bertkit.tasks.ner import _read_conll
-from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, labels_field, option, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, labels_field, seq_len_field
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
     assemble,
     collate,
     convert_scheme,
+    crf_option,
     encode_sentences,
     entities_with_offsets,
     normalise_tag,
+    scheme_option,
     tag_set,
+    word_level_option,
     words_of,
 )
 from bertkit.tokenizer import Tokenizer
@@ -126,13 +129,14 @@ class IntentSlotInfo:
 
 @dataclass
 class IntentSlotOptions:
-    crf: bool = option("a CRF layer on top of the slot tagger (Viterbi decoding)", False)
-    scheme: str = option("slot tag scheme (default: bio)", "bio", choices=("bio", "bioes"))
-    word_level: str = option("how raw text is split into words when predicting (default: space)", "space",
-                             choices=("char", "space"))
+    crf: bool = crf_option()
+    scheme: str = scheme_option()
+    word_level: str = word_level_option("space")
 
 
-class IntentSlotTask:
+class IntentSlotTask(FinetuneTask):
+    task_name = NAME
+
     def __init__(self, tokenizer: Tokenizer, train: list[Utterance], heldout: list[Utterance], info: IntentSlotInfo,
                  eval_batch_size: int = 64, source: str | None = None, heldout_source: str | None = None) -> None:
         self.tokenizer, self.info = tokenizer, info
@@ -167,9 +171,6 @@ class IntentSlotTask:
 
         return data_fingerprint([self.train, self.train_intents])
 
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
-
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         batch = collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
         batch["intent"] = torch.tensor([self.train_intents[i] for i in indices])
@@ -196,9 +197,6 @@ class IntentSlotTask:
         intents, tags, _ = predict_pieces(model, self.tokenizer, self.heldout_pieces,
                                           [len(u.words) for u in self.heldout], self.info, self.eval_batch_size)
         return scores(self.heldout, intents, tags)
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def scores(gold: list[Utterance], intents: list[str], tags: list[list[str]]) -> dict[str, float]:
@@ -228,8 +226,7 @@ def predict_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], 
 
 def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "atis",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
-             max_seq_len: int = 64, limit: int | None = None, crf: bool = False, scheme: str = "bio",
-             word_level: str = "space") -> Any:
+             max_seq_len: int = 64, limit: int | None = None, options: IntentSlotOptions | None = None) -> Any:
     """Fine-tune joint intent + slot model on a dataset directory; scores the `eval_file` directory."""
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
@@ -238,10 +235,11 @@ def finetune(train_dir: str | Path, config: Any, *, eval_file: str | Path | None
     train = require_examples(take(read_utterances(train_dir, fmt), limit), train_dir, "training")
     heldout = require_examples(read_utterances(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     report_inconsistent_tags([(u.tags, u.line) for u in train], train_dir)
+    options = options or IntentSlotOptions()
     for u in train:
-        u.tags = convert_scheme(u.tags, scheme)
-    info = IntentSlotInfo(sorted({u.intent for u in train}), tag_set([u.tags for u in train], scheme), max_seq_len,
-                          scheme, crf, word_level)
+        u.tags = convert_scheme(u.tags, options.scheme)
+    info = IntentSlotInfo(sorted({u.intent for u in train}), tag_set([u.tags for u in train], options.scheme),
+                          max_seq_len, options.scheme, options.crf, options.word_level)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForIntentSlot, init_from, model_config, config.seed)
     task = IntentSlotTask(tok, train, heldout, info, source=str(train_dir), heldout_source=str(eval_file))

@@ -31,7 +31,15 @@ from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines, read_text
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take, warn_truncated
+from bertkit.tasks.base import (
+    FinetuneTask,
+    SkipReport,
+    pad_sequences,
+    require_examples,
+    run_batches,
+    take,
+    warn_truncated,
+)
 from bertkit.tasks.spec import InputField, TaskSpec, Work, seq_len_field, sequence
 from bertkit.tokenizer import Tokenizer
 
@@ -203,7 +211,9 @@ def _scores(model: nn.Module, batch: dict[str, Any]) -> Tensor:
     return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["choice_mask"])
 
 
-class MultipleChoiceTask:
+class MultipleChoiceTask(FinetuneTask):
+    task_name = NAME
+
     def __init__(self, tokenizer: Tokenizer, train: list[Question], heldout: list[Question],
                  info: MultipleChoiceInfo, eval_batch_size: int = 16, source: str | None = None,
                  heldout_source: str | None = None) -> None:
@@ -219,14 +229,6 @@ class MultipleChoiceTask:
         rows, cut = encode(self.tokenizer, questions, self.info.max_seq_len)
         warn_truncated(source, cut, sum(len(q.choices) for q in questions), self.info.max_seq_len, "choices")
         return rows
-
-    def fingerprint(self) -> str:
-        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
-
-        return data_fingerprint(self.train)
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
 
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
@@ -247,9 +249,6 @@ class MultipleChoiceTask:
                                 lambda m, b: _scores(m, b).argmax(-1).tolist(), self.eval_batch_size)
         gold = [r[2] for r in self.heldout]
         return {"accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)}
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "jsonl",

@@ -25,7 +25,14 @@ from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
 from bertkit.metrics import span_prf
 from bertkit.model import BertModel, CheckpointIO
-from bertkit.tasks.base import SkipReport, report_inconsistent_tags, require_examples, run_batches, save_task, take
+from bertkit.tasks.base import (
+    FinetuneTask,
+    SkipReport,
+    report_inconsistent_tags,
+    require_examples,
+    run_batches,
+    take,
+)
 from bertkit.tasks.spec import (
     InputField,
     TaskSpec,
@@ -34,7 +41,6 @@ from bertkit.tasks.spec import (
     chunks,
     id2label,
     labels_field,
-    option,
     seq_len_field,
 )
 from bertkit.tasks.tagging import (
@@ -43,11 +49,14 @@ from bertkit.tasks.tagging import (
     assemble,
     collate,
     convert_scheme,
+    crf_option,
     encode_sentences,
     entities_with_offsets,
     normalise_tag,
+    scheme_option,
     spans_to_tags,
     tag_set,
+    word_level_option,
     words_of,
 )
 from bertkit.tokenizer import Tokenizer
@@ -227,10 +236,9 @@ class NerInfo:
 
 @dataclass
 class NerOptions:
-    crf: bool = option("a CRF layer on top of the tagger (Viterbi decoding)", False)
-    scheme: str = option("tag scheme (default: bio)", "bio", choices=("bio", "bioes"))
-    word_level: str = option("how raw text is split into words when predicting (default: char, for Chinese)",
-                             "char", choices=("char", "space"))
+    crf: bool = crf_option()
+    scheme: str = scheme_option()
+    word_level: str = word_level_option("char")
 
 
 def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int], tags: list[str],
@@ -245,8 +253,9 @@ def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], leng
     return assemble(pieces, decoded, lengths, tags)
 
 
-class NerTask:
+class NerTask(FinetuneTask):
     """TrainTask: sentences -> chunks of word pieces; loss on first pieces; entity-level F1 on held-out."""
+    task_name = NAME
 
     def __init__(self, tokenizer: Tokenizer, train: list[Sentence], heldout: list[Sentence], info: NerInfo,
                  eval_batch_size: int = 64, source: str = "train", heldout_source: str | None = None) -> None:
@@ -270,14 +279,6 @@ class NerTask:
                 ids.append([self.tag_ids[t] for t in s.tags])
         return encode_sentences(self.tokenizer, [s.words for s in sentences], ids, self.max_seq_len,
                                 source if source is not None else heldout_source)
-
-    def fingerprint(self) -> str:
-        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
-
-        return data_fingerprint(self.train)
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
 
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id)
@@ -303,15 +304,11 @@ class NerTask:
                                self.tags, self.eval_batch_size)
         return span_prf([s.tags for s in self.heldout], predicted)
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
-
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "conll",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
-             max_seq_len: int = 128, limit: int | None = None, crf: bool = False, scheme: str = "bio",
-             word_level: str = "char") -> Any:
-    """Fine-tune a tagger on `train_file` (BIO or BIOES, optional CRF); scores entity F1 on `eval_file`."""
+             max_seq_len: int = 128, limit: int | None = None, options: NerOptions | None = None) -> Any:
+    """Fine-tune a tagger on `train_file` (BIO or BIOES, optional CRF: `options`); scores entity F1 on `eval_file`."""
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
@@ -319,9 +316,11 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     train = require_examples(take(read_sentences(train_file, fmt), limit), train_file, "training")
     heldout = require_examples(read_sentences(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     report_inconsistent_tags([(s.tags, s.line) for s in train], train_file)
+    options = options or NerOptions()
     for s in train:
-        s.tags = convert_scheme(s.tags, scheme)
-    info = NerInfo(tag_set([s.tags for s in train], scheme), max_seq_len, scheme, crf, word_level)
+        s.tags = convert_scheme(s.tags, options.scheme)
+    info = NerInfo(tag_set([s.tags for s in train], options.scheme), max_seq_len, options.scheme, options.crf,
+                   options.word_level)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
     model = build_task_model(BertForTokenClassification, init_from, model_config, config.seed)
     task = NerTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bertkit.argtypes import POSITIVE, SEQ_LEN, flag, float_range
 from bertkit.device import for_model
 from bertkit.losses import cross_entropy
 from bertkit.masking import (  # noqa: F401  (token codes re-exported: tests and callers import them from here)
@@ -35,12 +36,15 @@ from bertkit.tokenizer import Tokenizer
 
 @dataclass
 class PretrainingOptions:
-    max_seq_len: int = 128
-    nsp: bool = True
-    mask_prob: float = 0.15
-    whole_word: bool = False
+    """How text becomes pre-training examples; those with a help text are `bertkit pretrain` flags."""
+
+    max_seq_len: int = flag("tokens per sequence", 128, type=SEQ_LEN)
+    nsp: bool = flag("MLM only, sentences packed to full length (RoBERTa)", True)  # the flag is --no-nsp
+    mask_prob: float = flag("fraction of tokens to mask", 0.15, type=float_range(0.0, 1.0, low_open=True,
+                                                                                 high_open=True))
+    whole_word: bool = flag("mask whole jieba words (Chinese)", False, name="--whole-word-masking")
     short_seq_prob: float = 0.1
-    max_predictions: int | None = None  # cap on masked positions per sequence (Google: 20 at 128)
+    max_predictions: int | None = flag("cap on masked tokens per sequence (Google: 20 at 128)", type=POSITIVE)
 
 
 class PretrainingTask:

@@ -21,13 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.argtypes import int_range
+from bertkit.argtypes import flag, int_range
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_text
 from bertkit.model import BertModel, CheckpointIO, init_weights
-from bertkit.tasks.base import pad_sequences, require_examples, run_batches, save_task, take, warn_truncated
-from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, option, seq_len_field, windows
+from bertkit.tasks.base import (
+    FinetuneTask,
+    pad_sequences,
+    require_examples,
+    run_batches,
+    take,
+    warn_truncated,
+)
+from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, seq_len_field, windows
 from bertkit.tokenizer import Tokenizer
 
 NAME = "qa"
@@ -272,11 +279,13 @@ class QAInfo:
 
 @dataclass
 class QAOptions:
-    doc_stride: int = option("step between window starts, in tokens (128; capped at the window's context room)", 128,
+    doc_stride: int = flag("step between window starts, in tokens (capped at the window's context room)", 128,
                              type=int_range(1))
 
 
-class QATask:
+class QATask(FinetuneTask):
+    task_name = NAME
+
     def __init__(self, tokenizer: Tokenizer, train: list[Question], heldout: list[Question], info: QAInfo,
                  eval_batch_size: int = 32, source: str | None = None, heldout_source: str | None = None) -> None:
         self.tokenizer, self.info = tokenizer, info
@@ -287,14 +296,6 @@ class QATask:
         self.heldout_windows = make_windows(tokenizer, heldout, max_seq_len, doc_stride,
                                             source=heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
-
-    def fingerprint(self) -> str:
-        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
-
-        return data_fingerprint(self.train)
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
 
     def _batch(self, windows: list[Window]) -> dict[str, Any]:
         batch = pad_sequences([w.input_ids for w in windows], self.tokenizer.pad_token_id,
@@ -324,9 +325,6 @@ class QATask:
         return cmrc_scores(self.heldout, answer(model, self.tokenizer, self.heldout, self.heldout_windows,
                                                 self.eval_batch_size))
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
-
 
 def answer(model: nn.Module, tokenizer: Tokenizer, questions: list[Question], windows: list[Window],
            batch_size: int = 32) -> list[str]:
@@ -349,7 +347,7 @@ def answer_spans(model: nn.Module, tokenizer: Tokenizer, questions: list[Questio
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "squad",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
-             max_seq_len: int = 256, limit: int | None = None, doc_stride: int = 128) -> Any:
+             max_seq_len: int = 256, limit: int | None = None, options: QAOptions | None = None) -> Any:
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
@@ -358,7 +356,7 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     heldout = require_examples(read_questions(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     model_config = encoder_config(init_from, tok, model_size, max_seq_len)
     model = build_task_model(BertForQuestionAnswering, init_from, model_config, config.seed)
-    task = QATask(tok, train, heldout, QAInfo(max_seq_len, doc_stride), source=str(train_file),
+    task = QATask(tok, train, heldout, QAInfo(max_seq_len, (options or QAOptions()).doc_stride), source=str(train_file),
                   heldout_source=str(eval_file))
     return fit(model, task, config, title="question answering")
 

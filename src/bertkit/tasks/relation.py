@@ -32,7 +32,15 @@ from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import SkipReport, label_results, pad_sequences, require_examples, run_batches, save_task, take
+from bertkit.tasks.base import (
+    FinetuneTask,
+    SkipReport,
+    label_results,
+    pad_sequences,
+    require_examples,
+    run_batches,
+    take,
+)
 from bertkit.tasks.spec import InputField, TaskSpec, choice_field, id2label, labels_field, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
@@ -267,7 +275,9 @@ class RelationInfo:
     format: str = choice_field(FORMATS, help="the training data's format: which no-relation label the metric skips")
 
 
-class RelationTask:
+class RelationTask(FinetuneTask):
+    task_name = NAME
+
     def __init__(self, tokenizer: Tokenizer, train: list[Example], heldout: list[Example], info: RelationInfo,
                  eval_batch_size: int = 64, source: str | None = None, heldout_source: str | None = None) -> None:
         self.tokenizer, self.info = tokenizer, info
@@ -277,14 +287,6 @@ class RelationTask:
         self.heldout = heldout
         self.heldout_rows = encode(tokenizer, heldout, info.max_seq_len, None, heldout_source) if heldout else []
         self.eval_batch_size = eval_batch_size
-
-    def fingerprint(self) -> str:
-        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
-
-        return data_fingerprint(self.train)
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
 
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         return collate([self.train[i] for i in indices], self.tokenizer)
@@ -307,9 +309,6 @@ class RelationTask:
         if self.info.format == "semeval":
             return semeval_official_f1(gold, pred)
         return macro_f1_without(gold, pred, NO_RELATION[self.info.format])
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
 
 
 def encode(tokenizer: Tokenizer, examples: list[Example], max_seq_len: int, label_ids: dict[str, int] | None,

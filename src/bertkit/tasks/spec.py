@@ -36,7 +36,8 @@ class TaskSpec:
       against `inputs`);
     - `evaluate(model, tokenizer, info, path, fmt) -> metrics` on a labelled file;
     - `finetune(train, train_config, *, eval_file, fmt, init_from, tokenizer, model_size, max_seq_len, limit,
-      **options)`: `options` are the fields of the `options` dataclass (each one a `finetune --flag`);
+      options)`: `options` is an instance of the `options` dataclass (each of its flag fields one `finetune --flag`;
+      its defaults are the task's), given only to a task that has one;
     - `config_extra(info) -> dict`: the config.json entries derived from info (id2label for transformers), written
       when the model is saved and checked when it is loaded;
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
@@ -190,14 +191,6 @@ def bool_field(default: Any = dataclasses.MISSING, help: str = "") -> Any:
 def name_field(default: Any = dataclasses.MISSING, help: str = "") -> Any:
     return field(default=default, metadata={"check": lambda v: isinstance(v, str) and bool(v),
                                             "expected": "a non-empty string", "help": help})
-
-
-def option(help: str, default: Any = None, *, choices: Sequence[str] | None = None,
-           type: Callable[[str], Any] | None = None) -> Any:
-    """A finetune option: a field of a task's options dataclass, and the `--flag` the CLI builds from it (a bool
-    default of False becomes a switch; `choices` and `type` are argparse's)."""
-    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
-                                            "type": type})
 
 
 def id2label(labels: Sequence[str]) -> dict[str, Any]:

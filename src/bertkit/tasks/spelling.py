@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.argtypes import int_range
+from bertkit.argtypes import flag, int_range
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import prf
 from bertkit.model import BertForPreTraining
-from bertkit.tasks.base import SkipReport, pad_sequences, require_examples, run_batches, save_task, take
-from bertkit.tasks.spec import InputField, TaskSpec, Work, option, seq_len_field, windows
+from bertkit.tasks.base import FinetuneTask, SkipReport, pad_sequences, require_examples, run_batches, take
+from bertkit.tasks.spec import InputField, TaskSpec, Work, seq_len_field, windows
 from bertkit.tokenizer import Tokenizer
 
 NAME = "spelling"
@@ -222,11 +222,12 @@ class SpellingInfo:
 
 @dataclass
 class SpellingOptions:
-    augment_corpus: str | None = option("clean text to corrupt with pycorrector's confusion sets")
-    augment: int = option("how many corrupted sentences of --augment-corpus to add", 0, type=int_range(0))
+    augment_corpus: str | None = flag("clean text to corrupt with pycorrector's confusion sets")
+    augment: int = flag("how many corrupted sentences of --augment-corpus to add", 0, type=int_range(0))
 
 
-class SpellingTask:
+class SpellingTask(FinetuneTask):
+    task_name = NAME
     find_unused_parameters = True  # the NSP head of the pre-training model is not used
 
     def __init__(self, tokenizer: Tokenizer, train: list[Pair], heldout: list[Pair], info: SpellingInfo,
@@ -237,14 +238,6 @@ class SpellingTask:
         self.heldout = heldout
         self.heldout_rows = [encode_windows(tokenizer, p.source, None, max_seq_len) for p in heldout]
         self.eval_batch_size = eval_batch_size
-
-    def fingerprint(self) -> str:
-        from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
-
-        return data_fingerprint(self.train)
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
 
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         rows = [self.train[i] for i in indices]
@@ -273,9 +266,6 @@ class SpellingTask:
                                    self.eval_batch_size)
         return csc_scores([p.source for p in self.heldout], [p.target for p in self.heldout], predictions)
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
-
 
 def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], windows: list, batch_size: int = 64
                  ) -> list[str]:
@@ -299,10 +289,9 @@ def correct_rows(model: nn.Module, tokenizer: Tokenizer, sources: list[str], win
 
 def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "sighan",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
-             max_seq_len: int = 128, limit: int | None = None, augment_corpus: str | Path | None = None,
-             augment: int = 0) -> Any:
-    """Fine-tune a corrector on SIGHAN-style pairs, plus `augment` sentences of `augment_corpus` corrupted with
-    pycorrector's same-pinyin / same-stroke confusion sets."""
+             max_seq_len: int = 128, limit: int | None = None, options: SpellingOptions | None = None) -> Any:
+    """Fine-tune a corrector on SIGHAN-style pairs, plus `options.augment` sentences of `options.augment_corpus`
+    corrupted with pycorrector's same-pinyin / same-stroke confusion sets."""
     from bertkit import resources
     from bertkit.corpus import read_documents
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
@@ -311,12 +300,13 @@ def finetune(train_path: str | Path, config: Any, *, eval_file: str | Path | Non
     tok = finetune_tokenizer(init_from, tokenizer)
     train = require_examples(take(read_pairs(train_path, fmt), limit), train_path, "training")
     heldout = require_examples(read_pairs(eval_file, fmt, split="test"), eval_file, "evaluation") if eval_file else []
-    if augment and augment_corpus:
+    options = options or SpellingOptions()
+    if options.augment and options.augment_corpus:
         confusions = read_confusions(resources.data_file(resources.PYCORRECTOR, "pycorrector/data/same_pinyin.txt"),
                                      resources.data_file(resources.PYCORRECTOR, "pycorrector/data/same_stroke.txt"))
-        sentences = [s for d in read_documents(augment_corpus) for s in d if 8 <= len(s) <= max_seq_len - 2]
+        sentences = [s for d in read_documents(options.augment_corpus) for s in d if 8 <= len(s) <= max_seq_len - 2]
         rng = np.random.default_rng([config.seed, 5])
-        for i in rng.permutation(len(sentences))[:augment]:
+        for i in rng.permutation(len(sentences))[:options.augment]:
             train.append(Pair(corrupt(sentences[i], confusions, rng), sentences[i], -1))
     model_config = encoder_config(init_from, tok, model_size, max_seq_len)
     model = build_task_model(BertForPreTraining, init_from, model_config, config.seed)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.argtypes import flag
 from bertkit.config import BertConfig
 from bertkit.crf import CRF
 from bertkit.errors import DataError
@@ -19,6 +20,21 @@ from bertkit.tasks.base import pad_sequences, warn_truncated
 from bertkit.tokenizer import Tokenizer
 
 IGNORE = -100
+
+# The finetune options both tagging tasks take (one `--flag` each, whose help is true for both)
+
+
+def crf_option() -> Any:
+    return flag("a CRF layer on top of the tagger (Viterbi decoding)", False)
+
+
+def scheme_option() -> Any:
+    return flag("tag scheme", "bio", choices=("bio", "bioes"))
+
+
+def word_level_option(default: str) -> Any:
+    return flag("how raw text is split into words when predicting: one word per character (Chinese) or at spaces",
+                default, choices=("char", "space"))
 
 
 def normalise_tag(tag: str) -> str:

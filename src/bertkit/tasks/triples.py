@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit.argtypes import flag
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
 from bertkit.metrics import get_entities, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks import tagging
-from bertkit.tasks.base import SkipReport, require_examples, run_batches, save_task, take
+from bertkit.tasks.base import FinetuneTask, SkipReport, require_examples, run_batches, take
 from bertkit.tasks.spec import (
     InputField,
     TaskSpec,
@@ -42,7 +43,6 @@ from bertkit.tasks.spec import (
     chunks,
     id2label,
     labels_field,
-    option,
     seq_len_field,
 )
 from bertkit.tasks.tagging import Piece, TaggingHead, encode_sentences, spans_to_tags, tag_set, words_of
@@ -527,7 +527,7 @@ class TriplesInfo:
 
 @dataclass
 class TriplesOptions:
-    schema: str | None = option("DuIE's schema file (JSON lines subject_type / predicate / object_type): the type "
+    schema: str | None = flag("DuIE's schema file (JSON lines subject_type / predicate / object_type): the type "
                                 "combinations a predicted triple may have, besides those seen in training")
 
 
@@ -543,7 +543,9 @@ def label_sets(located: list[Located]) -> tuple[list[str], list[str], set[tuple[
     return tag_set([[f"B-{k}" for k in types]], "bio"), predicates, combos
 
 
-class TriplesTask:
+class TriplesTask(FinetuneTask):
+    task_name = NAME
+
     def __init__(self, tokenizer: Tokenizer, train: list[Record], heldout: list[Record], info: TriplesInfo,
                  eval_batch_size: int = 64, source: str | None = None, located: list[Located] | None = None
                  ) -> None:
@@ -556,9 +558,6 @@ class TriplesTask:
         from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint([(r.piece, r.entities, r.pairs) for r in self.train])
-
-    def num_examples(self, epoch: int) -> int:
-        return len(self.train)
 
     def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
         return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id, len(self.info.predicates))
@@ -583,13 +582,10 @@ class TriplesTask:
             return {}
         return score(model, self.tokenizer, self.info, self.heldout, self.eval_batch_size)
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        save_task(SPEC, self.info, model, self.tokenizer, directory)
-
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "duie",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
-             max_seq_len: int = 128, limit: int | None = None, schema: str | Path | None = None) -> Any:
+             max_seq_len: int = 128, limit: int | None = None, options: TriplesOptions | None = None) -> Any:
     """Fine-tune the tagger and the pair head together on `train_file`; scores triple F1 on `eval_file`."""
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
@@ -602,6 +598,7 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     labels, predicates, combos = label_sets(located)
     if labels == ["O"]:
         raise DataError("no entity of any training triple was found in its text", str(train_file))
+    schema = (options or TriplesOptions()).schema
     if schema is not None:
         combos |= {tuple(r) for r in read_schema(schema) if r[1] in predicates}
     info = TriplesInfo(labels, predicates, max_seq_len, word_level, [list(c) for c in sorted(combos)])
