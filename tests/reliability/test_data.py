@@ -243,8 +243,10 @@ class _Corrector(torch.nn.Module):
         super().__init__()
         self.vocab_size, self.wrong, self.right = vocab_size, wrong, right
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, mlm_positions=None):
         target = torch.where(input_ids == self.wrong, self.right, input_ids)
+        if mlm_positions is not None:  # as BertForPreTraining: (M, V) at those positions, in row-major order
+            target = target[mlm_positions]
         return type("Out", (), {"mlm_logits": torch.nn.functional.one_hot(target, self.vocab_size).float()})()
 
 
