@@ -268,8 +268,8 @@ def _json_type(value: Any) -> str:
 
 
 def _all_finite(value: Any) -> bool:
-    """No NaN or infinity anywhere in a result: json's C encoder walks it (64 triples results holding 38,844
-    triples: 0.06 s; a recursive walk in Python took ten times as long); a value json cannot encode is left to the
+    """No NaN or infinity anywhere in a result: json's C encoder walks it (64 results holding 38,844 nested
+    records: 0.06 s; a recursive walk in Python took ten times as long); a value json cannot encode is left to the
     caller."""
     try:
         json.dumps(value, allow_nan=False)
