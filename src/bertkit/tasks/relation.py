@@ -119,7 +119,11 @@ def mark(sentence: str, head: str, tail: str) -> str:
     """Insert <e1> </e1> around `head` and <e2> </e2> around `tail`: the earliest pair of occurrences that do not
     overlap (one entity is often part of the other, e.g. 云天化 / 云天化集团), else nested, else crossing; linear in
     the occurrences (`locate_pair`), however often the entities occur."""
-    h, t = locate_pair(sentence, head, tail)
+    return _marked(sentence, head, tail, *locate_pair(sentence, head, tail))
+
+
+def _marked(sentence: str, head: str, tail: str, h: int, t: int) -> str:
+    """`sentence` with <e1> </e1> around `head` at `h` and <e2> </e2> around `tail` at `t`."""
     spans = [(h, h + len(head), 1), (t, t + len(tail), 2)]
     return "".join(_with_markers(list(sentence), spans, lambda marker: f" {marker} "))
 
@@ -396,8 +400,7 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: RelationInfo, inputs: 
         if item.get("head") is not None or item.get("tail") is not None:
             h, t = _locate(item, index)
             head, tail = item["head"], item["tail"]
-            spans = [(h, h + len(head), 1), (t, t + len(tail), 2)]
-            texts.append("".join(_with_markers(list(item["text"]), spans, lambda marker: f" {marker} ")))
+            texts.append(_marked(item["text"], head, tail, h, t))
             located.append({"head": {"start": h, "end": h + len(head)}, "tail": {"start": t, "end": t + len(tail)}})
         else:
             texts.append(item["text"])
