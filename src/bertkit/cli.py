@@ -57,7 +57,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 1
     print("finite       yes")
     from bertkit.device import describe, resolve_device
-    from bertkit.quantize import resolve_precision
+    from bertkit.precision import resolve_precision
 
     device = resolve_device("auto")
     precision, why = resolve_precision("auto", device)

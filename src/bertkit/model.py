@@ -316,6 +316,9 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
+ENCODER_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")  # an EncoderLayer's Linears, by attribute name
+
+
 class EncoderLayer(nn.Module):
     """Post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)), with one fused QKV projection."""
 

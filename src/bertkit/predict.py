@@ -15,7 +15,7 @@ from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
-from bertkit.quantize import prepare_for_inference
+from bertkit.precision import prepare_for_inference
 from bertkit.tasks import TASKS, default_task, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
 from bertkit.tasks.spec import Work
@@ -37,9 +37,9 @@ class Predictor:
         `onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
         inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
-        `bertkit.quantize`) or auto (`quantize.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
+        `bertkit.quantize`) or auto (`precision.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
         where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
-        `compile`: int8 layers through torch.compile (see `quantize.Int8EncoderLayer`), compiled here rather than in
+        `compile`: int8 layers through torch.compile (see `precision.int8`), compiled here rather than in
         the first request.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
