@@ -370,7 +370,7 @@ def test_file_arrays_read_like_numpy_without_mapping_the_file(tmp_path):
     sides, through the in-memory sample) equal numpy's; the file is never mapped; a pickled copy reads the same."""
     import pickle
 
-    from bertkit.prepared import FileArray
+    from bertkit.filearray import FileArray
 
     rng = np.random.default_rng(0)
     values = np.cumsum(rng.integers(0, 3, size=3000)).astype(np.int64)  # sorted, with runs of equal values
