@@ -104,6 +104,70 @@ def input_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+# ---- one shard's files ---------------------------------------------------------------------------------------------
+
+_SHARD_PREFIX = "shard-"  # how the name of each file of a shard begins
+
+
+def _shard_stem(directory: Path, index: int) -> Path:
+    return directory / f"{_SHARD_PREFIX}{index:05d}"
+
+
+def _array_path(directory: Path, index: int, name: str) -> Path:
+    """The .npy file of one of shard `index`'s arrays (`name` in ARRAYS)."""
+    stem = _shard_stem(directory, index)
+    return stem.with_name(f"{stem.name}.{name}.npy")
+
+
+def _record_path(directory: Path, index: int) -> Path:
+    """The .json record of shard `index`."""
+    return _shard_stem(directory, index).with_suffix(".json")
+
+
+def _shard_files(index: int) -> list[str]:
+    """The files of shard `index`, as a record lists them (its arrays), sorted."""
+    return sorted(_array_path(Path(), index, name).name for name in ARRAYS)
+
+
+def write_shard(directory: Path, index: int, tokens: np.ndarray, sentence_offsets: np.ndarray,
+                document_offsets: np.ndarray, *, characters: int, text_sha256: str) -> dict[str, Any]:
+    """Write shard `index`: its arrays, each atomically, then its record (counts, the sha256 of its text and of each
+    array's file) last, so a shard with a record is whole; returns the record."""
+    files = {}
+    for name, array in (("tokens", tokens), ("sentences", sentence_offsets), ("documents", document_offsets)):
+        path = _array_path(directory, index, name)
+
+        def save(tmp: Path, array: np.ndarray = array) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+
+        atomic_write(path, save)
+        files[path.name] = sha256_file(path)
+    record = {"index": index, "documents": len(document_offsets) - 1, "sentences": len(sentence_offsets) - 1,
+              "tokens": int(tokens.size), "characters": characters, "text_sha256": text_sha256, "files": files}
+    atomic_write_text(_record_path(directory, index), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def finished_shard(directory: Path, index: int, text_sha256: str) -> dict[str, Any] | None:
+    """The record of a shard already written from exactly this text, with intact files; else None."""
+    try:
+        record = json.loads(_record_path(directory, index).read_text(encoding="utf-8"))
+        if record.get("text_sha256") != text_sha256 or not files_intact(directory, record["files"]):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record
+
+
+def remove_shards_after(directory: Path, last: int) -> None:
+    """Delete the files of the shards numbered above `last`: left by a prepare of a longer text, not of this one."""
+    for stale in directory.glob(f"{_SHARD_PREFIX}*"):
+        number = int(stale.name[len(_SHARD_PREFIX):].split(".")[0])
+        if number > last:
+            stale.unlink()
+
+
 # ---- writing -------------------------------------------------------------------------------------------------------
 
 def _text_digest(documents: list[list[str]]) -> tuple[str, int]:
@@ -118,22 +182,6 @@ def _text_digest(documents: list[list[str]]) -> tuple[str, int]:
             size += len(data) + 1
         digest.update(b"\x00")
     return digest.hexdigest(), size
-
-
-def _shard_stem(directory: Path, index: int) -> Path:
-    return directory / f"shard-{index:05d}"
-
-
-def _finished_shard(directory: Path, index: int, text_sha256: str) -> dict[str, Any] | None:
-    """The record of a shard already written from exactly this text, with intact files; else None."""
-    stem = _shard_stem(directory, index)
-    try:
-        record = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-        if record.get("text_sha256") != text_sha256 or not files_intact(directory, record["files"]):
-            return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return record
 
 
 _WORKER_TOKENIZER: dict[str, Tokenizer] = {}  # one tokenizer per worker process, built on its first shard
@@ -161,21 +209,8 @@ def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256
     np.cumsum([len(s) for s in sentences], out=sentence_offsets[1:])
     document_offsets = np.zeros(len(coded) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in coded], out=document_offsets[1:])
-    stem = _shard_stem(Path(directory), index)
-    files = {}
-    for name, array in (("tokens", tokens), ("sentences", sentence_offsets), ("documents", document_offsets)):
-        path = stem.with_name(f"{stem.name}.{name}.npy")
-
-        def save(tmp: Path, array: np.ndarray = array) -> None:
-            with open(tmp, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-
-        atomic_write(path, save)
-        files[path.name] = sha256_file(path)
-    record = {"index": index, "documents": len(coded), "sentences": len(sentences), "tokens": int(tokens.size),
-              "characters": sum(len(s) for d in documents for s in d), "text_sha256": text_sha256, "files": files}
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True) + "\n")
-    return record
+    return write_shard(Path(directory), index, tokens, sentence_offsets, document_offsets,
+                       characters=sum(len(s) for d in documents for s in d), text_sha256=text_sha256)
 
 
 def _shards_of(documents: Iterable[list[str]], shard_chars: int) -> Iterator[list[list[str]]]:
@@ -319,7 +354,7 @@ def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Itera
     assert options.shard_chars is not None
     for index, documents in enumerate(_shards_of(stream, options.shard_chars)):
         text_sha256, sizes[index] = _text_digest(documents)
-        finished = _finished_shard(directory, index, text_sha256)
+        finished = finished_shard(directory, index, text_sha256)
         if finished is not None:
             records[index] = finished
             bar.update(sizes[index])
@@ -331,11 +366,7 @@ def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Itera
         pending[future] = index
     while pending:
         collect()
-    # shards past the end (a previous prepare of a longer text in this directory) are not part of this corpus
-    for stale in directory.glob("shard-*"):
-        number = int(stale.name[len("shard-"):].split(".")[0])
-        if number > index:
-            stale.unlink()
+    remove_shards_after(directory, index)
     return [records[i] for i in range(index + 1)]
 
 
@@ -417,15 +448,9 @@ _OFFSETS_OF = {"sentences": "tokens", "documents": "sentences"}
 _ID_BITS = np.uint32(encode_token(0, True) - 1)  # a token code's id: the bits below its "begins a word" bit
 
 
-def _shard_files(index: int) -> list[str]:
-    """The files of shard `index`, as a record lists them (its arrays), sorted."""
-    return sorted(f"{_shard_stem(Path(), index).name}.{name}.npy" for name in ARRAYS)
-
-
 def _open_shard(directory: Path, record: dict[str, Any]) -> ArrayShard:
     """One shard's arrays, opened and checked against its record: dtypes and lengths (from the headers)."""
-    stem = _shard_stem(directory, record["index"])
-    files = {name: str(stem.with_name(f"{stem.name}.{name}.npy")) for name in ARRAYS}
+    files = {name: str(_array_path(directory, record["index"], name)) for name in ARRAYS}
     arrays = {name: FileArray(path) for name, path in files.items()}
     for name, array in arrays.items():
         kind, size, expected = _ARRAY_TYPES[name]
@@ -583,7 +608,7 @@ class PreparedCorpus:
                 raise DataError(f"{split}/{_shard_stem(Path(), position).name}: the record lists "
                                 f"{', '.join(sorted(record['files']))}; expected {', '.join(_shard_files(position))}",
                                 str(path))
-            json_path = _shard_stem(directory, position).with_suffix(".json")
+            json_path = _record_path(directory, position)
             try:
                 own = json.loads(json_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
@@ -603,8 +628,8 @@ class PreparedCorpus:
                 if totals.get(field) != total or type(totals.get(field)) is not int:
                     raise DataError(f"{split}: {field} {totals.get(field)!r}; its shards hold {total}", str(path))
         expected = {name for position in range(len(records)) for name in
-                    (*_shard_files(position), f"{_shard_stem(Path(), position).name}.json")}
-        found = {entry.name for entry in os.scandir(directory) if entry.name.startswith("shard-")} \
+                    (*_shard_files(position), _record_path(Path(), position).name)}
+        found = {entry.name for entry in os.scandir(directory) if entry.name.startswith(_SHARD_PREFIX)} \
             if directory.is_dir() else set()
         for name in sorted(expected - found):
             raise DataError(f"{split}/{name} is missing (the manifest lists it)", str(self.directory))
