@@ -23,7 +23,8 @@ from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.corpus import read_documents
 from bertkit.errors import DataError
-from bertkit.prepared import MANIFEST_NAME, PreparedCorpus, PrepareOptions, prepare
+from bertkit.prepare import PrepareOptions, prepare
+from bertkit.prepared import MANIFEST_NAME, PreparedCorpus
 from bertkit.tasks.pretraining import tokenize_documents
 
 ARTICLES = ["北京举行新年音乐会。江泽民等出席。今天天气很好！", "人民日报发表社论。新年快乐！我们去上海。",
