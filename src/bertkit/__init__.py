@@ -9,7 +9,7 @@ from bertkit.errors import BertkitError, CheckpointError, DataError
 
 __version__ = "0.1.0"
 
-# Imported on first use (PEP 562), so `import bertkit.prepared` in a tokenizing worker does not load torch (2 s)
+# Imported on first use (PEP 562), so `import bertkit.prepare` in a tokenizing worker does not load torch (2 s)
 _LAZY = {"BertConfig": "bertkit.config", "BertForMaskedLM": "bertkit.model", "BertForPreTraining": "bertkit.model",
          "BertModel": "bertkit.model",
          "BertOutput": "bertkit.model", "PreTrainingOutput": "bertkit.model", "Tokenizer": "bertkit.tokenizer",

@@ -108,7 +108,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     """Tokenize a pre-training corpus once, in parallel, into .npy token shards (plain text or .gz, files or
     directories; Google's format); deterministic for any --workers, resumable after an interruption."""
-    from bertkit.prepared import PrepareOptions, prepare
+    from bertkit.prepare import PrepareOptions, prepare
 
     tok = Tokenizer.from_pretrained(args.tokenizer)
     manifest = prepare(args.input, tok, args.output, heldout=args.heldout,
@@ -407,7 +407,7 @@ def _train_tokenizer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _prepare_data_args(p: argparse.ArgumentParser) -> None:
-    from bertkit.prepared import PrepareOptions
+    from bertkit.prepare import PrepareOptions
 
     p.add_argument("input", nargs="+", help="text files (.gz too) or directories, one sentence or paragraph a line, "
                    "a blank line between documents")
