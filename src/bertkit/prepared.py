@@ -81,6 +81,8 @@ class PrepareOptions:
 def vocabulary_fingerprint(tokenizer: Tokenizer) -> str:
     """sha256 of the vocabulary and the normalisation options: two tokenizers with the same one give the same ids."""
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
+    if not options["added_tokens"]:
+        del options["added_tokens"]  # left out when empty: manifests of vocabularies without any hash no such key
     text = json.dumps({"vocab": tokenizer.vocab, "options": options}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -149,7 +151,7 @@ def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256
 
     key = hashlib.sha256(json.dumps([vocab, options], sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
     if key not in _WORKER_TOKENIZER:
-        fields = {**options, "additional_special_tokens": tuple(options.get("additional_special_tokens", ()))}
+        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()}
         _WORKER_TOKENIZER[key] = Tokenizer(vocab, TokenizerOptions(**fields))
     tokenizer = _WORKER_TOKENIZER[key]
     documents = [[s for line in document for s in split_sentences(line, max_sentence_chars)] for document in lines]
