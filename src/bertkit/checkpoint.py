@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from bertkit.config import CONFIG_NAME, BertConfig
 from bertkit.errors import CheckpointError
 from bertkit.fileio import atomic_write
-from bertkit.tokenizer import VOCAB_NAME, read_vocab
+from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME, read_vocabulary
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -151,6 +151,9 @@ def from_hf_state_dict(
             continue
         to_load[name] = tensor
     unexpected = sorted(k for k in state if k not in used and not _IGNORED_HF_KEYS.search(k))
+    if not getattr(model, "uses_pooler", True):
+        # transformers' class of this head has no pooler, so its checkpoints have none; ours is never read
+        missing = [m for m in missing if not m.startswith(f"{prefix}pooler.")]
     missing_encoder = [m for m in missing if _is_encoder_key(model, m.split(" ")[0])]
     problems = []
     if mismatched:
@@ -199,10 +202,11 @@ def read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
 
 
 def check_vocab_fits(directory: Path, config: BertConfig) -> None:
-    """A vocab.txt with more tokens than the embedding table would crash mid-forward; refuse it at load time."""
-    vocab_path = directory / VOCAB_NAME
-    if vocab_path.is_file():
-        size = len(read_vocab(vocab_path))
+    """A vocabulary (vocab.txt, or tokenizer.json) with more tokens than the embedding table would crash
+    mid-forward; refuse it at load time."""
+    if (directory / VOCAB_NAME).is_file() or (directory / TOKENIZER_JSON_NAME).is_file():
+        vocab, _, vocab_path = read_vocabulary(directory)
+        size = len(vocab)
         if size > config.vocab_size:
             raise CheckpointError(
                 f"{vocab_path} has {size} tokens but {directory / CONFIG_NAME} says vocab_size={config.vocab_size}: "

@@ -31,8 +31,10 @@ from bertkit.tokenizer import Tokenizer
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Describe a checkpoint directory: config, parameter count, vocabulary."""
+    """Describe a checkpoint directory: config, parameter count, vocabulary, task (and how it was found)."""
     from bertkit.checkpoint import check_directory, check_vocab_fits, read_weights
+    from bertkit.tasks.derived import describe_task
+    from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME, read_vocabulary
 
     directory = Path(args.checkpoint)
     check_directory(directory)
@@ -48,8 +50,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"architecture {', '.join(config.architectures)}")
     print(f"shape        L={config.num_hidden_layers} H={config.hidden_size} A={config.num_attention_heads} "
           f"I={config.intermediate_size} V={config.vocab_size} max_len={config.max_position_embeddings}")
-    if (directory / "vocab.txt").is_file():
-        print(f"vocabulary   {len(Tokenizer.from_pretrained(directory))} tokens")
+    if any((directory / name).is_file() for name in (VOCAB_NAME, TOKENIZER_JSON_NAME)):
+        vocab, options, vocab_source = read_vocabulary(directory)
+        added = f", {len(options.added_tokens)} of them added tokens" if options.added_tokens else ""
+        print(f"vocabulary   {len(vocab)} tokens ({vocab_source.name}{added})")
+    print(f"task         {describe_task(directory, config)}")
     if bad:
         # reported, not raised: info is how one inspects a broken checkpoint; the exit code says it is unusable
         print(f"finite       NO: {len(bad)} tensor(s) hold NaN or infinite values: {', '.join(bad[:8])}"
