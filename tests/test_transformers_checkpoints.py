@@ -125,6 +125,7 @@ def test_a_token_classifier_predicts_as_transformers(heads):
     directory, model, tokenizer = heads["BertForTokenClassification"]
     predictor = Predictor(directory, device="cpu")
     assert predictor.task == "ner" and predictor.info.word_level == "space" and predictor.info.scheme == "bio"
+    assert predictor.model.bert.pooler is None  # transformers' tagger has none, so no random one is made up
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     for text in TEXTS[:3]:
         [result] = predictor.predict([text])
@@ -137,6 +138,8 @@ def test_a_token_classifier_predicts_as_transformers(heads):
         ours = predictor.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                torch.tensor([first]))
         _close(ours[0], logits[first])
+    int8 = Predictor(directory, device="cpu", precision="int8")  # the quantized path runs without a pooler too
+    assert [len(r["tags"]) for r in int8.predict(TEXTS[:3])] == [len(t.split()) for t in TEXTS[:3]]
 
 
 def test_a_question_answering_model_answers_as_transformers(heads):

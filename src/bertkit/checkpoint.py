@@ -128,6 +128,10 @@ def from_hf_state_dict(
         state = {(k if k.startswith(("cls.",)) else prefix + k): v for k, v in state.items()}
     elif not prefix and has_prefix:
         state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
+    if not getattr(model, "uses_pooler", True) and not any(k.startswith(f"{prefix}pooler.") for k in state):
+        # transformers' class of this head has no pooler, so its checkpoints have none: nor has the model then (a
+        # made-up one would be random weights, saved and exported)
+        (model.bert if prefix else model).pooler = None
 
     used: set[str] = set()
     missing: list[str] = []
@@ -151,9 +155,6 @@ def from_hf_state_dict(
             continue
         to_load[name] = tensor
     unexpected = sorted(k for k in state if k not in used and not _IGNORED_HF_KEYS.search(k))
-    if not getattr(model, "uses_pooler", True):
-        # transformers' class of this head has no pooler, so its checkpoints have none; ours is never read
-        missing = [m for m in missing if not m.startswith(f"{prefix}pooler.")]
     missing_encoder = [m for m in missing if _is_encoder_key(model, m.split(" ")[0])]
     problems = []
     if mismatched:
