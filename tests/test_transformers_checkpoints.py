@@ -87,6 +87,26 @@ def test_a_tokenizer_json_without_vocab_txt_gives_transformers_ids(tmp_path):
         assert again(text)["input_ids"] == tokenizer(text)["input_ids"] == reread.encode(text)
 
 
+def test_minilm_with_only_its_tokenizer_json_loads_as_with_its_vocab_txt(minilm_dir, tmp_path, capsys):
+    from bertkit import BertModel
+
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).symlink_to(minilm_dir / name)
+    texts = ["Café au lait, s'il vous plaît!", "北京欢迎你 — naïve résumé", "unbelievably tokenized"]
+    with_vocab, without = Tokenizer.from_pretrained(minilm_dir), Tokenizer.from_pretrained(tmp_path)
+    assert without.vocab == with_vocab.vocab and without.options == with_vocab.options
+    assert [without.encode(t) for t in texts] == [with_vocab.encode(t) for t in texts]
+    batch = without(texts)
+    with torch.no_grad():
+        ours = BertModel.from_pretrained(tmp_path)(batch["input_ids"], batch["attention_mask"])
+        reference = BertModel.from_pretrained(minilm_dir)(batch["input_ids"], batch["attention_mask"])
+    assert torch.equal(ours.last_hidden_state, reference.last_hidden_state)
+    assert main(["info", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "vocabulary   30522 tokens (tokenizer.json)" in printed
+    assert "task         none: pre-trained (predict and serve run sentence_embedding)" in printed
+
+
 def test_a_tokenizer_json_that_is_not_wordpiece_is_refused_by_name(tmp_path):
     hf_tokenizer(tmp_path).save_pretrained(tmp_path / "saved")
     (tmp_path / "saved" / "vocab.txt").unlink(missing_ok=True)

@@ -126,7 +126,7 @@ def test_a_stored_mlm_decoder_and_a_tokenizer_json_checkpoint_are_extended(tmp_p
     assert theirs.config.vocab_size == len(VOCAB) + 1
 
 
-def test_a_fine_tuned_checkpoint_keeps_its_task_and_its_predictions(tmp_path):
+def test_a_fine_tuned_checkpoint_keeps_its_task_and_its_predictions(tmp_path, capsys):
     from tests.reliability.tiny_checkpoints import make_classifier
 
     directory = make_classifier(tmp_path / "c")
@@ -136,6 +136,10 @@ def test_a_fine_tuned_checkpoint_keeps_its_task_and_its_predictions(tmp_path):
     after = Predictor(tmp_path / "ext", device="cpu", precision="fp32")
     assert after.task == "classification" and after.predict(texts) == before
     assert after.tokenizer.tokenize("酒店服务很好")[0] == "酒店服务"
+    assert main(["info", str(tmp_path / "ext")]) == 0
+    printed = capsys.readouterr().out
+    assert f"vocabulary   {len(after.tokenizer)} tokens (vocab.txt, 1 of them added tokens)" in printed
+    assert "task         classification (task.json)" in printed
 
 
 @pytest.mark.parametrize(("lines", "message"), [
