@@ -307,8 +307,8 @@ def _pretrained_task_arg(p: argparse.ArgumentParser) -> None:
 def _serve_args(p: argparse.ArgumentParser) -> None:
     from bertkit.serve import ServeConfig
 
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
-                   "(fill-mask or sentence embeddings)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
+                   "BertFor* head), or a pre-trained one (fill-mask or sentence embeddings)")
     _pretrained_task_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int_range(0, 65535), default=8000, help="(default: %(default)s)")
@@ -350,7 +350,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
+                   "BertFor* head)")
     p.add_argument("--data", required=True, help="labelled file (or directory, for formats that are directories)")
     p.add_argument("--format", default=None, help="input format (default: the task's)")
     _device_arg(p)
@@ -365,8 +366,8 @@ def _fill_mask_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
-                   "(fill-mask or sentence embeddings)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
+                   "BertFor* head), or a pre-trained one (fill-mask or sentence embeddings)")
     _pretrained_task_arg(p)
     p.add_argument("--input", default="-", help="JSONL objects or plain text lines, UTF-8 (a BOM is ignored, blank "
                    "lines skipped; no input at all is an error); '-' for stdin (default)")
