@@ -297,7 +297,13 @@ def test_what_bertkit_does_not_read_is_refused_by_name(heads, tmp_path):
         Predictor(directory, device="cpu")
     directory = copy("BertForTokenClassification")
     _edit_config(directory, id2label={str(i): f"LABEL_{i}" for i in range(5)})
-    with pytest.raises(CheckpointError, match=r"id2label has \['0', '1', '2', '3', '4'\], which are not entity tags"):
+    with pytest.raises(CheckpointError, match=r"id2label has \['LABEL_0', 'LABEL_1', 'LABEL_2', 'LABEL_3', "
+                                              r"'LABEL_4'\], which are not entity tags"):
+        Predictor(directory, device="cpu")
+    directory = copy("BertForSequenceClassification")
+    _edit_config(directory, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    with pytest.raises(CheckpointError, match=r"one label in id2label: transformers trains a one-output "
+                                              r"BertForSequenceClassification as regression"):
         Predictor(directory, device="cpu")
     directory = copy("BertForTokenClassification")
     _edit_config(directory, architectures=["BertForSequenceClassification"])  # a tagger's weights (no pooler)

@@ -86,6 +86,9 @@ def _classification(directory: Path, config: BertConfig, source: str) -> tuple[s
         raise CheckpointError(f"{source}: problem_type {problem!r} is not supported; bertkit reads a "
                               "BertForSequenceClassification with problem_type single_label_classification (or none)")
     labels, why = _labels(config, source)
+    if len(labels) == 1:
+        raise CheckpointError(f"{source}: one label in id2label: transformers trains a one-output "
+                              "BertForSequenceClassification as regression, which bertkit does not read")
     length, length_why = _length(config)
     return "classification", {"labels": labels, "max_seq_len": length}, [
         why, f"problem_type {problem or 'absent'}: single-label", length_why]
@@ -93,7 +96,7 @@ def _classification(directory: Path, config: BertConfig, source: str) -> tuple[s
 
 def _ner(directory: Path, config: BertConfig, source: str) -> tuple[str, dict[str, Any], list[str]]:
     tags, why = _labels(config, source)
-    bad = [t for t in tags if not _TAG.fullmatch(t)]
+    bad = [t for t in config.extra["id2label"].values() if not _TAG.fullmatch(t)]  # as written, not as read
     if bad:
         raise CheckpointError(f"{source}: id2label has {bad[:5]!r:.200}, which are not entity tags; bertkit reads a "
                               "BertForTokenClassification as NER, whose labels are O and B-/I- (E-/S-) TYPE tags")
