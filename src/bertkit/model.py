@@ -151,6 +151,7 @@ class CheckpointIO:
 
     hf_architecture: str
     hf_head_renames: tuple[tuple[str, str], ...] = ()  # (bertkit prefix, transformers prefix) for head weights
+    uses_pooler: bool = True  # False: the head never reads the pooler; from a checkpoint without one, it has none
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs):

@@ -117,7 +117,7 @@ def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256
 
     key = hashlib.sha256(json.dumps([vocab, options], sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
     if key not in _WORKER_TOKENIZER:
-        fields = {**options, "additional_special_tokens": tuple(options.get("additional_special_tokens", ()))}
+        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()}
         _WORKER_TOKENIZER[key] = Tokenizer(vocab, TokenizerOptions(**fields))
     tokenizer = _WORKER_TOKENIZER[key]
     documents = [[s for line in document for s in split_sentences(line, max_sentence_chars)] for document in lines]

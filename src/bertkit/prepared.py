@@ -44,6 +44,8 @@ COUNTS = ("documents", "sentences", "tokens", "characters")  # what a shard's re
 def vocabulary_fingerprint(tokenizer: Tokenizer) -> str:
     """sha256 of the vocabulary and the normalisation options: two tokenizers with the same one give the same ids."""
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
+    if not options["added_tokens"]:
+        del options["added_tokens"]  # left out when empty: manifests of vocabularies without any hash no such key
     text = json.dumps({"vocab": tokenizer.vocab, "options": options}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
