@@ -10,6 +10,7 @@ from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 from bertkit.config import SIZE_LIMITS
+from bertkit.errors import BertkitError
 
 
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -120,15 +121,24 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
         if switch:
             kwargs["action"] = "store_false" if _default(first) else "store_true"
         else:
-            for key in ("choices", "type", "nargs", "metavar"):
+            for key in ("type", "nargs", "metavar"):
                 if first.metadata.get(key) is not None:
                     kwargs[key] = first.metadata[key]
+            # every owner's choices (a `--head` whose heads differ by task); options_from_args checks the owner's
+            choices = list(dict.fromkeys(c for _, f in found for c in f.metadata.get("choices") or ()))
+            if choices:
+                kwargs["choices"] = choices
         parser.add_argument(_flag_name(first), **kwargs)
 
 
 def options_from_args(cls: type, args: argparse.Namespace) -> Any:
     """An instance of the options dataclass `cls` from parsed flags (`add_dataclass_flags`): a flag left at None
-    keeps the class's default."""
+    keeps the class's default; a value outside the field's own choices (a flag several classes share) is an
+    error."""
     values = {f.name: getattr(args, f.name) for f in flag_fields(cls)
               if getattr(args, f.name, None) is not None}
+    for f in flag_fields(cls):
+        choices = f.metadata.get("choices")
+        if f.name in values and choices and values[f.name] not in choices:  # a shared flag's other owner's choice
+            raise BertkitError(f"{_flag_name(f)} {values[f.name]}: choose one of {', '.join(choices)} here")
     return cls(**values)

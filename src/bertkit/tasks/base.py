@@ -87,7 +87,7 @@ def check_task_fits_config(directory: str | Path, spec: Any, info: Any, config: 
     loading would predict nonsense."""
     task_path, config_path = Path(directory) / TASK_FILE, Path(directory) / "config.json"
     problems = []
-    architecture = spec.model.hf_architecture
+    architecture = spec.model_for(info).hf_architecture
     if spec.load is None and architecture not in config.architectures:
         problems.append(f"{task_path} says task {spec.name!r} (a {architecture}) but {config_path} says "
                         f"architectures {config.architectures}")

@@ -4,6 +4,7 @@ functions), declared in the task's own file; the CLI, Predictor, server and web 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,7 +42,7 @@ class TaskSpec:
     - `config_extra(info) -> dict`: the config.json entries derived from info (id2label for transformers), written
       when the model is saved and checked when it is loaded;
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
-      class is loaded strictly);
+      class, `model_for(info)`, is loaded strictly);
     - `work(item, info) -> Work`: an upper bound of what the model encodes for one (checked) input, found without
       tokenizing (each token covers at least one character): how many sequences, how many tokens in all. The
       server refuses a request whose work is over its budget before any encoding (default: one sequence of all
@@ -50,7 +51,8 @@ class TaskSpec:
       run before the input is batched with others.
     `view` tells the web page how to show a result: which result keys hold a label, probabilities, spans (and over
     which input field), a corrected text, fill-mask candidates, graph edges (subject, predicate, object with
-    their types) or a vector.
+    their types) or a vector. `heads`: a task with more than one head names each head's model class, and its
+    info's `head` field says which one a checkpoint holds (`model` is the default head's class).
     """
 
     name: str
@@ -70,6 +72,11 @@ class TaskSpec:
     load: Callable[[Path, Any], nn.Module] | None = None
     work: Callable[[dict[str, Any], Any], Work] = field(default=lambda item, info: one_sequence(item, info))
     validate: Callable[[dict[str, Any], int], None] | None = None
+    heads: dict[str, type[nn.Module]] = field(default_factory=dict)
+
+    def model_for(self, info: Any) -> type[nn.Module]:
+        """The model class of a checkpoint with this info: the head its `head` field names, else `model`."""
+        return self.heads.get(getattr(info, "head", ""), self.model)
 
     @property
     def trainable(self) -> bool:
@@ -176,6 +183,14 @@ def seq_len_field(default: Any = dataclasses.MISSING) -> Any:
 def int_field(low: int, high: int, default: Any = dataclasses.MISSING, help: str = "") -> Any:
     return field(default=default, metadata={"check": _int_in(low, high),
                                             "expected": f"an integer from {low} to {high}", "help": help})
+
+
+def float_field(default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": _finite, "expected": "a finite number", "help": help})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def choice_field(choices: Sequence[str], default: Any = dataclasses.MISSING, help: str = "") -> Any:
