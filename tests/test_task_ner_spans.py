@@ -153,3 +153,60 @@ def test_options_of_the_other_head_are_refused(tmp_path):
         ner.finetune(tmp_path / "x", config, options=ner.NerOptions(head="global_pointer", crf=True))
     with pytest.raises(DataError, match="--doc-stride and --span-threshold apply to --head global_pointer"):
         ner.finetune(tmp_path / "x", config, options=ner.NerOptions(doc_stride=32))
+
+
+def test_the_onnx_encoder_predicts_the_same_spans(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from bertkit.cli import main
+    from bertkit.predict import Predictor
+
+    root, _ = checkpoint
+    path = tmp_path / "gp.onnx"
+    assert main(["export", str(root / "run" / "model"), "--onnx", str(path)]) == 0
+    (result,) = Predictor(root / "run" / "model", onnx=path).predict(["赵六在上海大学教书"])
+    assert _entities(result) == NESTED
+
+
+def test_a_span_checkpoint_without_its_task_json_says_it_was_lost(checkpoint, tmp_path):
+    import shutil
+
+    from bertkit.errors import CheckpointError
+    from bertkit.predict import Predictor
+
+    root, _ = checkpoint
+    copy = shutil.copytree(root / "run" / "model", tmp_path / "model")
+    (copy / "task.json").unlink()
+    with pytest.raises(CheckpointError, match=r"task\.json: not found, but .* holds a fine-tuned model "
+                                              r"\(BertForGlobalPointer; config\.json has bertkit_head, id2label\)"):
+        Predictor(copy, device="cpu")
+
+
+def test_the_web_page_shows_nested_spans_inside_their_outer_entity(checkpoint, tmp_path):
+    from tests.test_browser import CHROMEDRIVER, CHROMIUM, _driver
+
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them)")
+    from bench._serving import Server
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, _ = checkpoint
+    server = Server(root / "run" / "model", "--device", "cpu", "--precision", "fp32")
+    driver = _driver(tmp_path)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "task ner" in d.find_element(By.ID, "model-info").text)
+        driver.find_element(By.ID, "field-text").send_keys("赵六在上海大学教书")
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-done") == "1")
+        marks = driver.find_elements(By.CSS_SELECTOR, "#entities mark")
+        shown = {(m.get_attribute("data-type"), int(m.get_attribute("data-start")), int(m.get_attribute("data-end")))
+                 for m in marks}
+        assert shown == {(kind, start, end) for kind, start, end, _ in NESTED}
+        inner = driver.find_elements(By.CSS_SELECTOR, "#entities mark[data-type=ORG] mark")
+        assert {m.get_attribute("data-type") for m in inner} == {"LOC", "GPE"}  # the city inside the university
+        assert driver.find_element(By.ID, "entities").text.replace("\n", "").startswith("赵六PER在上海")
+    finally:
+        driver.quit()
+        server.stop()
