@@ -238,7 +238,7 @@ def _read_label_studio(path: str | Path) -> list[SpanText]:
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"bad Label Studio task: {reason(exc)}", str(path), number) from exc
-    report.report()
+    report.report(len(texts))
     return texts
 
 
