@@ -210,3 +210,25 @@ def test_the_web_page_shows_nested_spans_inside_their_outer_entity(checkpoint, t
     finally:
         driver.quit()
         server.stop()
+
+
+def test_transformers_has_no_span_head_and_loads_the_encoder_alone(tmp_path):
+    import transformers
+
+    from bertkit import BertConfig
+    from bertkit.tasks.ner_spans import BertForGlobalPointer
+    from tests.conftest import batch_with_padding_and_pairs, randomize_
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                        vocab_size=99, extra={"id2label": {"0": "LOC", "1": "ORG"}})
+    model = randomize_(BertForGlobalPointer(config), seed=5).eval()
+    model.save_pretrained(tmp_path)
+    transformers.logging.set_verbosity_error()
+    theirs = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    assert type(theirs).__name__ == "BertModel"
+    ids, mask, types = batch_with_padding_and_pairs(99)
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        ours = model.bert(ids, mask, types).last_hidden_state
+    keep = mask.bool()
+    assert torch.allclose(ours[keep], expected[keep], atol=1e-5)

