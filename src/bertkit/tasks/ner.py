@@ -304,13 +304,14 @@ class NerInfo:
 
 @dataclass
 class NerOptions:
-    head: str = flag("the head on the encoder", TAGGER, choices=HEADS)
+    head: str = flag("the head on the encoder; ner: tagger (a tag per word, transformers' BertForTokenClassification) "
+                     "or global_pointer (every span scored: nested and multi-label entities)", TAGGER, choices=HEADS)
     crf: bool = crf_option()
     scheme: str = scheme_option()
     word_level: str = word_level_option("char")
     doc_stride: int = flag("step between window starts, in tokens (capped at the window's context room)", DOC_STRIDE,
                            type=int_range(1))
-    span_threshold: float = flag("global_pointer: a span is an entity where its score is above this", 0.0,
+    span_threshold: float = flag("the global_pointer head's threshold: a span scoring above it is an entity", 0.0,
                                  type=float_range(-100.0, 100.0))
 
     def check(self) -> None:
