@@ -304,8 +304,8 @@ class NerInfo:
 
 @dataclass
 class NerOptions:
-    head: str = flag("the head on the encoder; ner: tagger (a tag per word, transformers' BertForTokenClassification) "
-                     "or global_pointer (every span scored: nested and multi-label entities)", TAGGER, choices=HEADS)
+    head: str = flag("the head on the encoder: tagger (a tag per word, transformers' BertForTokenClassification) or "
+                     "global_pointer (every span scored: nested and multi-label entities)", TAGGER, choices=HEADS)
     crf: bool = crf_option()
     scheme: str = scheme_option()
     word_level: str = word_level_option("char")
