@@ -95,8 +95,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
     type from its metadata), its value stored under the field's name for `options_from_args`.
 
     With `owners` (one name per class, e.g. the tasks whose options these are), a field that several classes share
-    is one flag: its help names the owners that take it and is the same for each; the flag's default is None (the
-    class's default applies), so a caller can tell which flags were given."""
+    is one flag: its help names the owners that take it (one help for all where they say the same, else each
+    owner's own), and its choices are every owner's (`options_from_args` checks the owner's own); the flag's
+    default is None (the class's default applies), so a caller can tell which flags were given."""
     shared: dict[str, list[tuple[str, Field[Any]]]] = {}
     for index, cls in enumerate(classes):
         for f in flag_fields(cls):
@@ -104,8 +105,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
     for name, found in shared.items():
         first = found[0][1]
         helps = {f.metadata["help"] for _, f in found}
-        if len(helps) > 1:
-            raise ValueError(f"the flag of {name!r} has different help texts in {[o for o, _ in found]}: {helps}")
+        if len(helps) > 1 and not owners:
+            raise ValueError(f"the flag of {name!r} has different help texts: {helps}")
         defaults = {owner: _default(f) for owner, f in found}
         switch = isinstance(_default(first), bool)
         quiet = switch or _default(first) in (None, [])  # a switch, or an option that is off unless given
@@ -113,7 +114,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
         if owners:
             same = len({repr(value) for value in defaults.values()}) == 1
             shown = str(_default(first)) if same else ", ".join(f"{owner} {value}" for owner, value in defaults.items())
-            kwargs["help"] = f"{', '.join(defaults)}: {first.metadata['help']}{'' if quiet else f' (default: {shown})'}"
+            said = (f"{', '.join(defaults)}: {first.metadata['help']}" if len(helps) == 1 else
+                    "; ".join(f"{owner}: {f.metadata['help']}" for owner, f in found))
+            kwargs["help"] = f"{said}{'' if quiet else f' (default: {shown})'}"
             kwargs["default"] = None  # the class's default applies; None tells a caller the flag was not given
         else:
             kwargs["help"] = first.metadata["help"] + ("" if quiet else " (default: %(default)s)")
@@ -124,7 +127,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
             for key in ("type", "nargs", "metavar"):
                 if first.metadata.get(key) is not None:
                     kwargs[key] = first.metadata[key]
-            # every owner's choices (a `--head` whose heads differ by task); options_from_args checks the owner's
+            # every owner's choices (heads differ by task); options_from_args checks the owner's own
             choices = list(dict.fromkeys(c for _, f in found for c in f.metadata.get("choices") or ()))
             if choices:
                 kwargs["choices"] = choices
