@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit import distributed, hardware, loader, rundir
+from bertkit.argtypes import flag, float_range, int_range
 from bertkit.compiled import CompiledOrEager
 from bertkit.device import describe, resolve_device, setup_cuda, to_device
 from bertkit.distributed import distributed_setup
@@ -39,39 +40,43 @@ from bertkit.resume import restore, training_state
 
 @dataclass
 class TrainConfig:
-    """How to train; every field is a `--flag` of the CLI commands that train."""
+    """How to train. Each field with a help text is a `--flag` of the commands that train (`train_flags`); its
+    type checks the range at parse time, and `__post_init__` checks the same for callers."""
 
-    output_dir: str = "runs/train"
-    batch_size: int = 32  # examples per process per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4
-    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
-    warmup: float = 0.06  # fraction of the steps (< 1) or a number of steps (>= 1)
-    max_steps: int = 0  # 0: derive from epochs
-    epochs: float = 1.0
-    max_grad_norm: float = 1.0  # 0 disables clipping
+    output_dir: str = flag("run directory: model/, checkpoints/, metrics.jsonl, curves.png", "runs/train")
+    batch_size: int = flag("examples per process per micro-batch", 32, type=int_range(1))
+    grad_accum: int = flag("micro-batches per optimizer step", 1, type=int_range(1))
+    lr: float = flag("peak learning rate", 1e-4, type=float_range(0, low_open=True))
+    weight_decay: float = flag("AdamW weight decay (not on biases and LayerNorm)", 0.01, type=float_range(0))
+    warmup: float = flag("warmup: a fraction of the steps (< 1) or a number of steps", 0.06, type=float_range(0))
+    max_steps: int = flag("optimizer steps (0: from --epochs)", 0, type=int_range(0))
+    epochs: float = flag("passes over the training data when --max-steps is 0", 1.0, type=float_range(0))
+    max_grad_norm: float = flag("gradient clipping norm (0: off)", 1.0, type=float_range(0))
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-6
-    bf16: bool | None = None  # None: bf16 autocast where the hardware has native bf16 (AVX512-BF16/AMX, CUDA)
-    seed: int = 42
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate at the end only
-    save_every: int = 0  # 0: checkpoint at the end only
-    keep_checkpoints: int = 2
-    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
-    progress: bool = True
-    # processes that build batches ahead of the step (torch.utils.data workers; 0: in the training process). The
-    # batch of step N is the same for any number: worker w builds the steps N with N % workers == w
-    workers: int = 0
-    # auto: CUDA where torch sees a GPU (this process's LOCAL_RANK GPU under torchrun), else the CPU
-    device: str = "auto"
-    compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it cannot)
-    resume: bool = False
-    overwrite: bool = False  # a fresh run in a directory holding a run: delete that run's outputs first
-    # On --resume, continue with changed settings or training data instead of refusing: the new learning rate,
-    # schedule (steps, epochs, warmup), weight decay, Adam settings, clipping and seed apply from the resume point
-    # (the optimizer's moments and the random state come from the checkpoint); the global batch cannot change.
-    allow_resume_changes: bool = False
+    # None: bf16 autocast where the hardware has native bf16 (AVX512-BF16/AMX, CUDA)
+    bf16: bool | None = flag("bf16 autocast (default: on where the CPU/GPU has native bf16)", None,
+                             negation="train in fp32")
+    seed: int = flag("random seed (data order, masking, initialisation, dropout)", 42, type=int_range(0))
+    log_every: int = flag("steps between metrics.jsonl records", 10, type=int_range(1))
+    eval_every: int = flag("steps between held-out evaluations (0: at the end)", 0, type=int_range(0))
+    save_every: int = flag("steps between checkpoints (0: at the end)", 0, type=int_range(0))
+    keep_checkpoints: int = flag("how many checkpoints to keep", 2, type=int_range(1))
+    max_bad_steps: int = flag("consecutive non-finite steps before stopping", 5, type=int_range(1))
+    progress: bool = flag("no progress bar", True)
+    # worker w builds the batches of the steps N with N % workers == w (torch.utils.data workers)
+    workers: int = flag("processes building batches ahead of the step (0: in the training process; the batches are "
+                        "the same for any number)", 0, type=int_range(0))
+    device: str = flag("auto, cpu, cuda or cuda:N (auto: CUDA where available; under torchrun each process takes its "
+                       "LOCAL_RANK GPU)", "auto")
+    compile: bool = flag("torch.compile the model (eager, with a warning, where it cannot compile)", False)
+    resume: bool = flag("continue from the newest intact checkpoint in --output-dir", False)
+    overwrite: bool = flag("delete the run already in --output-dir (checkpoints/, model/, metrics) and start again",
+                           False)
+    # The optimizer's moments and the random state come from the checkpoint.
+    allow_resume_changes: bool = flag(
+        "with --resume: continue with changed settings or training data instead of refusing (new lr, schedule, "
+        "weight decay, clipping and seed apply from the resume point; the global batch cannot change)", False)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
