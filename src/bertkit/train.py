@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from bertkit import distributed, hardware, loader, rundir
 from bertkit.argtypes import flag, float_range, int_range
+from bertkit.best import Best
 from bertkit.compiled import CompiledOrEager
 from bertkit.device import describe, resolve_device, setup_cuda, to_device
 from bertkit.distributed import distributed_setup
@@ -63,6 +64,12 @@ class TrainConfig:
     save_every: int = flag("steps between checkpoints (0: at the end)", 0, type=int_range(0))
     keep_checkpoints: int = flag("how many checkpoints to keep", 2, type=int_range(1))
     max_bad_steps: int = flag("consecutive non-finite steps before stopping", 5, type=int_range(1))
+    best_metric: str | None = flag(
+        "the evaluation metric whose best value picks the weights model/ holds: one the task's evaluation reports, "
+        "or loss (the training loss since the previous evaluation); lower is better for loss and *_loss, higher "
+        "for the others (default: the task's headline metric)", None, metavar="NAME")
+    patience: int = flag("stop after this many evaluations in a row without a better --best-metric (0: never)", 0,
+                         type=int_range(0))
     progress: bool = flag("no progress bar", True)
     # worker w builds the batches of the steps N with N % workers == w (torch.utils.data workers)
     workers: int = flag("processes building batches ahead of the step (0: in the training process; the batches are "
@@ -82,7 +89,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "seed", "workers"):
+        for name in ("max_steps", "eval_every", "save_every", "seed", "workers", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "warmup", "epochs", "max_grad_norm", "adam_eps"):
@@ -95,6 +102,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
             raise ValueError("give a positive max_steps or epochs")
+        if self.patience and not self.eval_every:
+            raise ValueError("patience counts evaluations: give eval_every too")
+        if self.best_metric is not None and not (isinstance(self.best_metric, str) and self.best_metric.strip()):
+            raise ValueError(f"TrainConfig.best_metric must be a metric's name or None, got {self.best_metric!r}")
         if self.resume and self.overwrite:
             raise ValueError("give resume (continue the run) or overwrite (replace it), not both")
         self.adam_betas = tuple(self.adam_betas)
@@ -105,6 +116,8 @@ class TrainTask(Protocol):
 
     # Under DDP: whether some parameters get no gradient in a step (unused heads), which DDP must then search for.
     find_unused_parameters: bool
+    # The metric that ranks evaluations when --best-metric names none (None: the first one `evaluate` reports).
+    headline_metric: str | None
 
     def num_examples(self, epoch: int) -> int:
         """Training examples in this epoch (may vary: NSP pairs are rebuilt every epoch)."""
@@ -134,9 +147,11 @@ class TrainTask(Protocol):
 
 @dataclass
 class FitResult:
-    step: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    step: int  # the last step trained
+    metrics: dict[str, float] = field(default_factory=dict)  # the evaluation of the weights model/ holds
     output_dir: Path = Path()
+    best_step: int | None = None  # the step whose weights model/ holds, where evaluations ranked them
+    stopped_early: bool = False  # --patience ended the run before its last step
 
 
 # ---- pieces of the loop ------------------------------------------------------------------------------------------
@@ -210,9 +225,11 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     fingerprint: str | None
+    best: Best
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
+    stopped: bool = False  # --patience has run out: the loop ends at this step
 
     @property
     def metrics_path(self) -> Path:
@@ -232,20 +249,34 @@ class Run:
         path = None
         if state is not None:
             path = rundir.write_checkpoint(self.output, self.step, functools.partial(self.task.save, self.model), state,
-                                           self.config.keep_checkpoints)
+                                           self.config.keep_checkpoints, self.best.step)
         distributed.barrier()
         return path
 
     def evaluate(self) -> dict[str, float]:
+        """Evaluate, rank the evaluation (`Best`), keep the weights on disk when they are the best so far; every
+        rank learns whether `--patience` has run out."""
         result: dict[str, float] = {}
         if self.rank == 0:
             self.model.eval()
             with torch.no_grad(), self.autocast():
                 result = self.task.evaluate(self.model)
             self.model.train()
+            judged = self.best.judge(result, self.config.patience)
+            if judged is not None and self.best.improves(*judged):
+                # on disk before the ranking changes: a checkpoint never refers to best weights not yet written
+                rundir.write_best(self.output, self.step, functools.partial(self.task.save, self.model))
+            self.best.record(self.step, result, judged)
             self.log({"kind": "eval", "step": self.step, "epoch": self.epoch, **result})
+            if judged is not None:
+                self.log(self.best.record_line(self.step))
             rundir.plot_curves(self.metrics_path, self.output / rundir.CURVES_NAME, self.title)
-        distributed.barrier()
+        # the ranking lives on rank 0; every rank needs whether to stop, and which step was evaluated
+        self.stopped = distributed.all_reduce_sum([float(self.best.exhausted(self.config.patience))])[0] > 0
+        self.best.evaluated_step = self.step
+        if self.stopped:
+            self.log({"kind": "stopped", "step": self.step, "reason": f"{self.config.patience} evaluations without "
+                      f"a better {self.best.metric}", "best_step": self.best.step})
         return result
 
 
@@ -272,7 +303,8 @@ def _start_run(model: nn.Module, task: TrainTask, config: TrainConfig, title: st
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, warmup_steps))
     return Run(config, task, model, title, device, rank, world, Path(config.output_dir), amp_dtype,
                 torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), global_batch, total_steps,
-                optimizer, scheduler, task.fingerprint() if hasattr(task, "fingerprint") else None)
+                optimizer, scheduler, task.fingerprint() if hasattr(task, "fingerprint") else None,
+                Best.start(config.best_metric, task.headline_metric))
 
 
 class ThroughputMeter:
@@ -396,7 +428,10 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     batches = loader.batches(task, config, run.world, run.rank, run.epoch, run.step_in_epoch,
                              run.total_steps - run.step, run.device)
     try:
-        while run.step < run.total_steps:
+        if (config.eval_every and 0 < run.step < run.total_steps and run.step % config.eval_every == 0
+                and run.best.evaluated_step != run.step and not run.stopped):
+            last_eval = run.evaluate()  # resumed from a checkpoint saved between a step and its evaluation (Ctrl-C)
+        while run.step < run.total_steps and not run.stopped:
             run.epoch, run.step_in_epoch, micro = next(batches)
             micro = to_device(micro, run.device)  # pinned by the loader on CUDA: the copies overlap the step
             step_loss, finite = _backward(run, train_model, micro, meter)
@@ -407,7 +442,9 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
                 run.step += 1
                 run.step_in_epoch += 1
             # each process holds its share of the global mean; the sum over processes is the mean
-            meter.add_step(dict(zip(step_loss, distributed.all_reduce_sum(list(step_loss.values())), strict=True)))
+            step_mean = dict(zip(step_loss, distributed.all_reduce_sum(list(step_loss.values())), strict=True))
+            meter.add_step(step_mean)
+            run.best.add_step_loss(sum(step_mean.values()))
             if run.step % config.log_every == 0 or run.step == run.total_steps:
                 record = meter.record(run.step, run.epoch, run.scheduler.get_last_lr()[0], float(grad_norm))
                 run.log(record)
@@ -424,7 +461,8 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
         if progress is not None:
             progress.close()
         del batches  # the loader's workers end here, not after the final evaluation and checkpoint
-        last_eval = run.evaluate()  # inside the try: Ctrl-C during the final evaluation still saves the trained steps
+        if run.best.evaluated_step != run.step:  # (an early stop has just evaluated this step)
+            last_eval = run.evaluate()  # inside the try: Ctrl-C here still saves the trained steps
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
@@ -442,10 +480,21 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     if guard is not None:
         guard.saving = True  # the final checkpoint and model/: a Ctrl-C now waits for them instead of cutting them
     final = run.checkpoint()
+    best = run.best
     if run.rank == 0 and final is not None:
-        rundir.publish(run.output, final, run.title)
+        rundir.publish(run.output, _best_weights(run) if best.step is not None else final, run.title)
     distributed.barrier()
-    return FitResult(step=run.step, metrics=last_eval, output_dir=run.output)
+    return FitResult(step=run.step, metrics=best.metrics if best.step is not None else last_eval,
+                     output_dir=run.output, best_step=best.step, stopped_early=run.stopped)
+
+
+def _best_weights(run: Run) -> Path:
+    source = rundir.best_weights(run.output, run.best.step)
+    if source is None:
+        raise TrainingError(f"the best weights (step {run.best.step}, {run.best.metric} {run.best.value}) are missing "
+                            f"or damaged in {run.output / rundir.BEST}; the final weights are in "
+                            f"{run.output / rundir.CHECKPOINTS}")
+    return source
 
 
 def _save_on_interrupt(run: Run, guard: InterruptGuard | None, reason: str = "interrupted") -> Path | None:
