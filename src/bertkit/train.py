@@ -36,6 +36,7 @@ from bertkit.errors import TrainingError
 from bertkit.interrupt import InterruptGuard
 from bertkit.loader import WorkerDied
 from bertkit.memory import limit_heap_growth
+from bertkit.model import set_gradient_checkpointing
 from bertkit.resume import restore, training_state
 
 
@@ -77,6 +78,9 @@ class TrainConfig:
     device: str = flag("auto, cpu, cuda or cuda:N (auto: CUDA where available; under torchrun each process takes its "
                        "LOCAL_RANK GPU)", "auto")
     compile: bool = flag("torch.compile the model (eager, with a warning, where it cannot compile)", False)
+    gradient_checkpointing: bool = flag(
+        "keep only each encoder layer's input for backward and recompute its activations there: less memory, one "
+        "more forward pass a step, the same gradients", False)
     resume: bool = flag("continue from the newest intact checkpoint in --output-dir", False)
     overwrite: bool = flag("delete the run already in --output-dir (checkpoints/, model/, metrics) and start again",
                            False)
@@ -286,6 +290,8 @@ def _start_run(model: nn.Module, task: TrainTask, config: TrainConfig, title: st
     rank, world = distributed_setup(device)
     setup_cuda(device)
     model.to(device)
+    if not set_gradient_checkpointing(model, config.gradient_checkpointing) and config.gradient_checkpointing:
+        raise TrainingError("--gradient-checkpointing: the model has no BERT encoder layers to checkpoint")
     amp_dtype = autocast_dtype(device, config.bf16)
     if rank == 0 and device.type == "cuda":
         print(f"training on {describe(device)}, autocast {amp_dtype or 'off (fp32, TF32 matmuls)'}")
