@@ -174,16 +174,16 @@ def _restore_best(run: Run, saved: dict[str, Any] | None, resumed_from: Path) ->
             best.metric, best.requested = config.best_metric or run.task.headline_metric, config.best_metric is not None
             best.reset()
         run.best = best
-    run.stopped = run.best.exhausted(config.patience)
-    if run.rank != 0:
-        return
-    rundir.drop_best_after(run.output, run.step)
+    if run.rank == 0:
+        rundir.drop_best_after(run.output, run.step)
+    # every rank reads the directory here (as it read the checkpoint), so all agree on the ranking and on stopping
     if run.best.step is not None and rundir.best_weights(run.output, run.best.step) is None:
-        warnings.warn(f"{resumed_from} ranks step {run.best.step} best ({run.best.metric} {run.best.value}), but its "
-                      f"weights in {run.output / rundir.BEST} are missing or damaged: the ranking starts again",
-                      stacklevel=3)
+        if run.rank == 0:
+            warnings.warn(f"{resumed_from} ranks step {run.best.step} best ({run.best.metric} {run.best.value}), but "
+                          f"its weights in {run.output / rundir.BEST} are missing or damaged: the ranking starts "
+                          "again", stacklevel=3)
         run.best.reset()
-        run.stopped = False
+    run.stopped = run.best.exhausted(config.patience)
 
 
 def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> None:
