@@ -123,6 +123,7 @@ def restore(run: Run) -> None:
         if rank == 0:  # a fresh run starts a fresh log, and ranks its own evaluations
             run.metrics_path.unlink(missing_ok=True)
             shutil.rmtree(run.output / rundir.BEST, ignore_errors=True)
+            shutil.rmtree(run.output / rundir.TENSORBOARD, ignore_errors=True)
         return
     state = rundir.read_state(resumed_from)
     changes = resume_changes(state.get("config", {}), config, state.get("fingerprint"), run.fingerprint)

@@ -7,6 +7,7 @@ best evaluated weights, the published model/, metrics.jsonl and the curves drawn
                                          best ones a kept checkpoint still refers to
     OUTPUT/model/                        the best evaluated weights (else the final checkpoint's), no training state
     OUTPUT/metrics.jsonl, curves.png     one JSON record per log line or evaluation; loss and scores per step
+    OUTPUT/tensorboard/                  the same records as TensorBoard scalars (`--report-to tensorboard`)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 MODEL_NAME = "model"
 BEST = "best"
+TENSORBOARD = "tensorboard"
 LOCK_NAME = ".lock"
 # What makes a directory hold a run: a fresh run refuses to start over these unless told to (--overwrite).
 RUN_OUTPUTS = (CHECKPOINTS, MODEL_NAME, METRICS_NAME)
@@ -130,7 +132,7 @@ def _claim(output: Path, resume: bool, overwrite: bool, own: tuple[str, ...]) ->
     if resume:
         return
     if overwrite:
-        for name in (*RUN_OUTPUTS, BEST, CURVES_NAME, *own):
+        for name in (*RUN_OUTPUTS, BEST, TENSORBOARD, CURVES_NAME, *own):
             target = output / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -307,6 +309,30 @@ def trim_metrics(path: Path, step: int) -> None:
         warnings.warn(f"{path}: {torn} unreadable line(s) (a write cut short by a crash) dropped", stacklevel=2)
     kept = [record for record in records if record.get("step", 0) <= step]
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+def summary_writer_class() -> Any:
+    """torch's TensorBoard writer, or a TrainingError saying how to install what it needs."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise TrainingError(f"--report-to tensorboard needs the tensorboard package ({exc}); install it with "
+                            "pip install 'bertkit[tensorboard]' (or pip install tensorboard)") from None
+    return SummaryWriter
+
+
+def open_tensorboard(output: Path, next_step: int) -> Any:
+    """A TensorBoard writer into OUTPUT/tensorboard. A resumed run starts at `next_step`: TensorBoard drops what the
+    interrupted run wrote from that step on, as `trim_metrics` drops it from metrics.jsonl."""
+    return summary_writer_class()(str(output / TENSORBOARD), purge_step=next_step if next_step > 1 else None)
+
+
+def add_scalars(writer: Any, record: dict[str, Any]) -> None:
+    """A metrics.jsonl record as TensorBoard scalars, one tag per number: KIND/NAME (train/loss, eval/accuracy,
+    best/value ...) at the record's step."""
+    for name, value in record.items():
+        if name not in ("kind", "step") and isinstance(value, int | float) and not isinstance(value, bool):
+            writer.add_scalar(f"{record['kind']}/{name}", value, record["step"])
 
 
 def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:

@@ -78,6 +78,9 @@ class TrainConfig:
     device: str = flag("auto, cpu, cuda or cuda:N (auto: CUDA where available; under torchrun each process takes its "
                        "LOCAL_RANK GPU)", "auto")
     compile: bool = flag("torch.compile the model (eager, with a warning, where it cannot compile)", False)
+    report_to: str | None = flag(
+        "also write the metrics as TensorBoard event files in OUTPUT_DIR/tensorboard (the optional extra: pip "
+        "install 'bertkit[tensorboard]')", None, choices=("tensorboard",))
     gradient_checkpointing: bool = flag(
         "keep only each encoder layer's input for backward and recompute its activations there: less memory, one "
         "more forward pass a step, the same gradients", False)
@@ -234,6 +237,7 @@ class Run:
     epoch: int = 0
     step_in_epoch: int = 0
     stopped: bool = False  # --patience has run out: the loop ends at this step
+    board: Any = None  # rank 0's TensorBoard writer (--report-to tensorboard)
 
     @property
     def metrics_path(self) -> Path:
@@ -246,6 +250,8 @@ class Run:
     def log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
             rundir.append_metrics(self.metrics_path, record)
+            if self.board is not None:
+                rundir.add_scalars(self.board, record)
 
     def checkpoint(self) -> Path | None:
         """Save weights and the whole training state (every rank's RNG) at the current step; rank 0 writes."""
@@ -254,6 +260,8 @@ class Run:
         if state is not None:
             path = rundir.write_checkpoint(self.output, self.step, functools.partial(self.task.save, self.model), state,
                                            self.config.keep_checkpoints, self.best.step)
+            if self.board is not None:
+                self.board.flush()  # what the checkpoint's step covers is on disk in both logs
         distributed.barrier()
         return path
 
@@ -288,6 +296,8 @@ def _start_run(model: nn.Module, task: TrainTask, config: TrainConfig, title: st
     """Device, precision, step count, optimizer and schedule of a run, before any resume."""
     device = resolve_device(config.device)
     rank, world = distributed_setup(device)
+    if config.report_to == "tensorboard":
+        rundir.summary_writer_class()  # the package is there before any step
     setup_cuda(device)
     model.to(device)
     if not set_gradient_checkpointing(model, config.gradient_checkpointing) and config.gradient_checkpointing:
@@ -421,6 +431,18 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
          guard: InterruptGuard | None = None) -> FitResult:
     run = _start_run(model, task, config, title)
     restore(run)
+    if config.report_to == "tensorboard" and run.rank == 0:
+        run.board = rundir.open_tensorboard(run.output, run.step + 1)
+    try:
+        return _train(run, guard)
+    finally:
+        if run.board is not None:
+            run.board.close()
+
+
+def _train(run: Run, guard: InterruptGuard | None) -> FitResult:
+    """The loop, from wherever `run` stands (a fresh start or a restored checkpoint) to its final checkpoint."""
+    model, task, config = run.model, run.task, run.config
     train_model: nn.Module = CompiledOrEager(model) if config.compile else model
     if run.world > 1:
         train_model = nn.parallel.DistributedDataParallel(

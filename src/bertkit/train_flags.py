@@ -21,6 +21,10 @@ def config_from_args(args: Any, **overrides: Any) -> TrainConfig:
     except ValueError as exc:  # combinations argparse cannot see (--resume with --overwrite, no steps nor epochs)
         raise TrainingError(f"invalid training flags: {exc}") from exc
     resolve_device(config.device)  # a device this machine lacks is refused before any data is read
+    if config.report_to == "tensorboard":
+        from bertkit.rundir import summary_writer_class
+
+        summary_writer_class()  # so is a missing tensorboard package
     return config
 
 
