@@ -52,6 +52,7 @@ bench: data
 	$(PY) bench/int8.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/scale.py
+	$(PY) bench/grad_checkpointing.py
 	$(PY) bench/readme_tables.py
 
 # the hostile-input rounds: 60 s load with hostile clients, the costliest request per task (BERT-tiny, then

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bertkit import resources
 from bertkit.argtypes import (
@@ -150,9 +151,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                       heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                       model_size=args.model_size, init_from=args.init_from,
                       options=options_from_args(PretrainingOptions, args))
-    if result.metrics:
-        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"model: {result.output_dir / 'model'}")
+    _print_result(result, "held-out")
     return 0
 
 
@@ -178,10 +177,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if spec.options:
         common["options"] = options_from_args(spec.options, args)  # the flags given; the class's defaults for the rest
     result = spec.finetune(args.train, config_from_args(args), **common)
-    if result.metrics:
-        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"model: {result.output_dir / 'model'}")
+    _print_result(result, "evaluation")
     return 0
+
+
+def _print_result(result: Any, what: str) -> None:
+    """The evaluation of the weights model/ holds (the best evaluated ones), and where the run stopped."""
+    if result.stopped_early:
+        print(f"stopped early at step {result.step} (--patience)")
+    if result.metrics:
+        at = f" of step {result.best_step} (the best)" if result.best_step not in (None, result.step) else ""
+        print(f"{what}{at}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"model: {result.output_dir / 'model'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

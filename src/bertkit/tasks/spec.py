@@ -66,6 +66,9 @@ class TaskSpec:
     options: type | None = None  # a dataclass whose fields are the task's finetune flags
     finetune: Callable[..., Any] | None = None  # None: the task needs no training (fill-mask, embeddings)
     evaluate: Callable[..., dict[str, float]] | None = None
+    # The evaluation metric that ranks checkpoints unless --best-metric names another. None: the info's `metric`
+    # field where the info has one (a headline that follows the data format), else the evaluation's first metric.
+    headline: str | None = None
     config_extra: Callable[[Any], dict[str, Any]] = field(default=lambda info: {})
     load: Callable[[Path, Any], nn.Module] | None = None
     work: Callable[[dict[str, Any], Any], Work] = field(default=lambda item, info: one_sequence(item, info))
