@@ -1,9 +1,12 @@
 """Sentence / sentence-pair classification: real dataset readers, malformed lines, hand-computed scores,
-a tiny end-to-end run on sentence pairs that only a model reading the second segment can solve."""
+a tiny end-to-end run on sentence pairs that only a model reading the second segment can solve; multi-label and
+regression (toy sets learned, the same logits and loss in transformers, threshold tuning by hand, bad labels named);
+long texts in windows (pooling by hand, the serving budget, an ending learned only when read)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 
 import pytest
@@ -13,6 +16,7 @@ from bertkit.tasks import classification
 from bertkit.tasks.classification import read_examples, scores
 from bertkit.train import TrainConfig
 from tests.conftest import shared_data
+from tests.serving import make_windowed_classifier
 
 
 @pytest.mark.parametrize(("path", "fmt", "count", "labels", "paired"), [
@@ -358,8 +362,6 @@ def test_flags_that_do_not_apply_are_refused(tmp_path, capsys):
 
 
 def test_goemotions_and_sts_b_read():
-    from collections import Counter
-
     train = read_examples(shared_data("goemotions", "train.tsv"), "goemotions")
     assert len(train) == 43410
     assert Counter(len(e.label) for e in train) == {1: 36308, 2: 6541, 3: 532, 4: 28, 5: 1}  # SOURCE.md's counts
@@ -376,3 +378,128 @@ def test_goemotions_and_sts_b_read():
     assert (dev[0].text, dev[0].text_pair, dev[0].label) == (
         "A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0)
     assert all(e.label is None for e in read_examples(shared_data("sts_b", "test.tsv"), "stsb"))  # no scores there
+
+
+# ---- long texts in windows -----------------------------------------------------------------------------------
+
+def test_windows_cover_the_text_by_hand():
+    ids = list(range(10, 20))  # ten tokens; max_seq_len 6 leaves windows of 4
+    rows = classification.text_windows(ids, 6, 2, 1, 2)
+    assert [r[0] for r in rows] == [[1, 10, 11, 12, 13, 2], [1, 12, 13, 14, 15, 2], [1, 14, 15, 16, 17, 2],
+                                    [1, 16, 17, 18, 19, 2]]
+    assert all(r[1] == [0] * 6 for r in rows)
+    # a stride over the window is cut to it (no token left out); the last window ends at the text's end
+    assert [r[0] for r in classification.text_windows(ids, 6, 9, 1, 2)] == [
+        [1, 10, 11, 12, 13, 2], [1, 14, 15, 16, 17, 2], [1, 18, 19, 2]]
+    assert classification.text_windows([10, 11], 6, 2, 1, 2) == [([1, 10, 11, 2], [0, 0, 0, 0])]
+    assert classification.text_windows([], 6, 2, 1, 2) == [([1, 2], [0, 0])]
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_pooled_logits_are_the_windows_logits_pooled_by_hand(tmp_path, pool):
+    import torch
+
+    from bertkit.predict import Predictor
+
+    model, tok = make_windowed_classifier(tmp_path, "regression", pool)
+    text = "the cat sat on the mat while dogs run fast and it is raining"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == 16  # windows of 6 tokens every 3: starts 0, 3, 6, 9, 12 (the last reaches the end)
+
+    def score(window: list[int]) -> float:
+        row = torch.tensor([[tok.cls_token_id, *window, tok.sep_token_id]])
+        with torch.no_grad():
+            return model(row, torch.ones_like(row), torch.zeros_like(row))[0, 0].item()
+
+    by_hand = [score(ids[start : start + 6]) for start in (0, 3, 6, 9, 12)]
+    expected = sum(by_hand) / 5 if pool == "mean" else max(by_hand)
+    predictor = Predictor(tmp_path, device="cpu")
+    [long, short] = predictor.predict([text, "the cat"])  # batched with a one-window text
+    assert long["score"] == pytest.approx(expected, abs=1e-5)
+    assert short["score"] == pytest.approx(score(tok.encode("the cat", add_special_tokens=False)), abs=1e-5)
+    assert len({round(v, 4) for v in by_hand}) == 5  # the windows really differ, so the pooling is tested
+    # what the server budgets for it is never below what it encodes: 5 windows of at most 8 tokens
+    work = predictor.work(predictor.normalise([text]))
+    assert work.sequences >= 5 and work.tokens >= 5 * 8
+
+
+def test_windows_refuse_a_second_text_naming_the_input_or_line(tmp_path):
+    from bertkit.predict import Predictor
+
+    make_windowed_classifier(tmp_path / "model", "single_label_classification")
+    predictor = Predictor(tmp_path / "model", device="cpu")
+    with pytest.raises(DataError, match=r"input 1: --long-text windows reads a text alone, but this input has a "
+                                        r"second text"):
+        predictor.predict(["a text", {"text": "a text", "text_pair": "another"}])
+    data = tmp_path / "train.tsv"
+    data.write_text("label\ttext\ttext_pair\npos\ta\t\npos\ta\tb\n")
+    examples = read_examples(data)
+    with pytest.raises(DataError, match=r"train\.tsv:3: --long-text windows reads a text alone"):
+        classification.ClassificationTask(predictor.tokenizer, examples, [], predictor.info, source=str(data))
+
+
+def test_the_work_bound_is_never_below_what_windows_encode(tmp_path):
+    import random
+
+    from bertkit.predict import Predictor
+
+    make_windowed_classifier(tmp_path, "multi_label_classification", labels=("a", "b", "c"))
+    predictor = Predictor(tmp_path, device="cpu")
+    rng = random.Random(0)
+    alphabet = [*"的一是不了人我在有他这中大来上国个到说们", "cat ", "sat ", "unbelievable ", "mat. ", "  "]
+    for _ in range(30):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.choice([1, 3, 20, 200, 3000]))).strip() or "x"
+        [rows], _ = classification.encode(predictor.tokenizer, [text], [None], predictor.info)
+        bound = predictor.work(predictor.normalise([text]))
+        assert len(rows) <= bound.sequences and sum(len(r[0]) for r in rows) <= bound.tokens, (text, bound)
+
+
+def test_an_ending_that_decides_the_label_is_learned_in_windows_not_when_truncated(tmp_path):
+    import random
+
+    words = ["the", "a"]
+    rng = random.Random(0)
+    for split in ("train", "dev"):  # 20 filler words, then the label word: a truncated text never shows it
+        rows = [(label, " ".join(rng.choice(words) for _ in range(20)) + f" {label}")
+                for label in ("good", "bad") for _ in range(12)]
+        (tmp_path / f"{split}.tsv").write_text("label\ttext\n" + "".join(f"{y}\t{x}\n" for y, x in rows))
+    _vocab(tmp_path, [*words, "good", "bad"])
+    results = {}
+    for long_text in ("truncate", "windows"):
+        config = TrainConfig(output_dir=str(tmp_path / long_text), batch_size=8, max_steps=30, lr=2e-3, warmup=3,
+                             log_every=10, progress=False, bf16=False, seed=0)
+        options = classification.ClassificationOptions(long_text=long_text,
+                                                       **({"stride": 10} if long_text == "windows" else {}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncation's warning: the point of the comparison
+            results[long_text] = classification.finetune(
+                tmp_path / "train.tsv", config, eval_file=tmp_path / "dev.tsv", tokenizer=tmp_path / "vocab",
+                model_size="tiny", max_seq_len=12, options=options).metrics["accuracy"]
+    assert results["windows"] == 1.0 and results["truncate"] <= 0.75, results
+    saved = json.loads((tmp_path / "windows" / "model" / "task.json").read_text())
+    assert (saved["long_text"], saved["stride"], saved["pool"]) == ("windows", 10, "mean")
+
+
+def test_multi_label_and_regression_are_served_and_windows_count_in_the_work_budget(tmp_path):
+    from bench._serving import Server
+
+    make_windowed_classifier(tmp_path / "regression", "regression")
+    make_windowed_classifier(tmp_path / "multi", "multi_label_classification", labels=("joy", "anger", "fear"))
+    server = Server(tmp_path / "regression")
+    try:
+        status, body, _ = server.post("/predict", {"inputs": ["the cat sat on the mat"]})
+        assert status == 200 and list(body["predictions"][0]) == ["score"]
+        # 9,000 characters in windows of 6 tokens every 3: ~3,000 sequences of 8 tokens a text; two are over
+        # the budget of 32,768 tokens (as two truncated texts would never be)
+        status, body, _ = server.post("/predict", {"inputs": ["cat " * 2250] * 2})
+        assert status == 413 and "in 5998 sequences" in body["error"], body
+    finally:
+        server.stop()
+    server = Server(tmp_path / "multi")
+    try:
+        status, body, _ = server.post("/predict", {"inputs": ["the cat sat on the mat"]})
+        [result] = body["predictions"]
+        assert status == 200 and set(result) == {"labels", "probabilities"}
+        assert result["labels"] == [k for k, p in result["probabilities"].items() if p >= 0.5]
+    finally:
+        server.stop()

@@ -440,14 +440,14 @@ def encode(tokenizer: Tokenizer, texts: list[str], pairs: list[str | None], info
     """The one encoding of training, evaluation and prediction: each input's sequences, and how many inputs were cut.
 
     `truncate`: `[CLS] text [SEP] (pair [SEP])`, cut longest-first to max_seq_len; a missing pair (None) encodes the
-    text alone, so inputs with and without a pair share a batch. `windows`: the text alone (callers refuse a pair
-    first, naming the input), see `text_windows`."""
+    text alone, so inputs with and without a pair share a batch. `windows`: the text alone (callers refuse a second
+    text first, naming the input; a blank one is none), see `text_windows`."""
     out: list[list[Row]] = []
     cut = 0
     for start in range(0, len(texts), 2048):
         chunk = slice(start, start + 2048)
         if info.long_text == "windows":
-            if any(pair is not None for pair in pairs[chunk]):
+            if any(map(has_pair, pairs[chunk])):
                 raise ValueError(PAIR_IN_WINDOWS)
             encodings = tokenizer.encode_batch(texts[chunk], add_special_tokens=False)
             out += [text_windows(e.ids, info.max_seq_len, info.stride, tokenizer.cls_token_id, tokenizer.sep_token_id)
@@ -457,6 +457,11 @@ def encode(tokenizer: Tokenizer, texts: list[str], pairs: list[str | None], info
             cut += encodings.truncated
             out += [[(e.ids, e.type_ids)] for e in encodings]
     return out, cut
+
+
+def has_pair(pair: str | None) -> bool:
+    """Whether an input has a second text (a blank one, as an empty TSV cell gives, is none in windows)."""
+    return pair is not None and bool(pair.strip())
 
 
 def text_windows(ids: list[int], max_seq_len: int, stride: int, cls_id: int, sep_id: int) -> list[Row]:
@@ -537,7 +542,7 @@ class ClassificationTask(FinetuneTask):
     def _encode(self, examples: list[Example], source: str) -> list[Encoded]:
         targets = [self._target(e, source) for e in examples]
         if self.info.long_text == "windows":
-            paired = next((e for e in examples if e.text_pair is not None), None)
+            paired = next((e for e in examples if has_pair(e.text_pair)), None)
             if paired is not None:
                 raise DataError(PAIR_IN_WINDOWS, source, paired.line)
         rows, cut = encode(self.tokenizer, [e.text for e in examples], [e.text_pair for e in examples], self.info)
@@ -680,7 +685,7 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: ClassificationInfo, in
     `score`. Each input keeps its own shape, so a result never depends on what the input was batched with."""
     if info.long_text == "windows":
         for index, item in enumerate(inputs):
-            if item.get("text_pair") is not None:
+            if has_pair(item.get("text_pair")):
                 raise DataError(f"input {index}: {PAIR_IN_WINDOWS}")
     rows, _ = encode(tokenizer, [i["text"] for i in inputs], [i.get("text_pair") for i in inputs], info)
     logits = input_logits(model, rows, tokenizer.pad_token_id, info.pool)  # (N, C)
