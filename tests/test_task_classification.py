@@ -378,6 +378,9 @@ def test_goemotions_and_sts_b_read():
     assert (dev[0].text, dev[0].text_pair, dev[0].label) == (
         "A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0)
     assert all(e.label is None for e in read_examples(shared_data("sts_b", "test.tsv"), "stsb"))  # no scores there
+    news = read_examples(shared_data("thucnews", "cnews.test.sample1000.txt"), "thucnews")
+    assert len(news) == 1000 and Counter(e.label for e in news)["体育"] == 116
+    assert sum(len(e.text) > 510 for e in news) == 687  # SOURCE.md: 68.7% are longer than 510 characters
 
 
 # ---- long texts in windows -----------------------------------------------------------------------------------

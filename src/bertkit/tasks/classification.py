@@ -22,7 +22,8 @@ A row with more or fewer cells than the header is an error (an extra tab would o
   `ocnli` (its '-' rows, where the annotators reached no majority, are skipped and counted), `tnews`, `iflytek`,
   `csl` (FewCLUE; CSL's keyword list is joined with "，" as the second text) (JSON lines); `goemotions` (multi-label:
   no header, text, comma-separated indices into `emotions.txt` beside the file, comment id; CSV-style quoting);
-  `stsb` (regression: GLUE's STS-B, `sentence1`, `sentence2`, `score`) (see FORMATS).
+  `stsb` (regression: GLUE's STS-B, `sentence1`, `sentence2`, `score`); `thucnews` (no header: label, article)
+  (see FORMATS).
 
 Long texts (`--long-text`): `truncate` (default) keeps each input's first max_seq_len tokens and warns, counting the
 inputs cut; `windows` reads a text (alone, without a second text) in windows of max_seq_len - 2 tokens that start
@@ -142,6 +143,7 @@ FORMATS: dict[str, TableFormat | JsonFormat] = {
                               label_names="emotions.txt", quoted=True),
     "stsb": TableFormat(label="score", text="sentence1", text_pair="sentence2", metric="pearson",
                         problem_type=REGRESSION),
+    "thucnews": TableFormat(header=False, label=0, text=1, columns=2),  # gaussic's cnews files: label, article
 }
 _TEXT_NAMES = ("text", "text_a", "sentence", "sentence1")
 _PAIR_NAMES = ("text_pair", "text_b", "sentence2")
