@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -289,6 +290,13 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def machine() -> str:
+    """Where a row ran: the CPU as lscpu and /proc/cpuinfo name it, and how many the system has."""
+    from bertkit.hardware import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} CPUs"
+
+
 def lookup_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     """Triples with no model: every training triple whose subject and object both occur in the text (as whole
     words for space-separated text), scored like the model (exact-match micro F1)."""
@@ -394,7 +402,7 @@ def main() -> int:
         print(f"== {name}", flush=True)
         result = (run_embed if name in EMBED_RUNS else run)(name, {**RUNS, **EMBED_RUNS}[name],
                                                              Path(args.chinese_model))
-        result["date"] = time.strftime("%Y-%m-%d")
+        result["date"], result["machine"] = time.strftime("%Y-%m-%d"), machine()
         results[name] = result
         print(json.dumps(result), flush=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
