@@ -40,7 +40,7 @@ ALLOCATOR = {False: "glibc's malloc defaults", True: "every engine in a process 
 def int8_peak(repeats: int = 10) -> float:
     """Best int8 ops/s over BERT-shaped GEMMs (M = tokens of a batch) of torch._int_mm and, where this CPU has
     it, oneDNN's GEMM on a packed weight (what bertkit's int8 layers run for large products)."""
-    from bertkit.quantize import int8_matmul, packed_int8_available
+    from bertkit.precision.int8_ops import int8_matmul, packed_int8_available
 
     best = 0.0
     for m, k, n in ((1024, 768, 3072), (1024, 3072, 768), (1024, 768, 2304), (2048, 256, 1024)):
@@ -70,7 +70,7 @@ def torchao_int8(directory: Path):
     from torch import nn
 
     from bertkit import BertModel
-    from bertkit.quantize import ENCODER_LINEARS
+    from bertkit.model import ENCODER_LINEARS
 
     model = BertModel.from_pretrained(directory).eval()
     try:
@@ -104,7 +104,8 @@ def main() -> int:
     from bertkit.export import export_onnx, quantize_onnx
     from bertkit.hardware import cpu_flags, cpu_name, native_bf16
     from bertkit.memory import keep_freed_memory
-    from bertkit.quantize import choose_precision, packed_bf16_available, quantize
+    from bertkit.precision import choose_precision, quantize
+    from bertkit.precision.bf16 import packed_bf16_available
 
     transformers.logging.set_verbosity_error()
     kept = keep_freed_memory() if args.keep_freed_memory else False  # process-wide: every engine alike

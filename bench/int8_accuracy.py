@@ -54,7 +54,7 @@ def main() -> int:
 
     from bertkit.config import BertConfig
     from bertkit.hardware import cpu_name, native_bf16
-    from bertkit.quantize import choose_precision
+    from bertkit.precision import choose_precision
     from tasks import DATA, RUNS
 
     results = json.loads((OUT / "tasks.json").read_text()) if (OUT / "tasks.json").is_file() else {}

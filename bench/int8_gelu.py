@@ -1,4 +1,4 @@
-"""Exact GELU inside the compiled int8 layers: erf as a rational function (`quantize.gelu_rational`, the default
+"""Exact GELU inside the compiled int8 layers: erf as a rational function (`int8_ops.gelu_rational`, the default
 under `--compile`) against ATen's erf (F.gelu), in one process, same weights and batches, timings alternating.
 
     .venv/bin/python bench/int8_gelu.py            (~6 minutes on 2 cores: four models compile)
@@ -38,7 +38,8 @@ def main() -> int:
     from bertkit import BertConfig, BertModel
     from bertkit.hardware import cpu_name
     from bertkit.memory import keep_freed_memory
-    from bertkit.quantize import ACTIVATION_MINIMA, quantize
+    from bertkit.precision import quantize
+    from bertkit.precision.int8_ops import ACTIVATION_MINIMA
     from int8 import one_by_128
 
     ACTIVATION_MINIMA[aten_gelu] = ACTIVATION_MINIMA[F.gelu]  # both quantized from bounds: only the erf differs

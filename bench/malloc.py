@@ -69,7 +69,7 @@ def varied_batches(count: int = 120) -> dict:
     import torch
 
     from bertkit import BertConfig, BertModel
-    from bertkit.quantize import quantize
+    from bertkit.precision import quantize
 
     def status(key: str) -> int:  # MB
         return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1]) // 1024

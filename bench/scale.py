@@ -105,7 +105,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from bertkit.corpus import prepare_embedded_corpus
-    from bertkit.prepared import PrepareOptions, prepare
+    from bertkit.prepare import PrepareOptions, prepare
     from bertkit.tokenizer import Tokenizer
 
     cores = os.cpu_count() or 1

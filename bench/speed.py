@@ -151,7 +151,7 @@ def bench_inference(size: str, repeats: int, work: Path, peaks: dict[str, float]
     directory = work / f"infer-{size}"
     BertModel(config).save_pretrained(directory)
     rows = []
-    from bertkit.quantize import quantize
+    from bertkit.precision import quantize
 
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         # bertkit bf16 is what `--precision bf16` runs (on a CPU with native bf16: weights packed for oneDNN)

@@ -23,7 +23,8 @@ from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.corpus import read_documents
 from bertkit.errors import DataError
-from bertkit.prepared import MANIFEST_NAME, PreparedCorpus, PrepareOptions, prepare
+from bertkit.prepare import PrepareOptions, prepare
+from bertkit.prepared import MANIFEST_NAME, PreparedCorpus
 from bertkit.tasks.pretraining import tokenize_documents
 
 ARTICLES = ["北京举行新年音乐会。江泽民等出席。今天天气很好！", "人民日报发表社论。新年快乐！我们去上海。",
@@ -370,7 +371,7 @@ def test_file_arrays_read_like_numpy_without_mapping_the_file(tmp_path):
     sides, through the in-memory sample) equal numpy's; the file is never mapped; a pickled copy reads the same."""
     import pickle
 
-    from bertkit.prepared import FileArray
+    from bertkit.filearray import FileArray
 
     rng = np.random.default_rng(0)
     values = np.cumsum(rng.integers(0, 3, size=3000)).astype(np.int64)  # sorted, with runs of equal values

@@ -11,10 +11,13 @@ import torch
 from torch import nn
 
 from bertkit import BertModel, Tokenizer, hardware
-from bertkit import quantize as quantize_module
 from bertkit.cli import main
 from bertkit.errors import DeviceError
-from bertkit.quantize import Bf16Linear, Int8Linear, choose_precision, quantize, resolve_precision
+from bertkit.precision import bf16 as bf16_module
+from bertkit.precision import choose_precision, int8_ops, quantize, resolve_precision
+from bertkit.precision.bf16 import Bf16Linear
+from bertkit.precision.int8 import Int8Linear
+from bertkit.precision.state import STATE
 from tests.conftest import CLASSIFIER_ROWS, finetune_tiny_classifier, shared_data
 
 # /proc/cpuinfo flags of the CPUs bertkit meets (abridged to what matters)
@@ -76,7 +79,7 @@ def test_int8_linear_matches_float_within_quantization_error():
     assert bf16.dtype == torch.bfloat16  # the caller's dtype comes back
 
 
-@pytest.mark.skipif(not quantize_module.packed_int8_available(), reason="no oneDNN int8 GEMM with VNNI/AMX here")
+@pytest.mark.skipif(not int8_ops.packed_int8_available(), reason="no oneDNN int8 GEMM with VNNI/AMX here")
 def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight(monkeypatch):
     """Products of at least PACKED_INT8_MIN_WORK multiply-adds run on the weight packed once for oneDNN, with
     torch._int_mm's result; a weight changed in place (load_state_dict) is packed anew, not served stale; the
@@ -87,22 +90,22 @@ def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight
     torch.manual_seed(0)
     layer = Int8Linear(nn.Linear(768, 1024))
     q = torch.randint(-128, 128, (80, 768), dtype=torch.int8)  # 80 x 768 x 1024 = 63M multiply-adds
-    assert q.shape[0] * 768 * 1024 >= quantize_module.PACKED_INT8_MIN_WORK
+    assert q.shape[0] * 768 * 1024 >= int8_ops.PACKED_INT8_MIN_WORK
     expected = torch._int_mm(q, layer.weight_t).float() * layer.weight_scale
-    torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
+    torch.testing.assert_close(int8_ops.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
                                rtol=1e-6, atol=1e-6)
     key, pointer = id(layer.weight_t), layer.weight_t.data_ptr()
-    assert key in quantize_module._INT8_PACKS
-    torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, 2 * layer.weight_scale), 2 * expected,
+    assert key in STATE.int8_packs
+    torch.testing.assert_close(int8_ops.int8_matmul(q, layer.weight_t, 2 * layer.weight_scale), 2 * expected,
                                rtol=1e-6, atol=1e-6)  # the scales are the call's, not the first call's
     layer.load_state_dict(Int8Linear(nn.Linear(768, 1024)).state_dict())  # copied into the same buffers
     assert layer.weight_t.data_ptr() == pointer
     expected = torch._int_mm(q, layer.weight_t).float() * layer.weight_scale
-    torch.testing.assert_close(quantize_module.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
+    torch.testing.assert_close(int8_ops.int8_matmul(q, layer.weight_t, layer.weight_scale), expected,
                                rtol=1e-6, atol=1e-6)
     calls = []
-    real = quantize_module.int8_matmul
-    monkeypatch.setattr(quantize_module, "int8_matmul", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    real = int8_ops.int8_matmul
+    monkeypatch.setattr(int8_ops, "int8_matmul", lambda *a: calls.append(a[0].shape[0]) or real(*a))
     x = torch.randn(80, 768)
     with torch.no_grad():
         big, small = layer(x), layer(x[:8])  # 8 x 768 x 1024: torch._int_mm
@@ -110,17 +113,17 @@ def test_large_int8_products_run_on_onednn_packed_weights_that_follow_the_weight
     torch.testing.assert_close(small, big[:8], rtol=1e-5, atol=1e-5)  # the same numbers either way
     del layer
     gc.collect()
-    assert key not in quantize_module._INT8_PACKS
-    monkeypatch.setattr(quantize_module, "_PACKED_INT8", [False])
+    assert key not in STATE.int8_packs
+    monkeypatch.setattr(STATE, "packed_int8", False)
     w, scale = torch.randint(-127, 128, (768, 1024), dtype=torch.int8), torch.rand(1, 1024)
     torch.testing.assert_close(real(q, w, scale), torch._int_mm(q, w).float() * scale, rtol=0, atol=0)
-    assert id(w) not in quantize_module._INT8_PACKS
-    monkeypatch.setattr(quantize_module, "_PACKED_INT8", [True])
+    assert id(w) not in STATE.int8_packs
+    monkeypatch.setattr(STATE, "packed_int8", True)
     with torch.inference_mode():  # inference tensors have no version counter: packed once, no error
         made = Int8Linear(nn.Linear(768, 1024))
         x = torch.randn(80, 768)
         big, small = made(x), made(x[:8])  # packed, and torch._int_mm
-        assert id(made.weight_t) in quantize_module._INT8_PACKS
+        assert id(made.weight_t) in STATE.int8_packs
         torch.testing.assert_close(big[:8], small, rtol=1e-5, atol=1e-5)
 
 
@@ -130,8 +133,8 @@ def test_packed_int8_only_on_amx(monkeypatch):
     decides: the test above, where this machine has it.)"""
     for flags in (EPYC_GENOA, ICE_LAKE, ALDER_LAKE, HASWELL):
         monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
-        monkeypatch.setattr(quantize_module, "_PACKED_INT8", [])
-        assert not quantize_module.packed_int8_available()
+        monkeypatch.setattr(STATE, "packed_int8", None)
+        assert not int8_ops.packed_int8_available()
 
 
 def _sentences() -> list[str]:
@@ -241,7 +244,7 @@ def test_bf16_on_the_cpu_packs_encoder_weights_once_and_fuses_the_activation(act
 
     from bertkit.config import BertConfig
 
-    monkeypatch.setattr(quantize_module, "_PACKED_BF16", [])
+    monkeypatch.setattr(STATE, "packed_bf16", None)
     monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: True)  # correctness, not speed
     torch.manual_seed(0)
     model = BertModel(BertConfig.preset("tiny", vocab_size=100, hidden_act=act)).eval()
@@ -278,9 +281,9 @@ def test_bf16_on_the_cpu_packs_encoder_weights_once_and_fuses_the_activation(act
 def test_bf16_stays_plain_where_packing_does_not_pay_or_is_unavailable(monkeypatch):
     """Where bf16 is emulated (no AMX or AVX512-BF16) nothing is packed (`packed_bf16_available` is False without
     a trial); where the trial fails, plain bf16 modules run as before."""
-    monkeypatch.setattr(quantize_module, "_PACKED_BF16", [])
+    monkeypatch.setattr(STATE, "packed_bf16", None)
     monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: False)
-    assert quantize_module.packed_bf16_available() is False
+    assert bf16_module.packed_bf16_available() is False
     model, batch = _tiny_encoder_and_batch()
     with torch.no_grad():
         expected = model.eval().to(torch.bfloat16)(*batch).last_hidden_state
@@ -302,13 +305,21 @@ def _tiny_encoder_and_batch():
     return model, (ids, mask, torch.zeros_like(ids))
 
 
+def _fresh_compile_state(monkeypatch, packed: bool | None = None) -> None:
+    """A process state with nothing compiled and no failure yet (`packed`: whether int8 GEMMs run packed)."""
+    monkeypatch.setattr(STATE, "compiled", {})
+    monkeypatch.setattr(STATE, "compile_failed", None)
+    monkeypatch.setattr(STATE, "frozen_failed", None)
+    if packed is not None:
+        monkeypatch.setattr(STATE, "packed_int8", packed)
+
+
 def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
-    """Where torch.compile fails (no C++ compiler), the fused layers and the lone int8 layers run the same
-    functions eagerly: the outputs of the eager int8 model, one warning per process."""
+    """Where torch.compile fails (no C++ compiler), the int8 layers and the lone int8 Linears run the same
+    functions eagerly: exactly the eager int8 model's outputs, one warning per process."""
     import copy
 
-    import bertkit.quantize as q
-    from bertkit.quantize import Int8EncoderLayer
+    from bertkit.precision.int8 import Int8EncoderLayer
 
     def broken(fn, **kwargs):
         def run(*args):
@@ -316,20 +327,18 @@ def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(q, "_COMPILED", {})
-    monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    _fresh_compile_state(monkeypatch)
     model, batch = _tiny_encoder_and_batch()
-    eager = quantize(copy.deepcopy(model), "int8")
+    eager = quantize(copy.deepcopy(model), "int8", keep=["layers.1.ffn_out"])
     compiled = quantize(copy.deepcopy(model), "int8", compile=True, keep=["layers.1.ffn_out"])
-    assert isinstance(compiled.layers[0], Int8EncoderLayer)  # fused: no Linear of it kept
+    assert isinstance(compiled.layers[0], Int8EncoderLayer) and compiled.layers[0].compile  # no Linear of it kept
     assert isinstance(compiled.layers[1].qkv, Int8Linear) and compiled.layers[1].qkv.compile  # alone
     assert isinstance(compiled.layers[1].ffn_out, nn.Linear) and compiled.int8_kept == ["layers.1.ffn_out"]
-    eager.layers[1].ffn_out = compiled.layers[1].ffn_out
     with torch.no_grad(), pytest.warns(UserWarning, match="int8 --compile: torch.compile failed .*no C\\+\\+ compiler"):
         got = compiled(*batch).last_hidden_state
     with torch.no_grad():
         torch.testing.assert_close(got, eager(*batch).last_hidden_state, atol=0, rtol=0)
-        full = [t[[0, 2]] for t in batch]  # no padding: the whole-layer function, run eagerly
+        full = [t[[0, 2]] for t in batch]  # no padding: the layer stack, run eagerly
         torch.testing.assert_close(compiled(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once per process
@@ -338,16 +347,16 @@ def test_compiled_int8_falls_back_to_eager_once_with_a_warning(monkeypatch):
         compiled.train()(*batch)
 
 
-def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
-    """A fully converted encoder's layers become an Int8LayerStack: an unpadded batch runs through it as one
-    function call per `chunk` layers, with the eager int8 model's outputs exactly; a padded batch goes layer by
-    layer; the stack keeps the layers' state-dict names; a stack with a kept float layer stays a plain one."""
+def test_an_unpadded_batch_runs_the_layer_stack_in_chunks(monkeypatch):
+    """An int8 encoder's layers become an Int8LayerStack: an unpadded batch runs through it as one function call per
+    `chunk` consecutive int8 layers (a layer with a Linear kept in float32 alone between them), with the eager int8
+    model's outputs exactly; a padded batch goes layer by layer; a batch over GROUP_BYTES in groups; the stack keeps
+    the layers' state-dict names. (tanh GELU: the exact one has a compiled form of its own, the next tests.)"""
     import copy
 
-    import bertkit.quantize as q
     from bertkit.config import BertConfig
-    from bertkit.model import LayerStack
-    from bertkit.quantize import Int8EncoderLayer, Int8LayerStack
+    from bertkit.precision import int8 as int8_module
+    from bertkit.precision.int8 import Int8EncoderLayer, Int8LayerStack
 
     calls = []
 
@@ -358,18 +367,20 @@ def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", recording)
-    monkeypatch.setattr(q, "_COMPILED", {})
-    monkeypatch.setattr(q, "COMPILE_FAILED", [])
-    monkeypatch.setattr(q, "frozen_int8_available", lambda: False)  # the function path (frozen: the next test)
+    _fresh_compile_state(monkeypatch, packed=False)  # the function path (frozen: the next test)
     torch.manual_seed(0)
-    model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5, hidden_act="gelu_new"))
     ids = torch.randint(5, 100, (2, 9))
     full, padded = (ids, torch.ones_like(ids), torch.zeros_like(ids)), (ids, torch.ones_like(ids), None)
     padded[1][1, 6:] = 0
     eager = quantize(copy.deepcopy(model), "int8")
     fused = quantize(copy.deepcopy(model), "int8", compile=True)
-    assert type(fused.layers) is Int8LayerStack and all(isinstance(m, Int8EncoderLayer) for m in fused.layers)
-    assert fused.state_dict().keys() == eager.state_dict().keys()
+    assert type(eager.layers) is type(fused.layers) is Int8LayerStack
+    assert all(isinstance(m, Int8EncoderLayer) for m in fused.layers)
+    assert fused.state_dict().keys() == eager.state_dict().keys() == {
+        k for k in model.state_dict() if not k.endswith((".qkv.weight", "attn_out.weight", "ffn_in.weight",
+                                                         "ffn_out.weight"))} | {
+        k for k in eager.state_dict() if k.endswith(("weight_t", "weight_scale", "weight_sum"))}
     with torch.no_grad():
         for chunk, sizes in ((4, [4, 1]), (2, [2, 2, 1]), (8, [5])):
             fused.layers.chunk, calls[:] = chunk, []
@@ -381,15 +392,23 @@ def test_an_unpadded_batch_runs_the_fused_layer_stack_in_chunks(monkeypatch):
         # a batch whose widest activation passes GROUP_BYTES: unpadded, in groups of whole sequences; padded, the
         # row-wise blocks in groups of rows; the same numbers
         widest = max(layer.widest for layer in fused.layers)
-        monkeypatch.setattr(q, "GROUP_BYTES", 4 * widest * 9)  # one 9-token sequence
+        monkeypatch.setattr(int8_module, "GROUP_BYTES", 4 * widest * 9)  # one 9-token sequence
         fused.layers.chunk, calls[:] = 4, []
         torch.testing.assert_close(fused(*full).last_hidden_state, eager(*full).last_hidden_state, atol=0, rtol=0)
-        assert calls == [("int8_dense_stack", 4), ("int8_dense_stack", 1)] * 2
+        assert calls == [("int8_dense_stack", 4), ("int8_dense_stack", 4), ("int8_dense_stack", 1),
+                         ("int8_dense_stack", 1)]
         calls[:] = []
         torch.testing.assert_close(fused(*padded).last_hidden_state, eager(*padded).last_hidden_state, atol=0, rtol=0)
         assert [name for name, _ in calls].count("int8_feed_forward") == 2 * 5  # 15 real tokens: 9 + 6, 5 layers
-    mixed = quantize(copy.deepcopy(model), "int8", compile=True, keep=["layers.3.*"])
-    assert type(mixed.layers) is LayerStack and isinstance(mixed.layers[3].qkv, nn.Linear)
+        monkeypatch.setattr(int8_module, "GROUP_BYTES", 16 << 20)
+        mixed = quantize(copy.deepcopy(model), "int8", compile=True, keep=["layers.3.*"])
+        mixed_eager = quantize(copy.deepcopy(model), "int8", keep=["layers.3.*"])
+        assert type(mixed.layers) is Int8LayerStack and isinstance(mixed.layers[3].qkv, nn.Linear)
+        assert [len(c) for c in mixed.layers.chunks()] == [3, 1, 1]
+        calls[:] = []
+        torch.testing.assert_close(mixed(*full).last_hidden_state, mixed_eager(*full).last_hidden_state, atol=0,
+                                   rtol=0)
+        assert calls == [("int8_dense_stack", 3), ("int8_dense_stack", 1)]
     with pytest.raises(RuntimeError, match="for inference"):
         fused.train()(*full)
 
@@ -403,8 +422,8 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
     native, attention's products run in bf16, within its rounding of float32's."""
     import copy
 
-    import bertkit.quantize as q
     from bertkit.config import BertConfig
+    from bertkit.precision.int8 import frozen_int8_available
 
     compiled = []
 
@@ -417,14 +436,11 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
 
     calls: list[str] = []
     monkeypatch.setattr(torch, "compile", recording)
-    monkeypatch.setattr(q, "_COMPILED", {})
-    monkeypatch.setattr(q, "COMPILE_FAILED", [])
-    monkeypatch.setattr(q, "FROZEN_FAILED", [])
-    monkeypatch.setattr(q, "packed_int8_available", lambda: True)
+    _fresh_compile_state(monkeypatch, packed=True)
     monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: False)
     torch.manual_seed(0)
-    model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
-    other = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5))
+    config = BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5, hidden_act="gelu_new")
+    model, other = BertModel(config), BertModel(config)
     ids = torch.randint(5, 100, (2, 9))
     full = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     eager, fused = quantize(copy.deepcopy(model), "int8"), quantize(copy.deepcopy(model), "int8", compile=True)
@@ -461,10 +477,10 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
         with pytest.warns(UserWarning, match="no AMX GEMM template here"):
             out = failed(*full).last_hidden_state
         torch.testing.assert_close(out, eager(*full).last_hidden_state, atol=0, rtol=0)
-        assert calls == ["int8_dense_stack"] * 2 and q.FROZEN_FAILED and not q.frozen_int8_available()
+        assert calls == ["int8_dense_stack"] * 2 and STATE.frozen_failed and not frozen_int8_available()
 
         monkeypatch.setattr(torch, "compile", recording)
-        monkeypatch.setattr(q, "FROZEN_FAILED", [])
+        monkeypatch.setattr(STATE, "frozen_failed", None)
         monkeypatch.setattr(hardware, "native_bf16", lambda flags=None: True)
         bf16_attention = quantize(copy.deepcopy(model), "int8", compile=True)
         out, expected = bf16_attention(*full).last_hidden_state, eager(*full).last_hidden_state
@@ -474,51 +490,55 @@ def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
 
 
 def test_compiled_int8_layers_evaluate_exact_gelu_as_a_rational_function(monkeypatch):
-    """Inside torch.compile the int8 feed-forward block evaluates exact GELU with a rational erf (cheaper than
-    ATen's in the fused kernel), within 2e-6 of float64 GELU, as close as F.gelu's float32 result, and quantizes it
-    from bounds taken before the activation (`quantize_activation`); run eagerly, the block keeps F.gelu and
-    quantize_tokens. The two agree within int8's rounding."""
-    import torch.nn.functional as F
+    """Compiled int8 layers evaluate exact GELU with a rational erf (cheaper than ATen's in a fused kernel), within
+    2e-6 of float64 GELU, as close as F.gelu's float32 result; run eagerly (or where compiling failed), F.gelu.
+    The two agree within int8's rounding."""
+    import copy
 
-    import bertkit.quantize as q
+    import torch.nn.functional as F
 
     x = torch.linspace(-12, 12, 240_001)
     truth = F.gelu(x.double())
-    assert float((q.gelu_rational(x).double() - truth).abs().max()) < 2e-6
+    assert float((int8_ops.gelu_rational(x).double() - truth).abs().max()) < 2e-6
     assert float((F.gelu(x).double() - truth).abs().max()) < 2e-6  # the bar is float32 GELU's own error
     big = torch.tensor([30.0, 1e4, -30.0, -1e4])
-    torch.testing.assert_close(q.gelu_rational(big), torch.tensor([30.0, 1e4, 0.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(int8_ops.gelu_rational(big), torch.tensor([30.0, 1e4, 0.0, 0.0]), atol=1e-6, rtol=0)
 
-    torch.manual_seed(0)
-    first, second = Int8Linear(nn.Linear(32, 128)), Int8Linear(nn.Linear(128, 32))
-    norm = (torch.ones(32), torch.zeros(32), 1e-12)
-    rows = torch.randn(40, 32)
-    eager = q.int8_feed_forward(rows, first.buffers_, second.buffers_, norm, F.gelu)
     seen = []
-    quantize_activation = q.quantize_activation
-    monkeypatch.setattr(q, "quantize_activation", lambda h, act, minimum: seen.append(act)
-                        or quantize_activation(h, act, minimum))
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    traced = q.int8_feed_forward(rows, first.buffers_, second.buffers_, norm, F.gelu)
-    assert seen == [q.gelu_rational] and not torch.equal(traced, eager)
-    cosine = F.cosine_similarity(traced, eager, dim=-1)
-    assert float(cosine.min()) > 0.999 and float((traced - eager).abs().max()) < 0.1
+
+    def recording(fn, **kwargs):  # stands in for torch.compile: records the activation each call gets
+        def run(*args):
+            seen.append(args[-1])
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    _fresh_compile_state(monkeypatch, packed=False)
+    model, batch = _tiny_encoder_and_batch()
+    assert model.layers[0].act is F.gelu
+    eager = quantize(copy.deepcopy(model), "int8")
+    compiled = quantize(copy.deepcopy(model), "int8", compile=True)
+    with torch.no_grad():
+        a, b = eager(*batch).last_hidden_state, compiled(*batch).last_hidden_state
+    assert seen and all(act is int8_ops.gelu_rational for act in seen if callable(act))
+    keep = batch[1].bool()
+    cosine = F.cosine_similarity(a[keep], b[keep], dim=-1)
+    assert float(cosine.min()) > 0.9999 and float((a - b).abs().max()) < 0.05
 
 
-@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "relu"])
-def test_compiled_quantization_takes_bounds_before_the_activation(name, monkeypatch):
-    """quantize_activation (compiled layers) quantizes act(rows) from each row's range before the activation: no
-    value is clipped (every one within half a step of its int8 value, on rows all positive, all negative, past the
-    activation's minimum or not, constant, or far from zero), and the step is the row's own range / 255 where the
-    row's smallest input is past act's minimum (and within 0.1% on BERT-like rows, which pass near it). The
-    compiled quantize_tokens (quantize_range: a fractional zero point) keeps the same half-step bound."""
+@pytest.mark.parametrize("name", ["gelu", "gelu_rational", "gelu_tanh", "relu"])
+def test_quantization_takes_bounds_before_the_activation(name):
+    """quantize_activation quantizes act(rows) from each row's range before the activation: no value is clipped
+    (every one within half a step of its int8 value, on rows all positive, all negative, past the activation's
+    minimum or not, constant, or far from zero), and the step is the row's own range / 255 where the row's smallest
+    input is past act's minimum (and within 0.1% on BERT-like rows, which pass near it). quantize_tokens (the
+    row's own bounds, a fractional zero point) keeps the same half-step bound."""
     import torch.nn.functional as F
 
-    import bertkit.quantize as q
     from bertkit.model import gelu_tanh
 
-    key = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]
-    act, minimum = q.gelu_rational if key is F.gelu else key, q.ACTIVATION_MINIMA[key]  # as int8_feed_forward
+    act = {"gelu": F.gelu, "gelu_rational": int8_ops.gelu_rational, "gelu_tanh": gelu_tanh, "relu": F.relu}[name]
+    minimum = int8_ops.ACTIVATION_MINIMA[act]
     torch.manual_seed(0)
     width = 1024
     rows = torch.cat([torch.randn(64, width) * 3,  # BERT-like FFN inputs: they pass near GELU's minimum
@@ -527,26 +547,21 @@ def test_compiled_quantization_takes_bounds_before_the_activation(name, monkeypa
                       torch.full((2, width), 0.3), torch.full((2, width), -2.0),  # constant rows
                       1000 + torch.randn(2, width) * 0.01, torch.randn(2, width) * 1e-6])
     values = act(rows)
-    for quantized in (q.quantize_activation(rows, act, minimum),
-                      q.quantize_range(values, *torch.aminmax(values, dim=-1, keepdim=True))):
-        codes, scale, zero = quantized
+    for codes, scale, zero in (int8_ops.quantize_activation(rows, act), int8_ops.quantize_tokens(values)):
         assert codes.dtype == torch.int8 and scale.shape == zero.shape == (rows.shape[0], 1)
         error = (scale * (codes.float() - zero) - values).abs()
         assert bool((error <= 0.5001 * scale + 1e-6 * values.abs()).all())
     low, high = torch.aminmax(values, dim=-1, keepdim=True)
     exact = ((high.clamp(min=0) - low) / 255).squeeze(1)  # what the bounds must give where they are exact
-    scale = q.quantize_activation(rows, act, minimum)[1].squeeze(1)
+    scale = int8_ops.quantize_activation(rows, act)[1].squeeze(1)
     torch.testing.assert_close(scale[:64], exact[:64], rtol=1e-3, atol=0)
     past = (rows.min(dim=-1).values >= minimum[1]) & (exact > 0)
     assert int(past.sum()) >= 6
     torch.testing.assert_close(scale[past], exact[past], rtol=1e-5, atol=0)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    codes, scale, zero = q.quantize_tokens(values)
-    assert float(((scale * (codes.float() - zero) - values).abs() - 0.5001 * scale).max()) <= 1e-3
 
 
 def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(classifier, monkeypatch):
-    import bertkit.quantize as q
+    from bertkit.precision.int8 import frozen_int8_available
     from bertkit.predict import Predictor
 
     compiled = []
@@ -556,11 +571,10 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
         return fn
 
     monkeypatch.setattr(torch, "compile", recording)
-    monkeypatch.setattr(q, "_COMPILED", {})
-    monkeypatch.setattr(q, "COMPILE_FAILED", [])
+    _fresh_compile_state(monkeypatch)
     predictor = Predictor(classifier / "run" / "model", device="cpu", precision="int8", compile=True)
-    # the warm-up runs a padded batch (packed attention) and an unpadded one (the fused layer stack: frozen on AMX)
-    stack = "frozen_layers" if q.frozen_int8_available() else "int8_dense_stack"
+    # the warm-up runs a padded batch (layer by layer) and an unpadded one (the layer stack: frozen on AMX)
+    stack = "frozen_layers" if frozen_int8_available() else "int8_dense_stack"
     assert sorted(compiled) == sorted(["int8_attention_output", stack, "int8_feed_forward", "int8_linear"])
     predictor.predict(["a first request"])
     predictor.predict(["a first request", "and a second, longer one"])
@@ -569,12 +583,13 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
 
 @pytest.mark.slow
 def test_compiled_int8_equals_eager():
-    """The real torch.compile (inductor, a C++ compiler: about a minute cold): a lone int8 layer is as close to
-    float as eager int8 (its own rounding grid: a fractional zero point), and whole fused encoder layers give the
-    eager int8 model's outputs up to int8 rounding (and, on AMX, bf16 attention in the frozen stacks)."""
+    """The real torch.compile (inductor, a C++ compiler: about a minute cold) rounds on eager int8's grid: a lone
+    int8 layer gives eager's outputs up to float reassociation, and whole encoder layers (packed and unpadded
+    batches) the eager int8 model's, up to the rare int8 step that reassociation (and, compiled, GELU's rational
+    erf) moves across a rounding boundary (and, on AMX, bf16 attention in the frozen stacks)."""
     import copy
 
-    import bertkit.quantize as q
+    from bertkit.precision.int8 import frozen_int8_available
 
     torch.manual_seed(0)
     linear = nn.Linear(64, 96)
@@ -582,28 +597,29 @@ def test_compiled_int8_equals_eager():
     for rows in (7, 33):  # dynamic in the number of tokens
         x = torch.randn(rows, 64)
         with torch.no_grad():
-            exact, ours, theirs = linear(x), compiled(x), eager(x)
-        assert float((ours - exact).abs().max()) <= 1.5 * float((theirs - exact).abs().max())
-        assert float(torch.nn.functional.cosine_similarity(ours, theirs, dim=-1).min()) > 0.9999
+            torch.testing.assert_close(compiled(x), eager(x), rtol=1e-6, atol=1e-6)
     model, batch = _tiny_encoder_and_batch()
     eager_model, fused = quantize(copy.deepcopy(model), "int8"), quantize(copy.deepcopy(model), "int8", compile=True)
+    bf16_attention = frozen_int8_available() and hardware.native_bf16()
     with torch.no_grad():
         for rows, cut in (([0, 1, 2], 12), ([0, 1, 2], 9), ([0, 2], 12), ([2], 5)):  # packed, then unpadded
             args = [t[rows, :cut] for t in batch]
             a, b = eager_model(*args).last_hidden_state, fused(*args).last_hidden_state
             keep = args[1].bool()
+            close = torch.isclose(a[keep], b[keep], rtol=1e-4, atol=1e-4)
+            assert float(close.float().mean()) > (0.9 if bf16_attention else 0.999), float(close.float().mean())
             cosine = torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1)
-            assert float(cosine.min()) > 0.9999 and float((a - b).abs().max()) < 0.05
-    assert not q.COMPILE_FAILED and not q.FROZEN_FAILED
-    assert ("_frozen" in fused.layers.__dict__) == q.packed_int8_available()  # the unpadded batches ran frozen
+            assert float(cosine.min()) > 0.9999
+    assert STATE.compile_failed is None and STATE.frozen_failed is None
+    assert ("_frozen" in fused.layers.__dict__) == frozen_int8_available()  # the unpadded batches ran frozen
 
 
 @pytest.mark.slow
 def test_compiled_minilm_int8_keeps_the_hidden_states(minilm_dir):
-    """The issue's bar for `--compile` (the real torch.compile, a minute or two cold): MiniLM compiled at int8 keeps
-    a worst-token cosine >= 0.99 of fp32 on real sentences, padded together (the packed path) and one at a time
-    (on AMX the frozen stacks, bf16 attention)."""
-    import bertkit.quantize as q
+    """The bar for `--compile` (the real torch.compile, a minute or two cold): MiniLM compiled at int8 keeps a
+    worst-token cosine >= 0.99 of fp32 on real sentences, padded together (layer by layer) and one at a time (the
+    layer stack; on AMX frozen, bf16 attention)."""
+    from bertkit.precision.int8 import frozen_int8_available
 
     tok = Tokenizer.from_pretrained(minilm_dir)
     with warnings.catch_warnings():
@@ -619,12 +635,12 @@ def test_compiled_minilm_int8_keeps_the_hidden_states(minilm_dir):
             keep = batch["attention_mask"].bool()
             worst.append(float(torch.nn.functional.cosine_similarity(a[keep], b[keep], dim=-1).min()))
     assert min(worst) >= 0.99, worst
-    assert not q.COMPILE_FAILED and not q.FROZEN_FAILED
-    assert ("_frozen" in int8.layers.__dict__) == q.packed_int8_available()
+    assert STATE.compile_failed is None and STATE.frozen_failed is None
+    assert ("_frozen" in int8.layers.__dict__) == frozen_int8_available()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not quantize_module.packed_int8_available(), reason="no oneDNN int8 GEMM with AMX here")
+@pytest.mark.skipif(not int8_ops.packed_int8_available(), reason="no oneDNN int8 GEMM with AMX here")
 def test_compiled_int8_does_not_compile_again_for_larger_batches(monkeypatch):
     """The real torch.compile: batches of every size, on both sides of the eager path's PACKED_INT8_MIN_WORK, run
     the graphs compiled for the first two (a test on the number of rows inside the compiled layers would be a
@@ -633,7 +649,7 @@ def test_compiled_int8_does_not_compile_again_for_larger_batches(monkeypatch):
 
     from bertkit.config import BertConfig
 
-    monkeypatch.setattr(quantize_module, "PACKED_INT8_MIN_WORK", 5_000_000)  # tiny: 8 rows below, 1024 above
+    monkeypatch.setattr(int8_ops, "PACKED_INT8_MIN_WORK", 5_000_000)  # tiny: 8 rows below, 1024 above
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
@@ -644,4 +660,4 @@ def test_compiled_int8_does_not_compile_again_for_larger_batches(monkeypatch):
             ids = torch.randint(5, 100, (batch, length))
             model(ids, torch.ones_like(ids), torch.zeros_like(ids))
             graphs.append(counters["stats"]["unique_graphs"])
-    assert graphs[1] == graphs[-1] and not quantize_module.COMPILE_FAILED
+    assert graphs[1] == graphs[-1] and STATE.compile_failed is None

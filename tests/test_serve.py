@@ -28,7 +28,7 @@ def test_health_predict_metrics_page(server):
     status, health, _ = server.get("/health")
     assert status == 200 and health["task"] == "ner" and "B-PER" in health["labels"]
     assert health["version"] and health["backend"].startswith("torch")
-    from bertkit.quantize import choose_precision
+    from bertkit.precision import choose_precision
 
     assert [health["precision"], health["precision_reason"]] == list(choose_precision())  # --precision auto
     assert health["device"].startswith("cpu (")

@@ -157,13 +157,25 @@ def test_fill_mask_command_and_its_errors(english_mlm, capsys, tmp_path):
 
 def test_a_fine_tuned_checkpoint_that_lost_its_task_json_is_refused_not_served_as_another_task(tmp_path):
     from bertkit.errors import CheckpointError
-    from tests.reliability.tiny_checkpoints import make_classifier
+    from bertkit.tasks.base import save_task
+    from bertkit.tasks.ner import SPEC, BertForTokenClassification, NerInfo
+    from tests.reliability.tiny_checkpoints import TEXTS, make_classifier
 
+    # a tagger bertkit wrote (its config.json has bertkit_crf): what it needs beyond config.json was in task.json
+    tok = Tokenizer.train(TEXTS, vocab_size=80, min_frequency=1)
+    info = NerInfo(["O", "B-PER", "I-PER"], 32, "bio", False, "char")
+    config = BertConfig(**TINY, vocab_size=len(tok), extra=SPEC.config_extra(info))
+    save_task(SPEC, info, BertForTokenClassification(config), tok, tmp_path / "ner")
+    (tmp_path / "ner" / "task.json").unlink()
+    with pytest.raises(CheckpointError, match=r"task\.json: not found, but .* holds a fine-tuned model "
+                                              r"\(BertForTokenClassification; config\.json has bertkit_crf, "
+                                              r"id2label\)"):
+        Predictor(tmp_path / "ner")
+    # a classifier's config.json holds all its task needs, as transformers writes it: it is read as one
     directory = make_classifier(tmp_path / "c")
     (directory / "task.json").unlink()
-    with pytest.raises(CheckpointError, match=r"task\.json: not found, but .* holds a fine-tuned model "
-                                              r"\(BertForSequenceClassification; config\.json has id2label\)"):
-        Predictor(directory)
+    predictor = Predictor(directory)
+    assert predictor.task == "classification" and predictor.labels == ["neg", "pos"] and predictor.derived
 
 
 def test_a_pre_trained_encoder_serves_sentence_embeddings(english_mlm, minilm_dir):

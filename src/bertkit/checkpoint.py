@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from bertkit.config import CONFIG_NAME, BertConfig
 from bertkit.errors import CheckpointError
 from bertkit.fileio import atomic_write
-from bertkit.tokenizer import VOCAB_NAME, read_vocab
+from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME, read_vocabulary
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -128,6 +128,10 @@ def from_hf_state_dict(
         state = {(k if k.startswith(("cls.",)) else prefix + k): v for k, v in state.items()}
     elif not prefix and has_prefix:
         state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in state.items()}
+    if not getattr(model, "uses_pooler", True) and not any(k.startswith(f"{prefix}pooler.") for k in state):
+        # transformers' class of this head has no pooler, so its checkpoints have none: nor has the model then (a
+        # made-up one would be random weights, saved and exported)
+        (model.bert if prefix else model).pooler = None
 
     used: set[str] = set()
     missing: list[str] = []
@@ -199,10 +203,11 @@ def read_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
 
 
 def check_vocab_fits(directory: Path, config: BertConfig) -> None:
-    """A vocab.txt with more tokens than the embedding table would crash mid-forward; refuse it at load time."""
-    vocab_path = directory / VOCAB_NAME
-    if vocab_path.is_file():
-        size = len(read_vocab(vocab_path))
+    """A vocabulary (vocab.txt, or tokenizer.json) with more tokens than the embedding table would crash
+    mid-forward; refuse it at load time."""
+    if (directory / VOCAB_NAME).is_file() or (directory / TOKENIZER_JSON_NAME).is_file():
+        vocab, _, vocab_path = read_vocabulary(directory)
+        size = len(vocab)
         if size > config.vocab_size:
             raise CheckpointError(
                 f"{vocab_path} has {size} tokens but {directory / CONFIG_NAME} says vocab_size={config.vocab_size}: "

@@ -31,8 +31,10 @@ from bertkit.tokenizer import Tokenizer
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Describe a checkpoint directory: config, parameter count, vocabulary."""
+    """Describe a checkpoint directory: config, parameter count, vocabulary, task (and how it was found)."""
     from bertkit.checkpoint import check_directory, check_vocab_fits, read_weights
+    from bertkit.tasks.derived import describe_task
+    from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME, read_vocabulary
 
     directory = Path(args.checkpoint)
     check_directory(directory)
@@ -48,8 +50,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"architecture {', '.join(config.architectures)}")
     print(f"shape        L={config.num_hidden_layers} H={config.hidden_size} A={config.num_attention_heads} "
           f"I={config.intermediate_size} V={config.vocab_size} max_len={config.max_position_embeddings}")
-    if (directory / "vocab.txt").is_file():
-        print(f"vocabulary   {len(Tokenizer.from_pretrained(directory))} tokens")
+    if any((directory / name).is_file() for name in (VOCAB_NAME, TOKENIZER_JSON_NAME)):
+        vocab, options, vocab_source = read_vocabulary(directory)
+        added = f", {len(options.added_tokens)} of them added tokens" if options.added_tokens else ""
+        print(f"vocabulary   {len(vocab)} tokens ({vocab_source.name}{added})")
+    print(f"task         {describe_task(directory, config)}")
     if bad:
         # reported, not raised: info is how one inspects a broken checkpoint; the exit code says it is unusable
         print(f"finite       NO: {len(bad)} tensor(s) hold NaN or infinite values: {', '.join(bad[:8])}"
@@ -57,11 +62,27 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 1
     print("finite       yes")
     from bertkit.device import describe, resolve_device
-    from bertkit.quantize import resolve_precision
+    from bertkit.precision import resolve_precision
 
     device = resolve_device("auto")
     precision, why = resolve_precision("auto", device)
     print(f"here         --device auto: {describe(device)}; --precision auto: {precision} ({why})")
+    return 0
+
+
+def cmd_extend_vocab(args: argparse.Namespace) -> int:
+    """Append domain tokens to a checkpoint's vocabulary, as a new checkpoint: embeddings (and the MLM output layer)
+    grown, each new row the mean of the rows of the pieces the old vocabulary split the token into."""
+    from bertkit.vocab import extend_vocab
+
+    result = extend_vocab(args.checkpoint, args.add_tokens, args.output)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    for token in result.tokens:
+        kind = "added token" if token.added else "WordPiece entry"
+        print(f"{token.entry}\t{kind}, from {' '.join(token.pieces)}")
+    print(f"{result.output}: {len(result.tokens)} token(s) appended from id {result.first_id}; vocab_size "
+          f"{result.rows_before} -> {result.rows_after}")
     return 0
 
 
@@ -108,7 +129,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     """Tokenize a pre-training corpus once, in parallel, into .npy token shards (plain text or .gz, files or
     directories; Google's format); deterministic for any --workers, resumable after an interruption."""
-    from bertkit.prepared import PrepareOptions, prepare
+    from bertkit.prepare import PrepareOptions, prepare
 
     tok = Tokenizer.from_pretrained(args.tokenizer)
     manifest = prepare(args.input, tok, args.output, heldout=args.heldout,
@@ -286,8 +307,8 @@ def _pretrained_task_arg(p: argparse.ArgumentParser) -> None:
 def _serve_args(p: argparse.ArgumentParser) -> None:
     from bertkit.serve import ServeConfig
 
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
-                   "(fill-mask or sentence embeddings)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
+                   "BertFor* head), or a pre-trained one (fill-mask or sentence embeddings)")
     _pretrained_task_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int_range(0, 65535), default=8000, help="(default: %(default)s)")
@@ -329,7 +350,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
+                   "BertFor* head)")
     p.add_argument("--data", required=True, help="labelled file (or directory, for formats that are directories)")
     p.add_argument("--format", default=None, help="input format (default: the task's)")
     _device_arg(p)
@@ -344,8 +366,8 @@ def _fill_mask_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json), or a pre-trained one "
-                   "(fill-mask or sentence embeddings)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
+                   "BertFor* head), or a pre-trained one (fill-mask or sentence embeddings)")
     _pretrained_task_arg(p)
     p.add_argument("--input", default="-", help="JSONL objects or plain text lines, UTF-8 (a BOM is ignored, blank "
                    "lines skipped; no input at all is an error); '-' for stdin (default)")
@@ -407,7 +429,7 @@ def _train_tokenizer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _prepare_data_args(p: argparse.ArgumentParser) -> None:
-    from bertkit.prepared import PrepareOptions
+    from bertkit.prepare import PrepareOptions
 
     p.add_argument("input", nargs="+", help="text files (.gz too) or directories, one sentence or paragraph a line, "
                    "a blank line between documents")
@@ -453,6 +475,13 @@ def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a Hugging Face-layout BERT directory")
 
 
+def _extend_vocab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint directory (any BERT: pre-trained or fine-tuned)")
+    p.add_argument("--add-tokens", required=True, metavar="FILE",
+                   help="the new tokens, one a line (UTF-8; a token the vocabulary has is skipped with a note)")
+    p.add_argument("--output", required=True, help="a new directory for the extended checkpoint")
+
+
 def _fetch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("packages", nargs="*", help=f"which of {sorted(resources.ALL)} (default: all)")
 
@@ -471,6 +500,7 @@ COMMANDS.update({
     "serve": (cmd_serve, _serve_args),
     "export": (cmd_export, _export_args),
     "info": (cmd_info, _info_args),
+    "extend-vocab": (cmd_extend_vocab, _extend_vocab_args),
     "fetch-data": (cmd_fetch_data, _fetch_args),
 })
 

@@ -1,4 +1,5 @@
-"""`--compile`: a model run through torch.compile that falls back to eager, once and with a warning, where it cannot."""
+"""`--compile`: a model (or, for int8 inference, a function) run through torch.compile that falls back to eager, once
+and with a warning, where it cannot."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a compile failure's warning: the exception's type and its message's first line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class CompiledOrEager(nn.Module):
@@ -26,7 +33,7 @@ class CompiledOrEager(nn.Module):
 
     def _fall_back(self, exc: BaseException) -> None:
         self.compiled = None
-        self.failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        self.failed = failure_line(exc)
         warnings.warn(f"--compile: torch.compile failed ({self.failed[:300]}); training continues in eager mode",
                       stacklevel=3)
 

@@ -168,7 +168,7 @@ class ArrayShard:
     tokens: np.ndarray
     sentences: np.ndarray
     documents: np.ndarray
-    files: dict[str, str] | None = None  # .npy paths of arrays read from files (prepared.FileArray)
+    files: dict[str, str] | None = None  # .npy paths of arrays read from files (filearray.FileArray)
 
     def read(self, name: str) -> np.ndarray:
         """A whole array, read from its file into memory that is freed after use."""

@@ -151,6 +151,7 @@ class CheckpointIO:
 
     hf_architecture: str
     hf_head_renames: tuple[tuple[str, str], ...] = ()  # (bertkit prefix, transformers prefix) for head weights
+    uses_pooler: bool = True  # False: the head never reads the pooler; from a checkpoint without one, it has none
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs):
@@ -314,6 +315,9 @@ class Embeddings(nn.Module):
             # would cast its input (forward and backward). bf16 activations, fp32 master weights, as Megatron does.
             x = x.to(torch.get_autocast_dtype(x.device.type))
         return self.dropout(x)
+
+
+ENCODER_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")  # an EncoderLayer's Linears, by attribute name
 
 
 class EncoderLayer(nn.Module):

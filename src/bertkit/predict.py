@@ -15,9 +15,10 @@ from bertkit.checkpoint import check_directory
 from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
-from bertkit.quantize import prepare_for_inference
+from bertkit.precision import prepare_for_inference
 from bertkit.tasks import TASKS, default_task, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
+from bertkit.tasks.derived import DerivedTask, derive_task
 from bertkit.tasks.spec import Work
 from bertkit.tokenizer import Tokenizer
 
@@ -37,15 +38,17 @@ class Predictor:
         `onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
         inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
-        `bertkit.quantize`) or auto (`quantize.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
+        `bertkit.quantize`) or auto (`precision.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
         where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
-        `compile`: int8 layers through torch.compile (see `quantize.Int8EncoderLayer`), compiled here rather than in
-        the first request.
+        `compile`: int8 layers through torch.compile (see `precision.int8`), compiled here rather than in
+        the first request. A checkpoint transformers fine-tuned (a `BertFor*` head, no task.json) has its task info
+        derived from config.json (`bertkit.tasks.derived`; `self.derived` says how).
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
         """
         self.directory = Path(directory)
+        self.derived: DerivedTask | None = None  # the task info derived from a transformers config.json, if so
         self.device = resolve_device("cpu" if onnx is not None and device in (None, "auto") else device)
         if onnx is not None and self.device.type != "cpu":
             raise DeviceError(f"--onnx runs the encoder in onnxruntime on the CPU; --device {device} does not apply")
@@ -59,6 +62,11 @@ class Predictor:
                     raise CheckpointError(f"{self.directory} is a fine-tuned {self.spec.name} checkpoint; it cannot "
                                           f"be used for {task}")
                 check_task_fits_config(self.directory, self.spec, self.info, config)
+            elif (derived := derive_task(self.directory, config)) is not None:
+                if task is not None and task != derived.spec.name:
+                    raise CheckpointError(f"{self.directory} is a fine-tuned {derived.architecture} "
+                                          f"({derived.spec.name}); it cannot be used for {task}")
+                self.spec, self.info, self.derived = derived.spec, derived.info, derived
             else:
                 tuned = sorted(k for k in config.extra if k.startswith("bertkit_") or k == "id2label")
                 if tuned or not set(config.architectures) <= PRETRAINED_ARCHITECTURES:

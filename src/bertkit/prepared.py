@@ -1,7 +1,9 @@
-"""Prepared corpora: raw text tokenized once, in parallel processes, into .npy token shards with a manifest.
+"""Prepared corpora on disk: the layout, one shard's writing, and the reader that checks a directory as a whole.
 
 A prepared directory holds, for the training documents and (optionally) the held-out ones:
 
+    prepare.json                      the settings of the prepare writing it, written first (`bertkit.prepare`)
+    tokenizer/                        the vocabulary the tokens index
     manifest.json                     what was prepared, from what, with which vocabulary; every shard's sha256
     train/shard-00000.tokens.npy      uint32 token codes (id in the low 30 bits, "begins a word" in bit 30)
     train/shard-00000.sentences.npy   int64 offsets into tokens, one per sentence plus the end
@@ -9,36 +11,27 @@ A prepared directory holds, for the training documents and (optionally) the held
     train/shard-00000.json            the shard's counts, the sha256 of its text and of each array, written last
     heldout/...                       the same, for held-out documents
 
-Shard boundaries depend only on the text (a shard closes after `shard_chars` characters of whole documents), and
-each shard is a pure function of its documents, so the bytes are the same for any number of workers. Every file is
-written atomically and a shard's .json last: a prepare that is interrupted resumes by skipping the shards whose
-.json, text hash and files check out, and nothing half-written is ever read as a shard.
+Every file is written atomically and a shard's .json last, so nothing half-written is ever read as a shard. The
+reader opens the arrays as `FileArray`s: read piecewise, never memory-mapped.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bertkit.argtypes import flag, float_range, int_range
-from bertkit.corpus import MAX_DOCUMENT_CHARS
 from bertkit.errors import DataError
-from bertkit.fileio import atomic_write, atomic_write_text, files_intact, open_for_reading, sha256_file
+from bertkit.filearray import FileArray
+from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256_file
 from bertkit.masking import ArrayShard, encode_token
-from bertkit.processes import die_with_parent
-from bertkit.tokenizer import Tokenizer, TokenizerOptions
+from bertkit.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -48,123 +41,47 @@ ARRAYS = ("tokens", "sentences", "documents")
 COUNTS = ("documents", "sentences", "tokens", "characters")  # what a shard's record counts
 
 
-@dataclass(frozen=True)
-class PrepareOptions:
-    """How text becomes shards; any change gives other bytes, so a resumed prepare must use the same."""
-
-    whole_word: bool = flag("store jieba word starts (Chinese whole-word masking)", False,
-                            name="--whole-word-masking")
-    # characters of text per shard (whole documents; the last may be shorter). None: from the inputs' total size,
-    # 1/64 of it between 50,000 and 1,000,000, so a small corpus still has shards for every core and a large one
-    # keeps a worker's lists near 40 MB; a function of the inputs alone, so the bytes stay the same for any workers
-    shard_chars: int | None = flag("characters of text per shard (default: 1/64 of the input size, from 50,000 to "
-                                   "1,000,000)", type=int_range(1))
-    heldout_fraction: float = flag("without --heldout: hold out this fraction of the documents (chosen by --seed)",
-                                   0.0, type=float_range(0.0, 1.0, high_open=True))
-    seed: int = flag("held-out choice seed", 0, type=int_range(0))
-    max_sentence_chars: int = 256  # long lines are split into sentences, pieces over this cut at commas
-    # a document longer than this is cut (with a warning naming the file and line), so a corpus without blank lines
-    # or a file of one line becomes many documents, and no shard holds more than shard_chars + this many characters
-    max_document_chars: int = flag("a longer document (a file without blank lines, a line of megabytes) is cut into "
-                                   "documents of at most this many characters, with a warning naming the file and "
-                                   "line", MAX_DOCUMENT_CHARS, type=int_range(1))
-
-    def __post_init__(self) -> None:
-        if self.shard_chars is not None and self.shard_chars < 1:
-            raise DataError(f"shard_chars must be >= 1, got {self.shard_chars}")
-        if self.max_document_chars < 1:
-            raise DataError(f"max_document_chars must be >= 1, got {self.max_document_chars}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise DataError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-
-
 def vocabulary_fingerprint(tokenizer: Tokenizer) -> str:
     """sha256 of the vocabulary and the normalisation options: two tokenizers with the same one give the same ids."""
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
+    if not options["added_tokens"]:
+        del options["added_tokens"]  # left out when empty: manifests of vocabularies without any hash no such key
     text = json.dumps({"vocab": tokenizer.vocab, "options": options}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def input_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The files named, and every regular file under the directories named (sorted, hidden names skipped)."""
-    files: list[Path] = []
-    for item in paths:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                raise DataError("directory holds no files", str(path))
-            files += found
-        else:
-            open_for_reading(path).close()  # a missing or unreadable file is named now, before any work
-            files.append(path)
-    if not files:
-        raise DataError("no input files given")
-    return files
+# ---- one shard's files ---------------------------------------------------------------------------------------------
 
-
-# ---- writing -------------------------------------------------------------------------------------------------------
-
-def _text_digest(documents: list[list[str]]) -> tuple[str, int]:
-    """(sha256 of the documents' lines, their size in UTF-8 bytes)."""
-    digest = hashlib.sha256()
-    size = 0
-    for document in documents:
-        for line in document:
-            data = line.encode("utf-8", "surrogatepass")
-            digest.update(data)
-            digest.update(b"\n")
-            size += len(data) + 1
-        digest.update(b"\x00")
-    return digest.hexdigest(), size
+_SHARD_PREFIX = "shard-"  # how the name of each file of a shard begins
 
 
 def _shard_stem(directory: Path, index: int) -> Path:
-    return directory / f"shard-{index:05d}"
+    return directory / f"{_SHARD_PREFIX}{index:05d}"
 
 
-def _finished_shard(directory: Path, index: int, text_sha256: str) -> dict[str, Any] | None:
-    """The record of a shard already written from exactly this text, with intact files; else None."""
+def _array_path(directory: Path, index: int, name: str) -> Path:
+    """The .npy file of one of shard `index`'s arrays (`name` in ARRAYS)."""
     stem = _shard_stem(directory, index)
-    try:
-        record = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-        if record.get("text_sha256") != text_sha256 or not files_intact(directory, record["files"]):
-            return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return record
+    return stem.with_name(f"{stem.name}.{name}.npy")
 
 
-_WORKER_TOKENIZER: dict[str, Tokenizer] = {}  # one tokenizer per worker process, built on its first shard
+def _record_path(directory: Path, index: int) -> Path:
+    """The .json record of shard `index`."""
+    return _shard_stem(directory, index).with_suffix(".json")
 
 
-def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256: str,
-                 vocab: list[str], options: dict[str, Any], whole_word: bool, max_sentence_chars: int
-                 ) -> dict[str, Any]:
-    """Split one shard's documents (lists of lines) into sentences, tokenize them and write the arrays, then the
-    shard's record (runs in a worker process: the parent only reads lines, so it keeps up with every core)."""
-    from bertkit.corpus import split_sentences
-    from bertkit.masking import tokenize_documents
+def _shard_files(index: int) -> list[str]:
+    """The files of shard `index`, as a record lists them (its arrays), sorted."""
+    return sorted(_array_path(Path(), index, name).name for name in ARRAYS)
 
-    key = hashlib.sha256(json.dumps([vocab, options], sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
-    if key not in _WORKER_TOKENIZER:
-        fields = {**options, "additional_special_tokens": tuple(options.get("additional_special_tokens", ()))}
-        _WORKER_TOKENIZER[key] = Tokenizer(vocab, TokenizerOptions(**fields))
-    tokenizer = _WORKER_TOKENIZER[key]
-    documents = [[s for line in document for s in split_sentences(line, max_sentence_chars)] for document in lines]
-    coded = tokenize_documents(documents, tokenizer, whole_word=whole_word)
-    sentences = [sentence for document in coded for sentence in document]
-    tokens = np.fromiter((t for sentence in sentences for t in sentence), dtype=np.uint32,
-                         count=sum(len(s) for s in sentences))
-    sentence_offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
-    np.cumsum([len(s) for s in sentences], out=sentence_offsets[1:])
-    document_offsets = np.zeros(len(coded) + 1, dtype=np.int64)
-    np.cumsum([len(d) for d in coded], out=document_offsets[1:])
-    stem = _shard_stem(Path(directory), index)
+
+def write_shard(directory: Path, index: int, tokens: np.ndarray, sentence_offsets: np.ndarray,
+                document_offsets: np.ndarray, *, characters: int, text_sha256: str) -> dict[str, Any]:
+    """Write shard `index`: its arrays, each atomically, then its record (counts, the sha256 of its text and of each
+    array's file) last, so a shard with a record is whole; returns the record."""
     files = {}
     for name, array in (("tokens", tokens), ("sentences", sentence_offsets), ("documents", document_offsets)):
-        path = stem.with_name(f"{stem.name}.{name}.npy")
+        path = _array_path(directory, index, name)
 
         def save(tmp: Path, array: np.ndarray = array) -> None:
             with open(tmp, "wb") as handle:
@@ -172,328 +89,32 @@ def _write_shard(directory: str, index: int, lines: list[list[str]], text_sha256
 
         atomic_write(path, save)
         files[path.name] = sha256_file(path)
-    record = {"index": index, "documents": len(coded), "sentences": len(sentences), "tokens": int(tokens.size),
-              "characters": sum(len(s) for d in documents for s in d), "text_sha256": text_sha256, "files": files}
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    record = {"index": index, "documents": len(document_offsets) - 1, "sentences": len(sentence_offsets) - 1,
+              "tokens": int(tokens.size), "characters": characters, "text_sha256": text_sha256, "files": files}
+    atomic_write_text(_record_path(directory, index), json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
 
-def _shards_of(documents: Iterable[list[str]], shard_chars: int) -> Iterator[list[list[str]]]:
-    """Consecutive runs of whole documents of about `shard_chars` characters (a function of the text alone)."""
-    shard: list[list[str]] = []
-    size = 0
-    for document in documents:
-        shard.append(document)
-        size += sum(len(s) for s in document)
-        if size >= shard_chars:
-            yield shard
-            shard, size = [], 0
-    if shard:
-        yield shard
+def finished_shard(directory: Path, index: int, text_sha256: str) -> dict[str, Any] | None:
+    """The record of a shard already written from exactly this text, with intact files; else None."""
+    try:
+        record = json.loads(_record_path(directory, index).read_text(encoding="utf-8"))
+        if record.get("text_sha256") != text_sha256 or not files_intact(directory, record["files"]):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record
 
 
-def _is_heldout(seed: int, index: int, fraction: float) -> bool:
-    # a hash of (seed, document index), not a shared random stream: the choice does not depend on reading order
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * 2**64
-
-
-def prepare(inputs: Sequence[str | Path], tokenizer: Tokenizer, output: str | Path, *,
-            heldout: Sequence[str | Path] | None = None, options: PrepareOptions | None = None, workers: int = 0,
-            progress: bool = True, replace_changed: bool = False) -> dict[str, Any]:
-    """Tokenize text files (Google's format: one sentence or paragraph a line, a blank line between documents;
-    plain or .gz; directories are read whole) into shards under `output`; returns the manifest.
-
-    `workers`: tokenizing processes (0: one per core, at most one per shard; 1: in this process). Held-out
-    documents come from `heldout` files, or from `options.heldout_fraction` of the input documents. A directory
-    holding a prepare with other settings is refused, or emptied first with `replace_changed` (a run directory's
-    own copy). The vocabulary is saved in `tokenizer/`, so `pretrain --data` needs no --tokenizer.
-    """
-    from bertkit.corpus import read_documents
-
-    options = options or PrepareOptions()
-    if heldout and options.heldout_fraction:
-        raise DataError("give held-out files or a held-out fraction, not both")
-    output = Path(output)
-    files = input_files(inputs)
-    heldout_files = input_files(heldout) if heldout else []
-    total_bytes = sum(p.stat().st_size for p in files + heldout_files if p.is_file())
-    if options.shard_chars is None:
-        options = replace(options, shard_chars=min(1_000_000, max(50_000, total_bytes // 64)))
-    settings = {"format": FORMAT_VERSION, "vocabulary_sha256": vocabulary_fingerprint(tokenizer),
-                "vocab_size": tokenizer.vocab_size, "options": asdict(options),
-                "inputs": [os.path.abspath(p) for p in files],
-                "heldout_inputs": [os.path.abspath(p) for p in heldout_files]}
-    _check_or_write_settings(output, settings, replace_changed)
-    if not (output / "tokenizer" / "vocab.txt").is_file():
-        tokenizer.save_pretrained(output / "tokenizer")
-    shards = max(1, total_bytes // options.shard_chars)  # about: a character is 1 to 3 bytes
-    workers = workers or min(os.cpu_count() or 1, shards)
-    tokenizer_options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tokenizer.options).items()}
-
-    def documents(paths: list[Path]) -> Iterator[list[str]]:
-        for path in paths:  # lines (a long one cut at the document limit); the workers split them into sentences
-            yield from read_documents(path, split=False, max_document_chars=options.max_document_chars)
-
-    streams: dict[str, Iterator[list[str]]]
-    if heldout_files:
-        streams = {"train": documents(files), "heldout": documents(heldout_files)}
-    elif options.heldout_fraction:
-        # two streaming passes over the files (one per split) rather than one pass holding the corpus in memory
-        fraction, seed = options.heldout_fraction, options.seed
-        streams = {"train": (d for i, d in enumerate(documents(files)) if not _is_heldout(seed, i, fraction)),
-                   "heldout": (d for i, d in enumerate(documents(files)) if _is_heldout(seed, i, fraction))}
-    else:
-        streams = {"train": documents(files)}
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress,
-               mininterval=0.5 if os.isatty(2) else 30)
-    manifest: dict[str, Any] = {**settings, "splits": {}}
-    started = time.perf_counter()
-    # spawn, not fork: the parent may hold torch and tokenizers thread pools, which a forked child inherits broken
-    context = multiprocessing.get_context("spawn")
-    pool: concurrent.futures.Executor = (
-        _InProcess() if workers == 1 else
-        concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                               initargs=(os.getpid(),)))
-    with pool:
-        for split, stream in streams.items():
-            directory = output / split
-            directory.mkdir(parents=True, exist_ok=True)
-            records = _run_split(pool, directory, stream, tokenizer, tokenizer_options, options, workers, bar)
-            if records:
-                manifest["splits"][split] = {
-                    "shards": records, **{k: sum(r[k] for r in records)
-                                          for k in ("documents", "sentences", "tokens", "characters")}}
-    bar.close()
-    if "train" not in manifest["splits"] or manifest["splits"]["train"]["documents"] == 0:
-        raise DataError("no text in the input files", ", ".join(map(str, files)))
-    if (heldout_files or options.heldout_fraction) and "heldout" not in manifest["splits"]:
-        raise DataError("no held-out text (the held-out files are empty, or the fraction chose no document)")
-    atomic_write_text(output / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    manifest["seconds"] = time.perf_counter() - started  # returned, not written: the bytes stay reproducible
-    return manifest
-
-
-class _InProcess(concurrent.futures.Executor):
-    """One worker: the shards are written here, one after another (no process start-up for small corpora)."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        return future
-
-
-def _start_worker(parent: int) -> None:
-    """Set up a worker process: no thread pools of its own, and an end when `parent` ends."""
-    # one process per core does the parallelism; the Rust tokenizer's own thread pool would oversubscribe the cores
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    die_with_parent(parent)
-
-
-def _run_split(pool: concurrent.futures.Executor, directory: Path, stream: Iterator[list[str]],
-               tokenizer: Tokenizer, tokenizer_options: dict[str, Any], options: PrepareOptions, workers: int,
-               bar: Any) -> list[dict[str, Any]]:
-    """Shard the stream, skip the shards already written from the same text, write the rest in the pool; at most
-    2 x workers shards are held in memory at once."""
-    records: dict[int, dict[str, Any]] = {}
-    pending: dict[concurrent.futures.Future, int] = {}
-    sizes: dict[int, int] = {}
-
-    def collect() -> None:
-        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in done:
-            index = pending.pop(future)
-            records[index] = future.result()
-            bar.update(sizes[index])
-
-    index = -1
-    assert options.shard_chars is not None
-    for index, documents in enumerate(_shards_of(stream, options.shard_chars)):
-        text_sha256, sizes[index] = _text_digest(documents)
-        finished = _finished_shard(directory, index, text_sha256)
-        if finished is not None:
-            records[index] = finished
-            bar.update(sizes[index])
-            continue
-        while len(pending) >= 2 * workers:
-            collect()
-        future = pool.submit(_write_shard, str(directory), index, documents, text_sha256, tokenizer.vocab,
-                             tokenizer_options, options.whole_word, options.max_sentence_chars)
-        pending[future] = index
-    while pending:
-        collect()
-    # shards past the end (a previous prepare of a longer text in this directory) are not part of this corpus
-    for stale in directory.glob("shard-*"):
-        number = int(stale.name[len("shard-"):].split(".")[0])
-        if number > index:
+def remove_shards_after(directory: Path, last: int) -> None:
+    """Delete the files of the shards numbered above `last`: left by a prepare of a longer text, not of this one."""
+    for stale in directory.glob(f"{_SHARD_PREFIX}*"):
+        number = int(stale.name[len(_SHARD_PREFIX):].split(".")[0])
+        if number > last:
             stale.unlink()
-    return [records[i] for i in range(index + 1)]
-
-
-def _check_or_write_settings(output: Path, settings: dict[str, Any], replace_changed: bool = False) -> None:
-    """A prepare into a directory that already holds one continues it only with the same inputs and options
-    (or, with `replace_changed`, starts it again)."""
-    path = output / OPTIONS_NAME
-    if path.is_file() and replace_changed:
-        try:
-            same = _read_settings(path) == settings
-        except (OSError, ValueError, AttributeError):
-            same = False
-        if not same:
-            import shutil
-
-            for name in (*SPLITS, "tokenizer", MANIFEST_NAME, OPTIONS_NAME):
-                target = output / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-    if path.is_file():
-        try:
-            old = _read_settings(path)
-        except (OSError, ValueError, AttributeError) as exc:
-            raise DataError(f"unreadable ({exc}); delete the directory to prepare again", str(path)) from exc
-        changed = [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in settings.items() if old.get(key) != value]
-        if changed:
-            raise DataError(f"{output} holds a prepare with other settings ({'; '.join(changed)}); choose another "
-                            "--output or delete it", str(path))
-        return
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
-
-
-# options added since the first format-1 prepares, with the value those were made with: documents under the limit
-# give the same bytes, and a shard whose text the new option changes fails its text hash and is written again
-_ADDED_OPTIONS = {"max_document_chars": MAX_DOCUMENT_CHARS}
-
-
-def _read_settings(path: Path) -> dict[str, Any]:
-    """The settings a prepare wrote, with the options it predates at the values it used."""
-    settings = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(settings.get("options"), dict):
-        settings["options"] = {**_ADDED_OPTIONS, **settings["options"]}
-    return settings
 
 
 # ---- reading -------------------------------------------------------------------------------------------------------
-
-class FileArray:
-    """A one-dimensional .npy array read piecewise with `os.pread`, never memory-mapped: what a run has read stays in
-    the kernel's page cache (shared, evictable), not in the process. A map would keep every page it touched, and the
-    16 pages the kernel maps around each fault, resident in the process until the run ends, so a long run over a
-    large corpus would end up holding the corpus in its RSS.
-
-    Supports what the example builder needs: `len`, an integer, a slice with step 1 (a new array),
-    `searchsorted` (one read through a sample of every 512th value kept in memory), and `np.asarray` (the whole
-    array). Forked workers share the descriptor (pread has no file position); pickling reopens the file.
-    """
-
-    SAMPLE = 512
-    SAMPLE_BLOCK = 8192  # samples taken per read while the sample is built
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = str(path)
-        with open(self.path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, _fortran_order, dtype = read_header(f)
-            except ValueError as exc:
-                raise DataError(f"not a .npy array ({exc})", self.path) from exc
-            self.offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
-        if len(shape) != 1 or dtype.hasobject:
-            raise DataError(f"expected a one-dimensional numeric array, found shape {shape} of {dtype}", self.path)
-        if size != self.offset + shape[0] * dtype.itemsize:
-            # checked now: a short file would otherwise fail in the middle of a run, at the first read past its end
-            raise DataError(f"holds {size:,} bytes; its header describes {self.offset + shape[0] * dtype.itemsize:,} "
-                            "(a cut or damaged file)", self.path)
-        self.dtype, self.shape = dtype, shape
-        self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self._sample: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _read(self, start: int, stop: int) -> np.ndarray:
-        size = self.dtype.itemsize
-        want = max(stop - start, 0) * size
-        out = bytearray(want)
-        view, done = memoryview(out), 0
-        while done < want:  # pieces of at most 1 GiB (a larger pread fails on some systems); short reads continue
-            got = os.preadv(self.fd, [view[done : done + min(want - done, 2**30)]], self.offset + start * size + done)
-            if got == 0:
-                raise DataError(f"file ends {want - done} bytes early", self.path)
-            done += got
-        return np.frombuffer(out, dtype=self.dtype)
-
-    def __getitem__(self, key: int | slice) -> Any:
-        n = len(self)
-        if isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step != 1:
-                raise ValueError("FileArray slices take step 1")
-            return self._read(start, max(start, stop))
-        index = int(key)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(key)
-        return self._read(index, index + 1)[0]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(np.asarray(self))
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        data = self._read(0, len(self))
-        return data if dtype is None else data.astype(dtype)
-
-    def searchsorted(self, value: int, side: str = "left") -> int:
-        """np.searchsorted on the sorted file: the sample narrows it to one block of SAMPLE values, read at once."""
-        if self._sample is None:  # read in blocks, so the whole array is never in memory at once
-            block = self.SAMPLE * self.SAMPLE_BLOCK
-            parts = [self._read(s, min(s + block, len(self)))[:: self.SAMPLE].copy() for s in
-                     range(0, len(self), block)]
-            self._sample = np.concatenate(parts) if parts else np.zeros(0, self.dtype)
-        block = int(np.searchsorted(self._sample, value, side=side))  # the answer lies in the block before it
-        first = max(block - 1, 0) * self.SAMPLE
-        stop = min(first + self.SAMPLE + 1, len(self))
-        return first + int(np.searchsorted(self[first:stop], value, side=side))
-
-    def sha256(self, inspect: Callable[[int, np.ndarray], None] | None = None) -> str:
-        """sha256 of the whole file, read once through the descriptor the array is read by, in blocks of 16 MiB;
-        `inspect(start, values)` sees each block of values on the way."""
-        digest = hashlib.sha256(os.pread(self.fd, self.offset, 0))
-        step = max(1, (16 << 20) // self.dtype.itemsize)
-        for start in range(0, len(self), step):
-            values = self._read(start, min(start + step, len(self)))
-            digest.update(values)
-            if inspect is not None:
-                inspect(start, values)
-        return digest.hexdigest()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
-
-    def __del__(self) -> None:
-        fd = getattr(self, "fd", None)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
 
 class PreparedSplit:
     """The documents of one split, read from their files on demand (`FileArray`): `len(split)` documents;
@@ -526,15 +147,9 @@ _OFFSETS_OF = {"sentences": "tokens", "documents": "sentences"}
 _ID_BITS = np.uint32(encode_token(0, True) - 1)  # a token code's id: the bits below its "begins a word" bit
 
 
-def _shard_files(index: int) -> list[str]:
-    """The files of shard `index`, as a record lists them (its arrays), sorted."""
-    return sorted(f"{_shard_stem(Path(), index).name}.{name}.npy" for name in ARRAYS)
-
-
 def _open_shard(directory: Path, record: dict[str, Any]) -> ArrayShard:
     """One shard's arrays, opened and checked against its record: dtypes and lengths (from the headers)."""
-    stem = _shard_stem(directory, record["index"])
-    files = {name: str(stem.with_name(f"{stem.name}.{name}.npy")) for name in ARRAYS}
+    files = {name: str(_array_path(directory, record["index"], name)) for name in ARRAYS}
     arrays = {name: FileArray(path) for name, path in files.items()}
     for name, array in arrays.items():
         kind, size, expected = _ARRAY_TYPES[name]
@@ -692,7 +307,7 @@ class PreparedCorpus:
                 raise DataError(f"{split}/{_shard_stem(Path(), position).name}: the record lists "
                                 f"{', '.join(sorted(record['files']))}; expected {', '.join(_shard_files(position))}",
                                 str(path))
-            json_path = _shard_stem(directory, position).with_suffix(".json")
+            json_path = _record_path(directory, position)
             try:
                 own = json.loads(json_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
@@ -712,8 +327,8 @@ class PreparedCorpus:
                 if totals.get(field) != total or type(totals.get(field)) is not int:
                     raise DataError(f"{split}: {field} {totals.get(field)!r}; its shards hold {total}", str(path))
         expected = {name for position in range(len(records)) for name in
-                    (*_shard_files(position), f"{_shard_stem(Path(), position).name}.json")}
-        found = {entry.name for entry in os.scandir(directory) if entry.name.startswith("shard-")} \
+                    (*_shard_files(position), _record_path(Path(), position).name)}
+        found = {entry.name for entry in os.scandir(directory) if entry.name.startswith(_SHARD_PREFIX)} \
             if directory.is_dir() else set()
         for name in sorted(expected - found):
             raise DataError(f"{split}/{name} is missing (the manifest lists it)", str(self.directory))

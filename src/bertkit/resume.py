@@ -40,7 +40,7 @@ def _fingerprint_chunks(value: Any) -> Iterator[bytes]:
     # every value is framed by its type and length, so [[1], [2]] and [[1, 2]] hash differently
     if isinstance(value, Tensor):
         value = value.detach().cpu().numpy()
-    if hasattr(value, "__array__") and not isinstance(value, np.ndarray | np.generic):  # prepared.FileArray
+    if hasattr(value, "__array__") and not isinstance(value, np.ndarray | np.generic):  # filearray.FileArray
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
         yield f"a{value.dtype.str}{value.shape};".encode()

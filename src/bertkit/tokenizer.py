@@ -1,7 +1,8 @@
 """BERT tokenizer over the `tokenizers` library: BERT normalisation, one token per CJK character, WordPiece, pairs.
 
 Reads and writes the Hugging Face layout (`vocab.txt` + `tokenizer_config.json`), so ids equal
-`transformers.BertTokenizer`'s for the same vocabulary.
+`transformers.BertTokenizer`'s for the same vocabulary; reads a WordPiece `tokenizer.json` where there is no
+`vocab.txt` (what transformers 5 saves).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as _RustTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write_text, read_lines
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+TOKENIZER_JSON_NAME = "tokenizer.json"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Google's WordPiece gives up on words longer than this and emits [UNK] for the whole word.
 MAX_INPUT_CHARS_PER_WORD = 100
@@ -49,6 +51,9 @@ class TokenizerOptions:
     cls_token: str = "[CLS]"
     mask_token: str = "[MASK]"
     additional_special_tokens: tuple[str, ...] = ()  # never split (entity markers); saved like transformers does
+    # never split, matched in the normalised text, not special (domain terms that BERT's pre-tokenizer would cut
+    # apart: several CJK characters, a word with punctuation); saved as transformers' added_tokens_decoder
+    added_tokens: tuple[str, ...] = ()
 
 
 def read_vocab(path: str | Path) -> list[str]:
@@ -84,11 +89,138 @@ def _read_options(directory: Path) -> TokenizerOptions:
         raise CheckpointError(f"{path}: not a valid UTF-8 JSON file ({exc})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object of tokenizer settings, got {type(data).__name__}")
-    fields = {}
+    fields: dict[str, Any] = {}
     for name in TokenizerOptions.__dataclass_fields__:
+        if name == "added_tokens":
+            continue  # transformers' key is added_tokens_decoder
         if (name in data and data[name] is not None) or (name == "strip_accents" and name in data):
             fields[name] = _checked_option(path, name, data[name])
     return TokenizerOptions(**fields)
+
+
+def _added_tokens(path: Path, key: str, entries: Any, *, special: bool) -> list[tuple[int, str]]:
+    """(id, token) of the added tokens in transformers' shape (`{"id", "content", "special", "normalized", ...}`)
+    that are (`special`) or are not special. bertkit matches a special token as written and any other in the
+    normalised text, never as a part of a word: an entry that asks otherwise (lstrip, rstrip, single_word, another
+    `normalized`) is refused rather than tokenized differently from transformers."""
+    if not isinstance(entries, list):
+        raise CheckpointError(f"{path}: {key} must be a list of token objects, got {entries!r:.80}")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not entry["content"]:
+            raise CheckpointError(f"{path}: {key}: expected objects with a non-empty \"content\", got {entry!r:.120}")
+        try:
+            index = int(entry.get("id"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: {key}: token {entry['content']!r} has no integer id "
+                                  f"({entry.get('id')!r:.40})") from None
+        if bool(entry.get("special", False)) != special:
+            continue
+        flags = {"lstrip": False, "rstrip": False, "single_word": False, "normalized": not special}
+        wrong = {name: entry[name] for name, value in flags.items() if name in entry and entry[name] != value}
+        if wrong:
+            raise CheckpointError(f"{path}: {key}: token {entry['content']!r} has {wrong}; bertkit reads added tokens "
+                                  f"with {flags}")
+        out.append((index, entry["content"]))
+    return sorted(out)
+
+
+def _read_tokenizer_json(path: Path, options: TokenizerOptions) -> tuple[list[str], TokenizerOptions]:
+    """The vocabulary (model vocabulary, then added tokens, by id) and options of a WordPiece `tokenizer.json`.
+
+    Its normaliser's settings override tokenizer_config.json's (they are what the file's tokenizer runs); a pipeline
+    other than BERT's (BertNormalizer, BertPreTokenizer, WordPiece with "##") is refused, naming the part."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a valid UTF-8 JSON file ({exc})") from exc
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "WordPiece":
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise CheckpointError(f"{path}: model type is {kind!r}; bertkit reads BERT's WordPiece tokenizers")
+    expected = {"continuing_subword_prefix": "##", "max_input_chars_per_word": MAX_INPUT_CHARS_PER_WORD}
+    for name, value in expected.items():
+        if model.get(name, value) != value:
+            raise CheckpointError(f"{path}: model.{name} is {model[name]!r}; bertkit's WordPiece uses {value!r}")
+    normalizer, pre_tokenizer = data.get("normalizer") or {}, data.get("pre_tokenizer") or {}
+    if normalizer.get("type") != "BertNormalizer" or not normalizer.get("clean_text", True):
+        raise CheckpointError(f"{path}: normalizer is {normalizer!r:.120}; bertkit reads BERT's (BertNormalizer with "
+                              "clean_text)")
+    if pre_tokenizer.get("type") != "BertPreTokenizer":
+        raise CheckpointError(f"{path}: pre_tokenizer is {pre_tokenizer!r:.120}; bertkit reads BERT's "
+                              "(BertPreTokenizer)")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise CheckpointError(f"{path}: model.vocab must be a non-empty object (token -> id)")
+    by_id: dict[int, str] = {}
+    for token, index in vocab.items():
+        if isinstance(index, bool) or not isinstance(index, int) or index in by_id:
+            raise CheckpointError(f"{path}: model.vocab: token {token!r} has id {index!r}; ids must be distinct "
+                                  "integers")
+        by_id[index] = token
+    added = data.get("added_tokens") or []
+    specials = _added_tokens(path, "added_tokens", added, special=True)
+    plain = _added_tokens(path, "added_tokens", added, special=False)
+    for index, token in specials + plain:
+        if by_id.setdefault(index, token) != token:
+            raise CheckpointError(f"{path}: added token {token!r} has id {index}, which model.vocab gives to "
+                                  f"{by_id[index]!r}")
+    if sorted(by_id) != list(range(len(by_id))):
+        gap = next(i for i in range(len(by_id) + 1) if i not in by_id)
+        raise CheckpointError(f"{path}: token ids must run from 0 without gaps (as vocab.txt's lines); id {gap} is "
+                              "missing")
+    named = {options.pad_token, options.unk_token, options.cls_token, options.sep_token, options.mask_token,
+             model.get("unk_token", options.unk_token)}
+    lowercase = normalizer.get("lowercase", True)
+    options = dataclasses.replace(
+        options,
+        do_lower_case=lowercase,
+        strip_accents=normalizer.get("strip_accents"),
+        tokenize_chinese_chars=normalizer.get("handle_chinese_chars", True),
+        unk_token=model.get("unk_token", options.unk_token),
+        additional_special_tokens=tuple(dict.fromkeys(
+            [*options.additional_special_tokens, *(t for _, t in specials if t not in named)])),
+        added_tokens=tuple(dict.fromkeys([*options.added_tokens, *(t for _, t in plain)])),
+    )
+    return [by_id[i] for i in range(len(by_id))], options
+
+
+def _config_added_tokens(directory: Path) -> list[tuple[int, str]]:
+    """(id, token) of the non-special added tokens tokenizer_config.json lists (transformers' added_tokens_decoder)."""
+    path = directory / TOKENIZER_CONFIG_NAME
+    if not path.is_file():
+        return []
+    decoder = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder")  # parsed by _read_options
+    if decoder is None:
+        return []
+    if not isinstance(decoder, dict):
+        raise CheckpointError(f"{path}: added_tokens_decoder must be an object (id -> token), got {decoder!r:.80}")
+    entries = [{**entry, "id": key} if isinstance(entry, dict) else entry for key, entry in decoder.items()]
+    return _added_tokens(path, "added_tokens_decoder", entries, special=False)
+
+
+def read_vocabulary(directory: str | Path) -> tuple[list[str], TokenizerOptions, Path]:
+    """(tokens, options, the file the tokens came from) of a checkpoint: vocab.txt (id = line), else the
+    WordPiece vocabulary of tokenizer.json; with tokenizer_config.json's options and added tokens."""
+    directory = Path(directory)
+    options = _read_options(directory)
+    vocab_path, json_path = directory / VOCAB_NAME, directory / TOKENIZER_JSON_NAME
+    if vocab_path.is_file() or not json_path.is_file():
+        vocab, source = read_vocab(vocab_path), vocab_path
+    else:
+        (vocab, options), source = _read_tokenizer_json(json_path, options), json_path
+    added = _config_added_tokens(directory)
+    for index, token in added:
+        if index == len(vocab):  # transformers keeps tokens added to a vocab.txt outside it, numbered after it
+            vocab.append(token)
+        elif index > len(vocab) or vocab[index] != token:
+            held = "no token" if index > len(vocab) else repr(vocab[index])
+            raise CheckpointError(f"{directory / TOKENIZER_CONFIG_NAME}: added token {token!r} has id {index}, but "
+                                  f"{source.name} has {held} there")
+    if added:
+        options = dataclasses.replace(
+            options, added_tokens=tuple(dict.fromkeys([*options.added_tokens, *(t for _, t in added)])))
+    return vocab, options, source
 
 
 _FLAGS = ("do_lower_case", "tokenize_chinese_chars")
@@ -143,6 +275,9 @@ class Tokenizer:
         duplicates = len(self.vocab) - len(self.token_to_index)
         if duplicates:
             warnings.warn(f"vocabulary lists {duplicates} token(s) twice; the later line wins", stacklevel=2)
+        absent = [t for t in self.options.added_tokens if t not in self.token_to_index]
+        if absent:
+            raise CheckpointError(f"added tokens {absent[:5]} are not in the vocabulary")
         # Read-only after construction (no truncation or padding settings are ever toggled on it), so one Tokenizer
         # serves any number of threads.
         self._rust = self._build(self.token_to_index, self.options)
@@ -178,14 +313,20 @@ class Tokenizer:
         # a fill-mask input is the mask, not "[", "mask", "]"), and decoding can skip them.
         specials = (options.pad_token, options.unk_token, options.cls_token, options.sep_token, options.mask_token)
         rust.add_special_tokens([*specials, *options.additional_special_tokens])
+        # as transformers' add_tokens: matched in the normalised text before WordPiece (so a term of several CJK
+        # characters is one token), not skipped when decoding
+        rust.add_tokens([AddedToken(token, normalized=True) for token in options.added_tokens])
         return rust
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Tokenizer:
+        """From vocab.txt + tokenizer_config.json, or (no vocab.txt) a WordPiece tokenizer.json."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise CheckpointError(f"{directory}: not a directory (expected a checkpoint with {VOCAB_NAME})")
-        return cls(read_vocab(directory / VOCAB_NAME), _read_options(directory))
+            raise CheckpointError(f"{directory}: not a directory (expected a checkpoint with {VOCAB_NAME} or "
+                                  f"{TOKENIZER_JSON_NAME})")
+        vocab, options, _ = read_vocabulary(directory)
+        return cls(vocab, options)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
@@ -193,6 +334,12 @@ class Tokenizer:
         atomic_write_text(directory / VOCAB_NAME, "".join(f"{token}\n" for token in self.vocab))
         config = {"tokenizer_class": "BertTokenizer", **self.options.__dict__}
         config["additional_special_tokens"] = list(self.options.additional_special_tokens)
+        del config["added_tokens"]
+        if self.options.added_tokens:  # transformers' own key, so that it matches them as bertkit does
+            config["added_tokens_decoder"] = {
+                str(self.token_to_index[t]): {"content": t, "lstrip": False, "normalized": True, "rstrip": False,
+                                              "single_word": False, "special": False}
+                for t in self.options.added_tokens}
         atomic_write_text(directory / TOKENIZER_CONFIG_NAME, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return directory
 
@@ -306,9 +453,10 @@ class Tokenizer:
         return self._rust.normalizer.normalize_str(text)
 
     def tokenize(self, text: str) -> list[str]:
-        """Word pieces of one text, without [CLS]/[SEP]."""
+        """Word pieces of one text, without [CLS]/[SEP], as the vocabulary spells them (tokenizers spells an added
+        token as the normalised text it matched: " 北  京 " for 北京)."""
         _check_text(text, "text")
-        return self._rust.encode(text, add_special_tokens=False).tokens
+        return self.convert_ids_to_tokens(self._rust.encode(text, add_special_tokens=False).ids)
 
     def encode(self, text: str, pair: str | None = None, *, add_special_tokens: bool = True) -> list[int]:
         """Ids of one text (or pair), unpadded and untruncated."""

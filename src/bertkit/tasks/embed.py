@@ -108,7 +108,7 @@ def embed_file(checkpoint: str | Path, input: str, output: str, *, pooling: str 
     from bertkit.device import resolve_device
     from bertkit.errors import BertkitError, DataError
     from bertkit.fileio import atomic_write, atomic_write_text, input_lines
-    from bertkit.quantize import prepare_for_inference
+    from bertkit.precision import prepare_for_inference
 
     model, tok = load(checkpoint)
     prepare_for_inference(model, model, resolve_device(device), precision, int8_keep, compile)

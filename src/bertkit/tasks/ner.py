@@ -210,6 +210,7 @@ class BertForTokenClassification(CheckpointIO, nn.Module):
 
     hf_architecture = "BertForTokenClassification"
     hf_head_renames = (("head.classifier.", "classifier."),)
+    uses_pooler = False  # as transformers' class, which has none
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()

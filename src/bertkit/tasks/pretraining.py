@@ -255,7 +255,8 @@ def pretrain(
     from bertkit.distributed import distributed_setup
     from bertkit.errors import DataError
     from bertkit.memory import limit_heap_growth
-    from bertkit.prepared import PreparedCorpus, PrepareOptions, input_files, manifest_path, prepare
+    from bertkit.prepare import PrepareOptions, input_files, prepare
+    from bertkit.prepared import PreparedCorpus, manifest_path
     from bertkit.rundir import claim_run_dir
     from bertkit.train import fit
 

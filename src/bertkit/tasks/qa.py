@@ -165,6 +165,7 @@ class BertForQuestionAnswering(CheckpointIO, nn.Module):
 
     hf_architecture = "BertForQuestionAnswering"
     hf_head_renames = (("qa_outputs.", "qa_outputs."),)
+    uses_pooler = False  # as transformers' class, which has none
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
