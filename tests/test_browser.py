@@ -163,3 +163,36 @@ def test_page_asks_for_the_api_key_and_then_predicts(tmp_path):
     finally:
         driver.quit()
         server.stop()
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+def test_page_shows_a_label_set_and_a_score(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bertkit.predict import Predictor
+    from tests.serving import make_windowed_classifier
+
+    text = "the cat sat on the mat while dogs run fast"
+    for name, problem, element in [("multi", "multi_label_classification", "labels"), ("score", "regression", "score")]:
+        make_windowed_classifier(tmp_path / name, problem, labels=("joy", "anger", "fear"))
+        [expected] = Predictor(tmp_path / name, precision="fp32").predict([text])
+        server = Server(tmp_path / name, "--precision", "fp32")
+        driver = _driver(tmp_path)
+        try:
+            driver.get(server.url + "/")
+            wait = WebDriverWait(driver, 30)
+            wait.until(lambda d: "task classification" in d.find_element(By.ID, "model-info").text)
+            _entities_for(driver, wait, text)
+            shown = driver.find_element(By.ID, element).text
+            if element == "labels":
+                assert shown == (", ".join(expected["labels"]) or "(none)")
+                assert len(driver.find_elements(By.CSS_SELECTOR, ".probs tr")) == 3
+                assert not driver.find_elements(By.ID, "label")  # no single label drawn for a label set
+            else:
+                assert float(shown) == pytest.approx(expected["score"], abs=1e-4)
+                assert not driver.find_elements(By.CSS_SELECTOR, ".probs")
+        finally:
+            driver.quit()
+            server.stop()

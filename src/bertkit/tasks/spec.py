@@ -4,6 +4,7 @@ functions), declared in the task's own file; the CLI, Predictor, server and web 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -166,6 +167,11 @@ def _int_in(low: int, high: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
+def _float_in(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                      and low <= v <= high)
+
+
 def labels_field(help: str = "the label set, in id order") -> Any:
     return field(metadata={"check": _label_list, "expected": "a non-empty list of distinct, non-empty strings",
                            "help": help})
@@ -179,6 +185,11 @@ def seq_len_field(default: Any = dataclasses.MISSING) -> Any:
 def int_field(low: int, high: int, default: Any = dataclasses.MISSING, help: str = "") -> Any:
     return field(default=default, metadata={"check": _int_in(low, high),
                                             "expected": f"an integer from {low} to {high}", "help": help})
+
+
+def float_field(low: float, high: float, default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": _float_in(low, high),
+                                            "expected": f"a number from {low:g} to {high:g}", "help": help})
 
 
 def choice_field(choices: Sequence[str], default: Any = dataclasses.MISSING, help: str = "") -> Any:
