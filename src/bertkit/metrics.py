@@ -1,4 +1,5 @@
-"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition)."""
+"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition),
+Pearson and Spearman correlation, recall@k and MRR@k of ranks."""
 
 from __future__ import annotations
 
@@ -47,6 +48,49 @@ def matthews_corrcoef(gold: Sequence[int], pred: Sequence[int]) -> float:
     fn = sum(g == 1 and p == 0 for g, p in zip(gold, pred, strict=True))
     denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's correlation coefficient; 0 when either side is constant (undefined)."""
+    _same_length(x, y)
+    n = len(x)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = sum(x) / n, sum(y) / n
+    dx, dy = [a - mean_x for a in x], [b - mean_y for b in y]
+    denominator = math.sqrt(sum(a * a for a in dx) * sum(b * b for b in dy))
+    return sum(a * b for a, b in zip(dx, dy, strict=True)) / denominator if denominator else 0.0
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given the mean of the ranks they span (scipy.stats.rankdata's "average")."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            out[i] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's of the ranks (ties averaged), as scipy.stats.spearmanr."""
+    _same_length(x, y)
+    return pearson(ranks(x), ranks(y))
+
+
+def recall_at_k(gold_ranks: Sequence[int], k: int) -> float:
+    """The fraction of queries whose answer is among the first k results (`gold_ranks`: 1-based)."""
+    return sum(r <= k for r in gold_ranks) / len(gold_ranks) if gold_ranks else 0.0
+
+
+def mrr_at_k(gold_ranks: Sequence[int], k: int) -> float:
+    """Mean reciprocal rank of the answer, 0 for a query whose answer is not in the first k (MRR@k)."""
+    return sum(1 / r for r in gold_ranks if r <= k) / len(gold_ranks) if gold_ranks else 0.0
 
 
 def _same_length(gold: Sequence, pred: Sequence) -> None:

@@ -74,6 +74,11 @@ def trainable_tasks() -> list[str]:
     return [name for name in TASKS if task_spec(name).trainable]
 
 
+def pretrained_tasks() -> list[str]:
+    """Names of the tasks a pre-trained checkpoint (no task.json) runs (fill-mask, sentence vectors)."""
+    return [name for name in TASKS if task_spec(name).serves_pretrained]
+
+
 def default_task(architectures: list[str]) -> str:
     """The task of a checkpoint without task.json: fill-mask where it has an MLM head, else sentence embeddings."""
     from bertkit.tasks.embed import NAME as EMBEDDING
