@@ -137,7 +137,7 @@ def test_what_a_loss_cannot_train_on_is_an_error_naming_the_line(tmp_path):
         E.cosent_examples(same, "t")
     scored = E.read_pairs(_write(tmp_path / "g.jsonl", '{"text": "a", "text_pair": "b", "label": 1}\n'
                                  '{"text": "c", "text_pair": "d", "label": 3.5}\n'))
-    with pytest.raises(DataError, match=r"t:2: mnr reads \(query, positive\) pairs, labelled 1 .*label 3\.5 is a graded"):
+    with pytest.raises(DataError, match=r"t:2: mnr reads \(query, positive\) pairs, .*label 3\.5 is a graded"):
         E.mnr_examples(scored, "t")
     binary = E.read_pairs(_write(tmp_path / "b.jsonl", '{"text": "a", "text_pair": "b", "label": 1}\n'
                                  '{"text": "c", "text_pair": "d", "label": 0}\n'))
@@ -220,8 +220,9 @@ def toy(tmp_path_factory):
 
 
 def _finetune(toy: Path, output: Path, loss: str, data: str, *extra: str) -> None:
-    assert main(["finetune", "--task", "sentence_embedding", "--loss", loss, "--train", str(toy / f"{data}-train.jsonl"),
-                 "--eval", str(toy / f"{data}-test.jsonl"), "--tokenizer", str(toy / "vocab"), "--model-size", "tiny",
+    assert main(["finetune", "--task", "sentence_embedding", "--loss", loss,
+                 "--train", str(toy / f"{data}-train.jsonl"), "--eval", str(toy / f"{data}-test.jsonl"),
+                 "--tokenizer", str(toy / "vocab"), "--model-size", "tiny",
                  "--max-seq-len", "24", "--batch-size", "16", "--max-steps", "40", "--warmup", "2", "--no-progress",
                  "--no-bf16", "--output-dir", str(output), *extra]) == 0
 
@@ -257,3 +258,131 @@ def test_each_loss_separates_paraphrases_better_than_the_frozen_model(toy, tmp_p
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r[f"loss_{loss}"] for r in records if r["kind"] == "train"]
     assert losses[-1] < losses[0], losses
+
+
+@pytest.fixture(scope="module")
+def cls_run(toy, tmp_path_factory):
+    """A cosent run with [CLS] pooling, checkpointed every 10 of its 20 steps."""
+    run = tmp_path_factory.mktemp("cls") / "run"
+    assert main(["finetune", "--task", "sentence_embedding", "--pooling", "cls", "--train",
+                 str(toy / "synonyms-train.jsonl"), "--eval", str(toy / "synonyms-test.jsonl"), "--tokenizer",
+                 str(toy / "vocab"), "--model-size", "tiny", "--max-seq-len", "24", "--batch-size", "16",
+                 "--max-steps", "20", "--save-every", "10", "--lr", "3e-3", "--warmup", "2", "--no-progress",
+                 "--no-bf16", "--output-dir", str(run)]) == 0
+    return run
+
+
+def test_transformers_loads_the_checkpoint_and_gives_the_same_vectors(cls_run, tmp_path, capsys):
+    import transformers
+
+    model = cls_run / "model"
+    assert json.loads((model / "task.json").read_text()) == {"task": "sentence_embedding", "pooling": "cls",
+                                                             "max_seq_len": 24, "normalize": True}
+    assert json.loads((model / "1_Pooling" / "config.json").read_text())["pooling_mode_cls_token"] is True
+    texts = ["cat dog car", "kitten puppy automobile", "big small buy fast happy road"]
+    theirs_model = transformers.BertModel.from_pretrained(model).eval()
+    tokens = transformers.BertTokenizer.from_pretrained(model)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = F.normalize(theirs_model(**tokens).last_hidden_state[:, 0], dim=-1).numpy()  # [CLS], as recorded
+    predicted = np.array([r["vector"] for r in Predictor(model, precision="fp32").predict(texts)])
+    assert np.abs(predicted - theirs).max() < 1e-5
+    assert main(["embed", str(model), "--input", str(_write(tmp_path / "in.txt", "\n".join(texts) + "\n")),
+                 "--output", str(tmp_path / "v.npy"), "--precision", "fp32"]) == 0
+    assert np.abs(np.load(tmp_path / "v.npy") - theirs).max() < 1e-5  # embed pools as recorded, unasked
+    assert main(["embed", str(model), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "m.npy"),
+                 "--pooling", "mean", "--precision", "fp32"]) == 0
+    assert "trained with cls pooling; --pooling mean gives vectors it was not trained for" in capsys.readouterr().err
+    # without task.json the directory is a pre-trained one; sentence-transformers' files still say [CLS]
+    shutil.copytree(model, tmp_path / "lost")
+    (tmp_path / "lost" / "task.json").unlink()
+    assert Predictor(tmp_path / "lost").info == E.EmbedInfo("cls", 24, True)
+    again = np.array([r["vector"] for r in Predictor(tmp_path / "lost", precision="fp32").predict(texts)])
+    assert np.abs(again - theirs).max() < 1e-5
+
+
+def test_the_server_answers_with_the_recorded_pooling(cls_run):
+    from bench._serving import Server
+
+    texts = ["cat dog car", "kitten puppy automobile"]
+    server = Server(cls_run / "model", "--precision", "fp32")
+    try:
+        status, body, _ = server.post("/predict", {"inputs": texts})
+        health = server.get("/health")[1]
+    finally:
+        server.stop()
+    assert status == 200 and health["info"]["pooling"] == "cls"
+    expected = Predictor(cls_run / "model", precision="fp32").predict(texts)
+    served = np.array([r["vector"] for r in body["predictions"]])
+    assert np.abs(served - np.array([r["vector"] for r in expected])).max() < 1e-5
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(cls_run, toy, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    resumed = tmp_path / "run"
+    shutil.copytree(cls_run, resumed)
+    for later in sorted((resumed / "checkpoints").glob("step-*"))[1:]:
+        shutil.rmtree(later)
+    shutil.rmtree(resumed / "model")
+    assert main(["finetune", "--task", "sentence_embedding", "--pooling", "cls", "--train",
+                 str(toy / "synonyms-train.jsonl"), "--eval", str(toy / "synonyms-test.jsonl"), "--tokenizer",
+                 str(toy / "vocab"), "--model-size", "tiny", "--max-seq-len", "24", "--batch-size", "16",
+                 "--max-steps", "20", "--save-every", "10", "--lr", "3e-3", "--warmup", "2", "--no-progress",
+                 "--no-bf16", "--output-dir", str(resumed), "--resume"]) == 0
+    ours = load_file(resumed / "model" / "model.safetensors")
+    theirs = load_file(cls_run / "model" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # another loss on the same file is other training data: refused, naming it
+    assert main(["finetune", "--task", "sentence_embedding", "--loss", "simcse", "--pooling", "cls", "--train",
+                 str(toy / "synonyms-train.jsonl"), "--tokenizer", str(toy / "vocab"), "--model-size", "tiny",
+                 "--max-seq-len", "24", "--batch-size", "16", "--max-steps", "20", "--lr", "3e-3", "--warmup", "2",
+                 "--no-progress", "--no-bf16", "--output-dir", str(resumed), "--resume"]) == 2
+    assert "data (sha256 of the encoded examples)" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_refused_before_training(toy, tmp_path, capsys):
+    def finetune(*flags: str) -> str:
+        capsys.readouterr()
+        assert main(["finetune", "--task", "sentence_embedding", "--tokenizer", str(toy / "vocab"), "--model-size",
+                     "tiny", "--no-progress", "--output-dir", str(tmp_path / "run"), *flags]) == 2
+        return capsys.readouterr().err
+
+    lines = _write(tmp_path / "s.txt", "kitten puppy\ncar house\n")
+    empty = _write(tmp_path / "empty.jsonl", "\n")
+    assert "empty.jsonl: no examples in the training file" in finetune("--train", str(empty))
+    assert "s.txt:1: cosent reads sentence pairs; this line has one text" in finetune("--train", str(lines),
+                                                                                       "--format", "lines")
+    assert "s.txt: an evaluation file holds sentence pairs" in finetune(
+        "--loss", "simcse", "--train", str(lines), "--format", "lines", "--eval", str(lines))
+    bad = _write(tmp_path / "bad.jsonl", '{"text": "a", "text_pair": "b", "label": 1}\n{"text": "a", "label": "x"}\n')
+    assert "bad.jsonl:2: label must be a number" in finetune("--train", str(bad))
+    assert not (tmp_path / "run" / "model").exists()
+    capsys.readouterr()
+    assert main(["finetune", "--task", "classification", "--loss", "mnr", "--train", str(bad)]) == 2
+    assert "--loss do(es) not apply to the classification task" in capsys.readouterr().err
+
+
+def test_simcse_on_sentence_lines_scored_on_pairs_with_eval_format(toy, tmp_path):
+    sentences = _write(tmp_path / "s.txt", "".join(f"{a}\n{b}\n" for a, b, _ in _word_pairs(64, 3)))
+    assert main(["finetune", "--task", "sentence_embedding", "--loss", "simcse", "--format", "lines", "--train",
+                 str(sentences), "--eval", str(toy / "words-test.jsonl"), "--eval-format", "jsonl", "--tokenizer",
+                 str(toy / "vocab"), "--model-size", "tiny", "--max-seq-len", "24", "--batch-size", "16",
+                 "--max-steps", "4", "--no-progress", "--no-bf16", "--output-dir", str(tmp_path / "run")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"spearman", "mrr@10"} <= set(records[-1])
+
+
+def test_mnr_batches_hold_queries_positives_then_the_hard_negatives(toy):
+    tok = Tokenizer.from_pretrained(toy / "vocab")
+    pairs = [E.Pair("cat dog", "kitten puppy", None, "car home", 1), E.Pair("big road", "large street", 1.0, None, 2),
+             E.Pair("boat film", "ship movie", 0.0, None, 3), E.Pair("rock end", "stone finish", 1.0, "buy", 4)]
+    with pytest.warns(UserWarning, match="skipped 1 pair"):
+        task = E.EmbeddingTask(tok, E.EmbedInfo("mean", 24), "mnr", pairs, [])
+    batch = task.make_batch(0, [0, 1, 2])  # the kept pairs 1, 2 and 4
+    assert batch["input_ids"].shape[0] == 3 + 3 + 2 and int(batch["size"]) == 3
+    assert task.counts(batch) == {"mnr": 3.0}
+    model = E.BertModel(E.BertConfig.preset("tiny", vocab_size=len(tok), pad_token_id=tok.pad_token_id)).eval()
+    with torch.no_grad():
+        vectors = E.sentence_vectors(model, batch, "mean")
+        expected = E.in_batch_loss(vectors[:3], vectors[3:])  # every query against 3 positives and 2 negatives
+        assert task.loss(model, batch)["mnr"].item() == pytest.approx(expected.item(), rel=1e-5)
