@@ -67,7 +67,7 @@ class TaskSpec:
     formats: tuple[str, ...] = ()
     default_format: str | None = None
     options: type | None = None  # a dataclass whose fields are the task's finetune flags
-    finetune: Callable[..., Any] | None = None  # None: the task needs no training (fill-mask, embeddings)
+    finetune: Callable[..., Any] | None = None  # None: the task needs no training (fill-mask)
     evaluate: Callable[..., dict[str, float]] | None = None
     config_extra: Callable[[Any], dict[str, Any]] = field(default=lambda info: {})
     load: Callable[[Path, Any], nn.Module] | None = None
