@@ -192,11 +192,11 @@ def _print_result(result: Any, what: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Score a fine-tuned checkpoint on a labelled file with the task's standard metrics (JSON to stdout)."""
+    """Score a checkpoint on a labelled file with its task's standard metrics (JSON to stdout)."""
     from bertkit.predict import Predictor
 
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
-                          compile=args.compile)
+                          compile=args.compile, task=args.task)
     if args.format and args.format not in predictor.spec.formats:
         raise BertkitError(f"--format {args.format}: the {predictor.task} task reads "
                            f"{', '.join(predictor.spec.formats) or 'no labelled files'}")
@@ -255,7 +255,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     check_input_file(args.input)
     check_output_file(args.output)
     vectors = embed_file(args.checkpoint, args.input, args.output, pooling=args.pooling, max_seq_len=args.max_seq_len,
-                         normalize=not args.raw, device=args.device, precision=args.precision,
+                         normalize=False if args.raw else None, device=args.device, precision=args.precision,
                          int8_keep=args.int8_keep, compile=args.compile)
     print(f"{len(vectors)} vectors of size {vectors.shape[1]} -> {args.output}", file=sys.stderr)
     return 0
@@ -303,11 +303,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 
 
 def _pretrained_task_arg(p: argparse.ArgumentParser) -> None:
-    from bertkit.tasks import TASKS, trainable_tasks
+    from bertkit.tasks import pretrained_tasks
 
-    untrained = [name for name in TASKS if name not in trainable_tasks()]
-    p.add_argument("--task", default=None, choices=untrained,
-                   help="for a pre-trained checkpoint (no task.json): what to serve (default: the masked-token "
+    p.add_argument("--task", default=None, choices=pretrained_tasks(),
+                   help="for a pre-trained checkpoint (no task.json): what to run (default: the masked-token "
                    "task where it has an MLM head, else sentence vectors)")
 
 
@@ -358,7 +357,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
-                   "BertFor* head)")
+                   "BertFor* head), or a pre-trained one (its sentence vectors: the frozen baseline)")
+    _pretrained_task_arg(p)
     p.add_argument("--data", required=True, help="labelled file (or directory, for formats that are directories)")
     p.add_argument("--format", default=None, help="input format (default: the task's)")
     _device_arg(p)
@@ -391,8 +391,9 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default="-", help="one text per line; '-' for stdin (default). Row i of the output is "
                    "line i: a blank line is embedded as empty text, with a warning counting them")
     p.add_argument("--output", required=True, help="a .npy file, or JSONL of {text, vector} ('-': JSONL to stdout)")
-    p.add_argument("--pooling", default="mean", choices=POOLINGS, help="(default: %(default)s)")
-    p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="(default: %(default)s)")
+    p.add_argument("--pooling", default=None, choices=POOLINGS, help="(default: the checkpoint's, recorded when it "
+                   "was trained for sentence vectors, else mean)")
+    p.add_argument("--max-seq-len", type=SEQ_LEN, default=None, help="(default: the checkpoint's, else 128)")
     p.add_argument("--raw", action="store_true", help="do not L2-normalise the vectors")
     _device_arg(p)
 

@@ -1,5 +1,5 @@
-"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, Pearson and Spearman correlation, entity-span
-P/R/F1 (seqeval's definition)."""
+"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition),
+Pearson and Spearman correlation, recall@k and MRR@k of ranks."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def spearman(gold: Sequence[float], pred: Sequence[float]) -> float:
     """Spearman's rho: Pearson's r of the ranks (ties averaged, as scipy.stats.spearmanr)."""
     _same_length(gold, pred)
     return pearson(ranks(gold), ranks(pred))
+
+
+def recall_at_k(gold_ranks: Sequence[int], k: int) -> float:
+    """The fraction of queries whose answer is among the first k results (`gold_ranks`: 1-based)."""
+    return sum(r <= k for r in gold_ranks) / len(gold_ranks) if gold_ranks else 0.0
+
+
+def mrr_at_k(gold_ranks: Sequence[int], k: int) -> float:
+    """Mean reciprocal rank of the answer, 0 for a query whose answer is not in the first k (MRR@k)."""
+    return sum(1 / r for r in gold_ranks if r <= k) / len(gold_ranks) if gold_ranks else 0.0
 
 
 def _same_length(gold: Sequence, pred: Sequence) -> None:

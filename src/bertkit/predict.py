@@ -16,7 +16,7 @@ from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
 from bertkit.precision import prepare_for_inference
-from bertkit.tasks import TASKS, default_task, task_spec
+from bertkit.tasks import TASKS, default_task, pretrained_tasks, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
 from bertkit.tasks.derived import DerivedTask, derive_task
 from bertkit.tasks.spec import Work
@@ -74,13 +74,11 @@ class Predictor:
                                           f"fine-tuned model ({', '.join(config.architectures)}"
                                           f"{'; config.json has ' + ', '.join(tuned) if tuned else ''}); its task.json "
                                           "was lost (copy it back from the run's checkpoints)")
-                if task is not None and (task not in TASKS or task_spec(task).trainable):
-                    untrained = " or ".join(n for n in TASKS if not task_spec(n).trainable)
+                if task is not None and (task not in TASKS or not task_spec(task).serves_pretrained):
                     raise CheckpointError(f"{self.directory} has no task.json: a pre-trained checkpoint serves "
-                                          f"{untrained}, not {task}")
+                                          f"{' or '.join(pretrained_tasks())}, not {task}")
                 self.spec = task_spec(task or default_task(config.architectures))
-                self.info = self.spec.info(max_seq_len=min(self.spec.info().max_seq_len,
-                                                           config.max_position_embeddings))
+                self.info = self.spec.pretrained_info(self.directory, config)
             if self.spec.load is not None:
                 self.model = self.spec.load(self.directory, config).eval()
             else:
