@@ -8,6 +8,9 @@ input that fails fails only its own request: a batch that raises is re-run job b
 Exposure: binding beyond loopback needs an API key (a bearer token on every route but the page) or `--insecure`;
 the Host header must name this server (DNS rebinding); POSTs must be `application/json` (a cross-site form can
 only send text/plain without a preflight); slow or silent connections are closed after a timeout.
+
+A search index (`bertkit index`) is served the same way: POST /search batches queries as /predict batches inputs,
+on the same model thread, within the same limits.
 """
 
 from __future__ import annotations
@@ -268,6 +271,35 @@ def _check_work(predictor: Predictor, items: list[dict[str, Any]], config: Serve
                              "inputs per request")
 
 
+def _search_items(body: Any, searcher: Searcher, config: ServeConfig) -> list[dict[str, Any]]:
+    """A /search body checked (its shape, top_k, the sizes and each query, the work budget) before any model work,
+    as the Batcher's items: {"text": query, "top_k": k}."""
+    usage = f'{{"queries": ["...", ...], "top_k": K (optional, default {DEFAULT_TOP_K})}}'
+    if not isinstance(body, dict) or "queries" not in body:
+        raise HttpError(422, f"expected a JSON object {usage}")
+    unknown = sorted(set(body) - {"queries", "top_k"})
+    if unknown:
+        raise HttpError(422, f"unknown field(s) {unknown}; expected {usage}")
+    queries, top_k = body["queries"], body.get("top_k", DEFAULT_TOP_K)
+    if not isinstance(queries, list) or not queries:
+        raise HttpError(422, '"queries" must be a non-empty list of strings')
+    problem = top_k_problem(top_k)
+    if problem:
+        raise HttpError(422, problem)
+    _check_sizes(queries, config)
+    for index, query in enumerate(queries):
+        problem = query_problem(query, config.max_chars)
+        if problem:
+            raise HttpError(422, f"query {index} {problem}")
+    work = searcher.work(queries, top_k)
+    if work.tokens > config.max_request_tokens:
+        raise HttpError(413, f"the request would encode up to {work.tokens} tokens in {work.sequences} sequences "
+                             "(queries, and candidates for the cross-encoder); the limit per request is "
+                             f"{config.max_request_tokens} tokens (--max-request-tokens): send fewer queries per "
+                             "request, or a smaller top_k")
+    return [{"text": query, "top_k": top_k} for query in queries]
+
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 log = logging.getLogger("bertkit.serve")
 
@@ -477,31 +509,8 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
             if searcher is None or search_batcher is None:
                 raise HttpError(404, "this server holds no search index: serve one (`bertkit serve INDEX`, built by "
                                      "`bertkit index`) to answer /search")
-            body = await read_body(request)
-            usage = f'{{"queries": ["...", ...], "top_k": K (optional, default {DEFAULT_TOP_K})}}'
-            if not isinstance(body, dict) or "queries" not in body:
-                raise HttpError(422, f"expected a JSON object {usage}")
-            unknown = sorted(set(body) - {"queries", "top_k"})
-            if unknown:
-                raise HttpError(422, f"unknown field(s) {unknown}; expected {usage}")
-            queries, top_k = body["queries"], body.get("top_k", DEFAULT_TOP_K)
-            if not isinstance(queries, list) or not queries:
-                raise HttpError(422, '"queries" must be a non-empty list of strings')
-            problem = top_k_problem(top_k)
-            if problem:
-                raise HttpError(422, problem)
-            _check_sizes(queries, config)
-            for index, query in enumerate(queries):
-                problem = query_problem(query, config.max_chars)
-                if problem:
-                    raise HttpError(422, f"query {index} {problem}")
-            work = searcher.work(queries, top_k)
-            if work.tokens > config.max_request_tokens:
-                raise HttpError(413, f"the request would encode up to {work.tokens} tokens in {work.sequences} "
-                                     f"sequences (queries, and candidates for the cross-encoder); the limit per "
-                                     f"request is {config.max_request_tokens} tokens (--max-request-tokens): send "
-                                     "fewer queries per request, or a smaller top_k")
-            results = await search_batcher.submit([{"text": query, "top_k": top_k} for query in queries])
+            items = _search_items(await read_body(request), searcher, config)
+            results = await search_batcher.submit(items)
         except Exception as exc:
             return handle(exc)
         return JSONResponse({"results": results, "latency_ms": round(1000 * (time.perf_counter() - started), 2)})
