@@ -136,6 +136,36 @@ def test_corpus_is_encoded_in_chunks_and_gives_the_same_index(tiny, tmp_path, mo
     assert [store[i] for i in range(len(store))] == [(i + 1, s) for i, s in enumerate(SENTENCES)]
 
 
+def test_a_build_holds_one_chunk_of_texts_not_the_corpus(tiny, tmp_path, monkeypatch):
+    """6 MB of text indexed 100 lines at a time: from the model's loading on, the Python objects alive at the peak
+    are a fraction of the corpus (texts kept in memory would be all of it)."""
+    import tracemalloc
+
+    import bertkit.search as search
+
+    words = " ".join(SENTENCES).split()
+    lines = [" ".join(words[(i + j) % len(words)] for j in range(400))[:2000] for i in range(3000)]
+    corpus = _corpus(tmp_path / "big.txt", lines)
+    monkeypatch.setattr(search, "CHUNK_TEXTS", 100)
+    load = search.open_model
+
+    def loaded(*args, **kwargs):
+        model = load(*args, **kwargs)
+        tracemalloc.reset_peak()  # the peak of reading, encoding and writing the corpus, not of loading the model
+        return model
+
+    monkeypatch.setattr(search, "open_model", loaded)
+    tracemalloc.start()
+    try:
+        search.build_index(tiny, corpus, tmp_path / "idx", max_seq_len=16, precision="fp32", progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert corpus.stat().st_size > 5_900_000 and peak < corpus.stat().st_size / 4, peak
+    store = TextStore(tmp_path / "idx")
+    assert len(store) == 3000 and store[2999] == (3000, lines[2999])
+
+
 def test_text_store_reads_each_text_back_by_offset(tmp_path):
     texts = ["plain", "中文，全角标点", "emoji 🙂 and tabs\there", "x" * 10_000]
     writer = TextWriter(tmp_path)
@@ -243,6 +273,8 @@ def test_bad_inputs_get_clear_errors(tiny, tmp_path, capsys):
         capsys, ["index", str(tiny), "--input", str(blank), "--output", str(out)])
     assert "nope.txt: file not found" in _error(
         capsys, ["index", str(tiny), "--input", str(tmp_path / "nope.txt"), "--output", str(out)])
+    assert "--input -: a corpus is read twice" in _error(
+        capsys, ["index", str(tiny), "--input", "-", "--output", str(out)])
     latin = tmp_path / "latin.txt"
     latin.write_bytes(b"fine\ncaf\xe9\n")
     assert f"{latin}:2: not UTF-8 text" in _error(
