@@ -136,6 +136,23 @@ def test_corpus_is_encoded_in_chunks_and_gives_the_same_index(tiny, tmp_path, mo
     assert [store[i] for i in range(len(store))] == [(i + 1, s) for i, s in enumerate(SENTENCES)]
 
 
+def test_texts_are_encoded_fewest_tokens_first_and_come_back_in_their_order(tiny, monkeypatch):
+    import bertkit.search as search
+
+    predictor = search.open_model(tiny, precision="fp32")
+    texts = [*SENTENCES, "rain", "the cat is sleeping", " ".join(SENTENCES[:2]), " ".join(SENTENCES[2:5])]
+    tokens = {text: len(e.ids) for text, e in zip(texts, predictor.tokenizer.encode_batch(texts), strict=True)}
+    texts.sort(key=tokens.get, reverse=True)  # longest first: the encoding order is the reverse
+    seen = []
+    embed = search.embed
+    monkeypatch.setattr(search, "embed", lambda model, tok, batch, *a, **k: seen.extend(batch) or
+                        embed(model, tok, batch, *a, **k))
+    together = search.encode(predictor, texts, "mean", 64, batch_size=4)
+    assert [tokens[t] for t in seen] == sorted(tokens.values()) and len(set(tokens.values())) > 5
+    alone = np.concatenate([search.encode(predictor, [text], "mean", 64) for text in texts])
+    assert np.allclose(together, alone, atol=1e-5)  # row i is text i, as if encoded by itself
+
+
 def test_a_build_holds_one_chunk_of_texts_not_the_corpus(tiny, tmp_path, monkeypatch):
     """6 MB of text indexed 100 lines at a time: from the model's loading on, the Python objects alive at the peak
     are a fraction of the corpus (texts kept in memory would be all of it)."""

@@ -154,11 +154,17 @@ def open_model(directory: str | Path, *, device: str = "auto", precision: str = 
 
 def encode(predictor: Predictor, texts: list[str], pooling: str, max_seq_len: int, batch_size: int = 64
            ) -> np.ndarray:
-    """(N, H) float32 unit vectors of `texts`, as the index holds them."""
+    """(N, H) float32 unit vectors of `texts`, as the index holds them, row i for text i. The texts are encoded
+    fewest tokens first: a batch is padded to its longest text, and in a corpus's own order most batches are padded
+    to a few long lines (on 20k English sentences in batches of 64: 866k token positions in their order, 351k
+    sorted, for 336k tokens)."""
+    order = np.argsort([len(e.ids) for e in predictor.tokenizer.encode_batch(texts)], kind="stable")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="inputs longer than max_length")
-        vectors = embed(predictor.model, predictor.tokenizer, texts, pooling, batch_size=batch_size,
-                        max_seq_len=max_seq_len, normalize=True)
+        ordered = embed(predictor.model, predictor.tokenizer, [texts[i] for i in order], pooling,
+                        batch_size=batch_size, max_seq_len=max_seq_len, normalize=True)
+    vectors = np.empty_like(ordered)
+    vectors[order] = ordered
     if not np.isfinite(vectors).all():
         raise BertkitError(f"the model produced non-finite vectors (NaN or infinity); its weights in "
                            f"{predictor.directory} may be corrupt")
