@@ -313,8 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
           allow_hosts=args.allow_host, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
-          compile=args.compile, task=args.task,
-          rerank=rerank)
+          compile=args.compile, task=args.task, rerank=rerank)
     return 0
 
 
