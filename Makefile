@@ -72,9 +72,11 @@ bench-pretrain-zh: data
 	$(PY) bench/tasks.py --only chnsenticorp-mini msra-mini cais-mini
 	$(PY) bench/readme_tables.py
 
-# search indexes at 10k, 100k and 1M vectors (exact, HNSW, IVF) and MiniLM end to end (~1 h on 2 cores)
+# search indexes at 10k, 100k and 1M vectors (exact, HNSW, IVF) and MiniLM end to end, then retrieval on LCQMC
+# with and without a cross-encoder (needs `make demo` first for the Chinese model)
 bench-search: data
 	$(PY) bench/search.py
+	$(PY) bench/search_lcqmc.py
 	$(PY) bench/readme_tables.py
 
 # reference fine-tuning runs on the real datasets (needs `make demo` first for the Chinese model; ~1.5 h)
