@@ -32,7 +32,8 @@ class Predictor:
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
                  device: str | torch.device | None = "auto", precision: str = "fp32",
-                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False, task: str | None = None) -> None:
+                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False, task: str | None = None,
+                 fingerprint: bool = False) -> None:
         """`directory`: a fine-tuned checkpoint (its task.json names the task), or any pre-trained one: fill-mask
         where it has an MLM head, else sentence embeddings (`task` picks one of those two explicitly).
         `onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
@@ -42,7 +43,9 @@ class Predictor:
         where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
         `compile`: int8 layers through torch.compile (see `precision.int8`), compiled here rather than in
         the first request. A checkpoint transformers fine-tuned (a `BertFor*` head, no task.json) has its task info
-        derived from config.json (`bertkit.tasks.derived`; `self.derived` says how).
+        derived from config.json (`bertkit.tasks.derived`; `self.derived` says how). `fingerprint`: also take the
+        encoder's fingerprint (`export.fingerprint`, of its float32 weights, before any precision change) as
+        `self.fingerprint`: what binds a file made with this model (a search index) to it.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
@@ -85,6 +88,11 @@ class Predictor:
                 self.model = self.spec.model.from_pretrained(self.directory, strict=True, config=config).eval()
         self.task = self.spec.name
         encoder = self.model.bert if hasattr(self.model, "bert") else self.model
+        self.fingerprint: str | None = None
+        if fingerprint:
+            from bertkit.export import fingerprint as encoder_fingerprint
+
+            self.fingerprint = encoder_fingerprint(encoder)
         if onnx is not None:
             from bertkit.export import OnnxEncoder
 
