@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bertkit import resources
 from bertkit.argtypes import (
@@ -24,54 +24,19 @@ from bertkit.argtypes import (
     int_range,
     options_from_args,
 )
-from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, DataError
 from bertkit.fileio import check_input_file, check_output_file, input_lines
 from bertkit.memory import MALLOC_ENV, keep_freed_memory
 from bertkit.tokenizer import Tokenizer
 
-if TYPE_CHECKING:
-    from bertkit.search import Rerank
-
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a checkpoint directory: config, parameter count, vocabulary, task (and how it was found)."""
-    from bertkit.checkpoint import check_directory, check_vocab_fits, read_weights
-    from bertkit.tasks.derived import describe_task
-    from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME, read_vocabulary
+    from bertkit.info import describe_checkpoint
 
-    directory = Path(args.checkpoint)
-    check_directory(directory)
-    config = BertConfig.from_pretrained(directory)
-
-    check_vocab_fits(directory, config)
-    state, source = read_weights(directory)
-    from bertkit.checkpoint import nonfinite_tensors
-
-    bad = nonfinite_tensors(state)
-    print(f"checkpoint   {directory}")
-    print(f"weights      {source} ({sum(t.numel() for t in state.values()):,} values in {len(state)} tensors)")
-    print(f"architecture {', '.join(config.architectures)}")
-    print(f"shape        L={config.num_hidden_layers} H={config.hidden_size} A={config.num_attention_heads} "
-          f"I={config.intermediate_size} V={config.vocab_size} max_len={config.max_position_embeddings}")
-    if any((directory / name).is_file() for name in (VOCAB_NAME, TOKENIZER_JSON_NAME)):
-        vocab, options, vocab_source = read_vocabulary(directory)
-        added = f", {len(options.added_tokens)} of them added tokens" if options.added_tokens else ""
-        print(f"vocabulary   {len(vocab)} tokens ({vocab_source.name}{added})")
-    print(f"task         {describe_task(directory, config)}")
-    if bad:
-        # reported, not raised: info is how one inspects a broken checkpoint; the exit code says it is unusable
-        print(f"finite       NO: {len(bad)} tensor(s) hold NaN or infinite values: {', '.join(bad[:8])}"
-              f"{' ...' if len(bad) > 8 else ''}")
-        return 1
-    print("finite       yes")
-    from bertkit.device import describe, resolve_device
-    from bertkit.precision import resolve_precision
-
-    device = resolve_device("auto")
-    precision, why = resolve_precision("auto", device)
-    print(f"here         --device auto: {describe(device)}; --precision auto: {precision} ({why})")
-    return 0
+    lines, finite = describe_checkpoint(args.checkpoint)
+    print("\n".join(lines))
+    return 0 if finite else 1
 
 
 def cmd_extend_vocab(args: argparse.Namespace) -> int:
@@ -323,15 +288,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rerank(args: argparse.Namespace) -> Rerank | None:
-    """--rerank and its settings; --rerank-label alone is refused (it would be silently unused)."""
-    from bertkit.search import Rerank
+def _rerank(args: argparse.Namespace) -> Any:
+    from bertkit.search import rerank_option
 
-    if args.rerank is None:
-        if args.rerank_label is not None:
-            raise BertkitError("--rerank-label applies with --rerank CROSS_ENCODER_DIR")
-        return None
-    return Rerank(args.rerank, args.rerank_label, args.rerank_candidates)
+    return rerank_option(args.rerank, args.rerank_label, args.rerank_candidates)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -391,8 +351,8 @@ def _rerank_args(p: argparse.ArgumentParser) -> None:
     from bertkit.search import DEFAULT_CANDIDATES, MAX_TOP_K
 
     p.add_argument("--rerank", default=None, metavar="CROSS_ENCODER_DIR",
-                   help="re-order each query's candidates by a cross-encoder: a classification checkpoint fine-tuned "
-                   "on text pairs (query, text); a hit's score is then its probability of --rerank-label")
+                   help="re-order each query's candidates by a cross-encoder: a pair classifier's checkpoint, "
+                   "fine-tuned on text pairs (query, text); a hit's score is then its probability of --rerank-label")
     p.add_argument("--rerank-label", default=None, metavar="LABEL",
                    help="with --rerank: the cross-encoder's label that means relevant (default: 1)")
     p.add_argument("--rerank-candidates", type=int_range(1, MAX_TOP_K), default=DEFAULT_CANDIDATES, metavar="N",

@@ -27,11 +27,14 @@ from bertkit.errors import BertkitError, CheckpointError, DataError
 from bertkit.fileio import atomic_write_text, read_lines, read_text
 from bertkit.predict import Predictor, check_encodable
 from bertkit.tasks.base import TASK_FILE, read_task_info
+from bertkit.tasks.classification import SPEC as CLASSIFIER_SPEC
 from bertkit.tasks.embed import NAME as EMBEDDING_TASK
 from bertkit.tasks.embed import embed
 from bertkit.tasks.spec import Work, sequence
 from bertkit.textstore import FILES as TEXT_FILES
 from bertkit.textstore import TextStore, TextWriter
+
+CLASSIFIER_TASK = CLASSIFIER_SPEC.name
 
 INFO_FILE = "index.json"
 VECTORS_FILE = "vectors.faiss"
@@ -332,12 +335,23 @@ def top_k_problem(top_k: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Rerank:
-    """A cross-encoder for the candidates: a classification checkpoint fine-tuned on text pairs (query, text);
+    """A cross-encoder for the candidates: a pair classifier's checkpoint, fine-tuned on text pairs (query, text);
     its probability of `label` (default "1") re-orders the top `candidates` hits."""
 
     directory: str
     label: str | None = None
     candidates: int = DEFAULT_CANDIDATES
+
+
+def rerank_option(directory: str | None, label: str | None, candidates: int) -> Rerank | None:
+    """--rerank and its settings as a Rerank (None without --rerank); --rerank-label alone is refused (it would be
+    silently unused)."""
+    if directory is None:
+        if label is not None:
+            raise BertkitError("--rerank-label applies with --rerank CROSS_ENCODER_DIR")
+        return None
+    return Rerank(directory, label, candidates)
+
 
 
 class Reranker:
@@ -347,9 +361,9 @@ class Reranker:
                  int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False) -> None:
         self.predictor = Predictor(rerank.directory, device=device, precision=precision, int8_keep=tuple(int8_keep),
                                    compile=compile)
-        if self.predictor.task != "classification":
+        if self.predictor.task != CLASSIFIER_TASK:
             raise CheckpointError(f"--rerank {rerank.directory}: a {self.predictor.task} checkpoint; a cross-encoder "
-                                  "is a classification checkpoint fine-tuned on text pairs")
+                                  f"is a {CLASSIFIER_TASK} checkpoint fine-tuned on text pairs")
         labels = self.predictor.labels
         self.label = rerank.label if rerank.label is not None else "1"
         if self.label not in labels:

@@ -43,6 +43,7 @@ from bertkit.errors import BertkitError, DataError
 from bertkit.predict import Predictor, check_encodable
 from bertkit.search import DEFAULT_TOP_K, Rerank, Searcher, is_index, query_problem, top_k_problem
 from bertkit.tasks.base import pad_sequences
+from bertkit.tasks.embed import NAME as EMBEDDING_TASK
 
 
 @dataclass
@@ -386,7 +387,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
     expected = f"Bearer {api_key}".encode() if api_key else None
     searcher: Searcher | None = None
     if is_index(directory):
-        if onnx is not None or task not in (None, "sentence_embedding"):
+        if onnx is not None or task not in (None, EMBEDDING_TASK):
             raise BertkitError(f"{directory} is a search index: its model serves sentence vectors in PyTorch "
                                "(--onnx and --task do not apply)")
         searcher = Searcher(directory, device=device or "auto", precision=precision, int8_keep=tuple(int8_keep),
