@@ -210,6 +210,34 @@ def test_multi_label_learns_a_toy_set_and_predicts_its_labels(tmp_path, capsys):
     assert set(both["probabilities"]) == {"animal", "colour", "fruit"} and both["probabilities"]["animal"] < 0.5
 
 
+def test_a_new_multi_label_head_starts_from_the_label_priors_by_hand(tmp_path):
+    import math
+
+    from safetensors.torch import load_file
+
+    from bertkit.cli import main
+
+    def bias(run):
+        return load_file(tmp_path / run / "model" / "model.safetensors")["classifier.bias"].tolist()
+
+    # joy in 3 of 4 texts, anger in 1: log-odds of (3 + 0.5) / (4 + 1) and (1 + 0.5) / (4 + 1)
+    rows = [["joy"], ["joy", "anger"], ["joy"], []]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(
+        ["the cat", "the dog", "a cat", "a dog"], rows, strict=True)))
+    _vocab(tmp_path, ["the", "a", "cat", "dog"])
+    one_step = ["--max-steps", "1", "--lr", "1e-9", "--batch-size", "2"]
+    assert main([*_train_args(tmp_path, data, "--format", "jsonl", "--multi-label"), *one_step]) == 0
+    assert bias("run") == pytest.approx([math.log(0.3 / 0.7), math.log(0.7 / 0.3)], abs=1e-6)  # anger, joy
+    # a head that a fine-tuned init_from brings keeps its bias, whatever the new data's priors
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(
+        ["the cat", "a dog"], [["anger", "joy"], ["anger"]], strict=True)))
+    assert main(["finetune", "--task", "classification", "--train", str(data), "--format", "jsonl", "--multi-label",
+                 "--init-from", str(tmp_path / "run" / "model"), "--no-progress", "--no-bf16",
+                 "--max-seq-len", "16", "--output-dir", str(tmp_path / "again"), *one_step]) == 0
+    assert bias("again") == pytest.approx(bias("run"), abs=1e-6)
+
+
 def test_regression_learns_a_toy_set_and_predicts_a_score(tmp_path, capsys):
     from bertkit.cli import main
     from bertkit.predict import Predictor

@@ -257,6 +257,19 @@ def target_tensor(targets: list[Target], info: ClassificationInfo) -> Tensor:
     return torch.tensor(targets, dtype=torch.float if info.problem_type == REGRESSION else torch.long)
 
 
+def label_prior_logits(targets: list[Target], num_labels: int) -> Tensor:
+    """Each label's log-odds among the training texts, (C,): where a fresh multi-label head's bias starts. From a zero
+    bias every sigmoid starts at 0.5, and the first steps' loss (mostly "this label is absent") falls fastest by
+    moving the encoder to one output for every text, from which it does not recover (MiniLM on GoEmotions at lr 5e-5:
+    every comment the same probabilities, to 1e-5). Counts are smoothed by a half, so a label absent from training
+    keeps a finite bias."""
+    counts = torch.zeros(num_labels)
+    for ids in targets:
+        counts[list(ids)] += 1  # type: ignore[arg-type]
+    p = (counts + 0.5) / (len(targets) + 1)
+    return torch.log(p) - torch.log1p(-p)
+
+
 def loss_sum(logits: Tensor, targets: Tensor, problem_type: str) -> Tensor:
     """The loss summed over the batch, as transformers' BertForSequenceClassification computes its mean: MSE for
     regression, binary cross-entropy averaged over the labels for multi-label, else cross-entropy."""
@@ -410,6 +423,9 @@ def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | Non
     model = build_task_model(BertForSequenceClassification, init_from, model_config, config.seed)
     task = ClassificationTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file),
                               tune_threshold=options.tune_threshold)
+    if problem == MULTI and BertForSequenceClassification.hf_architecture not in model_config.architectures:
+        with torch.no_grad():  # a new head (not one a fine-tuned init_from brought): its bias from the label priors
+            model.classifier.bias.copy_(label_prior_logits([x.target for x in task.train], len(labels)))
     return fit(model, task, config, title=f"classification ({Path(train_file).parent.name or 'data'})")
 
 
