@@ -6,7 +6,8 @@ Problem types (the format's own, else `--multi-label` or `--regression`), saved 
 - single-label (default): one label a text; softmax + cross-entropy; accuracy, macro-F1 (F1 and MCC for two labels).
 - multi-label: a set of labels a text; a sigmoid a label + binary cross-entropy; a label is predicted where its
   probability is at least the threshold (0.5, `--threshold`; `--tune-threshold` picks the one that scores best on the
-  eval set and keeps it in task.json); micro-F1, macro-F1 (over every label) and exact match.
+  eval set and keeps it in task.json); micro-F1, macro-F1 (over every label) and exact match. A new head's bias
+  starts at each label's log-odds in the training set (`label_prior_logits`).
 - regression: a number a text (or pair); one output, mean squared error; Pearson, Spearman and MSE.
 
 Input formats (`--format`):
