@@ -143,6 +143,10 @@ EMBED_RUNS = {
     "mrpc-features": dict(train="glue/MRPC/train.tsv", eval="glue/MRPC/dev.tsv", model="minilm",
                           anchor="majority class 68.4% (dev); fine-tuned BERT-base 88.9 F1"),
 }
+# CB again, the same command plus an evaluation each epoch (15 steps) and --best-metric: the run publishes its best
+# evaluated weights, and `last_step_metrics` puts the same run's last-step evaluation beside them
+RUNS["cb-best"] = {**RUNS["cb"], "settings": {**RUNS["cb"]["settings"], "eval_every": 15, "best_metric": "accuracy"},
+                   "anchor": RUNS["cb"]["anchor"] + "; last_step_*: the same run's weights after its last step"}
 
 
 def model_dir(kind: str, chinese: Path) -> Path | None:
@@ -226,7 +230,7 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
         check_demo_corpus(spec, init)
     train_file, eval_file = write_split(spec) if "split" in spec else (DATA / spec["train"], DATA / spec["eval"])
     settings = dict(spec["settings"])
-    train_keys = {"epochs", "lr", "batch_size"}
+    train_keys = {"epochs", "lr", "batch_size"} | ({"eval_every", "best_metric"} & settings.keys())
     config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
                          overwrite=True, **{k: settings.pop(k) for k in train_keys})  # a rerun replaces the last
     if "augment" in settings:
@@ -255,6 +259,8 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
 
         tested = Predictor(result.output_dir / "model", device="cpu").evaluate(DATA / spec["test"], spec["fmt"])
     minutes = (time.perf_counter() - started) / 60
+    if config.best_metric:
+        result.metrics.update(last_step_metrics(result.output_dir))
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
             else f"bertkit Chinese at scale ({init})" if spec["model"] == "chinese-scale"
             else f"bertkit Chinese ({init})" if init is not None else spec["model"],
@@ -330,6 +336,14 @@ def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
             "headline": "accuracy", "minutes": round((time.perf_counter() - started) / 60, 1), "steps": 0,
             "anchor": spec["anchor"], "settings": {},
             "command": "bench/tasks.py --only mrpc-features (cosine of mean-pooled vectors, threshold from train)"}
+
+
+def last_step_metrics(output_dir: Path) -> dict[str, float]:
+    """The run's last evaluation (the weights after its last step, not those --best-metric publishes), from its
+    metrics.jsonl, as last_step_NAME."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["kind"] == "eval"][-1]
+    return {f"last_step_{k}": v for k, v in last.items() if k not in ("kind", "step", "epoch")}
 
 
 def settings_text(settings: dict[str, Any]) -> str:
