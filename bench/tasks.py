@@ -9,7 +9,8 @@ bertkit's own pre-trained model (`make demo` writes it to runs/demo/pretrain/mod
 (`scratch-tiny`) from a fresh tiny model with a vocabulary trained on the run's training file. A row may be cut from
 one file by line ranges (`split`, written under runs/tasks/data/) and scored again on a test file after training
 (`test`: the eval file then only chooses, e.g. the multi-label threshold). Every run is the same call `bertkit
-finetune` makes; the command lines are stored with each result.
+finetune` makes (the sentence-embedding rows then score the checkpoint as `bertkit evaluate` does; their frozen rows
+only score the pre-trained model); the command lines are stored with each result.
 """
 
 from __future__ import annotations
@@ -147,6 +148,30 @@ EMBED_RUNS = {
 # evaluated weights, and `last_step_metrics` puts the same run's last-step evaluation beside them
 RUNS["cb-best"] = {**RUNS["cb"], "settings": {**RUNS["cb"]["settings"], "eval_every": 15, "best_metric": "accuracy"},
                    "anchor": RUNS["cb"]["anchor"] + "; last_step_*: the same run's weights after its last step"}
+# Sentence embeddings: per dataset the pre-trained model as it is (frozen: mean-pooled vectors, `bertkit evaluate`)
+# and trained with a loss (`bertkit finetune --task sentence_embedding --loss L`); each scored by `bertkit evaluate`
+# in fp32 (Spearman of cosine against the labels; retrieval among the positive pairs where labels are 0/1).
+# LCQMC has no train set here: its dev set trains, its test set scores (lcqmc/SOURCE.md).
+_STSB = "SBERT-base (NLI, then STS-B train) 85.35 Spearman (test; Reimers & Gurevych 2019)"
+_LCQMC = ("bert4torch CoSENT 77.79 / unsupervised SimCSE 71.81 Spearman (BERT-base; CoSENT on the full 239k train, "
+          "this row on dev's 8.8k)")
+_BQ = "BERT-base + CoSENT 72.38 Spearman (test, full 100k train; Su Jianlin)"
+EMBEDDING_RUNS: dict[str, dict[str, Any]] = {
+    "stsb-frozen": dict(eval="sts_b/dev.tsv", fmt="stsb", model="minilm", settings={}, anchor=_STSB),
+    "stsb-cosent": dict(train="sts_b/train.tsv", eval="sts_b/dev.tsv", fmt="stsb", model="minilm",
+                        settings=dict(loss="cosent", epochs=1, lr=2e-5, batch_size=32, max_seq_len=64),
+                        anchor=_STSB),
+    "lcqmc-frozen": dict(eval="lcqmc/test.txt", fmt="lcqmc", model="chinese", settings={}, anchor=_LCQMC),
+    "lcqmc-simcse": dict(train="lcqmc/dev.txt", eval="lcqmc/test.txt", fmt="lcqmc", model="chinese",
+                         settings=dict(loss="simcse", epochs=1, lr=1e-3, batch_size=64, max_seq_len=64),
+                         anchor=_LCQMC),
+    "lcqmc-cosent": dict(train="lcqmc/dev.txt", eval="lcqmc/test.txt", fmt="lcqmc", model="chinese",
+                         settings=dict(loss="cosent", epochs=5, lr=1e-3, batch_size=64, max_seq_len=64),
+                         anchor=_LCQMC),
+    "bq-frozen": dict(eval="bq_corpus/test.txt", fmt="bq", model="chinese", settings={}, anchor=_BQ),
+    "bq-cosent": dict(train="bq_corpus/train.txt", eval="bq_corpus/test.txt", fmt="bq", model="chinese",
+                      settings=dict(loss="cosent", epochs=1, lr=1e-3, batch_size=64, max_seq_len=64), anchor=_BQ),
+}
 
 
 def model_dir(kind: str, chinese: Path) -> Path | None:
@@ -345,6 +370,39 @@ def last_step_metrics(output_dir: Path) -> dict[str, float]:
     last = [r for r in records if r["kind"] == "eval"][-1]
     return {f"last_step_{k}": v for k, v in last.items() if k not in ("kind", "step", "epoch")}
 
+def run_embedding(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
+    """A frozen row scores the pre-trained model; a trained row fine-tunes it, then scores the result the same way."""
+    from bertkit.predict import Predictor
+    from bertkit.tasks import embed
+    from bertkit.train import TrainConfig
+
+    init = model_dir(spec["model"], chinese)
+    settings = dict(spec["settings"])
+    started = time.perf_counter()
+    data = f"--data ../shared/data/{spec['eval']} --format {spec['fmt']} --precision fp32"
+    steps, checkpoint = 0, init
+    commands = []
+    if settings:
+        config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
+                             overwrite=True, **{k: settings.pop(k) for k in ("epochs", "lr", "batch_size")})
+        options = embed.EmbeddingOptions(**{k: settings.pop(k) for k in ("loss", "pooling") if k in settings})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="inputs longer than max_length")
+            result = embed.finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"], fmt=spec["fmt"],
+                                    init_from=init, options=options, **settings)
+        steps, checkpoint = result.step, result.output_dir / "model"
+        commands.append(command(name, {**spec, "task": embed.NAME}, init))
+        commands.append(f"bertkit evaluate runs/tasks/{name}/model {data}")
+    else:
+        commands.append(f"bertkit evaluate {init} --task {embed.NAME} {data}")
+    metrics = Predictor(checkpoint, task=None if spec["settings"] else embed.NAME,
+                        precision="fp32").evaluate(DATA / spec["eval"], spec["fmt"])
+    minutes = (time.perf_counter() - started) / 60
+    return {"task": embed.NAME, "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
+            else f"bertkit Chinese ({init})", "metrics": metrics, "headline": "spearman",
+            "minutes": round(minutes, 1), "steps": steps, "anchor": spec["anchor"], "settings": spec["settings"],
+            "command": "; ".join(commands)}
+
 
 def settings_text(settings: dict[str, Any]) -> str:
     s = dict(settings)
@@ -370,7 +428,8 @@ def model_text(model: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| task | dataset | model | result (ours) | published anchor | settings | minutes (2 cores) |",
              "|---|---|---|---|---|---|---|"]
-    for name in sorted([*RUNS, *EMBED_RUNS], key=lambda n: [*RUNS, *EMBED_RUNS].index(n.removesuffix("-mini"))):
+    order = [*RUNS, *EMBED_RUNS, *EMBEDDING_RUNS]
+    for name in sorted(order, key=lambda n: order.index(n.removesuffix("-mini"))):
         r = results.get(name)
         if not r:
             continue
@@ -391,7 +450,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", default=None, help=f"runs: {', '.join([*RUNS, *EMBED_RUNS])}")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help=f"runs: {', '.join([*RUNS, *EMBED_RUNS, *EMBEDDING_RUNS])}")
     parser.add_argument("--chinese-model", default=str(ROOT / "runs" / "demo" / "pretrain" / "model"))
     parser.add_argument("--chinese-scale-model", default=None, help=f"(default: {SCALE_MODEL})")
     parser.add_argument("--table-only", action="store_true", help="rewrite tasks.md from tasks.json, run nothing")
@@ -401,12 +461,12 @@ def main() -> int:
     if args.table_only:
         (OUT / "tasks.md").write_text(markdown(json.loads((OUT / "tasks.json").read_text())))
         return 0
-    names = args.only or [*RUNS, *EMBED_RUNS]
+    names = args.only or [*RUNS, *EMBED_RUNS, *EMBEDDING_RUNS]
     if not args.only and not (RUNS_MODELS["chinese-scale"] / "config.json").is_file():
         print(f"no model pre-trained at scale in {RUNS_MODELS['chinese-scale']} (bench/pretrain_zh.py): "
               "its rows are skipped", flush=True)
         names = [n for n in names if n not in RUNS or RUNS[n]["model"] != "chinese-scale"]
-    unknown = set(names) - set(RUNS) - set(EMBED_RUNS)
+    unknown = set(names) - set(RUNS) - set(EMBED_RUNS) - set(EMBEDDING_RUNS)
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -414,8 +474,8 @@ def main() -> int:
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name in names:
         print(f"== {name}", flush=True)
-        result = (run_embed if name in EMBED_RUNS else run)(name, {**RUNS, **EMBED_RUNS}[name],
-                                                             Path(args.chinese_model))
+        runner = run_embed if name in EMBED_RUNS else run_embedding if name in EMBEDDING_RUNS else run
+        result = runner(name, {**RUNS, **EMBED_RUNS, **EMBEDDING_RUNS}[name], Path(args.chinese_model))
         result["date"], result["machine"] = time.strftime("%Y-%m-%d"), machine()
         results[name] = result
         print(json.dumps(result), flush=True)
