@@ -10,10 +10,11 @@ Isotropic random vectors are the hardest case for an approximate index (no neigh
 so their recall is a floor; the rows on real vectors use MiniLM's vectors of English sentences from ../shared/data
 (SST-2, GoEmotions, STS-B, MRPC), made by `bertkit index` and kept in runs/bench-search (a later run reuses them
 while the sentences and the model's fingerprint are the same; --reencode makes them again), queried with sentences
-held out of the index. Each configuration is built and queried in its own process: its peak RSS (VmHWM) less its
-RSS before the build is the index's memory. Everything runs on one thread (OMP_NUM_THREADS=1 unless set; FAISS and
-torch use every core by default), and each time is measured as wall-clock and as the process's CPU time, with the
-load average beside it: on a shared machine the wall-clock times depend on what else runs, the CPU times much less.
+held out of the index. Each configuration is built and queried in its own process: its peak RSS (VmHWM) less its RSS
+before the build is the index's memory (the peak is reset once the vectors are made). Everything runs on one thread
+(OMP_NUM_THREADS=1 unless set; FAISS and torch use every core by default), and each time is measured as wall-clock
+and as the process's CPU time, with the load average beside it: on a shared machine the wall-clock times depend on
+what else runs, the CPU times much less.
 
 Writes bench/results/search.json and .md (copied into docs/search.md by bench/readme_tables.py).
 """
@@ -134,6 +135,7 @@ def child(kind: str, source: str, n: int, truth_path: str) -> dict:
 
     base, queries = dataset(source, n)
     load_before = load()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from here: making the vectors had its own peak
     before = status_mb("VmRSS")
     started, cpu = time.perf_counter(), time.process_time()
     index = make_index(kind, n, base)
