@@ -306,6 +306,7 @@ SPEC = TaskSpec(
     options=IntentSlotOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="slot_f1",
     config_extra=lambda info: {"bertkit_intents": info.intents, "bertkit_slots": info.labels,
                                "bertkit_crf": info.crf},
 )

@@ -341,6 +341,7 @@ SPEC = TaskSpec(
     default_format="jsonl",
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="accuracy",
     work=work,
     validate=validate,
 )

@@ -299,7 +299,7 @@ class NerInfo:
     word_level: str = choice_field(("char", "space"))
     head: str = choice_field(HEADS, TAGGER, help="which head the checkpoint holds")
     doc_stride: int = int_field(1, MAX_POSITIONS, DOC_STRIDE, help="the span head's step between windows, in tokens")
-    threshold: float = float_field(0.0, help="the span head's score above which a span is an entity")
+    threshold: float = float_field(-100.0, 100.0, 0.0, "the span head's score above which a span is an entity")
 
 
 @dataclass
@@ -515,6 +515,7 @@ SPEC = TaskSpec(
     options=NerOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="f1",
     work=work,
     config_extra=config_extra,
 )

@@ -399,5 +399,6 @@ SPEC = TaskSpec(
     options=QAOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="f1",
     work=work,
 )

@@ -354,5 +354,6 @@ SPEC = TaskSpec(
     options=SpellingOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="sentence_correction_f1",
     work=work,
 )
