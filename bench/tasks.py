@@ -120,17 +120,17 @@ RUNS: dict[str, dict[str, Any]] = {
                         "slots; this row: the 4,000-text subset, main values)"),
     # nested entities: the span head against the tagger, which learns only the outermost entities
     "cmeee": dict(task="ner", train="cmeee/train.json", eval="cmeee/eval.json", fmt="cmeee", model="chinese",
-                  settings=dict(epochs=5, lr=1e-3, batch_size=32, max_seq_len=128, head="global_pointer"),
+                  settings=dict(epochs=3, lr=1e-3, batch_size=32, max_seq_len=128, head="global_pointer"),
                   metric="f1", anchor=CMEEE_ANCHOR),
     "cmeee-crf": dict(task="ner", train="cmeee/train.json", eval="cmeee/eval.json", fmt="cmeee", model="chinese",
-                      settings=dict(epochs=5, lr=1e-3, batch_size=32, max_seq_len=128, crf=True),
+                      settings=dict(epochs=3, lr=1e-3, batch_size=32, max_seq_len=128, crf=True),
                       metric="f1", anchor=CMEEE_ANCHOR),
     "cluener": dict(task="ner", train="cluener2020/train.json", eval="cluener2020/dev.json", fmt="cluener",
-                    model="chinese", settings=dict(epochs=3, lr=1e-3, batch_size=32, max_seq_len=128,
+                    model="chinese", settings=dict(epochs=2, lr=1e-3, batch_size=32, max_seq_len=128,
                                                    head="global_pointer"),
                     metric="f1", anchor=CLUENER_ANCHOR),
     "cluener-crf": dict(task="ner", train="cluener2020/train.json", eval="cluener2020/dev.json", fmt="cluener",
-                        model="chinese", settings=dict(epochs=3, lr=1e-3, batch_size=32, max_seq_len=128, crf=True),
+                        model="chinese", settings=dict(epochs=2, lr=1e-3, batch_size=32, max_seq_len=128, crf=True),
                         metric="f1", anchor=CLUENER_ANCHOR),
 }
 # The same three Chinese tasks and settings from the mini model pre-trained at scale (bench/pretrain_zh.py); MSRA
