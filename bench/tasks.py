@@ -109,6 +109,11 @@ RUNS: dict[str, dict[str, Any]] = {
                  anchor="ERNIE DuIE 2.0 baseline F1 69.42 (full 171k train, official metric with complex-object "
                         "slots; this row: the 4,000-text subset, main values)"),
 }
+# Triples by the GPLinker head beside the pipeline head, same encoder and settings. DuIE from the demo's tiny model
+# (the model pre-trained at scale, the "duie" row's, is bench/pretrain_zh.py's two hours), both heads
+RUNS["webnlg-gplinker"] = {**RUNS["webnlg"], "settings": {**RUNS["webnlg"]["settings"], "head": "gplinker"}}
+RUNS["duie-tiny"] = {**RUNS["duie"], "model": "chinese"}
+RUNS["duie-tiny-gplinker"] = {**RUNS["duie-tiny"], "settings": {**RUNS["duie"]["settings"], "head": "gplinker"}}
 # The same three Chinese tasks and settings from the mini model pre-trained at scale (bench/pretrain_zh.py); MSRA
 # for one epoch, not three: mini costs ~8x tiny's FLOPs a token, and three epochs would take ~25 minutes
 for _name in ("chnsenticorp", "msra", "cais"):

@@ -1,9 +1,10 @@
 """Knowledge-graph triples from raw text: (subject, predicate, object) with entity types, for a graph's nodes and
-edges. One encoder, two heads, one checkpoint: a word-level BIO tagger finds the typed entities, then a pair head
-scores every ordered pair of entities found in one sequence against every predicate (sigmoid: a pair may hold
-several), kept where the schema allows the pair's types for the predicate. Trained jointly (gold entities feed the
-pair head), decoded as a pipeline. Scored as DuIE and WebNLG are: exact string match of (subject, predicate, object),
-micro P/R/F1 over sentences.
+edges. Two heads (`--head`, recorded in the checkpoint). `pipeline` (this file): a word-level BIO tagger finds the
+typed entities, then a pair head scores every ordered pair of entities found in one sequence against every predicate
+(sigmoid: a pair may hold several), kept where the schema allows the pair's types for the predicate; trained jointly
+(gold entities feed the pair head), decoded as a pipeline. `gplinker` (tasks/gplinker.py): span pointers for
+subjects and objects, and per-predicate pointers from subject to object, over every pair of a window. Scored as DuIE
+and WebNLG are: exact string match of (subject, predicate, object), micro P/R/F1 over sentences.
 
 Input formats (`--format`):
 - `duie` (DuIE 2.0): JSON lines `{"text", "spo_list": [{"subject", "subject_type", "predicate", "object": {"@value":
@@ -19,7 +20,6 @@ warning per file, left out of training and kept in scoring (they count as misses
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from bertkit.argtypes import flag
 from bertkit.config import BertConfig
-from bertkit.errors import DataError, reason
-from bertkit.fileio import read_lines
+from bertkit.errors import CheckpointError, DataError, reason
+from bertkit.fileio import NotJSON, json_items, json_lines
 from bertkit.metrics import get_entities, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks import tagging
@@ -49,6 +49,7 @@ from bertkit.tasks.tagging import Piece, TaggingHead, encode_sentences, spans_to
 from bertkit.tokenizer import Tokenizer
 
 NAME = "triples"
+HEADS = ("pipeline", "gplinker")
 FORMATS = ("duie", "webnlg")
 WORD_LEVEL = {"duie": "char", "webnlg": "space"}
 UNTYPED = "ENTITY"
@@ -89,7 +90,7 @@ def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = 
         raise DataError(f"unknown triples format {fmt!r}; choose one of {FORMATS}")
     report = SkipReport(path)
     records = []
-    for number, item in (_json_lines(path) if fmt == "duie" else _json_items(path)):
+    for number, item in (json_lines(path) if fmt == "duie" else json_items(path)):
         try:
             if isinstance(item, NotJSON):
                 raise ValueError(str(item))
@@ -103,45 +104,6 @@ def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = 
             report.skip(number, "malformed record(s)")
     report.report()
     return records
-
-
-class NotJSON(str):
-    """A line that is not JSON (why), in place of its value: the reader refuses or skips it."""
-
-
-def _json_lines(path: str | Path) -> list[tuple[int, Any]]:
-    items: list[tuple[int, Any]] = []
-    for number, line in read_lines(path):
-        if line.strip():
-            try:
-                items.append((number, json.loads(line)))
-            except (json.JSONDecodeError, RecursionError) as exc:
-                items.append((number, NotJSON(f"not JSON ({exc})")))
-    return items
-
-
-def _json_items(path: str | Path) -> list[tuple[int, Any]]:
-    """The elements of a (pretty-printed) JSON array with the line each starts on; JSON lines are read too."""
-    text = "\n".join(line for _, line in read_lines(path))
-    start = len(text) - len(text.lstrip())
-    if text[start:start + 1] != "[":
-        return _json_lines(path)
-    decoder, items = json.JSONDecoder(), []
-    position, line, counted = start + 1, 1, 0
-    while True:
-        while position < len(text) and text[position] in " \t\r\n,":
-            position += 1
-        if position >= len(text):
-            raise DataError("the JSON array is not closed with ]", str(path), text.count("\n") + 1)
-        line += text.count("\n", counted, position)
-        counted = position
-        if text[position] == "]":
-            return items
-        try:
-            value, position = decoder.raw_decode(text, position)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"not JSON: {exc}", str(path), line) from exc
-        items.append((line, value))
 
 
 def _value(value: Any, what: str) -> str:
@@ -184,7 +146,7 @@ def read_schema(path: str | Path) -> list[list[str]]:
     """DuIE's schema file (JSON lines `{"subject_type", "predicate", "object_type": {"@value": ...}}`) as
     [subject_type, predicate, object_type] rows."""
     rows = []
-    for number, item in _json_lines(path):
+    for number, item in json_lines(path):
         try:
             if isinstance(item, NotJSON):
                 raise ValueError(str(item))
@@ -493,7 +455,7 @@ def score(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, records: li
           ) -> dict[str, float]:
     """Triple P/R/F1 against every gold triple (those that cannot be extracted count as misses), plus entity F1
     (entity names per sentence)."""
-    predicted = extract(model, tokenizer, info, [r.text for r in records], batch_size)
+    predicted = extractor(info)(model, tokenizer, info, [r.text for r in records], batch_size)
     gold = [{t.key for t in r.triples} for r in records]
     pred = [{(t["subject"], t["predicate"], t["object"]) for t in p["triples"]} for p in predicted]
     metrics = triple_prf(gold, pred)
@@ -513,7 +475,8 @@ def _schema_rows(value: Any) -> bool:
 
 @dataclass
 class TriplesInfo:
-    labels: list[str] = labels_field("the entity tag set (O, then B-/I- per entity type)")
+    labels: list[str] = labels_field("the entity labels: the tagger's tags (O, then B-/I- per entity type) with "
+                                     "the pipeline head, the span types subject and object with gplinker")
     predicates: list[str] = labels_field("the predicate set, in the pair head's order")
     max_seq_len: int = seq_len_field()
     word_level: str = choice_field(("char", "space"), help="how raw text is split into words")
@@ -523,12 +486,16 @@ class TriplesInfo:
     threshold: float = field(default=0.5, metadata={
         "check": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
         "expected": "a number between 0 and 1", "help": "a predicate is kept above this probability"})
+    head: str = choice_field(HEADS, "pipeline", help="which head the checkpoint holds (the model class)")
 
 
 @dataclass
 class TriplesOptions:
     schema: str | None = flag("DuIE's schema file (JSON lines subject_type / predicate / object_type): the type "
                                 "combinations a predicted triple may have, besides those seen in training")
+    head: str = flag("pipeline: an entity tagger, then a classifier of each pair of tagged entities; gplinker: "
+                     "span pointers for subjects and objects, linked per predicate by subject-to-object pointers "
+                     "(every entity pair of a window scored)", "pipeline", choices=HEADS)
 
 
 def label_sets(located: list[Located]) -> tuple[list[str], list[str], set[tuple[str, str, str]]]:
@@ -586,10 +553,17 @@ class TriplesTask(FinetuneTask):
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "duie",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
              max_seq_len: int = 128, limit: int | None = None, options: TriplesOptions | None = None) -> Any:
-    """Fine-tune the tagger and the pair head together on `train_file`; scores triple F1 on `eval_file`."""
+    """Fine-tune the tagger and the pair head together on `train_file` (or, with `options.head` gplinker, that
+    head); scores triple F1 on `eval_file`."""
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
+    if options is not None and options.head == "gplinker":
+        from bertkit.tasks import gplinker  # it builds on this file's readers
+
+        return gplinker.finetune(train_file, config, eval_file=eval_file, fmt=fmt, init_from=init_from,
+                                 tokenizer=tokenizer, model_size=model_size, max_seq_len=max_seq_len, limit=limit,
+                                 options=options)
     tok = finetune_tokenizer(init_from, tokenizer)
     train = require_examples(take(read_records(train_file, fmt), limit), train_file, "training")
     heldout = require_examples(read_records(eval_file, fmt), eval_file, "evaluation") if eval_file else []
@@ -618,7 +592,28 @@ def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, pat
 def predict(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, inputs: list[dict[str, Any]]
             ) -> list[dict[str, Any]]:
     """The triples (and the entities) of each raw text."""
-    return extract(model, tokenizer, info, [i["text"] for i in inputs])
+    return extractor(info)(model, tokenizer, info, [i["text"] for i in inputs])
+
+
+def extractor(info: TriplesInfo) -> Any:
+    """The `extract` of the checkpoint's head: raw texts -> triples and entities."""
+    if info.head == "gplinker":
+        from bertkit.tasks import gplinker  # it builds on this file's readers
+
+        return gplinker.extract
+    return extract
+
+
+def load(directory: Path, config: BertConfig) -> nn.Module:
+    """The model class of the checkpoint's head (config.json's bertkit_head), loaded strictly."""
+    model_class: Any = BertForTriples
+    if config.extra.get("bertkit_head") == "gplinker":
+        from bertkit.tasks.gplinker import BertForGPLinker as model_class
+    if model_class.hf_architecture not in config.architectures:
+        raise CheckpointError(f"{directory}: a triples checkpoint with the {model_class.__name__} head needs "
+                              f"architectures [{model_class.hf_architecture!r}] in config.json, which says "
+                              f"{config.architectures}")
+    return model_class.from_pretrained(directory, strict=True, config=config)
 
 
 SPEC = TaskSpec(
@@ -636,5 +631,7 @@ SPEC = TaskSpec(
     finetune=finetune,
     evaluate=evaluate_file,
     work=chunks,
-    config_extra=lambda info: {**id2label(info.labels), "bertkit_predicates": info.predicates},
+    load=load,
+    config_extra=lambda info: {**id2label(info.labels), "bertkit_predicates": info.predicates,
+                               **({"bertkit_head": info.head} if info.head != "pipeline" else {})},
 )
