@@ -27,7 +27,7 @@ from bertkit.errors import DataError
 from bertkit.global_pointer import GlobalPointer, span_loss
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks import tagging
-from bertkit.tasks.base import FinetuneTask, SkipReport, require_examples, run_batches, take
+from bertkit.tasks.base import MAX_BATCH_TOKENS, FinetuneTask, SkipReport, require_examples, run_batches, take
 from bertkit.tasks.tagging import Piece, encode_sentences
 from bertkit.tasks.triples import (
     NAME,
@@ -209,7 +209,7 @@ def _decode(model: nn.Module, windows: list[Window], info: TriplesInfo, pad_id: 
         batch["_pieces"] = [w.piece for w in chunk]
         return batch
 
-    max_tokens = max(1, MAX_PAIR_CELLS // (max(1, len(info.predicates)) * info.max_seq_len))
+    max_tokens = min(MAX_BATCH_TOKENS, max(1, MAX_PAIR_CELLS // (len(info.predicates) * info.max_seq_len)))
     return run_batches(model, windows, collate_windows, forward, batch_size, max_tokens=max_tokens)
 
 
