@@ -150,7 +150,17 @@ def test_the_checkpoint_records_the_head(trained):
     assert task["task"] == "triples" and task["head"] == "gplinker" and task["labels"] == ["subject", "object"]
     assert config["bertkit_head"] == "gplinker" and config["architectures"] == ["BertModel"]
     assert ["歌曲", "作曲", "人物"] in task["schema"]
-    assert type(Predictor(model).model).__name__ == "BertForGPLinker"
+    ours = Predictor(model, precision="fp32").model
+    assert type(ours).__name__ == "BertForGPLinker"
+    # transformers reads the encoder (BertModel; the pointers' weights are extra)
+    import transformers
+
+    theirs = transformers.AutoModel.from_pretrained(model).eval()
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3]])
+    with torch.no_grad():
+        expected = theirs(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        got = ours.bert(ids, torch.ones_like(ids), None).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # task.json saying pipeline beside a gplinker config.json: the files of two checkpoints, refused in words
     mixed = trained / "mixed"
     mixed.mkdir()
