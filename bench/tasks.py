@@ -133,6 +133,16 @@ RUNS: dict[str, dict[str, Any]] = {
                         model="chinese", settings=dict(epochs=2, lr=1e-3, batch_size=32, max_seq_len=128, crf=True),
                         metric="f1", anchor=CLUENER_ANCHOR),
 }
+# The triples task's two heads on one budget each pair shares. DuIE from the demo's tiny model (the "duie" row's
+# model pre-trained at scale is bench/pretrain_zh.py's two hours) in 64-token windows (GPLinker's link scores grow
+# with the square of the window: 126 characters cost 4x 62), batches of 16 for twice the updates an epoch (3 epochs
+# of 32 left both heads near zero). WebNLG on MiniLM for 2 epochs, both heads: the "webnlg" row's 12 epochs of the
+# pipeline head would cost GPLinker ~3x its CPU time.
+for _head in ("pipeline", "gplinker"):
+    RUNS[f"duie-tiny-{_head}"] = {**RUNS["duie"], "model": "chinese", "settings": {
+        **RUNS["duie"]["settings"], "epochs": 4, "batch_size": 16, "max_seq_len": 64, "head": _head}}
+    RUNS[f"webnlg-{_head}"] = {**RUNS["webnlg"], "settings": {**RUNS["webnlg"]["settings"], "epochs": 2,
+                                                               "head": _head}}
 # The same three Chinese tasks and settings from the mini model pre-trained at scale (bench/pretrain_zh.py); MSRA
 # for one epoch, not three: mini costs ~8x tiny's FLOPs a token, and three epochs would take ~25 minutes
 for _name in ("chnsenticorp", "msra", "cais"):
@@ -359,7 +369,7 @@ def machine() -> str:
 def lookup_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     """Triples with no model: every training triple whose subject and object both occur in the text (as whole
     words for space-separated text), scored like the model (exact-match micro F1)."""
-    from bertkit.tasks.triples import WORD_LEVEL, read_records, triple_prf
+    from bertkit.tasks.triples_data import WORD_LEVEL, read_records, triple_prf
 
     train, heldout = (read_records(DATA / spec[k], spec["fmt"]) for k in ("train", "eval"))
     known = {t.key for r in train for t in r.triples}
@@ -511,6 +521,8 @@ def main() -> int:
         runner = run_embed if name in EMBED_RUNS else run_embedding if name in EMBEDDING_RUNS else run
         result = runner(name, {**RUNS, **EMBED_RUNS, **EMBEDDING_RUNS}[name], Path(args.chinese_model))
         result["date"], result["machine"] = time.strftime("%Y-%m-%d"), machine()
+        if path.is_file():  # runs started in parallel (each with --only) keep each other's rows
+            results = json.loads(path.read_text())
         results[name] = result
         print(json.dumps(result), flush=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
