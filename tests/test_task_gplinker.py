@@ -15,7 +15,7 @@ from bench._serving import Server
 from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.errors import CheckpointError
-from bertkit.global_pointer import NEG
+from bertkit.global_pointer import NEG, span_loss
 from bertkit.predict import Predictor
 from bertkit.tasks import gplinker
 from bertkit.tasks import triples as kg
@@ -112,6 +112,23 @@ def test_a_triple_needs_both_spans_and_both_links():
     [strict] = gplinker.extract(model, tok, kg.TriplesInfo(list(gplinker.ROLES), ["p", "q"], 32, "char",
                                                            threshold=0.8, head="gplinker"), ["甲乙丙丁"])
     assert [(t["subject"], t["object"]) for t in strict["triples"]] == [("甲", "丙")]
+
+
+def test_each_pointer_s_loss_is_summed_over_its_types_as_gplinker_sums_it():
+    """Su's GPLinker sums a pointer's loss over its types (a mean over DuIE's 46 predicates left the link pointers
+    unlearned): each term is the sum of the one-type losses."""
+    tok = Tokenizer.train(["张三的父亲是张大"], vocab_size=40, min_frequency=1)
+    record = kgdata.Record("张三的父亲是张大", [kgdata.Triple("张三", "父亲", "张大", "人物", "人物")], 1)
+    task = gplinker.GPLinkerTask(tok, [record], [], _info(["母亲", "父亲"]))
+    batch = task.make_batch(0, [0])
+    W = batch["word_mask"].shape[1]
+    generator = torch.Generator().manual_seed(0)
+    entity, head, tail = (torch.randn(2, W, W, generator=generator) for _ in range(3))
+    losses = task.loss(_Fixed(entity, head, tail), batch)
+    for name, logits, key in (("entity", entity, "spans"), ("head", head, "head_links"),
+                              ("tail", tail, "tail_links")):
+        alone = sum(float(span_loss(logits[None, c : c + 1], batch[key][:, c : c + 1])) for c in range(2))
+        assert float(losses[name]) == pytest.approx(alone, rel=1e-5)
 
 
 def test_decoding_keeps_the_best_spans_of_an_untrained_model():

@@ -281,13 +281,15 @@ class GPLinkerTask(FinetuneTask):
         return int(batch["attention_mask"].sum())
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Each pointer's multi-label span loss (mean over its types), summed over the rows."""
+        """Each pointer's multi-label span loss summed over its types and the rows (GPLinker's: a mean over types
+        would weigh each predicate's link matrix 1/P, and with P = 46 the encoder learns the entity pointer alone:
+        on DuIE the link losses stayed at 0.16-0.19 for 3 epochs and no triple came out)."""
         entity, head, tail = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                    batch["word_index"], batch["word_mask"])
         rows = len(batch["input_ids"])
-        return {"entity": span_loss(entity, batch["spans"]) * rows,
-                "head": span_loss(head, batch["head_links"]) * rows,
-                "tail": span_loss(tail, batch["tail_links"]) * rows}
+        return {"entity": span_loss(entity, batch["spans"]) * rows * entity.shape[1],
+                "head": span_loss(head, batch["head_links"]) * rows * head.shape[1],
+                "tail": span_loss(tail, batch["tail_links"]) * rows * tail.shape[1]}
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         if not self.heldout:
