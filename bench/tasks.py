@@ -128,11 +128,11 @@ RUNS: dict[str, dict[str, Any]] = {
                       settings=dict(epochs=4, lr=2e-3, batch_size=16, max_seq_len=128, crf=True),
                       metric="f1", anchor=CMEEE_ANCHOR),
     "cluener": dict(task="ner", train="cluener2020/train.json", eval="cluener2020/dev.json", fmt="cluener",
-                    model="chinese", settings=dict(epochs=2, lr=1e-3, batch_size=32, max_seq_len=128,
+                    model="chinese", settings=dict(epochs=1, lr=2e-3, batch_size=16, max_seq_len=128,
                                                    head="global_pointer"),
                     metric="f1", anchor=CLUENER_ANCHOR),
     "cluener-crf": dict(task="ner", train="cluener2020/train.json", eval="cluener2020/dev.json", fmt="cluener",
-                        model="chinese", settings=dict(epochs=2, lr=1e-3, batch_size=32, max_seq_len=128, crf=True),
+                        model="chinese", settings=dict(epochs=1, lr=2e-3, batch_size=16, max_seq_len=128, crf=True),
                         metric="f1", anchor=CLUENER_ANCHOR),
 }
 # The triples task's two heads on one budget each pair shares. DuIE from the demo's tiny model (the "duie" row's
