@@ -138,12 +138,12 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 # The triples task's two heads on one budget each pair shares. DuIE from the demo's tiny model (the "duie" row's
 # model pre-trained at scale is bench/pretrain_zh.py's two hours) in 64-token windows (GPLinker's link scores grow
-# with the square of the window: 126 characters cost 4x 62), batches of 16 for twice the updates an epoch (3 epochs
-# of 32 left both heads near zero). WebNLG on MiniLM for 2 epochs, both heads: the "webnlg" row's 12 epochs of the
+# with the square of the window: 126 characters cost 4x 62), 5 epochs of 16 (3 epochs of 32 left both heads near
+# zero). WebNLG on MiniLM for 2 epochs, both heads: the "webnlg" row's 12 epochs of the
 # pipeline head would cost GPLinker ~3x its CPU time.
 for _head in ("pipeline", "gplinker"):
     RUNS[f"duie-tiny-{_head}"] = {**RUNS["duie"], "model": "chinese", "settings": {
-        **RUNS["duie"]["settings"], "epochs": 3, "batch_size": 16, "max_seq_len": 64, "head": _head}}
+        **RUNS["duie"]["settings"], "epochs": 5, "batch_size": 16, "max_seq_len": 64, "head": _head}}
     RUNS[f"webnlg-{_head}"] = {**RUNS["webnlg"], "settings": {**RUNS["webnlg"]["settings"], "epochs": 2,
                                                                "head": _head}}
 # The same three Chinese tasks and settings from the mini model pre-trained at scale (bench/pretrain_zh.py); MSRA
