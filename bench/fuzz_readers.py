@@ -169,6 +169,7 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
     `atis` / `cais` / `sighan` (a directory or file pair built around the lines), `squad` (one JSON document)."""
     from bertkit.corpus import read_documents, read_peoples_daily, read_reviews
     from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples_data
+    from bertkit.tasks.spans import SPAN_FORMATS
     from bertkit.tokenizer import Tokenizer
 
     readers: dict[str, tuple[Callable[[Path], Any], str]] = {}
@@ -183,7 +184,8 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
             lambda p, f=fmt: classification.read_examples(p, f, skip_bad_lines=True), layout)
     for fmt in ner.FORMATS:
         readers[f"ner {fmt}"] = (lambda p, f=fmt: ner.read_sentences(p, f), "file")
-        readers[f"ner {fmt} skip"] = (lambda p, f=fmt: ner.read_sentences(p, f, skip_bad_lines=True), "file")
+        if fmt not in SPAN_FORMATS:  # a span file's bad record is always an error (it names the entity)
+            readers[f"ner {fmt} skip"] = (lambda p, f=fmt: ner.read_sentences(p, f, skip_bad_lines=True), "file")
     for fmt in relation.FORMATS:
         readers[f"relation {fmt}"] = (lambda p, f=fmt: relation.read_examples(p, f), "file")
     for fmt in triples_data.FORMATS:

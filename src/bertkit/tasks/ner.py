@@ -103,7 +103,8 @@ class Sentence:
 def read_sentences(path: str | Path, fmt: str = "conll", *, skip_bad_lines: bool = False, word_level: str = "char"
                    ) -> list[Sentence]:
     """Sentences with one tag per word (characters for Chinese); errors name the file, line and expectation. A span
-    format's texts are split into words by `word_level` (`words_of`)."""
+    format's texts are split into words by `word_level` (`words_of`); `skip_bad_lines` is the tagged formats' (a
+    span format's bad record is always an error)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown NER format {fmt!r}; choose one of {FORMATS}")
     if fmt in SPAN_FORMATS:
