@@ -184,6 +184,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Distil a fine-tuned checkpoint (the teacher) into a smaller student of the same task, labels and vocabulary."""
+    from bertkit.distill import DistillOptions, distill
+    from bertkit.train_flags import config_from_args
+
+    result = distill(args.teacher, args.train, config_from_args(args), eval_file=args.eval, fmt=args.format,
+                     unlabeled=args.unlabeled, student_size=args.student_size, student_init=args.student_init,
+                     limit=args.limit, options=options_from_args(DistillOptions, args))
+    if result.metrics:
+        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"model: {result.output_dir / 'model'}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a fine-tuned checkpoint on a labelled file with the task's standard metrics (JSON to stdout)."""
     from bertkit.predict import Predictor
@@ -411,6 +425,30 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.config import PRESETS
+    from bertkit.distill import DistillOptions
+    from bertkit.train import TrainConfig
+    from bertkit.train_flags import add_train_arguments
+
+    p.add_argument("--teacher", required=True, help="a fine-tuned checkpoint directory (with task.json, or a "
+                   "transformers BertFor* head): the student learns its task, labels and vocabulary")
+    p.add_argument("--train", required=True, help="training file, in the teacher's task's format (its labels feed "
+                   "the hard loss, its texts the soft targets)")
+    p.add_argument("--eval", default=None, help="evaluation file (scored at --eval-every and at the end)")
+    p.add_argument("--format", default=None, help="input format of --train and --eval (default: the task's)")
+    p.add_argument("--unlabeled", default=None, help="more texts for the soft targets only, one a line (a tab "
+                   "separates a text pair); for classification, ner and intent_slot")
+    student = p.add_mutually_exclusive_group(required=True)
+    student.add_argument("--student-size", default=None, choices=sorted(n for n in PRESETS if n != "base"),
+                         help="a preset student, from random weights")
+    student.add_argument("--student-init", default=None, help="a pre-trained checkpoint to start the student from "
+                         "(its vocabulary must be the teacher's)")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N training examples (N >= 1)")
+    add_dataclass_flags(p, DistillOptions)
+    add_train_arguments(p, TrainConfig(output_dir="runs/distill", lr=5e-4, epochs=3.0, warmup=0.1))
+
+
 def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
     from bertkit.demo import EXCLUDE_HELP
 
@@ -493,6 +531,7 @@ COMMANDS.update({
     "prepare-data": (cmd_prepare_data, _prepare_data_args),
     "pretrain": (cmd_pretrain, _pretrain_args),
     "finetune": (cmd_finetune, _finetune_args),
+    "distill": (cmd_distill, _distill_args),
     "evaluate": (cmd_evaluate, _evaluate_args),
     "predict": (cmd_predict, _predict_args),
     "fill-mask": (cmd_fill_mask, _fill_mask_args),
