@@ -132,13 +132,13 @@ def soft_target_gap(teacher: Path, row: dict[str, Any]) -> dict[str, float]:
     KL(fp32 || int8) per row, the largest probability difference, and how often the argmax agrees."""
     import torch
 
-    from bertkit.distill.heads import task_head
     from bertkit.distill.losses import soft_target_loss
     from bertkit.predict import Predictor
+    from bertkit.tasks import task_spec
 
     temperature = float(row["distill_flags"][row["distill_flags"].index("--temperature") + 1])
     fp32, int8 = (Predictor(teacher, device="cpu", precision=p) for p in ("fp32", "int8"))
-    head = task_head(row["task"])
+    head = task_spec(row["task"]).distill
     task = head.build(fp32.tokenizer, fp32.info, DATA / row["train"], None, row["fmt"], 512)
     logits = []
     for predictor in (fp32, int8):

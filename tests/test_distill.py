@@ -144,9 +144,9 @@ def test_taps_record_each_layer_and_its_attention_map():
 def test_the_intermediate_losses_pair_student_layer_m_with_teacher_layer_m_times_k(tmp_path):
     """Teacher 4 layers, student 2: student layer 1 learns from teacher layer 2, layer 2 from layer 4 (and the
     embeddings from the embeddings), through the learned projection of width 16 -> 32."""
-    from bertkit.distill.heads import CLASSIFICATION
     from bertkit.distill.run import DistillOptions, DistillTask, Student
     from bertkit.distill.taps import Taps
+    from bertkit.tasks.classification import DISTILL as CLASSIFICATION
 
     teacher_model, student_model = _encoder_pair()
     options = DistillOptions(hidden_weight=1.0, attention_weight=1.0, soft_weight=0.0, hard_weight=0.0)
@@ -434,8 +434,9 @@ def test_every_covered_task_distils_into_a_checkpoint_that_predicts(task, teache
 
 
 def test_what_distillation_refuses_says_why(toy, teachers, tmp_path, capsys):
-    from bertkit.distill.heads import task_head
+    from bertkit.distill.run import distill_head
     from bertkit.errors import DataError
+    from bertkit.tasks import task_spec
 
     base = ["distill", "--teacher", str(toy / "teacher" / "model"), "--train", str(toy / "train.tsv"),
             "--output-dir", str(tmp_path / "run"), "--no-progress"]
@@ -446,10 +447,10 @@ def test_what_distillation_refuses_says_why(toy, teachers, tmp_path, capsys):
     BertConfig.preset("tiny", vocab_size=40).save_pretrained(other)
     assert main([*base, "--student-init", str(other)]) == 2
     assert "is not the teacher's" in capsys.readouterr().err
-    for task, why in (("spelling", "vocabulary-wide distribution"), ("qa", "spans over document windows"),
-                      ("triples", "independent sigmoids")):
+    for task, why in (("spelling", "vocabulary-wide distribution"), ("triples", "independent sigmoid"),
+                      ("qa", "spans scored over overlapping document windows")):
         with pytest.raises(DataError, match=f"not {task}: .*{why}"):
-            task_head(task)
+            distill_head(task_spec(task))
     relation, data, _ = teachers("relation")
     unlabeled = tmp_path / "unlabeled.txt"
     unlabeled.write_text("a text\n", encoding="utf-8")

@@ -438,7 +438,7 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", default=None, help="evaluation file (scored at --eval-every and at the end)")
     p.add_argument("--format", default=None, help="input format of --train and --eval (default: the task's)")
     p.add_argument("--unlabeled", default=None, help="more texts for the soft targets only, one a line (a tab "
-                   "separates a text pair); for classification, ner and intent_slot")
+                   "separates a text pair), for the tasks whose input is a text")
     student = p.add_mutually_exclusive_group(required=True)
     student.add_argument("--student-size", default=None, choices=sorted(n for n in PRESETS if n != "base"),
                          help="a preset student, from random weights")

@@ -2,7 +2,6 @@
 
     run.py        the options, the student, the TrainTask around the teacher's task, `distill()`
     teacher.py    the teacher loaded for inference at its device's precision; its logits cached on disk
-    heads.py      how each covered task is read: its data, its logits, its hard loss, its unlabeled examples
     losses.py     soft targets (KL with temperature), hidden-state and attention-map MSE, the layer mapping
     taps.py       hooks that record an encoder's intermediate layers during a forward
     augment.py    token-level augmentation of training texts

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from bertkit.argtypes import flag, float_range, int_range
 from bertkit.config import BertConfig
 from bertkit.distill.augment import PieceSampler, augment_ids
-from bertkit.distill.heads import TaskHead, task_head
 from bertkit.distill.losses import attention_loss, attention_probabilities, hidden_loss, layer_map, soft_target_loss
 from bertkit.distill.taps import Taps
 from bertkit.distill.teacher import CACHE_DIR, LogitsCache, Teacher, build_cache, fit_width, load_teacher
@@ -29,6 +28,7 @@ from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write
 from bertkit.model import init_weights
 from bertkit.tasks.base import build_task_model, save_task
+from bertkit.tasks.spec import DistillHead, TaskSpec
 from bertkit.tokenizer import read_vocabulary
 
 # Weights a checkpoint carries for --resume only: the publish step leaves out every `training_*` file.
@@ -70,7 +70,7 @@ class Student(nn.Module):
     widths, the projection of its hidden states to the teacher's (learned with it, saved for --resume, not published).
     `forward(batch)`: the task's output, the hidden states (projected) and the QKV projections of every layer."""
 
-    def __init__(self, model: nn.Module, head: TaskHead, teacher_hidden: int, options: DistillOptions) -> None:
+    def __init__(self, model: nn.Module, head: DistillHead, teacher_hidden: int, options: DistillOptions) -> None:
         super().__init__()
         self.model = model
         self.head = head
@@ -97,7 +97,7 @@ class DistillTask:
 
     find_unused_parameters = False
 
-    def __init__(self, task: Any, head: TaskHead, teacher: Teacher, student: Student, options: DistillOptions,
+    def __init__(self, task: Any, head: DistillHead, teacher: Teacher, student: Student, options: DistillOptions,
                  cache: LogitsCache | None) -> None:
         self.task, self.head, self.teacher, self.options, self.cache = task, head, teacher, options, cache
         self.student = student
@@ -189,6 +189,18 @@ class DistillTask:
             model.projection.load_state_dict(load_file(directory / PROJECTION_NAME))
 
 
+def distill_head(spec: TaskSpec) -> DistillHead:
+    """How distillation reads the teacher's task (its spec's `distill`); for a task it does not cover, an error that
+    says why (its spec's `not_distilled`)."""
+    if spec.distill is not None:
+        return spec.distill
+    from bertkit.tasks import TASKS, task_spec
+
+    covered = [name for name in TASKS if task_spec(name).distill is not None]
+    why = spec.not_distilled or "its head is not one of logits over classes"
+    raise DataError(f"distillation covers {', '.join(covered)}; not {spec.name}: {why}")
+
+
 def build_student(teacher: Teacher, size: str | None, init: str | Path | None, seed: int) -> nn.Module:
     """The student task model: the teacher's task, labels (config.json's entries) and vocabulary; a `size` preset
     (random weights), or the encoder of pre-trained checkpoint `init` (its vocabulary must be the teacher's, or its
@@ -220,7 +232,7 @@ def build_student(teacher: Teacher, size: str | None, init: str | Path | None, s
     return model
 
 
-def add_augmented(task: Any, head: TaskHead, options: DistillOptions, seed: int) -> int:
+def add_augmented(task: Any, head: DistillHead, options: DistillOptions, seed: int) -> int:
     """`options.augment` copies of each training example, token-level augmented (seeded: the same copies in every
     run), appended unlabeled. Returns how many."""
     tok = task.tokenizer
@@ -267,7 +279,7 @@ def distill(teacher_dir: str | Path, train_file: str | Path, config: Any, *, eva
     device = resolve_device(config.device)
     rank, _ = distributed_setup(device)
     teacher = load_teacher(teacher_dir, device, options.teacher_precision, options.layers)
-    head = task_head(teacher.spec.name)
+    head = distill_head(teacher.spec)
     task = head.build(teacher.tokenizer, teacher.info, Path(train_file), Path(eval_file) if eval_file else None, fmt,
                       limit)
     labelled = len(task.train)

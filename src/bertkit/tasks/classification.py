@@ -26,20 +26,32 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
+from bertkit.masking import IGNORE_INDEX
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, per_class_f1
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import (
     FinetuneTask,
     SkipReport,
     label_results,
+    labelled_count,
+    labelled_cross_entropy,
     normalise_label,
+    one_row_each,
     pad_sequences,
     require_examples,
     run_batches,
     take,
     warn_truncated,
 )
-from bertkit.tasks.spec import InputField, TaskSpec, id2label, labels_field, name_field, seq_len_field
+from bertkit.tasks.spec import (
+    DistillHead,
+    InputField,
+    TaskSpec,
+    id2label,
+    labels_field,
+    name_field,
+    seq_len_field,
+)
 from bertkit.tokenizer import Tokenizer
 
 NAME = "classification"
@@ -337,6 +349,35 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: ClassificationInfo, in
     return label_results(info.labels, probs)
 
 
+def distill_task(tokenizer: Tokenizer, info: ClassificationInfo, train_file: Path, eval_file: Path | None,
+                 fmt: str | None, limit: int | None) -> ClassificationTask:
+    """The TrainTask of a distillation: `train_file` on the teacher's labels."""
+    fmt = fmt or "tsv"
+    train = require_examples(take(read_examples(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_examples(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    return ClassificationTask(tokenizer, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
+
+
+def add_unlabeled(task: ClassificationTask, lines: list[tuple[int, str]], source: str) -> None:
+    """Unlabeled texts for the soft targets, one a line; a tab separates a text pair."""
+    pairs = [line.split("\t", 1) if "\t" in line else [line, None] for _, line in lines]
+    rows, cut = encode(task.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], task.info.max_seq_len,
+                       [IGNORE_INDEX] * len(pairs))
+    warn_truncated(source, cut, len(pairs), task.info.max_seq_len)
+    task.train.extend(rows)
+
+
+DISTILL = DistillHead(
+    build=distill_task,
+    forward=_logits,
+    logits=lambda out, b: {"cls": out},  # (B, C)
+    rows=lambda b: {"cls": one_row_each(b)},
+    hard=lambda m, out, b, info: {"cls": labelled_cross_entropy(out, b["labels"])},
+    hard_counts=lambda b, info: {"cls": labelled_count(b["labels"])},
+    augment=lambda task, i, change: task.train.append((change(task.train[i][0]), task.train[i][1], IGNORE_INDEX)),
+    unlabeled=add_unlabeled,
+)
+
 SPEC = TaskSpec(
     name=NAME,
     description="a label for a text or a text pair ([CLS] -> linear)",
@@ -352,4 +393,5 @@ SPEC = TaskSpec(
     finetune=finetune,
     evaluate=evaluate_file,
     config_extra=lambda info: id2label(info.labels),
+    distill=DISTILL,
 )

@@ -174,4 +174,5 @@ SPEC = TaskSpec(
     view={"vector": "vector"},
     example={"text": "A sentence to embed."},
     load=load_encoder,
+    not_distilled="sentence vectors, not a fine-tuned task",
 )

@@ -118,4 +118,5 @@ SPEC = TaskSpec(
     example={"text": "The capital of France is [MASK]."},
     load=load,
     work=work,
+    not_distilled="a pre-trained head, not a fine-tuned task",
 )

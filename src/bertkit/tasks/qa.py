@@ -400,4 +400,6 @@ SPEC = TaskSpec(
     finetune=finetune,
     evaluate=evaluate_file,
     work=work,
+    not_distilled=("its answers are spans scored over overlapping document windows; one window's start and end logits "
+                   "are not a distribution over the answer"),
 )

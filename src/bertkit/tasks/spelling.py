@@ -355,4 +355,6 @@ SPEC = TaskSpec(
     finetune=finetune,
     evaluate=evaluate_file,
     work=work,
+    not_distilled=("a vocabulary-wide distribution at every character costs more to store and match than the student "
+                   "saves"),
 )
