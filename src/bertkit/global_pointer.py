@@ -79,7 +79,7 @@ def span_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def decode_spans(logits: Tensor, threshold: float = 0.0) -> list[list[tuple[int, int, int]]]:
-    """Per sequence, the (type, start, end) triples (token indices, end inclusive) scoring above threshold."""
+    """Per sequence, the (type, start, end) spans (token indices, end inclusive) scoring above threshold."""
     found: list[list[tuple[int, int, int]]] = [[] for _ in range(logits.shape[0])]
     for b, c, i, j in (logits > threshold).nonzero().tolist():
         found[b].append((c, i, j))
