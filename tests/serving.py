@@ -1,13 +1,15 @@
-"""Test helpers: tiny fine-tuned checkpoints (NER, intent + slots, triples). The serving harness the benchmarks
-share (a real `bertkit serve`, the sentence-pair classifier, random-weight checkpoints) is bench/_serving.py."""
+"""Test helpers: tiny fine-tuned checkpoints (NER, intent + slots, triples, windowed classifiers). The serving
+harness the benchmarks share (a real `bertkit serve`, the sentence-pair classifier, random-weight checkpoints) is
+bench/_serving.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from bertkit import Tokenizer
-from bertkit.tasks import intent_slot, ner, triples
+from bertkit.tasks import classification, intent_slot, ner, triples
 from bertkit.train import TrainConfig
 
 
@@ -75,3 +77,23 @@ def make_intent_checkpoint(root: Path, max_seq_len: int = 16) -> Path:
                          progress=False, bf16=False)
     intent_slot.finetune(data, config, tokenizer=root / "vocab", model_size="tiny", max_seq_len=max_seq_len)
     return root / "run" / "model"
+
+
+def make_windowed_classifier(directory: Path, problem: str, pool: str = "mean", labels: tuple[str, ...] = ("neg", "pos")
+                             ) -> tuple[Any, Tokenizer]:
+    """A random-weight classifier of `problem` (transformers' problem_type) that reads long texts in windows
+    (max_seq_len 8: windows of 6 tokens, every 3), saved as finetune saves it; returns (model, tokenizer)."""
+    from bertkit import BertConfig
+    from bertkit.tasks.base import save_task
+    from tests.conftest import randomize_
+
+    tok = Tokenizer.train(["the cat sat on the mat while dogs run fast and it is raining"], vocab_size=60,
+                          min_frequency=1)
+    info = classification.ClassificationInfo(list(labels) if problem != "regression" else ["score"], 8,
+                                             problem_type=problem, long_text="windows", stride=3, pool=pool)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                        vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                        extra=classification.SPEC.config_extra(info))
+    model = randomize_(classification.BertForSequenceClassification(config), seed=3).eval()
+    save_task(classification.SPEC, info, model, tok, directory)
+    return model, tok

@@ -163,3 +163,72 @@ def test_page_asks_for_the_api_key_and_then_predicts(tmp_path):
     finally:
         driver.quit()
         server.stop()
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="Debian's chromium and chromium-driver are not installed (make test installs them)")
+def test_page_shows_a_label_set_and_a_score(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bertkit.predict import Predictor
+    from tests.serving import make_windowed_classifier
+
+    text = "the cat sat on the mat while dogs run fast"
+    for name, problem, element in [("multi", "multi_label_classification", "labels"), ("score", "regression", "score")]:
+        make_windowed_classifier(tmp_path / name, problem, labels=("joy", "anger", "fear"))
+        [expected] = Predictor(tmp_path / name, precision="fp32").predict([text])
+        server = Server(tmp_path / name, "--precision", "fp32")
+        driver = _driver(tmp_path)
+        try:
+            driver.get(server.url + "/")
+            wait = WebDriverWait(driver, 30)
+            wait.until(lambda d: "task classification" in d.find_element(By.ID, "model-info").text)
+            _entities_for(driver, wait, text)
+            shown = driver.find_element(By.ID, element).text
+            if element == "labels":
+                assert shown == (", ".join(expected["labels"]) or "(none)")
+                assert len(driver.find_elements(By.CSS_SELECTOR, ".probs tr")) == 3
+                assert not driver.find_elements(By.ID, "label")  # no single label drawn for a label set
+            else:
+                assert float(shown) == pytest.approx(expected["score"], abs=1e-4)
+                assert not driver.find_elements(By.CSS_SELECTOR, ".probs")
+        finally:
+            driver.quit()
+            server.stop()
+
+
+def test_page_searches_an_index_and_shows_hits_with_scores(tmp_path, minilm_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bertkit.search import build_index
+    from tests.test_search import SENTENCES
+
+    pytest.importorskip("faiss")
+    (tmp_path / "corpus.txt").write_text("".join(f"{s}\n" for s in SENTENCES), encoding="utf-8")
+    build_index(minilm_dir, tmp_path / "corpus.txt", tmp_path / "idx", progress=False)
+    server = Server(tmp_path / "idx")
+    driver = _driver(tmp_path)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "search").is_displayed())
+        assert "idx: 12 texts, flat index" in driver.find_element(By.ID, "search-info").text
+        driver.find_element(By.ID, "query").send_keys("a kitten naps on the couch")
+        top_k = driver.find_element(By.ID, "top-k")
+        top_k.clear()
+        top_k.send_keys("3")
+        driver.find_element(By.ID, "search-button").click()
+        wait.until(lambda d: d.find_element(By.ID, "hits").get_attribute("data-done") == "1")
+        shown = [(int(li.get_attribute("data-id")), li.find_element(By.CLASS_NAME, "hit-text").text,
+                  li.find_element(By.CLASS_NAME, "score").text) for li in driver.find_elements(By.CSS_SELECTOR,
+                                                                                                "#hits li.hit")]
+        _, answer, _ = server.post("/search", {"queries": ["a kitten naps on the couch"], "top_k": 3})
+        assert shown == [(h["id"], h["text"], f"{h['score']:.3f}") for h in answer["results"][0]]
+        assert shown[0][1] == "The cat is sleeping on the warm sofa."
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS / "web-search.png"))
+    finally:
+        driver.quit()
+        server.stop()

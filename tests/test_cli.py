@@ -94,3 +94,28 @@ def test_prepare_corpus_keeps_excluded_evaluation_texts_out_of_pretraining(tmp_p
     capsys.readouterr()
     assert main(["prepare-corpus", "--output", str(tmp_path / "x"), "--exclude", str(tmp_path / "nope.tsv")]) != 0
     assert "nope.tsv" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_training_flags_come_from_train_config_with_each_command_s_defaults(capsys):
+    """Every TrainConfig flag field is a flag of both training commands, with its help; finetune and pretrain
+    differ only in their own defaults; --bf16 / --no-bf16 / neither give True / False / None (decide)."""
+    from bertkit.argtypes import flag_fields
+    from bertkit.train import TrainConfig
+    from bertkit.train_flags import config_from_args
+
+    parser = build_parser()
+    finetune = ["finetune", "--task", "classification", "--train", "x"]
+    config = config_from_args(parser.parse_args(finetune))
+    assert (config.output_dir, config.lr, config.epochs, config.warmup) == ("runs/finetune", 5e-5, 3.0, 0.1)
+    assert config_from_args(parser.parse_args(["pretrain", "--train", "x"])).lr == 5e-4
+    assert [config_from_args(parser.parse_args([*finetune, *given])).bf16
+            for given in (["--bf16"], ["--no-bf16"], [])] == [True, False, None]
+    assert config.batch_size == TrainConfig.batch_size and config.progress is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "--help"])
+    help_text = capsys.readouterr().out
+    for f in flag_fields(TrainConfig):
+        name = f"--{'no-' if f.default is True else ''}{f.name.replace('_', '-')}"
+        assert name in help_text, name
+    with pytest.raises(SystemExit):
+        parser.parse_args([*finetune, "--batch-size", "0"])

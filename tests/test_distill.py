@@ -451,6 +451,16 @@ def test_what_distillation_refuses_says_why(toy, teachers, tmp_path, capsys):
                       ("qa", "spans scored over overlapping document windows")):
         with pytest.raises(DataError, match=f"not {task}: .*{why}"):
             distill_head(task_spec(task))
+    for key, value, why in (("problem_type", "multi_label_classification", "a multi_label_classification head"),
+                            ("long_text", "windows", "long texts in windows")):
+        other = tmp_path / value
+        shutil.copytree(toy / "teacher" / "model", other)
+        for name in ("task.json", "config.json"):  # config.json: transformers' problem_type, which must agree
+            if name == "task.json" or key == "problem_type":
+                data = json.loads((other / name).read_text())
+                (other / name).write_text(json.dumps({**data, key: value}))
+        assert main([*base[:2], str(other), *base[3:], "--student-size", "tiny"]) == 2
+        assert f"single-label classification of one sequence; the teacher has {why}" in capsys.readouterr().err
     relation, data, _ = teachers("relation")
     unlabeled = tmp_path / "unlabeled.txt"
     unlabeled.write_text("a text\n", encoding="utf-8")

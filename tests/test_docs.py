@@ -99,3 +99,11 @@ def test_pages_do_not_narrate_development(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     found = re.findall(r".{0,40}(?:\bsessions?\b|\bissue \d+|re-measured|where it was \d).{0,40}", text, re.I)
     assert not found, f"{page.name} narrates development: {found}"
+
+
+def test_bench_stands_on_src_only():
+    """A benchmark runs from a checkout without the test suite's helpers: nothing under bench/ imports tests."""
+    found = [f"{path.relative_to(REPO)}:{number}" for path in sorted((REPO / "bench").glob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if re.match(r"\s*(from tests[.\s]|import tests\b)", line)]
+    assert not found, found

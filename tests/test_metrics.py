@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from bertkit.metrics import accuracy, get_entities, macro_f1, matthews_corrcoef, per_class_f1, span_prf
+from bertkit.metrics import (
+    accuracy,
+    get_entities,
+    macro_f1,
+    matthews_corrcoef,
+    pearson,
+    per_class_f1,
+    ranks,
+    span_prf,
+    spearman,
+)
 
 
 def test_accuracy_macro_f1_mcc_by_hand():
@@ -44,3 +54,36 @@ def test_span_f1_by_hand():
     assert span_prf([["B-PER", "I-PER"]], [["B-PER", "O"]])["f1"] == 0.0
     with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted"):
         span_prf([["O", "O"]], [["O"]])
+
+
+def test_pearson_and_spearman_by_hand():
+    # x = 1..4, y = 2, 4, 5, 9: means 2.5 and 5; cov sum 1.5*3 + 0.5*1 + 0.5*0 + 1.5*4 = 11;
+    # var sums 5 and 26 -> r = 11 / sqrt(130)
+    assert pearson([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(11 / 130 ** 0.5)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3], [5, 5, 5]) == 0.0  # constant: undefined -> 0
+    assert ranks([10, 20, 20, 5]) == [2.0, 3.5, 3.5, 1.0]  # a tie shares the mean of ranks 3 and 4
+    assert spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # monotone, not linear
+    # ranks 1, 2, 3, 4 against 1, 3, 2, 4: d^2 sums to 2 -> rho = 1 - 6*2 / (4*15) = 0.8
+    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+
+
+def test_correlations_and_ranking_metrics_by_hand():
+    from bertkit.metrics import mrr_at_k, pearson, ranks, recall_at_k, spearman
+
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # x = [1, 2, 3, 4], y = [1, 3, 2, 4]: dx = dy-shape [-1.5, -0.5, 0.5, 1.5]; sum dx*dy = 2.25+(-0.25)+(-0.25)+2.25
+    # = 4, sum dx^2 = sum dy^2 = 5 -> 0.8
+    assert pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert pearson([1, 1, 1], [1, 2, 3]) == 0.0  # undefined -> 0
+    assert ranks([10, 30, 20, 20]) == [1.0, 4.0, 2.5, 2.5]  # ties share the mean of their ranks
+    # monotone but not linear: Spearman 1, Pearson below 1
+    assert spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3, 4], [1, 10, 100, 1000]) < 0.9
+    # with ties: ranks [1, 2.5, 2.5, 4] against [1, 2, 3, 4] -> Pearson of those
+    assert spearman([0, 1, 1, 2], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(pearson([1, 2.5, 2.5, 4], [1, 2, 3, 4]))
+    # answers at ranks 1, 3, 12: recall@1 1/3, recall@10 2/3, MRR@10 (1 + 1/3 + 0) / 3
+    assert recall_at_k([1, 3, 12], 1) == pytest.approx(1 / 3)
+    assert recall_at_k([1, 3, 12], 10) == pytest.approx(2 / 3)
+    assert mrr_at_k([1, 3, 12], 10) == pytest.approx((1 + 1 / 3) / 3)

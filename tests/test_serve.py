@@ -74,6 +74,12 @@ def test_bad_requests_get_readable_4xx(server, body, status, message):
     assert got == status and message in payload["error"]
 
 
+def test_search_needs_an_index(server):
+    status, body, _ = server.post("/search", {"queries": ["张三"]})
+    assert status == 404 and "this server holds no search index" in body["error"]
+    assert server.get("/health")[1]["search"] is None
+
+
 def test_attention_errors(server):
     assert server.post("/attention", {"text": ""})[0] == 422
     assert server.post("/attention", {"text": "a", "text_pair": 3})[0] == 422

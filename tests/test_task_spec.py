@@ -289,5 +289,6 @@ def test_health_carries_the_input_schema(pair_server):
     health = server.get("/health")[1]
     assert health["spec"]["inputs"][1] == {"name": "text_pair", "help": "a second text, for sentence-pair tasks",
                                            "required": False, "multiline": False, "kind": "text"}
-    assert health["spec"]["view"] == {"label": "label", "probabilities": "probabilities"}
+    assert health["spec"]["view"] == {"label": "label", "labels": "labels", "probabilities": "probabilities",
+                                      "score": "score"}
     assert health["info"]["labels"] == health["labels"] == ["0", "1"]

@@ -1,6 +1,6 @@
 """Checkpoints as transformers saves them: a tokenizer.json without vocab.txt, sharded safetensors, and the four
-`BertFor*` heads without task.json, predicted (as transformers computes them, within 1e-5), evaluated, served and
-described; clear errors for what bertkit does not read."""
+`BertFor*` heads without task.json (a sequence classifier of each problem_type), predicted (as transformers computes
+them, within 1e-5), evaluated, served and described; clear errors for what bertkit does not read."""
 
 from __future__ import annotations
 
@@ -44,12 +44,14 @@ def hf_tokenizer(root: Path):
     return _transformers().BertTokenizerFast.from_pretrained(root / "vocab")
 
 
-def save_as_transformers(directory: Path, head: str, seed: int = 0, **save_kwargs):
-    """A tiny random transformers model of class `head` and its tokenizer, saved as transformers saves them (the
-    vocabulary in tokenizer.json only); returns (model, tokenizer)."""
+def save_as_transformers(directory: Path, head: str, seed: int = 0, config_kwargs: dict | None = None,
+                         **save_kwargs):
+    """A tiny random transformers model of class `head` (its config: HEADS[head], or `config_kwargs`) and its
+    tokenizer, saved as transformers saves them (the vocabulary in tokenizer.json only); returns (model, tokenizer)."""
     transformers = _transformers()
     tokenizer = hf_tokenizer(directory.parent / f"{directory.name}-src")
-    config = transformers.BertConfig(**TINY, vocab_size=len(VOCAB), **HEADS[head])
+    config = transformers.BertConfig(**TINY, vocab_size=len(VOCAB),
+                                     **(HEADS[head] if config_kwargs is None else config_kwargs))
     torch.manual_seed(seed)
     model = getattr(transformers, head)(config).eval()
     with torch.no_grad():  # transformers initialises biases and LayerNorms to constants; make every weight count
@@ -139,6 +141,56 @@ def test_a_sequence_classifier_predicts_as_transformers(heads):
             expected = torch.softmax(model(**batch).logits[0], -1)
         _close([result["probabilities"][label] for label in predictor.labels], expected)
         assert result["label"] == predictor.labels[int(expected.argmax())]
+
+
+@pytest.mark.parametrize("problem, num_labels", [("multi_label_classification", 3), ("regression", 1),
+                                                 (None, 1)])
+def test_a_multi_label_or_regression_classifier_predicts_as_transformers(tmp_path, capsys, problem, num_labels):
+    # transformers writes problem_type when it trains; without one, its model trains one output as regression
+    labels = {0: "joy", 1: "anger", 2: "fear"} if num_labels == 3 else {0: "LABEL_0"}
+    config = {"id2label": labels, **({"problem_type": problem} if problem else {})}
+    model, tokenizer = save_as_transformers(tmp_path / "cls", "BertForSequenceClassification", seed=2,
+                                            config_kwargs=config)
+    predictor = Predictor(tmp_path / "cls", device="cpu", precision="fp32")
+    assert predictor.task == "classification" and predictor.info.problem_type == (problem or "regression")
+    inputs = [{"text": t} for t in TEXTS] + [{"text": "the cat", "text_pair": "a dog sat"}]
+    with torch.no_grad():
+        logits = torch.cat([model(**tokenizer(i["text"], i.get("text_pair"), return_tensors="pt")).logits
+                            for i in inputs])  # (N, C)
+    results = predictor.predict(inputs)
+    if num_labels == 3:
+        expected = torch.sigmoid(logits)
+        assert 0 < int((expected >= 0.5).sum()) < expected.numel()  # the threshold decides, in both directions
+        for result, row in zip(results, expected, strict=True):
+            assert set(result) == {"labels", "probabilities"}
+            _close(list(result["probabilities"].values()), row)
+            assert result["labels"] == [name for name, p in zip(labels.values(), row, strict=True) if p >= 0.5]
+    else:
+        assert [list(r) for r in results] == [["score"]] * len(inputs)
+        _close([r["score"] for r in results], logits[:, 0])
+    assert main(["info", str(tmp_path / "cls")]) == 0
+    said = {"multi_label_classification": "labels from id2label (3); problem_type multi_label_classification: a "
+                                          "label where its probability is at least 0.5; max_seq_len 512",
+            "regression": "one output; problem_type regression: a score; max_seq_len 512",
+            None: "one output; problem_type absent, one output: regression (as transformers trains it)"}[problem]
+    assert f"classification, derived from config.json: BertForSequenceClassification; {said}" in (
+        capsys.readouterr().out)
+
+
+def test_a_transformers_regression_model_is_evaluated_from_the_command_line(tmp_path, capsys):
+    from bertkit.metrics import pearson
+
+    model, tokenizer = save_as_transformers(tmp_path / "reg", "BertForSequenceClassification", seed=4,
+                                            config_kwargs={"num_labels": 1, "problem_type": "regression"})
+    gold = [0.5, 4.0, 2.5, 1.0]
+    with torch.no_grad():
+        scores = [float(model(**tokenizer(t, return_tensors="pt")).logits[0, 0]) for t in TEXTS]
+    data = tmp_path / "test.tsv"
+    data.write_text("label\ttext\n" + "".join(f"{g}\t{t}\n" for g, t in zip(gold, TEXTS, strict=True)))
+    assert main(["evaluate", str(tmp_path / "reg"), "--data", str(data), "--device", "cpu", "--precision",
+                 "fp32"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["pearson"] == pytest.approx(pearson(gold, scores), abs=1e-5)
 
 
 def test_a_token_classifier_predicts_as_transformers(heads):
@@ -292,8 +344,15 @@ def test_what_bertkit_does_not_read_is_refused_by_name(heads, tmp_path):
                                               r"BertForSequenceClassification, BertForTokenClassification"):
         Predictor(directory, device="cpu")
     directory = copy("BertForSequenceClassification")
-    _edit_config(directory, problem_type="multi_label_classification")
-    with pytest.raises(CheckpointError, match=r"problem_type 'multi_label_classification' is not supported"):
+    _edit_config(directory, problem_type="ordinal")
+    with pytest.raises(CheckpointError, match=r"problem_type 'ordinal' is not one transformers writes "
+                                              r"\(single_label_classification, multi_label_classification, "
+                                              r"regression\)"):
+        Predictor(directory, device="cpu")
+    directory = copy("BertForSequenceClassification")
+    _edit_config(directory, problem_type="regression")
+    with pytest.raises(CheckpointError, match=r"problem_type regression with 3 outputs in id2label; bertkit's "
+                                              r"regression has one"):
         Predictor(directory, device="cpu")
     directory = copy("BertForTokenClassification")
     _edit_config(directory, id2label={str(i): f"LABEL_{i}" for i in range(5)})
@@ -301,9 +360,10 @@ def test_what_bertkit_does_not_read_is_refused_by_name(heads, tmp_path):
                                               r"'LABEL_4'\], which are not entity tags"):
         Predictor(directory, device="cpu")
     directory = copy("BertForSequenceClassification")
-    _edit_config(directory, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-    with pytest.raises(CheckpointError, match=r"one label in id2label: transformers trains a one-output "
-                                              r"BertForSequenceClassification as regression"):
+    _edit_config(directory, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
+                 problem_type="single_label_classification")
+    with pytest.raises(CheckpointError, match=r"problem_type single_label_classification with one label in "
+                                              r"id2label; a single-label classifier needs two or more"):
         Predictor(directory, device="cpu")
     directory = copy("BertForTokenClassification")
     _edit_config(directory, architectures=["BertForSequenceClassification"])  # a tagger's weights (no pooler)

@@ -62,13 +62,15 @@ LEARNING_RATE = float_range(0.0, 1.0, low_open=True)
 
 def flag(help: str, default: Any = None, *, choices: Sequence[str] | None = None,
          type: Callable[[str], Any] | None = None, name: str | None = None, nargs: str | None = None,
-         metavar: str | None = None, default_factory: Callable[[], Any] | None = None) -> Any:
+         metavar: str | None = None, default_factory: Callable[[], Any] | None = None,
+         negation: str | None = None) -> Any:
     """A field of an options dataclass that is also a command-line flag (`add_dataclass_flags`): `help` says what
     it does (the default is added to it); a bool field is a switch (`--name`, or `--no-name` where the default is
-    True); `name` replaces the flag's name (the field's, with '-' for '_'); `choices`, `type`, `nargs` and
+    True); `negation`, the help of a `--no-name` beside `--name` (a bool field whose default None means "decide at
+    run time"); `name` replaces the flag's name (the field's, with '-' for '_'); `choices`, `type`, `nargs` and
     `metavar` are argparse's."""
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "type": type, "flag": name,
-                "nargs": nargs, "metavar": metavar}
+                "nargs": nargs, "metavar": metavar, "negation": negation}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -79,51 +81,65 @@ def flag_fields(cls: type) -> list[Field[Any]]:
     return [f for f in fields(cls) if f.metadata.get("help")]
 
 
-def _default(f: Field[Any]) -> Any:
+def _default(f: Field[Any], defaults: Any = None) -> Any:
+    if defaults is not None:
+        return getattr(defaults, f.name)
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
-def _flag_name(f: Field[Any]) -> str:
+def _flag_name(f: Field[Any], default: Any) -> str:
     if f.metadata.get("flag"):
         return f.metadata["flag"]
-    return "--" + ("no-" if _default(f) is True else "") + f.name.replace("_", "-")
+    return "--" + ("no-" if default is True else "") + f.name.replace("_", "-")
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners: Sequence[str] = ()) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners: Sequence[str] = (),
+                        defaults: Any = None) -> None:
     """One `--flag` for each flag field of the options dataclasses `classes` (`flag()` fields: help, choices and
     type from its metadata), its value stored under the field's name for `options_from_args`.
 
     With `owners` (one name per class, e.g. the tasks whose options these are), a field that several classes share
     is one flag: its help names the owners that take it and is the same for each; the flag's default is None (the
-    class's default applies), so a caller can tell which flags were given."""
+    class's default applies), so a caller can tell which flags were given. With `defaults` (an instance of the one
+    class), its values are the flags' defaults instead of the class's (a command that trains with its own learning
+    rate, say)."""
+    if defaults is not None and (owners or len(classes) != 1 or not isinstance(defaults, classes[0])):
+        raise ValueError("defaults is an instance of the one class given, without owners")
     shared: dict[str, list[tuple[str, Field[Any]]]] = {}
     for index, cls in enumerate(classes):
         for f in flag_fields(cls):
             shared.setdefault(f.name, []).append((owners[index] if owners else "", f))
     for name, found in shared.items():
         first = found[0][1]
+        default = _default(first, defaults)
         helps = {f.metadata["help"] for _, f in found}
         if len(helps) > 1:
             raise ValueError(f"the flag of {name!r} has different help texts in {[o for o, _ in found]}: {helps}")
-        defaults = {owner: _default(f) for owner, f in found}
-        switch = isinstance(_default(first), bool)
-        quiet = switch or _default(first) in (None, [])  # a switch, or an option that is off unless given
+        owner_defaults = {owner: _default(f, defaults) for owner, f in found}
+        negation = first.metadata.get("negation")
+        switch = isinstance(default, bool) or negation is not None
+        quiet = switch or default in (None, [])  # a switch, or an option that is off unless given
         kwargs: dict[str, Any] = {"dest": name}
         if owners:
-            same = len({repr(value) for value in defaults.values()}) == 1
-            shown = str(_default(first)) if same else ", ".join(f"{owner} {value}" for owner, value in defaults.items())
-            kwargs["help"] = f"{', '.join(defaults)}: {first.metadata['help']}{'' if quiet else f' (default: {shown})'}"
+            same = len({repr(value) for value in owner_defaults.values()}) == 1
+            shown = str(default) if same else ", ".join(f"{owner} {value}" for owner, value in owner_defaults.items())
+            kwargs["help"] = (f"{', '.join(owner_defaults)}: {first.metadata['help']}"
+                              f"{'' if quiet else f' (default: {shown})'}")
             kwargs["default"] = None  # the class's default applies; None tells a caller the flag was not given
         else:
             kwargs["help"] = first.metadata["help"] + ("" if quiet else " (default: %(default)s)")
-            kwargs["default"] = _default(first)
+            kwargs["default"] = default
+        if negation is not None:  # --name and --no-name, the default (None: decided at run time) when neither
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", **kwargs)
+            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false", help=negation)
+            continue
         if switch:
-            kwargs["action"] = "store_false" if _default(first) else "store_true"
+            kwargs["action"] = "store_false" if default else "store_true"
         else:
             for key in ("choices", "type", "nargs", "metavar"):
                 if first.metadata.get(key) is not None:
                     kwargs[key] = first.metadata[key]
-        parser.add_argument(_flag_name(first), **kwargs)
+        parser.add_argument(_flag_name(first, default), **kwargs)
 
 
 def options_from_args(cls: type, args: argparse.Namespace) -> Any:

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bertkit import resources
 from bertkit.argtypes import (
@@ -23,7 +24,6 @@ from bertkit.argtypes import (
     int_range,
     options_from_args,
 )
-from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, DataError
 from bertkit.fileio import check_input_file, check_output_file, input_lines
 from bertkit.memory import MALLOC_ENV, keep_freed_memory
@@ -32,42 +32,11 @@ from bertkit.tokenizer import Tokenizer
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a checkpoint directory: config, parameter count, vocabulary, task (and how it was found)."""
-    from bertkit.checkpoint import check_directory, check_vocab_fits, read_weights
-    from bertkit.tasks.derived import describe_task
-    from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME, read_vocabulary
+    from bertkit.info import describe_checkpoint
 
-    directory = Path(args.checkpoint)
-    check_directory(directory)
-    config = BertConfig.from_pretrained(directory)
-
-    check_vocab_fits(directory, config)
-    state, source = read_weights(directory)
-    from bertkit.checkpoint import nonfinite_tensors
-
-    bad = nonfinite_tensors(state)
-    print(f"checkpoint   {directory}")
-    print(f"weights      {source} ({sum(t.numel() for t in state.values()):,} values in {len(state)} tensors)")
-    print(f"architecture {', '.join(config.architectures)}")
-    print(f"shape        L={config.num_hidden_layers} H={config.hidden_size} A={config.num_attention_heads} "
-          f"I={config.intermediate_size} V={config.vocab_size} max_len={config.max_position_embeddings}")
-    if any((directory / name).is_file() for name in (VOCAB_NAME, TOKENIZER_JSON_NAME)):
-        vocab, options, vocab_source = read_vocabulary(directory)
-        added = f", {len(options.added_tokens)} of them added tokens" if options.added_tokens else ""
-        print(f"vocabulary   {len(vocab)} tokens ({vocab_source.name}{added})")
-    print(f"task         {describe_task(directory, config)}")
-    if bad:
-        # reported, not raised: info is how one inspects a broken checkpoint; the exit code says it is unusable
-        print(f"finite       NO: {len(bad)} tensor(s) hold NaN or infinite values: {', '.join(bad[:8])}"
-              f"{' ...' if len(bad) > 8 else ''}")
-        return 1
-    print("finite       yes")
-    from bertkit.device import describe, resolve_device
-    from bertkit.precision import resolve_precision
-
-    device = resolve_device("auto")
-    precision, why = resolve_precision("auto", device)
-    print(f"here         --device auto: {describe(device)}; --precision auto: {precision} ({why})")
-    return 0
+    lines, finite = describe_checkpoint(args.checkpoint)
+    print("\n".join(lines))
+    return 0 if finite else 1
 
 
 def cmd_extend_vocab(args: argparse.Namespace) -> int:
@@ -144,22 +113,20 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pre-train BERT (MLM + NSP, or MLM only) on text or a prepared corpus; resumable; torchrun for DDP."""
     from bertkit.tasks.pretraining import PretrainingOptions, pretrain
-    from bertkit.train_flags import config_from_args
+    from bertkit.train_flags import config_from_args, print_result
 
     result = pretrain(args.train, config_from_args(args), data=args.data, heldout_files=args.heldout,
                       heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                       model_size=args.model_size, init_from=args.init_from,
                       options=options_from_args(PretrainingOptions, args))
-    if result.metrics:
-        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"model: {result.output_dir / 'model'}")
+    print_result(result, "held-out")
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a task head (and the whole encoder) from a pre-trained checkpoint, or from scratch."""
     from bertkit.tasks import task_spec
-    from bertkit.train_flags import config_from_args
+    from bertkit.train_flags import config_from_args, print_result
 
     spec = task_spec(args.task)
     own = {f.name for f in flag_fields(spec.options)} if spec.options else set()
@@ -178,32 +145,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if spec.options:
         common["options"] = options_from_args(spec.options, args)  # the flags given; the class's defaults for the rest
     result = spec.finetune(args.train, config_from_args(args), **common)
-    if result.metrics:
-        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"model: {result.output_dir / 'model'}")
+    print_result(result, "evaluation")
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a fine-tuned checkpoint (the teacher) into a smaller student of the same task, labels and vocabulary."""
-    from bertkit.distill import DistillOptions, distill
-    from bertkit.train_flags import config_from_args
+    from bertkit.distill.command import run
 
-    result = distill(args.teacher, args.train, config_from_args(args), eval_file=args.eval, fmt=args.format,
-                     unlabeled=args.unlabeled, student_size=args.student_size, student_init=args.student_init,
-                     limit=args.limit, options=options_from_args(DistillOptions, args))
-    if result.metrics:
-        print("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"model: {result.output_dir / 'model'}")
-    return 0
+    return run(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Score a fine-tuned checkpoint on a labelled file with the task's standard metrics (JSON to stdout)."""
+    """Score a checkpoint on a labelled file with its task's standard metrics (JSON to stdout)."""
     from bertkit.predict import Predictor
 
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
-                          compile=args.compile)
+                          compile=args.compile, task=args.task)
     if args.format and args.format not in predictor.spec.formats:
         raise BertkitError(f"--format {args.format}: the {predictor.task} task reads "
                            f"{', '.join(predictor.spec.formats) or 'no labelled files'}")
@@ -262,16 +220,59 @@ def cmd_embed(args: argparse.Namespace) -> int:
     check_input_file(args.input)
     check_output_file(args.output)
     vectors = embed_file(args.checkpoint, args.input, args.output, pooling=args.pooling, max_seq_len=args.max_seq_len,
-                         normalize=not args.raw, device=args.device, precision=args.precision,
+                         normalize=False if args.raw else None, device=args.device, precision=args.precision,
                          int8_keep=args.int8_keep, compile=args.compile)
     print(f"{len(vectors)} vectors of size {vectors.shape[1]} -> {args.output}", file=sys.stderr)
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Index a corpus for semantic search: each line's sentence vector in a FAISS index (exact for small corpora,
+    HNSW beyond), bound to the model; the texts stay on disk."""
+    from bertkit.search import build_index
+
+    if args.input == "-":
+        raise DataError("--input -: a corpus is read twice (counted, then encoded); give a file")
+    check_input_file(args.input)
+    info = build_index(args.checkpoint, args.input, args.output, kind=args.kind, pooling=args.pooling,
+                       max_seq_len=args.max_seq_len, batch_size=args.batch_size, device=args.device,
+                       precision=args.precision, int8_keep=args.int8_keep, compile=args.compile,
+                       overwrite=args.overwrite, progress=args.progress)
+    print(f"{args.output}: {info.count:,} texts, a {info.kind} index of {info.dimension}-d vectors ({info.pooling} "
+          f"pooling, {info.precision})", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search an index: each query's top hits as one JSON line, [{"id", "text", "score"}, ...] (id: the text's
+    line in the corpus); --rerank re-orders the candidates with a cross-encoder."""
+    from bertkit.search import Searcher, check_queries, search_all
+
+    queries = [(f"query {number} (command line)", None, text) for number, text in enumerate(args.texts, start=1)]
+    if args.input is not None:
+        check_input_file(args.input)
+        source = "<stdin>" if args.input == "-" else args.input
+        queries += [(source, number, text) for number, text in input_lines(args.input)]
+    if not queries:
+        raise DataError("no queries: give them on the command line, or --input FILE (one a line)")
+    check_queries(queries)
+    searcher = Searcher(args.index, model=args.model, device=args.device, precision=args.precision,
+                        int8_keep=args.int8_keep, compile=args.compile, rerank=_rerank(args))
+    for hits in search_all(searcher, [text for _, _, text in queries], args.top_k):
+        print(json.dumps(hits, ensure_ascii=False, allow_nan=False))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /)."""
+    """Serve a fine-tuned checkpoint over HTTP (POST /predict, GET /health, GET /metrics, the web page at /), or a
+    search index (POST /search too)."""
     from bertkit.device import resolve_device
+    from bertkit.search import is_index
     from bertkit.serve import ServeConfig, check_exposure, serve
+
+    rerank = _rerank(args)
+    if rerank is not None and not is_index(args.checkpoint):
+        raise BertkitError(f"--rerank re-orders search hits: {args.checkpoint} is not an index (`bertkit index`)")
 
     config = options_from_args(ServeConfig, args)
     api_key = args.api_key if args.api_key is not None else os.environ.get("BERTKIT_API_KEY") or None
@@ -280,8 +281,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     serve(args.checkpoint, args.host, args.port, config, onnx=args.onnx, api_key=api_key, insecure=args.insecure,
           allow_hosts=args.allow_host, device=args.device, precision=args.precision, int8_keep=args.int8_keep,
-          compile=args.compile, task=args.task)
+          compile=args.compile, task=args.task, rerank=rerank)
     return 0
+
+
+def _rerank(args: argparse.Namespace) -> Any:
+    from bertkit.search import rerank_option
+
+    return rerank_option(args.rerank, args.rerank_label, args.rerank_candidates)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -310,11 +317,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
 
 
 def _pretrained_task_arg(p: argparse.ArgumentParser) -> None:
-    from bertkit.tasks import TASKS, trainable_tasks
+    from bertkit.tasks import pretrained_tasks
 
-    untrained = [name for name in TASKS if name not in trainable_tasks()]
-    p.add_argument("--task", default=None, choices=untrained,
-                   help="for a pre-trained checkpoint (no task.json): what to serve (default: the masked-token "
+    p.add_argument("--task", default=None, choices=pretrained_tasks(),
+                   help="for a pre-trained checkpoint (no task.json): what to run (default: the masked-token "
                    "task where it has an MLM head, else sentence vectors)")
 
 
@@ -322,8 +328,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     from bertkit.serve import ServeConfig
 
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
-                   "BertFor* head), or a pre-trained one (fill-mask or sentence embeddings)")
+                   "BertFor* head), or a pre-trained one (fill-mask or sentence embeddings), or a search index "
+                   "(`bertkit index`: POST /search too, and sentence vectors from its model)")
     _pretrained_task_arg(p)
+    _rerank_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int_range(0, 65535), default=8000, help="(default: %(default)s)")
     p.add_argument("--onnx", default=None, help="run the encoder from this ONNX file (bertkit export --onnx)")
@@ -333,6 +341,55 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host-header name to answer besides loopback and --host (repeatable; '*' for any)")
     add_dataclass_flags(p, ServeConfig)
+    _device_arg(p)
+
+
+def _rerank_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.search import DEFAULT_CANDIDATES, MAX_TOP_K
+
+    p.add_argument("--rerank", default=None, metavar="CROSS_ENCODER_DIR",
+                   help="re-order each query's candidates by a cross-encoder: a pair classifier's checkpoint, "
+                   "fine-tuned on text pairs (query, text); a hit's score is then its probability of --rerank-label")
+    p.add_argument("--rerank-label", default=None, metavar="LABEL",
+                   help="with --rerank: the cross-encoder's label that means relevant (default: 1)")
+    p.add_argument("--rerank-candidates", type=int_range(1, MAX_TOP_K), default=DEFAULT_CANDIDATES, metavar="N",
+                   help="with --rerank: hits re-ranked per query (at least --top-k are; default: %(default)s)")
+
+
+def _index_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.search import CHUNK_TEXTS, EXACT_MAX_VECTORS, KINDS
+    from bertkit.tasks.embed import POOLINGS
+
+    p.add_argument("checkpoint", help="any BERT checkpoint directory (a sentence-embedding model such as "
+                   "all-MiniLM-L6-v2 is what search needs)")
+    p.add_argument("--input", required=True, help="the corpus: one text a line, UTF-8 (or .gz); blank lines are "
+                   f"skipped; read {CHUNK_TEXTS:,} lines at a time, the texts kept on disk")
+    p.add_argument("--output", required=True, help="the index directory to write (appears when complete)")
+    p.add_argument("--kind", default="auto", choices=KINDS,
+                   help=f"flat: exact inner product; hnsw: approximate (FAISS HNSW); auto: flat up to "
+                   f"{EXACT_MAX_VECTORS:,} texts, else hnsw (default: %(default)s)")
+    p.add_argument("--pooling", default=None, choices=POOLINGS,
+                   help="(default: the one the checkpoint's task.json records, else mean)")
+    p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="tokens per text; queries are cut the same "
+                   "(default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64, help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index at --output")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _device_arg(p)
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.search import DEFAULT_TOP_K, MAX_QUERY_CHARS, MAX_TOP_K
+
+    p.add_argument("index", help="an index directory (`bertkit index`)")
+    p.add_argument("texts", nargs="*", metavar="QUERY", help=f"queries (at most {MAX_QUERY_CHARS:,} characters each)")
+    p.add_argument("--input", default=None, help="also read queries from this file, one a line ('-': stdin); a "
+                   "blank line is an error (output line i answers query i)")
+    p.add_argument("--top-k", type=int_range(1, MAX_TOP_K), default=DEFAULT_TOP_K,
+                   help="hits per query (default: %(default)s)")
+    p.add_argument("--model", default=None, help="the index's model at another path (default: where it was when "
+                   "the index was built); refused unless it is the same model (fingerprint)")
+    _rerank_args(p)
     _device_arg(p)
 
 
@@ -365,7 +422,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (with task.json, or a transformers "
-                   "BertFor* head)")
+                   "BertFor* head), or a pre-trained one (its sentence vectors: the frozen baseline)")
+    _pretrained_task_arg(p)
     p.add_argument("--data", required=True, help="labelled file (or directory, for formats that are directories)")
     p.add_argument("--format", default=None, help="input format (default: the task's)")
     _device_arg(p)
@@ -398,8 +456,9 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default="-", help="one text per line; '-' for stdin (default). Row i of the output is "
                    "line i: a blank line is embedded as empty text, with a warning counting them")
     p.add_argument("--output", required=True, help="a .npy file, or JSONL of {text, vector} ('-': JSONL to stdout)")
-    p.add_argument("--pooling", default="mean", choices=POOLINGS, help="(default: %(default)s)")
-    p.add_argument("--max-seq-len", type=SEQ_LEN, default=128, help="(default: %(default)s)")
+    p.add_argument("--pooling", default=None, choices=POOLINGS, help="(default: the checkpoint's, recorded when it "
+                   "was trained for sentence vectors, else mean)")
+    p.add_argument("--max-seq-len", type=SEQ_LEN, default=None, help="(default: the checkpoint's, else 128)")
     p.add_argument("--raw", action="store_true", help="do not L2-normalise the vectors")
     _device_arg(p)
 
@@ -426,27 +485,9 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _distill_args(p: argparse.ArgumentParser) -> None:
-    from bertkit.config import PRESETS
-    from bertkit.distill import DistillOptions
-    from bertkit.train import TrainConfig
-    from bertkit.train_flags import add_train_arguments
+    from bertkit.distill.command import add_arguments
 
-    p.add_argument("--teacher", required=True, help="a fine-tuned checkpoint directory (with task.json, or a "
-                   "transformers BertFor* head): the student learns its task, labels and vocabulary")
-    p.add_argument("--train", required=True, help="training file, in the teacher's task's format (its labels feed "
-                   "the hard loss, its texts the soft targets)")
-    p.add_argument("--eval", default=None, help="evaluation file (scored at --eval-every and at the end)")
-    p.add_argument("--format", default=None, help="input format of --train and --eval (default: the task's)")
-    p.add_argument("--unlabeled", default=None, help="more texts for the soft targets only, one a line (a tab "
-                   "separates a text pair), for the tasks whose input is a text")
-    student = p.add_mutually_exclusive_group(required=True)
-    student.add_argument("--student-size", default=None, choices=sorted(n for n in PRESETS if n != "base"),
-                         help="a preset student, from random weights")
-    student.add_argument("--student-init", default=None, help="a pre-trained checkpoint to start the student from "
-                         "(its vocabulary must be the teacher's)")
-    p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N training examples (N >= 1)")
-    add_dataclass_flags(p, DistillOptions)
-    add_train_arguments(p, TrainConfig(output_dir="runs/distill", lr=5e-4, epochs=3.0, warmup=0.1))
+    add_arguments(p)
 
 
 def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
@@ -536,6 +577,8 @@ COMMANDS.update({
     "predict": (cmd_predict, _predict_args),
     "fill-mask": (cmd_fill_mask, _fill_mask_args),
     "embed": (cmd_embed, _embed_args),
+    "index": (cmd_index, _index_args),
+    "search": (cmd_search, _search_args),
     "serve": (cmd_serve, _serve_args),
     "export": (cmd_export, _export_args),
     "info": (cmd_info, _info_args),

@@ -1,4 +1,5 @@
-"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition)."""
+"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition),
+Pearson and Spearman correlation, recall@k and MRR@k of ranks."""
 
 from __future__ import annotations
 
@@ -47,6 +48,50 @@ def matthews_corrcoef(gold: Sequence[int], pred: Sequence[int]) -> float:
     fn = sum(g == 1 and p == 0 for g, p in zip(gold, pred, strict=True))
     denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def pearson(gold: Sequence[float], pred: Sequence[float]) -> float:
+    """Pearson's r (GLUE's STS-B metric); 0 when either side is constant (undefined)."""
+    _same_length(gold, pred)
+    n = len(gold)
+    if n < 2:
+        return 0.0
+    mean_g, mean_p = math.fsum(gold) / n, math.fsum(pred) / n
+    cov = math.fsum((g - mean_g) * (p - mean_p) for g, p in zip(gold, pred, strict=True))
+    var_g = math.fsum((g - mean_g) ** 2 for g in gold)
+    var_p = math.fsum((p - mean_p) ** 2 for p in pred)
+    return cov / math.sqrt(var_g * var_p) if var_g > 0 and var_p > 0 else 0.0
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; tied values share the mean of the ranks they span (scipy's rankdata, "average")."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            out[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(gold: Sequence[float], pred: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's r of the ranks (ties averaged, as scipy.stats.spearmanr)."""
+    _same_length(gold, pred)
+    return pearson(ranks(gold), ranks(pred))
+
+
+def recall_at_k(gold_ranks: Sequence[int], k: int) -> float:
+    """The fraction of queries whose answer is among the first k results (`gold_ranks`: 1-based)."""
+    return sum(r <= k for r in gold_ranks) / len(gold_ranks) if gold_ranks else 0.0
+
+
+def mrr_at_k(gold_ranks: Sequence[int], k: int) -> float:
+    """Mean reciprocal rank of the answer, 0 for a query whose answer is not in the first k (MRR@k)."""
+    return sum(1 / r for r in gold_ranks if r <= k) / len(gold_ranks) if gold_ranks else 0.0
 
 
 def _same_length(gold: Sequence, pred: Sequence) -> None:

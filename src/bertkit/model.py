@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
@@ -347,12 +348,29 @@ class EncoderLayer(nn.Module):
 
 class LayerStack(nn.ModuleList):
     """The encoder layers, run in order over one layout (`quantize(..., compile=True)` swaps in a subclass that runs
-    an unpadded batch through them a few layers per compiled call)."""
+    an unpadded batch through them a few layers per compiled call).
+
+    With `checkpointing` (training's `--gradient-checkpointing`), a layer keeps only its input for backward and
+    runs again there to rebuild its activations: one layer's activations alive at a time instead of all L, for a
+    second forward pass. torch's checkpoint puts the random state back for the rerun, so dropout draws the same
+    masks and the gradients are those of the plain pass."""
+
+    checkpointing = False
 
     def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        rerun = self.checkpointing and self.training and torch.is_grad_enabled()
         for layer in self:
-            x = layer(x, layout)
+            x = torch.utils.checkpoint.checkpoint(layer, x, layout, use_reentrant=False) if rerun else layer(x, layout)
         return x
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Turn activation checkpointing of every encoder layer on (or off) in `model`, whatever head wraps the
+    encoder; returns the number of encoder stacks found (0: `model` has none, nothing changed)."""
+    stacks = [m for m in model.modules() if isinstance(m, LayerStack)]
+    for stack in stacks:
+        stack.checkpointing = enabled
+    return len(stacks)
 
 
 class BertModel(CheckpointIO, nn.Module):

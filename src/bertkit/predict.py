@@ -16,7 +16,7 @@ from bertkit.config import BertConfig
 from bertkit.device import resolve_device
 from bertkit.errors import BertkitError, CheckpointError, DataError, DeviceError
 from bertkit.precision import prepare_for_inference
-from bertkit.tasks import TASKS, default_task, task_spec
+from bertkit.tasks import TASKS, default_task, pretrained_tasks, task_spec
 from bertkit.tasks.base import TASK_FILE, check_task_fits_config, read_task_info
 from bertkit.tasks.derived import DerivedTask, derive_task
 from bertkit.tasks.spec import Work
@@ -32,7 +32,8 @@ class Predictor:
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
                  device: str | torch.device | None = "auto", precision: str = "fp32",
-                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False, task: str | None = None) -> None:
+                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False, task: str | None = None,
+                 fingerprint: bool = False) -> None:
         """`directory`: a fine-tuned checkpoint (its task.json names the task), or any pre-trained one: fill-mask
         where it has an MLM head, else sentence embeddings (`task` picks one of those two explicitly).
         `onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
@@ -42,7 +43,9 @@ class Predictor:
         where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
         `compile`: int8 layers through torch.compile (see `precision.int8`), compiled here rather than in
         the first request. A checkpoint transformers fine-tuned (a `BertFor*` head, no task.json) has its task info
-        derived from config.json (`bertkit.tasks.derived`; `self.derived` says how).
+        derived from config.json (`bertkit.tasks.derived`; `self.derived` says how). `fingerprint`: also take the
+        encoder's fingerprint (`export.fingerprint`, of its float32 weights, before any precision change) as
+        `self.fingerprint`: what binds a file made with this model (a search index) to it.
 
         Loading is strict: task.json, config.json and the weights must describe one model, every weight of the
         task's model must be present (no randomly initialised head) and all of them finite; else CheckpointError.
@@ -74,19 +77,22 @@ class Predictor:
                                           f"fine-tuned model ({', '.join(config.architectures)}"
                                           f"{'; config.json has ' + ', '.join(tuned) if tuned else ''}); its task.json "
                                           "was lost (copy it back from the run's checkpoints)")
-                if task is not None and (task not in TASKS or task_spec(task).trainable):
-                    untrained = " or ".join(n for n in TASKS if not task_spec(n).trainable)
+                if task is not None and (task not in TASKS or not task_spec(task).serves_pretrained):
                     raise CheckpointError(f"{self.directory} has no task.json: a pre-trained checkpoint serves "
-                                          f"{untrained}, not {task}")
+                                          f"{' or '.join(pretrained_tasks())}, not {task}")
                 self.spec = task_spec(task or default_task(config.architectures))
-                self.info = self.spec.info(max_seq_len=min(self.spec.info().max_seq_len,
-                                                           config.max_position_embeddings))
+                self.info = self.spec.pretrained_info(self.directory, config)
             if self.spec.load is not None:
                 self.model = self.spec.load(self.directory, config).eval()
             else:
                 self.model = self.spec.model.from_pretrained(self.directory, strict=True, config=config).eval()
         self.task = self.spec.name
         encoder = self.model.bert if hasattr(self.model, "bert") else self.model
+        self.fingerprint: str | None = None
+        if fingerprint:
+            from bertkit.export import fingerprint as encoder_fingerprint
+
+            self.fingerprint = encoder_fingerprint(encoder)
         if onnx is not None:
             from bertkit.export import OnnxEncoder
 

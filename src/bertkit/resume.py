@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from bertkit import distributed, rundir
+from bertkit.best import Best
 from bertkit.device import to_device
 from bertkit.errors import TrainingError
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 # The settings a resumed run must share with the run it continues (the rest only say where and how often to
 # write, log and evaluate). A change is refused unless `allow_resume_changes`.
 RESUME_SETTINGS = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup", "max_steps", "epochs",
-                   "max_grad_norm", "adam_betas", "adam_eps", "bf16", "seed")
+                   "max_grad_norm", "adam_betas", "adam_eps", "bf16", "seed", "best_metric", "patience")
 
 
 def data_fingerprint(data: Any) -> str:
@@ -103,7 +106,7 @@ def training_state(run: Run) -> dict[str, Any] | None:
                       "world_size": run.world, "global_batch": run.global_batch,
                       "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                       "rng": [g[0] for g in gathered], "config": plain(asdict(run.config)),
-                      "fingerprint": run.fingerprint, "device_type": run.device.type,
+                      "fingerprint": run.fingerprint, "device_type": run.device.type, "best": run.best.state(),
                       "cuda_rng": [g[1] for g in gathered] if run.device.type == "cuda" else None,
                       **({"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {})},
                      torch.device("cpu"), non_blocking=False)
@@ -117,8 +120,10 @@ def restore(run: Run) -> None:
     if config.resume and resumed_from is None and rank == 0:
         print(f"no checkpoint in {run.output / rundir.CHECKPOINTS}: starting from scratch")
     if resumed_from is None:
-        if rank == 0 and run.metrics_path.exists():
-            run.metrics_path.unlink()  # a fresh run starts a fresh log
+        if rank == 0:  # a fresh run starts a fresh log, and ranks its own evaluations
+            run.metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(run.output / rundir.BEST, ignore_errors=True)
+            shutil.rmtree(run.output / rundir.TENSORBOARD, ignore_errors=True)
         return
     state = rundir.read_state(resumed_from)
     changes = resume_changes(state.get("config", {}), config, state.get("fingerprint"), run.fingerprint)
@@ -156,9 +161,33 @@ def restore(run: Run) -> None:
     if "scaler" in state and run.scaler.is_enabled():
         run.scaler.load_state_dict(state["scaler"])
     run.step, run.epoch, run.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+    _restore_best(run, state.get("best"), resumed_from)
     if rank == 0:
         rundir.trim_metrics(run.metrics_path, run.step)
         print(f"resumed from {resumed_from} at step {run.step} (epoch {run.epoch}, batch {run.step_in_epoch})")
+
+
+def _restore_best(run: Run, saved: dict[str, Any] | None, resumed_from: Path) -> None:
+    """The ranking of evaluations as the checkpoint left it (an older checkpoint without one: from scratch), its
+    best weights checked intact, the best weights of later evaluations dropped (they are evaluated again)."""
+    config = run.config
+    if saved is not None:
+        best = Best.from_state(saved)
+        if best.requested != (config.best_metric is not None) or (best.requested and best.metric != config.best_metric):
+            # allowed by --allow-resume-changes: the run ranks by the new metric from here on
+            best.metric, best.requested = config.best_metric or run.task.headline_metric, config.best_metric is not None
+            best.reset()
+        run.best = best
+    if run.rank == 0:
+        rundir.drop_best_after(run.output, run.step)
+    # every rank reads the directory here (as it read the checkpoint), so all agree on the ranking and on stopping
+    if run.best.step is not None and rundir.best_weights(run.output, run.best.step) is None:
+        if run.rank == 0:
+            warnings.warn(f"{resumed_from} ranks step {run.best.step} best ({run.best.metric} {run.best.value}), but "
+                          f"its weights in {run.output / rundir.BEST} are missing or damaged: the ranking starts "
+                          "again", stacklevel=3)
+        run.best.reset()
+    run.stopped = run.best.exhausted(config.patience)
 
 
 def _apply_settings(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig) -> None:

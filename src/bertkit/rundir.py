@@ -1,10 +1,13 @@
 """A training run's directory: its lock, its checkpoints (written atomically, verified, the latest found), the
-published model/, metrics.jsonl and the curves drawn from it.
+best evaluated weights, the published model/, metrics.jsonl and the curves drawn from it.
 
     OUTPUT/.lock                         flock held by the run using the directory (`claim_run_dir`)
     OUTPUT/checkpoints/step-NNNNNNNN/    weights, config, vocabulary, training_state.pt, checkpoint.json (sha256s)
-    OUTPUT/model/                        the final checkpoint without its training state
+    OUTPUT/best/step-NNNNNNNN/           the weights of the best evaluation so far (`--best-metric`), and the older
+                                         best ones a kept checkpoint still refers to
+    OUTPUT/model/                        the best evaluated weights (else the final checkpoint's), no training state
     OUTPUT/metrics.jsonl, curves.png     one JSON record per log line or evaluation; loss and scores per step
+    OUTPUT/tensorboard/                  the same records as TensorBoard scalars (`--report-to tensorboard`)
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ MANIFEST_NAME = "checkpoint.json"
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 MODEL_NAME = "model"
+BEST = "best"
+TENSORBOARD = "tensorboard"
 LOCK_NAME = ".lock"
 # What makes a directory hold a run: a fresh run refuses to start over these unless told to (--overwrite).
 RUN_OUTPUTS = (CHECKPOINTS, MODEL_NAME, METRICS_NAME)
@@ -128,7 +133,7 @@ def _claim(output: Path, resume: bool, overwrite: bool, own: tuple[str, ...]) ->
     if resume:
         return
     if overwrite:
-        for name in (*RUN_OUTPUTS, CURVES_NAME, *own):
+        for name in (*RUN_OUTPUTS, BEST, TENSORBOARD, CURVES_NAME, *own):
             target = output / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -149,12 +154,16 @@ def _empty_dir(path: Path) -> bool:
 
 # ---- checkpoints and the published model ---------------------------------------------------------------------------
 
-def checkpoint_dirs(output: Path) -> list[Path]:
-    """The run's checkpoint directories, newest first (complete or not)."""
-    root = output / CHECKPOINTS
+def checkpoint_dirs(output: Path, kind: str = CHECKPOINTS) -> list[Path]:
+    """The run's checkpoint directories (`kind=BEST`: best-weights directories), newest first, complete or not."""
+    root = output / kind
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+
+
+def step_of(directory: Path) -> int:
+    return int(directory.name.removeprefix("step-"))
 
 
 def verify_checkpoint(directory: Path) -> dict[str, Any] | None:
@@ -178,28 +187,72 @@ def latest_checkpoint(output: Path) -> Path | None:
     return None
 
 
-def write_checkpoint(output: Path, step: int, save: Callable[[Path], None], state: dict[str, Any],
-                     keep: int) -> Path:
-    """Checkpoint `step`: `save(directory)` writes the model's files, then the training state; written into a
-    temporary directory, every file's sha256 recorded last, then renamed into place. Keeps the newest `keep`."""
-    root = output / CHECKPOINTS
+def _write_verified(root: Path, step: int, save: Callable[[Path], None], state: dict[str, Any] | None,
+                    manifest: dict[str, Any]) -> Path:
+    """root/step-N: `save(directory)` writes the model's files, then the training state (if any); written into a
+    temporary directory, every file's sha256 recorded last, then renamed into place."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save(tmp)
-    atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
+    if state is not None:
+        atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    atomic_write_text(tmp / MANIFEST_NAME, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+    atomic_write_text(tmp / MANIFEST_NAME, json.dumps({"step": step, **manifest, "files": files}, indent=1) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in checkpoint_dirs(output)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def write_checkpoint(output: Path, step: int, save: Callable[[Path], None], state: dict[str, Any],
+                     keep: int, best_step: int | None = None) -> Path:
+    """Checkpoint `step` (`_write_verified`; its manifest names the best evaluated step, `best_step`, so the best
+    weights it refers to are kept while it is). Keeps the newest `keep`, and the best weights they refer to."""
+    final = _write_verified(output / CHECKPOINTS, step, save, state, {"best_step": best_step})
+    for old in checkpoint_dirs(output)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    _prune_best(output, best_step)
+    return final
+
+
+def write_best(output: Path, step: int, save: Callable[[Path], None]) -> Path:
+    """The weights of the best evaluation so far, as OUTPUT/best/step-N (atomic, verified like a checkpoint). An
+    older best one stays while a kept checkpoint refers to it: a resume from that checkpoint publishes it."""
+    final = _write_verified(output / BEST, step, save, None, {})
+    _prune_best(output, step)
+    return final
+
+
+def _prune_best(output: Path, current: int | None) -> None:
+    """Delete the best weights that neither the run (`current`) nor a kept checkpoint refers to."""
+    referenced = {current}
+    for kept in checkpoint_dirs(output):
+        try:
+            referenced.add(json.loads((kept / MANIFEST_NAME).read_text(encoding="utf-8")).get("best_step"))
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged checkpoint is never loaded, so the best it refers to is not needed
+    for old in checkpoint_dirs(output, BEST):
+        if step_of(old) not in referenced:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def best_weights(output: Path, step: int) -> Path | None:
+    """OUTPUT/best/step-N, if it is complete and intact."""
+    directory = output / BEST / f"step-{step:08d}"
+    return directory if verify_checkpoint(directory) is not None else None
+
+
+def drop_best_after(output: Path, step: int) -> None:
+    """Best weights of evaluations after `step` (written by a run that died before its next checkpoint): the
+    resumed run evaluates those steps again."""
+    for directory in checkpoint_dirs(output, BEST):
+        if step_of(directory) > step:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
@@ -207,13 +260,13 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
 
 
-def publish(output: Path, final: Path, title: str) -> None:
-    """The final checkpoint's weights, config, vocabulary and task.json (not its `training_*` files) as OUTPUT/model
-    (swapped in whole), and the curves."""
+def publish(output: Path, source: Path, title: str) -> None:
+    """A checkpoint's (or the best weights') files, config, vocabulary and task.json (not its `training_*` files) as
+    OUTPUT/model (swapped in whole), and the curves."""
     model_dir = output / MODEL_NAME
     tmp = output / f".tmp-model-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(TRAINING_ONLY, MANIFEST_NAME))
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINING_ONLY, MANIFEST_NAME))
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
     plot_curves(output / METRICS_NAME, output / CURVES_NAME, title)
@@ -257,6 +310,30 @@ def trim_metrics(path: Path, step: int) -> None:
         warnings.warn(f"{path}: {torn} unreadable line(s) (a write cut short by a crash) dropped", stacklevel=2)
     kept = [record for record in records if record.get("step", 0) <= step]
     atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+def summary_writer_class() -> Any:
+    """torch's TensorBoard writer, or a TrainingError saying how to install what it needs."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise TrainingError(f"--report-to tensorboard needs the tensorboard package ({exc}); install it with "
+                            "pip install 'bertkit[tensorboard]' (or pip install tensorboard)") from None
+    return SummaryWriter
+
+
+def open_tensorboard(output: Path, next_step: int) -> Any:
+    """A TensorBoard writer into OUTPUT/tensorboard. A resumed run starts at `next_step`: TensorBoard drops what the
+    interrupted run wrote from that step on, as `trim_metrics` drops it from metrics.jsonl."""
+    return summary_writer_class()(str(output / TENSORBOARD), purge_step=next_step if next_step > 1 else None)
+
+
+def add_scalars(writer: Any, record: dict[str, Any]) -> None:
+    """A metrics.jsonl record as TensorBoard scalars, one tag per number: KIND/NAME (train/loss, eval/accuracy,
+    best/value ...) at the record's step."""
+    for name, value in record.items():
+        if name not in ("kind", "step") and isinstance(value, int | float) and not isinstance(value, bool):
+            writer.add_scalar(f"{record['kind']}/{name}", value, record["step"])
 
 
 def plot_curves(metrics_path: Path, out_path: Path, title: str) -> Path | None:

@@ -8,6 +8,9 @@ input that fails fails only its own request: a batch that raises is re-run job b
 Exposure: binding beyond loopback needs an API key (a bearer token on every route but the page) or `--insecure`;
 the Host header must name this server (DNS rebinding); POSTs must be `application/json` (a cross-site form can
 only send text/plain without a preflight); slow or silent connections are closed after a timeout.
+
+A search index (`bertkit index`) is served the same way: POST /search batches queries as /predict batches inputs,
+on the same model thread, within the same limits.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from bertkit.argtypes import flag, float_range, int_range
 from bertkit.device import describe, for_model
 from bertkit.errors import BertkitError, DataError
 from bertkit.predict import Predictor, check_encodable
+from bertkit.search import DEFAULT_TOP_K, Rerank, Searcher, is_index, query_problem, top_k_problem
 from bertkit.tasks.base import pad_sequences
+from bertkit.tasks.embed import NAME as EMBEDDING_TASK
 
 
 @dataclass
@@ -89,13 +94,17 @@ class _Job:
 
 
 class Batcher:
-    """Collects jobs from concurrent requests and runs them together on one worker thread."""
+    """Collects jobs from concurrent requests and runs them together on one worker thread. `predictor`: anything
+    whose `predict(items)` returns one result per item (a Predictor, or a search index's Searcher); `executor`: the
+    thread of another Batcher, so that two routes' batches share one model thread rather than compete for the
+    cores."""
 
-    def __init__(self, predictor: Predictor, config: ServeConfig) -> None:
+    def __init__(self, predictor: Predictor | Searcher, config: ServeConfig,
+                 executor: ThreadPoolExecutor | None = None) -> None:
         self.predictor, self.config = predictor, config
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.queued_inputs = 0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertkit-model")
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertkit-model")
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
         self.task: asyncio.Task | None = None
 
@@ -165,7 +174,7 @@ class Batcher:
             start += len(job.items)
 
 
-ROUTES = ("/", "/health", "/metrics", "/predict", "/attention")
+ROUTES = ("/", "/health", "/metrics", "/predict", "/attention", "/search")
 
 
 class Metrics:
@@ -263,6 +272,35 @@ def _check_work(predictor: Predictor, items: list[dict[str, Any]], config: Serve
                              "inputs per request")
 
 
+def _search_items(body: Any, searcher: Searcher, config: ServeConfig) -> list[dict[str, Any]]:
+    """A /search body checked (its shape, top_k, the sizes and each query, the work budget) before any model work,
+    as the Batcher's items: {"text": query, "top_k": k}."""
+    usage = f'{{"queries": ["...", ...], "top_k": K (optional, default {DEFAULT_TOP_K})}}'
+    if not isinstance(body, dict) or "queries" not in body:
+        raise HttpError(422, f"expected a JSON object {usage}")
+    unknown = sorted(set(body) - {"queries", "top_k"})
+    if unknown:
+        raise HttpError(422, f"unknown field(s) {unknown}; expected {usage}")
+    queries, top_k = body["queries"], body.get("top_k", DEFAULT_TOP_K)
+    if not isinstance(queries, list) or not queries:
+        raise HttpError(422, '"queries" must be a non-empty list of strings')
+    problem = top_k_problem(top_k)
+    if problem:
+        raise HttpError(422, problem)
+    _check_sizes(queries, config)
+    for index, query in enumerate(queries):
+        problem = query_problem(query, config.max_chars)
+        if problem:
+            raise HttpError(422, f"query {index} {problem}")
+    work = searcher.work(queries, top_k)
+    if work.tokens > config.max_request_tokens:
+        raise HttpError(413, f"the request would encode up to {work.tokens} tokens in {work.sequences} sequences "
+                             "(queries, and candidates for the cross-encoder); the limit per request is "
+                             f"{config.max_request_tokens} tokens (--max-request-tokens): send fewer queries per "
+                             "request, or a smaller top_k")
+    return [{"text": query, "top_k": top_k} for query in queries]
+
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 log = logging.getLogger("bertkit.serve")
 
@@ -335,8 +373,9 @@ def _host_name(header: str) -> str:
 def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None, *,
                api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES,
                device: str | None = "auto", precision: str = "auto", int8_keep: Collection[str] = (),
-               compile: bool = False, task: str | None = None):
-    """The FastAPI application serving one checkpoint directory.
+               compile: bool = False, task: str | None = None, rerank: Rerank | None = None):
+    """The FastAPI application serving one checkpoint directory, or a search index (`bertkit.search`: POST /search
+    too, its model serving sentence vectors at /predict; `rerank`: a cross-encoder re-orders the hits).
 
     `api_key`: every request but `GET /` must send `Authorization: Bearer <api_key>`. `allowed_hosts`: the names a
     Host header may carry (default: the loopback names; None: any).
@@ -346,13 +385,26 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
         check_api_key(api_key)
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     expected = f"Bearer {api_key}".encode() if api_key else None
-    predictor = Predictor(directory, onnx=onnx, device=device, precision=precision, int8_keep=tuple(int8_keep),
-                          compile=compile, task=task)
+    searcher: Searcher | None = None
+    if is_index(directory):
+        if onnx is not None or task not in (None, EMBEDDING_TASK):
+            raise BertkitError(f"{directory} is a search index: its model serves sentence vectors in PyTorch "
+                               "(--onnx and --task do not apply)")
+        searcher = Searcher(directory, device=device or "auto", precision=precision, int8_keep=tuple(int8_keep),
+                            compile=compile, rerank=rerank)
+        predictor = searcher.predictor
+    else:
+        predictor = Predictor(directory, onnx=onnx, device=device, precision=precision, int8_keep=tuple(int8_keep),
+                              compile=compile, task=task)
     batcher = Batcher(predictor, config)
+    # the index's queries are batched apart from /predict's inputs (their results differ), on the same model thread
+    search_batcher = Batcher(searcher, config, batcher.executor) if searcher is not None else None
     metrics = Metrics()
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         batcher.start()
+        if search_batcher is not None:
+            search_batcher.start()
         yield
 
     app = FastAPI(title="bertkit", version=bertkit.__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -422,7 +474,8 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
                 "labels": predictor.labels,
                 "version": bertkit.__version__, "backend": "onnxruntime" if onnx else f"torch {torch.__version__}",
                 "device": describe(predictor.device), "precision": predictor.precision,
-                "precision_reason": predictor.precision_reason, "limits": asdict(config)}
+                "precision_reason": predictor.precision_reason, "limits": asdict(config),
+                "search": searcher.describe() if searcher is not None else None}
 
     @app.get("/metrics")
     async def get_metrics() -> dict[str, Any]:
@@ -449,6 +502,19 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
         metrics.inputs += len(items)
         return JSONResponse({"task": predictor.task, "predictions": results,
                              "latency_ms": round(1000 * (time.perf_counter() - started), 2)})
+
+    @app.post("/search")
+    async def search(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        try:
+            if searcher is None or search_batcher is None:
+                raise HttpError(404, "this server holds no search index: serve one (`bertkit serve INDEX`, built by "
+                                     "`bertkit index`) to answer /search")
+            items = _search_items(await read_body(request), searcher, config)
+            results = await search_batcher.submit(items)
+        except Exception as exc:
+            return handle(exc)
+        return JSONResponse({"results": results, "latency_ms": round(1000 * (time.perf_counter() - started), 2)})
 
     @app.post("/attention")
     async def attention(request: Request) -> JSONResponse:
@@ -493,9 +559,11 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           onnx: str | Path | None = None, *, api_key: str | None = None, insecure: bool = False,
           allow_hosts: Collection[str] = (), device: str | None = "auto", precision: str = "auto",
-          int8_keep: Collection[str] = (), compile: bool = False, task: str | None = None) -> None:
-    """Run the server (blocking). A non-loopback `host` needs `api_key` or `insecure` (`check_exposure`), and
-    warns on stderr either way; `allow_hosts`: Host-header names besides loopback and `host` ("*": any)."""
+          int8_keep: Collection[str] = (), compile: bool = False, task: str | None = None,
+          rerank: Rerank | None = None) -> None:
+    """Run the server (blocking); `directory` a checkpoint or a search index (`create_app`). A non-loopback `host`
+    needs `api_key` or `insecure` (`check_exposure`), and warns on stderr either way; `allow_hosts`: Host-header names
+    besides loopback and `host` ("*": any)."""
     import sys
 
     import uvicorn
@@ -506,7 +574,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, conf
     config = config or ServeConfig()
     app = create_app(directory, config, onnx, api_key=api_key,
                      allowed_hosts=allowed_host_names(host, allow_hosts, api_key), device=device,
-                     precision=precision, int8_keep=int8_keep, compile=compile, task=task)
+                     precision=precision, int8_keep=int8_keep, compile=compile, task=task, rerank=rerank)
     uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=_guarded_protocol(config),
         timeout_keep_alive=config.keep_alive_s)).run()

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from bertkit import distributed, hardware, loader, rundir
+from bertkit.argtypes import flag, float_range, int_range
+from bertkit.best import Best
 from bertkit.compiled import CompiledOrEager
 from bertkit.device import describe, resolve_device, setup_cuda, to_device
 from bertkit.distributed import distributed_setup
@@ -34,50 +36,67 @@ from bertkit.errors import TrainingError
 from bertkit.interrupt import InterruptGuard
 from bertkit.loader import WorkerDied
 from bertkit.memory import limit_heap_growth
+from bertkit.model import set_gradient_checkpointing
 from bertkit.resume import restore, training_state
 
 
 @dataclass
 class TrainConfig:
-    """How to train; every field is a `--flag` of the CLI commands that train."""
+    """How to train. Each field with a help text is a `--flag` of the commands that train (`train_flags`); its
+    type checks the range at parse time, and `__post_init__` checks the same for callers."""
 
-    output_dir: str = "runs/train"
-    batch_size: int = 32  # examples per process per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4
-    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
-    warmup: float = 0.06  # fraction of the steps (< 1) or a number of steps (>= 1)
-    max_steps: int = 0  # 0: derive from epochs
-    epochs: float = 1.0
-    max_grad_norm: float = 1.0  # 0 disables clipping
+    output_dir: str = flag("run directory: model/, checkpoints/, metrics.jsonl, curves.png", "runs/train")
+    batch_size: int = flag("examples per process per micro-batch", 32, type=int_range(1))
+    grad_accum: int = flag("micro-batches per optimizer step", 1, type=int_range(1))
+    lr: float = flag("peak learning rate", 1e-4, type=float_range(0, low_open=True))
+    weight_decay: float = flag("AdamW weight decay (not on biases and LayerNorm)", 0.01, type=float_range(0))
+    warmup: float = flag("warmup: a fraction of the steps (< 1) or a number of steps", 0.06, type=float_range(0))
+    max_steps: int = flag("optimizer steps (0: from --epochs)", 0, type=int_range(0))
+    epochs: float = flag("passes over the training data when --max-steps is 0", 1.0, type=float_range(0))
+    max_grad_norm: float = flag("gradient clipping norm (0: off)", 1.0, type=float_range(0))
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-6
-    bf16: bool | None = None  # None: bf16 autocast where the hardware has native bf16 (AVX512-BF16/AMX, CUDA)
-    seed: int = 42
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate at the end only
-    save_every: int = 0  # 0: checkpoint at the end only
-    keep_checkpoints: int = 2
-    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
-    progress: bool = True
-    # processes that build batches ahead of the step (torch.utils.data workers; 0: in the training process). The
-    # batch of step N is the same for any number: worker w builds the steps N with N % workers == w
-    workers: int = 0
-    # auto: CUDA where torch sees a GPU (this process's LOCAL_RANK GPU under torchrun), else the CPU
-    device: str = "auto"
-    compile: bool = False  # torch.compile the model (falls back to eager, with a warning, where it cannot)
-    resume: bool = False
-    overwrite: bool = False  # a fresh run in a directory holding a run: delete that run's outputs first
-    # On --resume, continue with changed settings or training data instead of refusing: the new learning rate,
-    # schedule (steps, epochs, warmup), weight decay, Adam settings, clipping and seed apply from the resume point
-    # (the optimizer's moments and the random state come from the checkpoint); the global batch cannot change.
-    allow_resume_changes: bool = False
+    # None: bf16 autocast where the hardware has native bf16 (AVX512-BF16/AMX, CUDA)
+    bf16: bool | None = flag("bf16 autocast (default: on where the CPU/GPU has native bf16)", None,
+                             negation="train in fp32")
+    seed: int = flag("random seed (data order, masking, initialisation, dropout)", 42, type=int_range(0))
+    log_every: int = flag("steps between metrics.jsonl records", 10, type=int_range(1))
+    eval_every: int = flag("steps between held-out evaluations (0: at the end)", 0, type=int_range(0))
+    save_every: int = flag("steps between checkpoints (0: at the end)", 0, type=int_range(0))
+    keep_checkpoints: int = flag("how many checkpoints to keep", 2, type=int_range(1))
+    max_bad_steps: int = flag("consecutive non-finite steps before stopping", 5, type=int_range(1))
+    best_metric: str | None = flag(
+        "the evaluation metric whose best value picks the weights model/ holds: one the task's evaluation reports, "
+        "or loss (the training loss since the previous evaluation); lower is better for loss and *_loss, higher "
+        "for the others (default: the task's headline metric)", None, metavar="NAME")
+    patience: int = flag("stop after this many evaluations in a row without a better --best-metric (0: never)", 0,
+                         type=int_range(0))
+    progress: bool = flag("no progress bar", True)
+    # worker w builds the batches of the steps N with N % workers == w (torch.utils.data workers)
+    workers: int = flag("processes building batches ahead of the step (0: in the training process; the batches are "
+                        "the same for any number)", 0, type=int_range(0))
+    device: str = flag("auto, cpu, cuda or cuda:N (auto: CUDA where available; under torchrun each process takes its "
+                       "LOCAL_RANK GPU)", "auto")
+    compile: bool = flag("torch.compile the model (eager, with a warning, where it cannot compile)", False)
+    report_to: str | None = flag(
+        "also write the metrics as TensorBoard event files in OUTPUT_DIR/tensorboard (the optional extra: pip "
+        "install 'bertkit[tensorboard]')", None, choices=("tensorboard",))
+    gradient_checkpointing: bool = flag(
+        "keep only each encoder layer's input for backward and recompute its activations there: less memory, one "
+        "more forward pass a step, the same gradients", False)
+    resume: bool = flag("continue from the newest intact checkpoint in --output-dir", False)
+    overwrite: bool = flag("delete the run already in --output-dir (checkpoints/, model/, metrics) and start again",
+                           False)
+    # The optimizer's moments and the random state come from the checkpoint.
+    allow_resume_changes: bool = flag(
+        "with --resume: continue with changed settings or training data instead of refusing (new lr, schedule, "
+        "weight decay, clipping and seed apply from the resume point; the global batch cannot change)", False)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "keep_checkpoints", "max_bad_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "seed", "workers"):
+        for name in ("max_steps", "eval_every", "save_every", "seed", "workers", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "warmup", "epochs", "max_grad_norm", "adam_eps"):
@@ -90,6 +109,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.max_steps < 0 or (self.epochs <= 0 and self.max_steps == 0):
             raise ValueError("give a positive max_steps or epochs")
+        if self.patience and not self.eval_every:
+            raise ValueError("patience counts evaluations: give eval_every too")
+        if self.best_metric is not None and not (isinstance(self.best_metric, str) and self.best_metric.strip()):
+            raise ValueError(f"TrainConfig.best_metric must be a metric's name or None, got {self.best_metric!r}")
         if self.resume and self.overwrite:
             raise ValueError("give resume (continue the run) or overwrite (replace it), not both")
         self.adam_betas = tuple(self.adam_betas)
@@ -100,6 +123,8 @@ class TrainTask(Protocol):
 
     # Under DDP: whether some parameters get no gradient in a step (unused heads), which DDP must then search for.
     find_unused_parameters: bool
+    # The metric that ranks evaluations when --best-metric names none (None: the first one `evaluate` reports).
+    headline_metric: str | None
 
     def num_examples(self, epoch: int) -> int:
         """Training examples in this epoch (may vary: NSP pairs are rebuilt every epoch)."""
@@ -130,9 +155,11 @@ class TrainTask(Protocol):
 
 @dataclass
 class FitResult:
-    step: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    step: int  # the last step trained
+    metrics: dict[str, float] = field(default_factory=dict)  # the evaluation of the weights model/ holds
     output_dir: Path = Path()
+    best_step: int | None = None  # the step whose weights model/ holds, where evaluations ranked them
+    stopped_early: bool = False  # --patience ended the run before its last step
 
 
 # ---- pieces of the loop ------------------------------------------------------------------------------------------
@@ -206,9 +233,12 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     fingerprint: str | None
+    best: Best
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
+    stopped: bool = False  # --patience has run out: the loop ends at this step
+    board: Any = None  # rank 0's TensorBoard writer (--report-to tensorboard)
 
     @property
     def metrics_path(self) -> Path:
@@ -221,6 +251,8 @@ class Run:
     def log(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
             rundir.append_metrics(self.metrics_path, record)
+            if self.board is not None:
+                rundir.add_scalars(self.board, record)
 
     def checkpoint(self) -> Path | None:
         """Save weights and the whole training state (every rank's RNG) at the current step; rank 0 writes."""
@@ -228,20 +260,36 @@ class Run:
         path = None
         if state is not None:
             path = rundir.write_checkpoint(self.output, self.step, functools.partial(self.task.save, self.model), state,
-                                           self.config.keep_checkpoints)
+                                           self.config.keep_checkpoints, self.best.step)
+            if self.board is not None:
+                self.board.flush()  # what the checkpoint's step covers is on disk in both logs
         distributed.barrier()
         return path
 
     def evaluate(self) -> dict[str, float]:
+        """Evaluate, rank the evaluation (`Best`), keep the weights on disk when they are the best so far; every
+        rank learns whether `--patience` has run out."""
         result: dict[str, float] = {}
         if self.rank == 0:
             self.model.eval()
             with torch.no_grad(), self.autocast():
                 result = self.task.evaluate(self.model)
             self.model.train()
+            judged = self.best.judge(result, self.config.patience)
+            if judged is not None and self.best.improves(*judged):
+                # on disk before the ranking changes: a checkpoint never refers to best weights not yet written
+                rundir.write_best(self.output, self.step, functools.partial(self.task.save, self.model))
+            self.best.record(self.step, result, judged)
             self.log({"kind": "eval", "step": self.step, "epoch": self.epoch, **result})
+            if judged is not None:
+                self.log(self.best.record_line(self.step))
             rundir.plot_curves(self.metrics_path, self.output / rundir.CURVES_NAME, self.title)
-        distributed.barrier()
+        # the ranking lives on rank 0; every rank needs whether to stop, and which step was evaluated
+        self.stopped = distributed.all_reduce_sum([float(self.best.exhausted(self.config.patience))])[0] > 0
+        self.best.evaluated_step = self.step
+        if self.stopped:
+            self.log({"kind": "stopped", "step": self.step, "reason": f"{self.config.patience} evaluations without "
+                      f"a better {self.best.metric}", "best_step": self.best.step})
         return result
 
 
@@ -249,8 +297,12 @@ def _start_run(model: nn.Module, task: TrainTask, config: TrainConfig, title: st
     """Device, precision, step count, optimizer and schedule of a run, before any resume."""
     device = resolve_device(config.device)
     rank, world = distributed_setup(device)
+    if config.report_to == "tensorboard":
+        rundir.summary_writer_class()  # the package is there before any step
     setup_cuda(device)
     model.to(device)
+    if not set_gradient_checkpointing(model, config.gradient_checkpointing) and config.gradient_checkpointing:
+        raise TrainingError("--gradient-checkpointing: the model has no BERT encoder layers to checkpoint")
     amp_dtype = autocast_dtype(device, config.bf16)
     if rank == 0 and device.type == "cuda":
         print(f"training on {describe(device)}, autocast {amp_dtype or 'off (fp32, TF32 matmuls)'}")
@@ -268,7 +320,8 @@ def _start_run(model: nn.Module, task: TrainTask, config: TrainConfig, title: st
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, warmup_steps))
     return Run(config, task, model, title, device, rank, world, Path(config.output_dir), amp_dtype,
                 torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), global_batch, total_steps,
-                optimizer, scheduler, task.fingerprint() if hasattr(task, "fingerprint") else None)
+                optimizer, scheduler, task.fingerprint() if hasattr(task, "fingerprint") else None,
+                Best.start(config.best_metric, task.headline_metric))
 
 
 class ThroughputMeter:
@@ -379,6 +432,18 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
          guard: InterruptGuard | None = None) -> FitResult:
     run = _start_run(model, task, config, title)
     restore(run)
+    if config.report_to == "tensorboard" and run.rank == 0:
+        run.board = rundir.open_tensorboard(run.output, run.step + 1)
+    try:
+        return _train(run, guard)
+    finally:
+        if run.board is not None:
+            run.board.close()
+
+
+def _train(run: Run, guard: InterruptGuard | None) -> FitResult:
+    """The loop, from wherever `run` stands (a fresh start or a restored checkpoint) to its final checkpoint."""
+    model, task, config = run.model, run.task, run.config
     train_model: nn.Module = CompiledOrEager(model) if config.compile else model
     if run.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -392,7 +457,10 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     batches = loader.batches(task, config, run.world, run.rank, run.epoch, run.step_in_epoch,
                              run.total_steps - run.step, run.device)
     try:
-        while run.step < run.total_steps:
+        if (config.eval_every and 0 < run.step < run.total_steps and run.step % config.eval_every == 0
+                and run.best.evaluated_step != run.step and not run.stopped):
+            last_eval = run.evaluate()  # resumed from a checkpoint saved between a step and its evaluation (Ctrl-C)
+        while run.step < run.total_steps and not run.stopped:
             run.epoch, run.step_in_epoch, micro = next(batches)
             micro = to_device(micro, run.device)  # pinned by the loader on CUDA: the copies overlap the step
             step_loss, finite = _backward(run, train_model, micro, meter)
@@ -403,7 +471,9 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
                 run.step += 1
                 run.step_in_epoch += 1
             # each process holds its share of the global mean; the sum over processes is the mean
-            meter.add_step(dict(zip(step_loss, distributed.all_reduce_sum(list(step_loss.values())), strict=True)))
+            step_mean = dict(zip(step_loss, distributed.all_reduce_sum(list(step_loss.values())), strict=True))
+            meter.add_step(step_mean)
+            run.best.add_step_loss(sum(step_mean.values()))
             if run.step % config.log_every == 0 or run.step == run.total_steps:
                 record = meter.record(run.step, run.epoch, run.scheduler.get_last_lr()[0], float(grad_norm))
                 run.log(record)
@@ -420,7 +490,8 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
         if progress is not None:
             progress.close()
         del batches  # the loader's workers end here, not after the final evaluation and checkpoint
-        last_eval = run.evaluate()  # inside the try: Ctrl-C during the final evaluation still saves the trained steps
+        if run.best.evaluated_step != run.step:  # (an early stop has just evaluated this step)
+            last_eval = run.evaluate()  # inside the try: Ctrl-C here still saves the trained steps
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()
@@ -438,10 +509,21 @@ def _fit(model: nn.Module, task: TrainTask, config: TrainConfig, title: str,
     if guard is not None:
         guard.saving = True  # the final checkpoint and model/: a Ctrl-C now waits for them instead of cutting them
     final = run.checkpoint()
+    best = run.best
     if run.rank == 0 and final is not None:
-        rundir.publish(run.output, final, run.title)
+        rundir.publish(run.output, _best_weights(run) if best.step is not None else final, run.title)
     distributed.barrier()
-    return FitResult(step=run.step, metrics=last_eval, output_dir=run.output)
+    return FitResult(step=run.step, metrics=best.metrics if best.step is not None else last_eval,
+                     output_dir=run.output, best_step=best.step, stopped_early=run.stopped)
+
+
+def _best_weights(run: Run) -> Path:
+    source = rundir.best_weights(run.output, run.best.step)
+    if source is None:
+        raise TrainingError(f"the best weights (step {run.best.step}, {run.best.metric} {run.best.value}) are missing "
+                            f"or damaged in {run.output / rundir.BEST}; the final weights are in "
+                            f"{run.output / rundir.CHECKPOINTS}")
+    return source
 
 
 def _save_on_interrupt(run: Run, guard: InterruptGuard | None, reason: str = "interrupted") -> Path | None:

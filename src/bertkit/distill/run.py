@@ -113,6 +113,10 @@ class DistillTask:
         return data_fingerprint([self.task.train, getattr(self.task, "train_intents", None), self.teacher.fingerprint,
                                  dataclasses.asdict(self.options)])
 
+    @property
+    def headline_metric(self) -> str | None:
+        return self.task.headline_metric  # the student's evaluations ranked as the teacher's task ranks its own
+
     def num_examples(self, epoch: int) -> int:
         return len(self.task.train)
 
@@ -251,9 +255,13 @@ def add_augmented(task: Any, head: DistillHead, options: DistillOptions, seed: i
 
 
 def _token_rows(rows: list[Any]) -> list[list[int]]:
-    """The token id lists of a task's encoded examples, whatever their layout (tuples, Pieces, choice lists)."""
+    """The token id lists of a task's encoded examples, whatever their layout (tuples, Pieces, choice lists,
+    Encoded sequences)."""
     out = []
     for row in rows:
+        if hasattr(row, "rows"):
+            out.extend(ids for ids, _ in row.rows)
+            continue
         first = row.input_ids if hasattr(row, "input_ids") else row[0]
         out.extend(first if first and isinstance(first[0], list) else [first])
     return out

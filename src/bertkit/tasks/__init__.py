@@ -70,8 +70,13 @@ def task_spec(name: str) -> TaskSpec:
 
 
 def trainable_tasks() -> list[str]:
-    """Names of the tasks `bertkit finetune` trains (fill-mask and embeddings need no training)."""
+    """Names of the tasks `bertkit finetune` trains (fill-mask runs on a pre-trained checkpoint as it is)."""
     return [name for name in TASKS if task_spec(name).trainable]
+
+
+def pretrained_tasks() -> list[str]:
+    """Names of the tasks a pre-trained checkpoint (no task.json) runs (fill-mask, sentence vectors)."""
+    return [name for name in TASKS if task_spec(name).serves_pretrained]
 
 
 def default_task(architectures: list[str]) -> str:

@@ -3,6 +3,7 @@ fine-tune (pre-trained or fresh), batching token sequences, and a line-numbered 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,6 +53,18 @@ class FinetuneTask(Protocol):
 
     def num_examples(self, epoch: int) -> int:
         return len(self.train)
+
+    @property
+    def headline_metric(self) -> str | None:
+        """The metric that ranks evaluations unless --best-metric names another (`TaskSpec.headline`)."""
+        from bertkit.tasks import task_spec
+
+        spec = task_spec(self.task_name)
+        if spec.headline is not None:
+            return spec.headline
+        if "metric" in {f.name for f in dataclasses.fields(self.info)}:
+            return self.info.metric
+        return None
 
     def save(self, model: nn.Module, directory: Path) -> None:
         from bertkit.tasks import task_spec

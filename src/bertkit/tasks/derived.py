@@ -81,17 +81,36 @@ def _length(config: BertConfig, limit: int = MAX_SEQ_LEN) -> tuple[int, str]:
 
 
 def _classification(directory: Path, config: BertConfig, source: str) -> tuple[str, dict[str, Any], list[str]]:
+    """transformers' problem_type, or where config.json has none, the one its model picks when it trains: one
+    output is regression, more are single-label."""
+    from bertkit.tasks.classification import HEADLINES, MULTI, PROBLEM_TYPES, REGRESSION, SCORE_LABEL, SINGLE
+
     problem = config.extra.get("problem_type")
-    if problem not in (None, "single_label_classification"):
-        raise CheckpointError(f"{source}: problem_type {problem!r} is not supported; bertkit reads a "
-                              "BertForSequenceClassification with problem_type single_label_classification (or none)")
     labels, why = _labels(config, source)
-    if len(labels) == 1:
-        raise CheckpointError(f"{source}: one label in id2label: transformers trains a one-output "
-                              "BertForSequenceClassification as regression, which bertkit does not read")
+    if problem is None:
+        problem = REGRESSION if len(labels) == 1 else SINGLE
+        problem_why = ("problem_type absent, one output: regression (as transformers trains it)"
+                       if problem == REGRESSION else "problem_type absent: single-label")
+    elif problem in PROBLEM_TYPES:
+        problem_why = f"problem_type {problem}" + (": a score" if problem == REGRESSION else "")
+    else:
+        raise CheckpointError(f"{source}: problem_type {problem!r} is not one transformers writes "
+                              f"({', '.join(PROBLEM_TYPES)})")
+    values: dict[str, Any] = {"labels": labels, "problem_type": problem, "metric": HEADLINES[problem][0]}
+    if problem == REGRESSION:
+        if len(labels) != 1:
+            raise CheckpointError(f"{source}: problem_type regression with {len(labels)} outputs in id2label; "
+                                  "bertkit's regression has one (a score)")
+        values["labels"], why = [SCORE_LABEL], "one output"
+    elif len(labels) < 2 and problem == SINGLE:
+        raise CheckpointError(f"{source}: problem_type {problem} with one label in id2label; a single-label "
+                              "classifier needs two or more")
+    elif problem == MULTI:
+        values["threshold"] = 0.5
+        problem_why += ": a label where its probability is at least 0.5"
     length, length_why = _length(config)
-    return "classification", {"labels": labels, "max_seq_len": length}, [
-        why, f"problem_type {problem or 'absent'}: single-label", length_why]
+    values["max_seq_len"] = length
+    return "classification", values, [why, problem_why, length_why]
 
 
 def _ner(directory: Path, config: BertConfig, source: str) -> tuple[str, dict[str, Any], list[str]]:

@@ -15,7 +15,7 @@ from bertkit.config import BertConfig
 from bertkit.errors import CheckpointError, DataError
 from bertkit.model import BertForMaskedLM, BertForPreTraining
 from bertkit.tasks.base import pad_sequences, run_batches
-from bertkit.tasks.spec import InputField, TaskSpec, Work, int_field, one_sequence, seq_len_field
+from bertkit.tasks.spec import InputField, TaskSpec, Work, defaults_for, int_field, one_sequence, seq_len_field
 from bertkit.tokenizer import Tokenizer
 
 NAME = "fill_mask"
@@ -118,5 +118,6 @@ SPEC = TaskSpec(
     example={"text": "The capital of France is [MASK]."},
     load=load,
     work=work,
+    pretrained_info=defaults_for(FillMaskInfo),
     not_distilled="a pre-trained head, not a fine-tuned task",
 )

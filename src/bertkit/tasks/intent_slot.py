@@ -364,6 +364,7 @@ SPEC = TaskSpec(
     options=IntentSlotOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="slot_f1",
     config_extra=lambda info: {"bertkit_intents": info.intents, "bertkit_slots": info.labels,
                                "bertkit_crf": info.crf},
     distill=DISTILL,

@@ -366,6 +366,7 @@ SPEC = TaskSpec(
     default_format="jsonl",
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="accuracy",
     work=work,
     validate=validate,
     distill=DISTILL,

@@ -388,6 +388,7 @@ SPEC = TaskSpec(
     options=NerOptions,
     finetune=finetune,
     evaluate=evaluate_file,
+    headline="f1",
     work=chunks,
     config_extra=lambda info: {**id2label(info.labels), "bertkit_crf": info.crf},
     distill=DISTILL,

@@ -52,6 +52,8 @@ class PretrainingTask:
     examples are indexed lazily (`masking.ExampleIndex`), and example i of epoch e is built and masked from
     (seed, e, i) alone, so batches can be made in any process, in any order, on any number of ranks."""
 
+    headline_metric = "mlm_loss"  # what --best-metric ranks evaluations by unless told otherwise
+
     def __init__(self, tokenizer: Tokenizer, train: Sequence[Shard], heldout: Sequence[Shard],
                  options: PretrainingOptions, seed: int = 42, eval_batch_size: int = 64,
                  data_digest: Any = None) -> None:

@@ -4,6 +4,7 @@ functions), declared in the task's own file; the CLI, Predictor, server and web 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +43,9 @@ class TaskSpec:
       when the model is saved and checked when it is loaded;
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
       class is loaded strictly);
+    - `pretrained_info(directory, config) -> info`, for a task that runs on any pre-trained checkpoint (one without
+      task.json: fill-mask, sentence vectors): its info for that checkpoint (`defaults_for` gives the info class's
+      defaults, max_seq_len at most the checkpoint's positions);
     - `work(item, info) -> Work`: an upper bound of what the model encodes for one (checked) input, found without
       tokenizing (each token covers at least one character): how many sequences, how many tokens in all. The
       server refuses a request whose work is over its budget before any encoding (default: one sequence of all
@@ -64,10 +68,14 @@ class TaskSpec:
     formats: tuple[str, ...] = ()
     default_format: str | None = None
     options: type | None = None  # a dataclass whose fields are the task's finetune flags
-    finetune: Callable[..., Any] | None = None  # None: the task needs no training (fill-mask, embeddings)
+    finetune: Callable[..., Any] | None = None  # None: the task needs no training (fill-mask)
     evaluate: Callable[..., dict[str, float]] | None = None
+    # The evaluation metric that ranks checkpoints unless --best-metric names another. None: the info's `metric`
+    # field where the info has one (a headline that follows the data format), else the evaluation's first metric.
+    headline: str | None = None
     config_extra: Callable[[Any], dict[str, Any]] = field(default=lambda info: {})
     load: Callable[[Path, Any], nn.Module] | None = None
+    pretrained_info: Callable[[Path, Any], Any] | None = None  # None: a pre-trained checkpoint cannot run this task
     work: Callable[[dict[str, Any], Any], Work] = field(default=lambda item, info: one_sequence(item, info))
     validate: Callable[[dict[str, Any], int], None] | None = None
     distill: DistillHead | None = None  # how `bertkit distill` teaches this task to a student; None: it does not
@@ -76,6 +84,11 @@ class TaskSpec:
     @property
     def trainable(self) -> bool:
         return self.finetune is not None
+
+    @property
+    def serves_pretrained(self) -> bool:
+        """Whether a pre-trained checkpoint (no task.json) runs this task."""
+        return self.pretrained_info is not None
 
     @property
     def plain_text(self) -> bool:
@@ -139,6 +152,11 @@ class DistillHead:
     unlabeled: Callable[[Any, list[tuple[int, str]], str], Any] | None = None
 
 
+def defaults_for(info: type) -> Callable[[Path, Any], Any]:
+    """`pretrained_info` giving the info class's defaults, max_seq_len cut to the checkpoint's position table."""
+    return lambda directory, config: info(max_seq_len=min(info().max_seq_len, config.max_position_embeddings))
+
+
 # ---- work: what one input costs the model, bounded before any tokenizing ------------------------------------------
 
 @dataclass(frozen=True)
@@ -193,6 +211,11 @@ def _int_in(low: int, high: int) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
+def _float_in(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                      and low <= v <= high)
+
+
 def labels_field(help: str = "the label set, in id order") -> Any:
     return field(metadata={"check": _label_list, "expected": "a non-empty list of distinct, non-empty strings",
                            "help": help})
@@ -206,6 +229,11 @@ def seq_len_field(default: Any = dataclasses.MISSING) -> Any:
 def int_field(low: int, high: int, default: Any = dataclasses.MISSING, help: str = "") -> Any:
     return field(default=default, metadata={"check": _int_in(low, high),
                                             "expected": f"an integer from {low} to {high}", "help": help})
+
+
+def float_field(low: float, high: float, default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    return field(default=default, metadata={"check": _float_in(low, high),
+                                            "expected": f"a number from {low:g} to {high:g}", "help": help})
 
 
 def choice_field(choices: Sequence[str], default: Any = dataclasses.MISSING, help: str = "") -> Any:
