@@ -45,17 +45,17 @@ ROWS: dict[str, dict[str, Any]] = {
                  distill_flags=["--augment", "2", "--temperature", "2"]),
     "chnsenticorp": dict(task="classification", train="chnsenticorp/train.tsv", eval="chnsenticorp/test.tsv",
                          fmt="chnsenticorp", limit=None, teacher="chinese-mini", metric="accuracy",
-                         teacher_flags=["--epochs", "3", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
+                         teacher_flags=["--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
                                         "128"],
                          students=("tiny",),
-                         student_flags=["--max-steps", "2400", "--lr", "1e-3", "--batch-size", "32"],
+                         student_flags=["--max-steps", "1000", "--lr", "1e-3", "--batch-size", "32"],
                          distill_flags=["--augment", "1", "--temperature", "2"]),
-    "msra": dict(task="ner", train="msra_ner/train1.txt", eval="msra_ner/testright1.txt", fmt="msra", limit=8000,
+    "msra": dict(task="ner", train="msra_ner/train1.txt", eval="msra_ner/testright1.txt", fmt="msra", limit=4000,
                  teacher="chinese-mini", metric="f1",
                  teacher_flags=["--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len", "128",
                                 "--crf"],
                  students=("tiny",),
-                 student_flags=["--max-steps", "1500", "--lr", "1e-3", "--batch-size", "32"],
+                 student_flags=["--max-steps", "1000", "--lr", "1e-3", "--batch-size", "32"],
                  distill_flags=["--augment", "1", "--temperature", "2"]),
 }
 SPEED_TEXTS = 256  # evaluation texts per timed call
@@ -98,13 +98,18 @@ def shown(argv: list[str]) -> str:
     return text.replace(str(DATA), "../shared/data").replace(str(ROOT) + "/", "")
 
 
-def train(name: str, row: dict[str, Any], start: Path, fresh: bool) -> dict[str, dict[str, Any]]:
+def train(name: str, row: dict[str, Any], start: Path, fresh: bool, roles: list[str] | None = None
+          ) -> dict[str, dict[str, Any]]:
+    """Train each role of the row (`roles`: only those; the others must exist), in order; returns role -> its
+    command, model directory and minutes (where trained now)."""
     from bertkit.cli import main
 
     runs = {}
     for role, argv in commands(name, row, start).items():
         output = Path(argv[argv.index("--output-dir") + 1])
         runs[role] = {"command": shown(argv), "model": str(output / "model")}
+        if roles is not None and role not in roles:
+            continue
         if (output / "model").is_dir() and not fresh:
             print(f"== {name} {role}: {output / 'model'} exists, reused", flush=True)
             continue
@@ -113,6 +118,7 @@ def train(name: str, row: dict[str, Any], start: Path, fresh: bool) -> dict[str,
         if main(argv) != 0:
             sys.exit(f"{name} {role} failed")
         runs[role]["minutes"] = round((time.perf_counter() - started) / 60, 1)
+        (output / "minutes.json").write_text(json.dumps({"minutes": runs[role]["minutes"]}) + "\n")
     return runs
 
 
@@ -238,6 +244,8 @@ def main() -> int:
     parser.add_argument("--chinese-model", default=str(CHINESE_MINI))
     parser.add_argument("--fresh", action="store_true", help="train again even where a model exists")
     parser.add_argument("--measure-only", action="store_true", help="measure the models there, train nothing")
+    parser.add_argument("--roles", nargs="*", default=None, help="train only these roles of the row(s) (e.g. "
+                        "'teacher' 'tiny distilled'), measure nothing: several processes can train one row's roles")
     parser.add_argument("--table-only", action="store_true", help="rewrite distill.md from distill.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -253,17 +261,14 @@ def main() -> int:
     for name in args.only or ROWS:
         row = ROWS[name]
         start = teacher_start(row["teacher"], Path(args.chinese_model))
-        if args.measure_only:
-            runs = {role: {"command": shown(argv),
-                           "model": str(Path(argv[argv.index("--output-dir") + 1]) / "model"),
-                           **{k: v for k, v in results.get(name, {}).get("models", {}).get(role, {}).items()
-                              if k == "minutes"}}
-                    for role, argv in commands(name, row, start).items()}
-        else:
-            runs = train(name, row, start, args.fresh)
-            for role, run in runs.items():  # a reused run keeps the minutes measured when it was trained
-                if "minutes" not in run:
-                    run["minutes"] = results.get(name, {}).get("models", {}).get(role, {}).get("minutes", "–")
+        if args.roles is not None:
+            train(name, row, start, args.fresh, args.roles)
+            continue
+        runs = train(name, row, start, args.fresh, [] if args.measure_only else None)
+        for run in runs.values():  # a run trained earlier: the minutes it took then
+            saved = Path(run["model"]).parent / "minutes.json"
+            if "minutes" not in run:
+                run["minutes"] = json.loads(saved.read_text())["minutes"] if saved.is_file() else "–"
         print(f"== {name}: measuring", flush=True)
         result = measure(name, row, runs)
         result.update(date=time.strftime("%Y-%m-%d"), machine=cpu_name(), threads=torch.get_num_threads(),
