@@ -27,7 +27,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # One thread unless OMP_NUM_THREADS says otherwise (set before numpy, FAISS and torch start their thread pools; the
 # children inherit it): on cores that other jobs share, a pool's threads wait for each other whenever one of them
@@ -152,24 +154,33 @@ def child(kind: str, source: str, n: int, truth_path: str) -> dict:
             index.nprobe = setting
         for query in queries[:20]:  # warm up: the first calls fault the index's pages in
             index.search(query[None], K)
-        latencies, cpu_latencies = [], []
-        found = np.empty((len(queries), K), dtype=np.int64)
-        for i, query in enumerate(queries):
-            started, cpu = time.perf_counter(), time.process_time()
-            _, found[i : i + 1] = index.search(query[None], K)
-            latencies.append(time.perf_counter() - started)
-            cpu_latencies.append(time.process_time() - cpu)
-        started, cpu = time.perf_counter(), time.process_time()
-        for start in range(0, len(queries), BATCH):
-            index.search(queries[start : start + BATCH], K)
-        qps, qps_cpu = len(queries) / (time.perf_counter() - started), len(queries) / (time.process_time() - cpu)
+        timing, hits = timed(lambda batch: index.search(batch, K)[1], queries)
+        found = np.concatenate(hits)
         recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
-        rows.append({"setting": setting, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-                     "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-                     "p50_cpu_ms": 1000 * float(np.percentile(cpu_latencies, 50)), "qps_batched": qps,
-                     "qps_per_cpu_s": qps_cpu, "recall": recall})
+        rows.append({"setting": setting, "p50_ms": timing["p50_ms"], "p99_ms": timing["p99_ms"],
+                     "p50_cpu_ms": timing["p50_cpu_ms"], "qps_batched": timing["batched"],
+                     "qps_per_cpu_s": timing["batched_cpu"], "recall": recall})
     return {"kind": kind, "source": source, "n": n, "build_s": build_s, "build_cpu_s": build_cpu_s,
             "memory_mb": max(peak - before, 0.0), "index_mb": size_mb, "rows": rows, "load": [load_before, load()]}
+
+
+def timed(search: Callable[[Any], Any], queries: Any, one_at_a_time: int | None = None) -> tuple[dict, list]:
+    """`search` called on each query alone (the first `one_at_a_time`; all by default), wall-clock and CPU time per
+    call, then on the queries in batches of BATCH: p50/p99 (ms), the p50 CPU time, and queries/s batched (wall and
+    per CPU second); with the one-at-a-time answers."""
+    latencies, cpu_latencies, answers = [], [], []
+    for query in queries[:one_at_a_time]:
+        started, cpu = time.perf_counter(), time.process_time()
+        answers.append(search([query] if isinstance(queries, list) else query[None]))
+        latencies.append(time.perf_counter() - started)
+        cpu_latencies.append(time.process_time() - cpu)
+    started, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, len(queries), BATCH):
+        search(queries[start : start + BATCH])
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+            "p50_cpu_ms": 1000 * float(np.percentile(cpu_latencies, 50)), "batched": len(queries) / wall,
+            "batched_cpu": len(queries) / cpu}, answers
 
 
 def ground_truth(source: str, n: int) -> Path:
@@ -238,23 +249,13 @@ def end_to_end(minilm: Path) -> dict:
     build_s, build_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     searcher = Searcher(WORK / "end-to-end-index")
     searcher.search(queries[:8], K)  # warm up
-    latencies, cpu_latencies = [], []
-    for text in queries[:200]:
-        started, cpu = time.perf_counter(), time.process_time()
-        searcher.search([text], K)
-        latencies.append(time.perf_counter() - started)
-        cpu_latencies.append(time.process_time() - cpu)
-    started, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(queries), BATCH):
-        searcher.search(queries[start : start + BATCH], K)
-    batched, batched_cpu = len(queries) / (time.perf_counter() - started), len(queries) / (time.process_time() - cpu)
+    timing, _ = timed(lambda batch: searcher.search(batch, K), queries, one_at_a_time=200)
     return {"texts": len(corpus), "kind": info.kind, "precision": info.precision, "build_s": build_s,
             "build_cpu_s": build_cpu_s, "texts_per_s": len(corpus) / build_s,
-            "texts_per_cpu_s": len(corpus) / build_cpu_s,
-            "query_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "query_p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "query_p50_cpu_ms": 1000 * float(np.percentile(cpu_latencies, 50)), "queries_per_s_batched": batched,
-            "queries_per_cpu_s_batched": batched_cpu, "load": [load_before, load()]}
+            "texts_per_cpu_s": len(corpus) / build_cpu_s, "query_p50_ms": timing["p50_ms"],
+            "query_p99_ms": timing["p99_ms"], "query_p50_cpu_ms": timing["p50_cpu_ms"],
+            "queries_per_s_batched": timing["batched"], "queries_per_cpu_s_batched": timing["batched_cpu"],
+            "load": [load_before, load()]}
 
 
 def machine() -> str:

@@ -148,6 +148,10 @@ EMBED_RUNS = {
 # evaluated weights, and `last_step_metrics` puts the same run's last-step evaluation beside them
 RUNS["cb-best"] = {**RUNS["cb"], "settings": {**RUNS["cb"]["settings"], "eval_every": 15, "best_metric": "accuracy"},
                    "anchor": RUNS["cb"]["anchor"] + "; last_step_*: the same run's weights after its last step"}
+# RTE for twice the epochs, evaluated each half epoch: the longer run is where the last weights and the best differ
+RUNS["rte-best"] = {**RUNS["rte"], "settings": {**RUNS["rte"]["settings"], "epochs": 6, "eval_every": 78,
+                                                "best_metric": "accuracy"},
+                    "anchor": RUNS["rte"]["anchor"] + "; last_step_*: the same run's weights after its last step"}
 # Sentence embeddings: per dataset the pre-trained model as it is (frozen: mean-pooled vectors, `bertkit evaluate`)
 # and trained with a loss (`bertkit finetune --task sentence_embedding --loss L`); each scored by `bertkit evaluate`
 # in fp32 (Spearman of cosine against the labels; retrieval among the positive pairs where labels are 0/1).

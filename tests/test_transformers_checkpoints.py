@@ -327,48 +327,34 @@ def _edit_config(directory: Path, **changes) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_what_bertkit_does_not_read_is_refused_by_name(heads, tmp_path):
-    def copy(head: str) -> Path:
-        target = tmp_path / f"{head}-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(heads[head][0], target)
-        return target
+REFUSED = [  # (the head saved, config.json's changes, what the error says)
+    ("BertForSequenceClassification", dict(model_type="roberta"),
+     r"model_type is 'roberta'; bertkit loads only 'bert' checkpoints"),
+    ("BertForSequenceClassification", dict(architectures=["BertForNextSentencePrediction"]),
+     r"config\.json: architectures \['BertForNextSentencePrediction'\] is a head bertkit does not read; without "
+     r"task\.json it reads BertForSequenceClassification, BertForTokenClassification"),
+    ("BertForSequenceClassification", dict(problem_type="ordinal"),
+     r"problem_type 'ordinal' is not one transformers writes \(single_label_classification, "
+     r"multi_label_classification, regression\)"),
+    ("BertForSequenceClassification", dict(problem_type="regression"),
+     r"problem_type regression with 3 outputs in id2label; bertkit's regression has one"),
+    ("BertForTokenClassification", dict(id2label={str(i): f"LABEL_{i}" for i in range(5)}),
+     r"id2label has \['LABEL_0', 'LABEL_1', 'LABEL_2', 'LABEL_3', 'LABEL_4'\], which are not entity tags"),
+    ("BertForSequenceClassification", dict(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
+                                           problem_type="single_label_classification"),
+     r"problem_type single_label_classification with one label in id2label; a single-label classifier needs two "
+     r"or more"),
+    ("BertForTokenClassification", dict(architectures=["BertForSequenceClassification"]),  # no pooler weights
+     r"does not fit BertForSequenceClassification:\nmissing weights:\n  bert\.pooler\.weight"),
+]
 
-    directory = copy("BertForSequenceClassification")
-    _edit_config(directory, model_type="roberta")
-    with pytest.raises(CheckpointError, match=r"model_type is 'roberta'; bertkit loads only 'bert' checkpoints"):
-        Predictor(directory, device="cpu")
-    directory = copy("BertForSequenceClassification")
-    _edit_config(directory, architectures=["BertForNextSentencePrediction"])
-    with pytest.raises(CheckpointError, match=r"config\.json: architectures \['BertForNextSentencePrediction'\] is "
-                                              r"a head bertkit does not read; without task\.json it reads "
-                                              r"BertForSequenceClassification, BertForTokenClassification"):
-        Predictor(directory, device="cpu")
-    directory = copy("BertForSequenceClassification")
-    _edit_config(directory, problem_type="ordinal")
-    with pytest.raises(CheckpointError, match=r"problem_type 'ordinal' is not one transformers writes "
-                                              r"\(single_label_classification, multi_label_classification, "
-                                              r"regression\)"):
-        Predictor(directory, device="cpu")
-    directory = copy("BertForSequenceClassification")
-    _edit_config(directory, problem_type="regression")
-    with pytest.raises(CheckpointError, match=r"problem_type regression with 3 outputs in id2label; bertkit's "
-                                              r"regression has one"):
-        Predictor(directory, device="cpu")
-    directory = copy("BertForTokenClassification")
-    _edit_config(directory, id2label={str(i): f"LABEL_{i}" for i in range(5)})
-    with pytest.raises(CheckpointError, match=r"id2label has \['LABEL_0', 'LABEL_1', 'LABEL_2', 'LABEL_3', "
-                                              r"'LABEL_4'\], which are not entity tags"):
-        Predictor(directory, device="cpu")
-    directory = copy("BertForSequenceClassification")
-    _edit_config(directory, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
-                 problem_type="single_label_classification")
-    with pytest.raises(CheckpointError, match=r"problem_type single_label_classification with one label in "
-                                              r"id2label; a single-label classifier needs two or more"):
-        Predictor(directory, device="cpu")
-    directory = copy("BertForTokenClassification")
-    _edit_config(directory, architectures=["BertForSequenceClassification"])  # a tagger's weights (no pooler)
-    with pytest.raises(CheckpointError, match=r"does not fit BertForSequenceClassification:\nmissing weights:\n"
-                                              r"  bert\.pooler\.weight"):
+
+@pytest.mark.parametrize(("head", "changes", "message"), REFUSED)
+def test_what_bertkit_does_not_read_is_refused_by_name(heads, tmp_path, head, changes, message):
+    directory = tmp_path / head
+    shutil.copytree(heads[head][0], directory)
+    _edit_config(directory, **changes)
+    with pytest.raises(CheckpointError, match=message):
         Predictor(directory, device="cpu")
 
 
