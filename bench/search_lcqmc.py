@@ -94,7 +94,7 @@ def train_cross_encoder(model: Path, negatives: int, limit: int | None) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="inputs longer than max_length")
         result = classification.finetune(train, config, eval_file=DATA / "test.txt", init_from=model, **settings)
-    return {"directory": str(output / "model"), "pairs": count, "steps": result.step,
+    return {"directory": str((output / "model").relative_to(ROOT)), "pairs": count, "steps": result.step,
             "test_accuracy": result.metrics["accuracy"], "minutes": (time.perf_counter() - started) / 60}
 
 
@@ -112,7 +112,8 @@ def describe(model: Path) -> str:
     from bertkit.config import BertConfig
 
     config = BertConfig.from_pretrained(model)
-    return f"{model} (L{config.num_hidden_layers}/H{config.hidden_size})"
+    shown = model.resolve().relative_to(ROOT) if model.resolve().is_relative_to(ROOT) else model
+    return f"{shown} (L{config.num_hidden_layers}/H{config.hidden_size})"
 
 
 def markdown(results: dict) -> str:
@@ -171,7 +172,7 @@ def main() -> int:
     print(results["rows"][-1], flush=True)
     for name, negatives in CROSS_ENCODERS.items():
         cross = {"name": name, **train_cross_encoder(model, negatives, args.limit)}
-        found, seconds = search(WORK / "index", queries, 10, cross["directory"])
+        found, seconds = search(WORK / "index", queries, 10, str(ROOT / cross["directory"]))
         results["rows"].append({"search": f"re-ranked (`--rerank`, top {CANDIDATES})", "cross_encoder": cross,
                                 **rank_metrics(found, answers), "seconds": seconds})
         print(results["rows"][-1], flush=True)

@@ -232,8 +232,13 @@ def data_path(spec: dict[str, Any], key: str) -> str:
     return f"runs/tasks/data/{spec[key]}" if "split" in spec else f"../shared/data/{spec[key]}"
 
 
+def shown(path: Path) -> Path:
+    """A path as a command line in the results shows it: relative to the repository where it is inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def command(name: str, spec: dict[str, Any], init: Path | None) -> str:
-    start = (f"--init-from {init}" if init is not None
+    start = (f"--init-from {shown(init)}" if init is not None
              else f"--tokenizer runs/tasks/{name}-vocab --model-size {spec['model'].removeprefix('scratch-')}")
     parts = [f"bertkit finetune --task {spec['task']} --train {data_path(spec, 'train')}",
              f"--eval {data_path(spec, 'eval')} --format {spec['fmt']} {start}",
@@ -439,7 +444,7 @@ def run_embedding(name: str, spec: dict[str, Any], chinese: Path) -> dict[str, A
         commands.append(command(name, {**spec, "task": embed.NAME}, init))
         commands.append(f"bertkit evaluate runs/tasks/{name}/model {data}")
     else:
-        commands.append(f"bertkit evaluate {init} --task {embed.NAME} {data}")
+        commands.append(f"bertkit evaluate {shown(init)} --task {embed.NAME} {data}")
     metrics = Predictor(checkpoint, task=None if spec["settings"] else embed.NAME,
                         precision="fp32").evaluate(DATA / spec["eval"], spec["fmt"])
     minutes = (time.perf_counter() - started) / 60
@@ -480,7 +485,7 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         shown = {k: v for k, v in r["metrics"].items() if not k.endswith(("_precision", "_recall")) or k.startswith(
             "sentence_")}
-        if "precision" in shown and "f1" in shown:  # an entity scorer's per-type scores stay in the json
+        if r["task"] == "ner":  # each entity type's scores stay in the json
             shown = {k: v for k, v in shown.items() if k in ("precision", "recall", "f1")}
         ours = ", ".join(f"{'**' if k == r['headline'] else ''}{k} {v if k == 'mse' else 100 * v if v <= 1 else v:.1f}"
                          f"{'**' if k == r['headline'] else ''}" for k, v in shown.items() if k != "threshold")

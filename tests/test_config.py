@@ -14,7 +14,8 @@ from bertkit.model import num_parameters
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds(name):
     config = BertConfig.preset(name, vocab_size=1000)
-    expected = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 512), "base": (12, 768)}[name]
+    expected = {"nano": (2, 64), "tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 512),
+                "base": (12, 768)}[name]
     assert (config.num_hidden_layers, config.hidden_size) == expected
     assert config.intermediate_size == 4 * config.hidden_size
     if name != "base":  # building base costs seconds; its size is checked below

@@ -232,3 +232,15 @@ def test_transformers_has_no_span_head_and_loads_the_encoder_alone(tmp_path):
         ours = model.bert(ids, mask, types).last_hidden_state
     keep = mask.bool()
     assert torch.allclose(ours[keep], expected[keep], atol=1e-5)
+
+
+def test_distill_refuses_a_span_head_teacher_saying_why(checkpoint, tmp_path, capsys):
+    from bertkit.cli import main
+
+    root, _ = checkpoint
+    assert main(["distill", "--teacher", str(root / "run" / "model"), "--train", str(root / "train.jsonl"),
+                 "--format", "doccano", "--student-size", "tiny", "--max-steps", "1", "--no-progress",
+                 "--output-dir", str(tmp_path / "student")]) != 0
+    assert "this teacher's head is global_pointer, whose span scores are independent sigmoids" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "student" / "model").exists()

@@ -113,20 +113,20 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pre-train BERT (MLM + NSP, or MLM only) on text or a prepared corpus; resumable; torchrun for DDP."""
     from bertkit.tasks.pretraining import PretrainingOptions, pretrain
-    from bertkit.train_flags import config_from_args
+    from bertkit.train_flags import config_from_args, print_result
 
     result = pretrain(args.train, config_from_args(args), data=args.data, heldout_files=args.heldout,
                       heldout_fraction=args.heldout_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                       model_size=args.model_size, init_from=args.init_from,
                       options=options_from_args(PretrainingOptions, args))
-    _print_result(result, "held-out")
+    print_result(result, "held-out")
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a task head (and the whole encoder) from a pre-trained checkpoint, or from scratch."""
     from bertkit.tasks import task_spec
-    from bertkit.train_flags import config_from_args
+    from bertkit.train_flags import config_from_args, print_result
 
     spec = task_spec(args.task)
     own = {f.name for f in flag_fields(spec.options)} if spec.options else set()
@@ -145,18 +145,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if spec.options:
         common["options"] = options_from_args(spec.options, args)  # the flags given; the class's defaults for the rest
     result = spec.finetune(args.train, config_from_args(args), **common)
-    _print_result(result, "evaluation")
+    print_result(result, "evaluation")
     return 0
 
 
-def _print_result(result: Any, what: str) -> None:
-    """The evaluation of the weights model/ holds (the best evaluated ones), and where the run stopped."""
-    if result.stopped_early:
-        print(f"stopped early at step {result.step} (--patience)")
-    if result.metrics:
-        at = f" of step {result.best_step} (the best)" if result.best_step not in (None, result.step) else ""
-        print(f"{what}{at}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"model: {result.output_dir / 'model'}")
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Distil a fine-tuned checkpoint (the teacher) into a smaller student of the same task, labels and vocabulary."""
+    from bertkit.distill.command import run
+
+    return run(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -487,6 +484,12 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p, TrainConfig(output_dir="runs/finetune", lr=5e-5, epochs=3.0, warmup=0.1))
 
 
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    from bertkit.distill.command import add_arguments
+
+    add_arguments(p)
+
+
 def _prepare_corpus_args(p: argparse.ArgumentParser) -> None:
     from bertkit.demo import EXCLUDE_HELP
 
@@ -569,6 +572,7 @@ COMMANDS.update({
     "prepare-data": (cmd_prepare_data, _prepare_data_args),
     "pretrain": (cmd_pretrain, _pretrain_args),
     "finetune": (cmd_finetune, _finetune_args),
+    "distill": (cmd_distill, _distill_args),
     "evaluate": (cmd_evaluate, _evaluate_args),
     "predict": (cmd_predict, _predict_args),
     "fill-mask": (cmd_fill_mask, _fill_mask_args),

@@ -217,7 +217,8 @@ def _check_label_keys(extra: dict[str, Any], source: str) -> None:
         raise CheckpointError(f"{source}: bertkit_crf must be true or false, got {extra['bertkit_crf']!r}")
 
 
-# Google's BERT miniatures (Turc et al., 2019) and BERT-base: layers, hidden, heads, with intermediate = 4 * hidden.
+# Google's BERT miniatures (Turc et al., 2019) and BERT-base: layers, hidden, heads, with intermediate = 4 * hidden;
+# nano, half of tiny's width, is no miniature: a student that a tiny teacher can be distilled into.
 PRESETS: dict[str, dict[str, int]] = {
     name: {
         "num_hidden_layers": layers,
@@ -226,6 +227,7 @@ PRESETS: dict[str, dict[str, int]] = {
         "intermediate_size": 4 * hidden,
     }
     for name, (layers, hidden, heads) in {
+        "nano": (2, 64, 2),
         "tiny": (2, 128, 2),
         "mini": (4, 256, 4),
         "small": (4, 512, 8),

@@ -139,10 +139,13 @@ def restore(run: Run) -> None:
     if state["world_size"] != run.world or state["global_batch"] != run.global_batch:
         raise TrainingError(f"{resumed_from} was written by a run with {state['world_size']} process(es) and "
                             f"global batch {state['global_batch']}; this run has {run.world} and {run.global_batch}")
-    from bertkit.checkpoint import from_hf_state_dict, read_weights
+    if hasattr(run.task, "load"):  # a model that is more than one checkpoint's weights (distillation's projection)
+        run.task.load(run.model, resumed_from)
+    else:
+        from bertkit.checkpoint import from_hf_state_dict, read_weights
 
-    weights, source = read_weights(resumed_from)
-    from_hf_state_dict(run.model, weights, source, strict=True)
+        weights, source = read_weights(resumed_from)
+        from_hf_state_dict(run.model, weights, source, strict=True)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if changes:

@@ -30,6 +30,7 @@ from bertkit.fileio import atomic_write, atomic_write_text, files_intact, sha256
 
 CHECKPOINTS = "checkpoints"
 STATE_NAME = "training_state.pt"
+TRAINING_ONLY = "training_*"  # files of a checkpoint that only --resume reads (the state, a distillation's projection)
 MANIFEST_NAME = "checkpoint.json"
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
@@ -260,12 +261,12 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def publish(output: Path, source: Path, title: str) -> None:
-    """A checkpoint's (or the best weights') files, config, vocabulary and task.json as OUTPUT/model (swapped in
-    whole), and the curves."""
+    """A checkpoint's (or the best weights') files, config, vocabulary and task.json (not its `training_*` files) as
+    OUTPUT/model (swapped in whole), and the curves."""
     model_dir = output / MODEL_NAME
     tmp = output / f".tmp-model-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(STATE_NAME, MANIFEST_NAME))
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINING_ONLY, MANIFEST_NAME))
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
     plot_curves(output / METRICS_NAME, output / CURVES_NAME, title)

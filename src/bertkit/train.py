@@ -149,7 +149,8 @@ class TrainTask(Protocol):
 
     # Optional: `fingerprint() -> str`, a digest of the encoded training examples (see `resume.data_fingerprint`;
     # pre-training on a prepared corpus adds its held-out shards). `fit` stores it in each checkpoint and `--resume`
-    # refuses different data.
+    # refuses different data. `load(model, directory)`: the inverse of `save`, for `--resume` (default: the
+    # checkpoint's weights into `model`, strictly), where `save` writes more than the model's weights.
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The `--flags` of the commands that train: one per TrainConfig flag field (ranges checked at parse time), and the
-TrainConfig they give."""
+TrainConfig they give; what a training command prints at its end."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def add_train_arguments(parser: Any, defaults: TrainConfig | None = None) -> Non
     """`--flag` for every flag field of TrainConfig (`argtypes.add_dataclass_flags`: the help, type and range are
     the field's), with `defaults`' values as the defaults (a command's own learning rate, output directory ...)."""
     add_dataclass_flags(parser, TrainConfig, defaults=defaults or TrainConfig())
+
+
+def print_result(result: Any, what: str) -> None:
+    """A training command's last words: the evaluation of the weights model/ holds (the best evaluated ones), and
+    where the run stopped."""
+    if result.stopped_early:
+        print(f"stopped early at step {result.step} (--patience)")
+    if result.metrics:
+        at = f" of step {result.best_step} (the best)" if result.best_step not in (None, result.step) else ""
+        print(f"{what}{at}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"model: {result.output_dir / 'model'}")

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import CheckpointError, DataError
 from bertkit.fileio import atomic_write_text
+from bertkit.masking import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
 
 TASK_FILE = "task.json"
@@ -330,3 +332,20 @@ def report_inconsistent_tags(sequences: Sequence[tuple[Sequence[str], int]], pat
                       f"start of a new entity) in {len(lines)} sentence(s) (line{'s' if len(lines) > 1 else ''} "
                       f"{shown})", stacklevel=3)
     return count
+
+
+# ---- what the distillation heads of several tasks share (`TaskSpec.distill`) ----------------------------------------
+
+def one_row_each(batch: dict[str, Any], key: str = "input_ids") -> list[int]:
+    """Soft-target rows per example of a head with one distribution per example (`key`: a tensor with a row per
+    example)."""
+    return [1] * len(batch[key])
+
+
+def labelled_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Summed cross-entropy over the examples that have a label (IGNORE_INDEX: an unlabeled one)."""
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def labelled_count(labels: Tensor) -> float:
+    return float((labels != IGNORE_INDEX).sum())

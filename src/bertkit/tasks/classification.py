@@ -35,6 +35,7 @@ their maximum) into the text's logits, in training, evaluation and prediction al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,15 @@ from torch import Tensor, nn
 from bertkit.argtypes import flag, float_range, int_range
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
+from bertkit.masking import IGNORE_INDEX
 from bertkit.metrics import accuracy, macro_f1, matthews_corrcoef, pearson, per_class_f1, spearman
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import (
     FinetuneTask,
     label_results,
+    labelled_count,
+    labelled_cross_entropy,
+    one_row_each,
     pad_sequences,
     require_examples,
     run_batches,
@@ -80,6 +85,7 @@ from bertkit.tasks.classification_data import (  # noqa: F401 (re-exported: the 
     read_examples,
 )
 from bertkit.tasks.spec import (
+    DistillHead,
     InputField,
     TaskSpec,
     Work,
@@ -471,6 +477,43 @@ def config_extra(info: ClassificationInfo) -> dict[str, Any]:
     return {**id2label(info.labels), **({"problem_type": info.problem_type} if info.problem_type != SINGLE else {})}
 
 
+def distill_task(tokenizer: Tokenizer, info: ClassificationInfo, train_file: Path, eval_file: Path | None,
+                 fmt: str | None, limit: int | None) -> ClassificationTask:
+    """The TrainTask of a distillation: `train_file` on the teacher's labels. Soft targets are one softmax per text,
+    so a teacher whose outputs are sigmoids (multi-label), a score (regression) or pooled windows is refused."""
+    if info.problem_type != SINGLE or info.long_text == "windows":
+        what = "long texts in windows" if info.long_text == "windows" else f"a {info.problem_type} head"
+        raise DataError(f"distillation teaches single-label classification of one sequence; the teacher has {what}")
+    fmt = fmt or "tsv"
+    train = require_examples(take(read_examples(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_examples(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    return ClassificationTask(tokenizer, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
+
+
+def add_unlabeled(task: ClassificationTask, lines: list[tuple[int, str]], source: str) -> None:
+    """Unlabeled texts for the soft targets, one a line; a tab separates a text pair."""
+    pairs = [line.split("\t", 1) if "\t" in line else [line, None] for _, line in lines]
+    rows, cut = encode(task.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], task.info)
+    warn_truncated(source, cut, len(pairs), task.info.max_seq_len)
+    task.train.extend(Encoded(r, IGNORE_INDEX) for r in rows)
+
+
+def augmented(example: Encoded, change: Callable[[list[int]], list[int]]) -> Encoded:
+    """An unlabeled copy of a training example whose token ids went through `change`."""
+    return Encoded([(change(ids), types) for ids, types in example.rows], IGNORE_INDEX)
+
+
+DISTILL = DistillHead(
+    build=distill_task,
+    forward=_logits,
+    logits=lambda out, b: {"cls": out},  # (B, C)
+    rows=lambda b: {"cls": one_row_each(b)},
+    hard=lambda m, out, b, info: {"cls": labelled_cross_entropy(out, b["labels"])},
+    hard_counts=lambda b, info: {"cls": labelled_count(b["labels"])},
+    augment=lambda task, i, change: task.train.append(augmented(task.train[i], change)),
+    unlabeled=add_unlabeled,
+)
+
 SPEC = TaskSpec(
     name=NAME,
     description="a label, a set of labels or a score for a text or a text pair ([CLS] -> linear)",
@@ -488,4 +531,5 @@ SPEC = TaskSpec(
     evaluate=evaluate_file,
     config_extra=config_extra,
     work=work,
+    distill=DISTILL,
 )

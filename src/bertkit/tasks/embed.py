@@ -543,4 +543,5 @@ SPEC = TaskSpec(
     evaluate=evaluate_file,
     load=load_encoder,
     pretrained_info=pretrained_info,
+    not_distilled="sentence vectors, not logits over classes: soft targets do not apply",
 )

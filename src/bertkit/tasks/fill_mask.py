@@ -119,4 +119,5 @@ SPEC = TaskSpec(
     load=load,
     work=work,
     pretrained_info=defaults_for(FillMaskInfo),
+    not_distilled="a pre-trained head, not a fine-tuned task",
 )

@@ -23,23 +23,46 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import DataError
 from bertkit.fileio import read_lines
+from bertkit.masking import IGNORE_INDEX
 from bertkit.metrics import accuracy, span_prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks.base import FinetuneTask, report_inconsistent_tags, require_examples, run_batches, take
+from bertkit.tasks.base import (
+    FinetuneTask,
+    labelled_count,
+    labelled_cross_entropy,
+    one_row_each,
+    report_inconsistent_tags,
+    require_examples,
+    run_batches,
+    take,
+)
 from bertkit.tasks.ner import _read_conll
-from bertkit.tasks.spec import InputField, TaskSpec, bool_field, choice_field, labels_field, seq_len_field
+from bertkit.tasks.spec import (
+    DistillHead,
+    InputField,
+    TaskSpec,
+    bool_field,
+    choice_field,
+    labels_field,
+    seq_len_field,
+)
 from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
     assemble,
+    check_teacher_tags,
     collate,
     convert_scheme,
+    copy_piece,
     crf_option,
     encode_sentences,
     entities_with_offsets,
+    labelled_tag_count,
+    labelled_tag_loss,
     normalise_tag,
     scheme_option,
     tag_set,
+    unlabeled_pieces,
     word_level_option,
     words_of,
 )
@@ -292,6 +315,41 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: IntentSlotInfo, inputs
             for text, intent, t, p, (words, offsets) in zip(texts, intents, tags, probabilities, split, strict=True)]
 
 
+def distill_task(tokenizer: Tokenizer, info: IntentSlotInfo, train_dir: Path, eval_dir: Path | None,
+                 fmt: str | None, limit: int | None) -> IntentSlotTask:
+    """The TrainTask of a distillation: `train_dir`'s utterances on the teacher's intents, scheme and slot tags."""
+    fmt = fmt or "atis"
+    train = require_examples(take(read_utterances(train_dir, fmt), limit), train_dir, "training")
+    check_teacher_tags(train, info, train_dir)
+    for u in train:
+        if u.intent not in info.intents:
+            raise DataError(f"intent {u.intent!r} is not in the teacher's intent set {info.intents}", str(train_dir),
+                            u.line)
+    heldout = require_examples(read_utterances(eval_dir, fmt), eval_dir, "evaluation") if eval_dir else []
+    return IntentSlotTask(tokenizer, train, heldout, info, source=str(train_dir), heldout_source=str(eval_dir))
+
+
+def _add_unlabeled(task: IntentSlotTask, lines: list[tuple[int, str]], source: str) -> None:
+    task.train_intents.extend([IGNORE_INDEX] * unlabeled_pieces(task, lines, source, whole=True))
+
+
+def _augment(task: IntentSlotTask, index: int, change: Any) -> None:
+    copy_piece(task, index, change)
+    task.train_intents.append(IGNORE_INDEX)
+
+
+DISTILL = DistillHead(
+    build=distill_task,
+    forward=lambda m, b: m(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["word_index"]),
+    logits=lambda out, b: {"intent": out[0], "slot": out[1][b["word_mask"]]},  # (B, I) and (words, C)
+    rows=lambda b: {"intent": one_row_each(b), "slot": b["word_mask"].sum(1).tolist()},
+    hard=lambda m, out, b, info: {"intent": labelled_cross_entropy(out[0], b["intent"]),
+                                  "slot": labelled_tag_loss(m.head, out[1], b)},
+    hard_counts=lambda b, info: {"intent": labelled_count(b["intent"]), "slot": labelled_tag_count(b, info.crf)},
+    augment=_augment,
+    unlabeled=_add_unlabeled,
+)
+
 SPEC = TaskSpec(
     name=NAME,
     description="the intent of an utterance and its slots with character offsets (JointBERT)",
@@ -309,4 +367,5 @@ SPEC = TaskSpec(
     headline="slot_f1",
     config_extra=lambda info: {"bertkit_intents": info.intents, "bertkit_slots": info.labels,
                                "bertkit_crf": info.crf},
+    distill=DISTILL,
 )

@@ -30,17 +30,21 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines, read_text
+from bertkit.masking import IGNORE_INDEX
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import (
     FinetuneTask,
     SkipReport,
+    labelled_count,
+    labelled_cross_entropy,
+    one_row_each,
     pad_sequences,
     require_examples,
     run_batches,
     take,
     warn_truncated,
 )
-from bertkit.tasks.spec import InputField, TaskSpec, Work, seq_len_field, sequence
+from bertkit.tasks.spec import DistillHead, InputField, TaskSpec, Work, seq_len_field, sequence
 from bertkit.tokenizer import Tokenizer
 
 NAME = "multiple_choice"
@@ -325,6 +329,27 @@ def work(item: dict[str, Any], info: MultipleChoiceInfo) -> Work:
     return total
 
 
+def distill_task(tokenizer: Tokenizer, info: MultipleChoiceInfo, train_file: Path, eval_file: Path | None,
+                 fmt: str | None, limit: int | None) -> MultipleChoiceTask:
+    """The TrainTask of a distillation: the questions of `train_file`."""
+    fmt = fmt or "jsonl"
+    train = require_examples(take(read_questions(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_questions(eval_file, fmt, split="dev"), eval_file, "evaluation") if eval_file \
+        else []
+    return MultipleChoiceTask(tokenizer, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
+
+
+DISTILL = DistillHead(
+    build=distill_task,
+    forward=_scores,
+    logits=lambda out, b: {"choice": out},  # (B, most choices in the batch), -inf where a question has fewer
+    rows=lambda b: {"choice": one_row_each(b, "choice_mask")},
+    hard=lambda m, out, b, info: {"choice": labelled_cross_entropy(out, b["labels"])},
+    hard_counts=lambda b, info: {"choice": labelled_count(b["labels"])},
+    augment=lambda task, i, change: task.train.append(([change(c) for c in task.train[i][0]], task.train[i][1],
+                                                       IGNORE_INDEX)),
+)  # no unlabeled texts: an input is a question with its choices
+
 SPEC = TaskSpec(
     name=NAME,
     description="the right answer among choices (one [CLS] score per choice, softmax over the choices)",
@@ -344,4 +369,5 @@ SPEC = TaskSpec(
     headline="accuracy",
     work=work,
     validate=validate,
+    distill=DISTILL,
 )

@@ -47,6 +47,7 @@ from bertkit.tasks.base import (
 from bertkit.tasks.spans import SPAN_FORMATS, SpanText, check_types, read_span_texts
 from bertkit.tasks.spec import (
     MAX_POSITIONS,
+    DistillHead,
     InputField,
     TaskSpec,
     Work,
@@ -64,16 +65,21 @@ from bertkit.tasks.tagging import (
     Piece,
     TaggingHead,
     assemble,
+    check_teacher_tags,
     collate,
     convert_scheme,
+    copy_piece,
     crf_option,
     encode_sentences,
     entities_with_offsets,
     flatten_spans,
+    labelled_tag_count,
+    labelled_tag_loss,
     normalise_tag,
     scheme_option,
     spans_to_tags,
     tag_set,
+    unlabeled_pieces,
     word_level_option,
     words_of,
 )
@@ -500,6 +506,31 @@ def config_extra(info: NerInfo) -> dict[str, Any]:
     return {**id2label(info.labels), "bertkit_crf": info.crf}
 
 
+def distill_task(tokenizer: Tokenizer, info: NerInfo, train_file: Path, eval_file: Path | None, fmt: str | None,
+                 limit: int | None) -> NerTask:
+    """The TrainTask of a distillation: `train_file`'s sentences, tagged in the teacher's scheme and tag set. A span
+    head teacher is refused: its spans are independent sigmoids, not one softmax over tags to soften."""
+    if info.head == GLOBAL_POINTER:
+        raise DataError(f"distill teaches a tagger; this teacher's head is {GLOBAL_POINTER}, whose span scores are "
+                        "independent sigmoids (fine-tune a smaller model with --head global_pointer instead)")
+    fmt = fmt or "conll"
+    train = require_examples(take(read_sentences(train_file, fmt), limit), train_file, "training")
+    check_teacher_tags(train, info, train_file)
+    heldout = require_examples(read_sentences(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    return NerTask(tokenizer, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
+
+
+DISTILL = DistillHead(
+    build=distill_task,
+    forward=lambda m, b: m(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["word_index"]),
+    logits=lambda out, b: {"tag": out[b["word_mask"]]},  # (words, C): each row's words, in order
+    rows=lambda b: {"tag": b["word_mask"].sum(1).tolist()},
+    hard=lambda m, out, b, info: {"tag": labelled_tag_loss(m.head, out, b)},
+    hard_counts=lambda b, info: {"tag": labelled_tag_count(b, info.crf)},
+    augment=copy_piece,
+    unlabeled=lambda task, lines, source: unlabeled_pieces(task, lines, source, whole=False),
+)
+
 SPEC = TaskSpec(
     name=NAME,
     description="named entities with character offsets (a tag per word, optional CRF; or every span scored, "
@@ -519,4 +550,5 @@ SPEC = TaskSpec(
     headline="f1",
     work=work,
     config_extra=config_extra,
+    distill=DISTILL,
 )

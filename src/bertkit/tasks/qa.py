@@ -401,4 +401,6 @@ SPEC = TaskSpec(
     evaluate=evaluate_file,
     headline="f1",
     work=work,
+    not_distilled=("its answers are spans scored over overlapping document windows; one window's start and end logits "
+                   "are not a distribution over the answer"),
 )

@@ -33,18 +33,30 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
+from bertkit.masking import IGNORE_INDEX
 from bertkit.metrics import accuracy, prf
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks.base import (
     FinetuneTask,
     SkipReport,
     label_results,
+    labelled_count,
+    labelled_cross_entropy,
+    one_row_each,
     pad_sequences,
     require_examples,
     run_batches,
     take,
 )
-from bertkit.tasks.spec import InputField, TaskSpec, choice_field, id2label, labels_field, seq_len_field
+from bertkit.tasks.spec import (
+    DistillHead,
+    InputField,
+    TaskSpec,
+    choice_field,
+    id2label,
+    labels_field,
+    seq_len_field,
+)
 from bertkit.tokenizer import Tokenizer
 
 NAME = "relation"
@@ -473,6 +485,26 @@ def validate(item: dict[str, Any], index: int) -> None:
         _locate(item, index)
 
 
+def distill_task(tokenizer: Tokenizer, info: RelationInfo, train_file: Path, eval_file: Path | None,
+                 fmt: str | None, limit: int | None) -> RelationTask:
+    """The TrainTask of a distillation: `train_file` (in the teacher's format by default) on the teacher's labels."""
+    fmt = fmt or info.format
+    train = require_examples(take(read_examples(train_file, fmt), limit), train_file, "training")
+    heldout = require_examples(read_examples(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+    return RelationTask(tokenizer, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
+
+
+DISTILL = DistillHead(
+    build=distill_task,
+    forward=lambda m, b: m(b["input_ids"], b["attention_mask"], None, b["e1_mask"], b["e2_mask"]),
+    logits=lambda out, b: {"relation": out},  # (B, C)
+    rows=lambda b: {"relation": one_row_each(b)},
+    hard=lambda m, out, b, info: {"relation": labelled_cross_entropy(out, b["labels"])},
+    hard_counts=lambda b, info: {"relation": labelled_count(b["labels"])},
+    # the entity markers are special tokens: augmentation keeps them, so the entity spans stay where they were
+    augment=lambda task, i, change: task.train.append((change(task.train[i][0]), *task.train[i][1:5], IGNORE_INDEX)),
+)  # no unlabeled texts: an input needs its entity pair marked
+
 SPEC = TaskSpec(
     name=NAME,
     description="the relation between two entities of a sentence (R-BERT, entity markers)",
@@ -491,4 +523,5 @@ SPEC = TaskSpec(
     evaluate=evaluate_file,
     config_extra=lambda info: id2label(info.labels),
     validate=validate,
+    distill=DISTILL,
 )

@@ -79,6 +79,8 @@ class TaskSpec:
     pretrained_info: Callable[[Path, Any], Any] | None = None  # None: a pre-trained checkpoint cannot run this task
     work: Callable[[dict[str, Any], Any], Work] = field(default=lambda item, info: one_sequence(item, info))
     validate: Callable[[dict[str, Any], int], None] | None = None
+    distill: DistillHead | None = None  # how `bertkit distill` teaches this task to a student; None: it does not
+    not_distilled: str = ""  # where `distill` is None: why (said to a user who asks to distil the task)
     heads: dict[str, type[nn.Module]] = field(default_factory=dict)
 
     def model_for(self, info: Any) -> type[nn.Module]:
@@ -126,6 +128,34 @@ class TaskSpec:
     def write_info(self, info: Any) -> dict[str, Any]:
         """task.json's object: the task's name and its info."""
         return {"task": self.name, **dataclasses.asdict(info)}
+
+
+@dataclass(frozen=True)
+class DistillHead:
+    """How `bertkit distill` reads a task whose head gives logits over classes (`TaskSpec.distill`, declared in the
+    task's file). `task` is the task's TrainTask; an unlabeled or augmented example's label is IGNORE_INDEX.
+
+    - `build(tokenizer, info, train, heldout, fmt, limit)`: the TrainTask on the teacher's info, its training and
+      held-out files read in format `fmt` (None: the task's default); a label the teacher does not know is an error
+      naming the file and line;
+    - `forward(model, batch)`: the model's output on a batch;
+    - `logits(output, batch)`: term -> (R, C) logits the soft targets apply to, rows in example order;
+    - `rows(batch)`: term -> how many of those rows each example of the batch has;
+    - `hard(model, output, batch, info)` / `hard_counts(batch, info)`: term -> the summed loss over the labelled
+      examples, and its count;
+    - `augment(task, index, change)`: append a copy of training example `index`, unlabeled, whose token ids went
+      through `change` (which keeps their length);
+    - `unlabeled(task, lines, source)`: append unlabeled texts ((line number, text) pairs of file `source`); None
+      where an input is more than a text."""
+
+    build: Callable[..., Any]
+    forward: Callable[[nn.Module, dict[str, Any]], Any]
+    logits: Callable[[Any, dict[str, Any]], dict[str, Any]]
+    rows: Callable[[dict[str, Any]], dict[str, list[int]]]
+    hard: Callable[[nn.Module, Any, dict[str, Any], Any], dict[str, Any]]
+    hard_counts: Callable[[dict[str, Any], Any], dict[str, float]]
+    augment: Callable[[Any, int, Callable[[list[int]], list[int]]], None]
+    unlabeled: Callable[[Any, list[tuple[int, str]], str], Any] | None = None
 
 
 def defaults_for(info: type) -> Callable[[Path, Any], Any]:

@@ -14,12 +14,13 @@ from bertkit.argtypes import flag
 from bertkit.config import BertConfig
 from bertkit.crf import CRF
 from bertkit.errors import DataError
+from bertkit.masking import IGNORE_INDEX
 from bertkit.metrics import get_entities
 from bertkit.model import Dropout, init_weights
-from bertkit.tasks.base import pad_sequences, warn_truncated
+from bertkit.tasks.base import pad_sequences, report_inconsistent_tags, warn_truncated
 from bertkit.tokenizer import Tokenizer
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX  # a word without a known tag
 
 # The finetune options both tagging tasks take (one `--flag` each, whose help is true for both)
 
@@ -234,3 +235,64 @@ def entities_with_offsets(text: str, tags: list[str], offsets: list[tuple[int, i
         start, end = offsets[first][0], offsets[last][1]
         spans.append({"type": kind, "start": start, "end": end, "text": text[start:end]})
     return spans
+
+
+# ---- distillation (`TaskSpec.distill` of both tagging tasks) ---------------------------------------------------------
+
+def labelled_tag_loss(head: TaggingHead, emissions: Tensor, batch: dict[str, Any]) -> Tensor:
+    """The tagger's loss over the labelled sentences of a batch: cross-entropy skips unknown tags by itself; the
+    CRF's likelihood needs every tag of a sentence, so an unlabeled sentence is left out of it."""
+    tags, words = batch["tags"], batch["word_mask"]
+    if head.crf is None:
+        return head.loss_sum(emissions, tags, words)[0]
+    labelled = ((tags != IGNORE) & words).any(1)  # (B,)
+    if not bool(labelled.any()):
+        return emissions.float().sum() * 0.0
+    return head.loss_sum(emissions[labelled], tags[labelled], words[labelled])[0]
+
+
+def labelled_tag_count(batch: dict[str, Any], crf: bool) -> float:
+    """The count `labelled_tag_loss` is divided by: labelled sentences for the CRF, known tags otherwise."""
+    known = (batch["tags"] != IGNORE) & batch["word_mask"]
+    return float(known.any(1).sum()) if crf else float(known.sum())
+
+
+def check_teacher_tags(sequences: list[Any], info: Any, source: Any) -> None:
+    """Sequences' tags (`.tags`, `.line`) rewritten in the teacher's scheme; a tag the teacher does not know is an
+    error naming the line."""
+    report_inconsistent_tags([(s.tags, s.line) for s in sequences], source)
+    known = set(info.labels)
+    for s in sequences:
+        s.tags = convert_scheme(s.tags, info.scheme)
+        unknown = [t for t in s.tags if t not in known]
+        if unknown:
+            raise DataError(f"tag {unknown[0]!r} is not in the teacher's tag set {info.labels}", str(source), s.line)
+
+
+def unlabeled_pieces(task: Any, lines: list[tuple[int, str]], source: str, whole: bool) -> int:
+    """Unlabeled texts, split into words as the task predicts them, appended to `task.train` as pieces without tags;
+    `whole`: a text must fit one sequence (intent detection reads all of it), else it is skipped and counted in a
+    warning. Returns how many pieces were appended."""
+    import warnings
+
+    words = [words_of(text, task.info.word_level)[0] for _, text in lines]
+    pieces = encode_sentences(task.tokenizer, words, None, task.info.max_seq_len, source)
+    if whole:
+        counts: dict[int, int] = {}
+        for piece in pieces:
+            counts[piece.sentence] = counts.get(piece.sentence, 0) + 1
+        pieces = [p for p in pieces if counts[p.sentence] == 1]
+        if len(pieces) < len(lines):
+            warnings.warn(f"{source}: {len(lines) - len(pieces)} unlabeled utterance(s) skipped: empty, or longer "
+                          f"than max_seq_len={task.info.max_seq_len} tokens", stacklevel=3)
+    task.train.extend(pieces)
+    return len(pieces)
+
+
+def copy_piece(task: Any, index: int, change: Any) -> None:
+    """Append training piece `index` again, unlabeled, its token ids through `change`."""
+    import dataclasses
+
+    piece = task.train[index]
+    task.train.append(dataclasses.replace(piece, input_ids=change(piece.input_ids),
+                                          labels=[IGNORE] * len(piece.labels)))

@@ -451,4 +451,6 @@ SPEC = TaskSpec(
     heads={PIPELINE: BertForTriples, gplinker.HEAD: gplinker.BertForGPLinker},
     config_extra=lambda info: {**id2label(info.labels), "bertkit_predicates": info.predicates,
                                **({"bertkit_head": info.head} if info.head != PIPELINE else {})},
+    not_distilled="its pair head scores each predicate with an independent sigmoid (gplinker's pointers each span "
+                  "and link), not one softmax to soften",
 )
