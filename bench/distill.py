@@ -290,6 +290,8 @@ def main() -> int:
         result = measure(name, row, runs)
         result.update(date=time.strftime("%Y-%m-%d"), machine=cpu_name(), threads=torch.get_num_threads(),
                       limit=row["limit"], teacher=TEACHERS[row["teacher"]])
+        for run in result["models"].values():  # stored relative to the repository, as the commands show them
+            run["model"] = str(Path(run["model"]).resolve().relative_to(ROOT))
         results[name] = result
         OUT.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
