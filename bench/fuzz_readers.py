@@ -168,7 +168,8 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
     """name -> (read(path of the generated file or directory), layout): `file`, `header` (a header row first),
     `atis` / `cais` / `sighan` (a directory or file pair built around the lines), `squad` (one JSON document)."""
     from bertkit.corpus import read_documents, read_peoples_daily, read_reviews
-    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples
+    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples_data
+    from bertkit.tasks.spans import SPAN_FORMATS
     from bertkit.tokenizer import Tokenizer
 
     readers: dict[str, tuple[Callable[[Path], Any], str]] = {}
@@ -183,12 +184,13 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
             lambda p, f=fmt: classification.read_examples(p, f, skip_bad_lines=True), layout)
     for fmt in ner.FORMATS:
         readers[f"ner {fmt}"] = (lambda p, f=fmt: ner.read_sentences(p, f), "file")
-        readers[f"ner {fmt} skip"] = (lambda p, f=fmt: ner.read_sentences(p, f, skip_bad_lines=True), "file")
+        if fmt not in SPAN_FORMATS:  # a span file's bad record is always an error (it names the entity)
+            readers[f"ner {fmt} skip"] = (lambda p, f=fmt: ner.read_sentences(p, f, skip_bad_lines=True), "file")
     for fmt in relation.FORMATS:
         readers[f"relation {fmt}"] = (lambda p, f=fmt: relation.read_examples(p, f), "file")
-    for fmt in triples.FORMATS:
-        readers[f"triples {fmt}"] = (lambda p, f=fmt: triples.read_records(p, f), "file")
-        readers[f"triples {fmt} skip"] = (lambda p, f=fmt: triples.read_records(p, f, skip_bad_lines=True), "file")
+    for fmt in triples_data.FORMATS:
+        readers[f"triples {fmt}"] = (lambda p, f=fmt: triples_data.read_records(p, f), "file")
+        readers[f"triples {fmt} skip"] = (lambda p, f=fmt: triples_data.read_records(p, f, skip_bad_lines=True), "file")
     readers["spelling tsv"] = (lambda p: spelling.read_pairs(p, "tsv"), "file")
     readers["spelling sighan"] = (lambda p: spelling.read_pairs(p, "sighan"), "sighan")
     readers["spelling confusions"] = (lambda p: spelling.read_confusions(p), "file")
@@ -205,7 +207,7 @@ def _readers() -> dict[str, tuple[Callable[[Path], Any], str]]:
 def _encoder(tok: Any) -> Callable[[str, Any], Any]:
     """name, what the reader returned -> the task's training encoding of it (the step after reading, where a bad
     example would otherwise surface as a crash in the tokenizer or torch)."""
-    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples
+    from bertkit.tasks import classification, intent_slot, ner, qa, relation, spelling, triples, triples_data
     from bertkit.tasks.tagging import convert_scheme, tag_set
 
     relation_tok = tok.with_special_tokens(relation.MARKERS)
@@ -234,8 +236,8 @@ def _encoder(tok: Any) -> Callable[[str, Any], Any]:
             info = relation.RelationInfo(sorted({e.label for e in result if e.label}), 64, name.split()[1])
             return relation.RelationTask(relation_tok, [e for e in result if e.label], result, info, source="fuzz")
         if task == "triples":
-            level = triples.WORD_LEVEL[name.split()[1]]
-            located = [triples.locate(r, level) for r in result]
+            level = triples_data.WORD_LEVEL[name.split()[1]]
+            located = [triples_data.locate(r, level) for r in result]
             labels, predicates, _ = triples.label_sets(located)
             info = triples.TriplesInfo(labels, predicates or ["p"], 24, level)  # a set without entities: O only
             return triples.TriplesTask(tok, result, result, info, source="fuzz", located=located)

@@ -96,6 +96,34 @@ def test_prepare_corpus_keeps_excluded_evaluation_texts_out_of_pretraining(tmp_p
     assert "nope.tsv" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_a_flag_two_tasks_share_takes_each_ones_choices_and_help():
+    import argparse
+    from dataclasses import dataclass
+
+    from bertkit.argtypes import add_dataclass_flags, flag, options_from_args
+    from bertkit.errors import BertkitError
+
+    @dataclass
+    class First:
+        head: str = flag("a or b", "a", choices=("a", "b"))
+        size: int = flag("how big", 1, type=int)
+
+    @dataclass
+    class Second:
+        head: str = flag("c or d", "c", choices=("c", "d"))
+        size: int = flag("how big", 2, type=int)
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_flags(parser, First, Second, owners=["one", "two"])
+    text = " ".join(parser.format_help().split())
+    assert "--head {a,b,c,d}" in text and "one: a or b; two: c or d (default: one a, two c)" in text
+    assert "one, two: how big (default: one 1, two 2)" in text
+    assert options_from_args(Second, parser.parse_args(["--head", "d"])) == Second(head="d")
+    assert options_from_args(First, parser.parse_args([])) == First()
+    with pytest.raises(BertkitError, match="--head c: choose one of a, b here"):
+        options_from_args(First, parser.parse_args(["--head", "c"]))
+
+
 def test_training_flags_come_from_train_config_with_each_command_s_defaults(capsys):
     """Every TrainConfig flag field is a flag of both training commands, with its help; finetune and pretrain
     differ only in their own defaults; --bf16 / --no-bf16 / neither give True / False / None (decide)."""

@@ -71,6 +71,26 @@ def test_span_loss_by_hand():
     assert span_loss(sure, targets).item() < 1e-10 + 3 * math.exp(-30)
 
 
+def test_span_loss_equals_the_dense_formula_with_its_gradient():
+    torch.manual_seed(3)
+    logits = (torch.randn(3, 2, 5, 5) * 30).masked_fill(torch.ones(5, 5, dtype=torch.bool).tril(-1), NEG)
+    targets = torch.zeros(3, 2, 5, 5)
+    targets[0, 0, 1, 3] = targets[0, 0, 2, 2] = targets[1, 1, 0, 4] = targets[2, 0, 0, 0] = 1  # row (2, 1): none
+
+    def dense(s, t):  # every pair of every row, positives and negatives alike
+        s, t = s.reshape(6, -1), t.reshape(6, -1).bool()
+        zero = s.new_zeros(6, 1)
+        neg = torch.logsumexp(torch.cat((s.masked_fill(t, NEG), zero), 1), 1)
+        pos = torch.logsumexp(torch.cat(((-s).masked_fill(~t, NEG), zero), 1), 1)
+        return (neg + pos).mean()
+
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    span_loss(ours, targets).backward()
+    dense(theirs, targets).backward()
+    assert torch.allclose(span_loss(logits, targets), dense(logits, targets), atol=1e-5)
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-6)
+
+
 def test_decode_spans_returns_type_start_end_above_the_threshold():
     logits = torch.full((2, 2, 3, 3), -1.0)
     logits[0, 1, 0, 2] = 0.3

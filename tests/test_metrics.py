@@ -6,6 +6,7 @@ import pytest
 
 from bertkit.metrics import (
     accuracy,
+    entity_prf,
     get_entities,
     macro_f1,
     matthews_corrcoef,
@@ -54,6 +55,19 @@ def test_span_f1_by_hand():
     assert span_prf([["B-PER", "I-PER"]], [["B-PER", "O"]])["f1"] == 0.0
     with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted"):
         span_prf([["O", "O"]], [["O"]])
+
+
+def test_entity_f1_counts_nested_entities_and_each_type_by_hand():
+    gold = [{("ORG", 2, 6), ("LOC", 2, 4)}, {("PER", 0, 2)}]  # LOC inside ORG
+    pred = [{("ORG", 2, 6), ("LOC", 2, 4), ("LOC", 3, 4)}, set()]
+    scores = entity_prf(gold, pred, ["LOC", "ORG", "PER"])
+    assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert (scores["LOC_precision"], scores["LOC_recall"], scores["ORG_f1"]) == (0.5, 1.0, 1.0)
+    assert (scores["PER_precision"], scores["PER_recall"], scores["PER_f1"]) == (0.0, 0.0, 0.0)
+    # flat entities: span_prf's numbers
+    tags = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]], [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
+    flat = entity_prf(*([get_entities(t) for t in side] for side in tags))
+    assert {k: flat[k] for k in ("precision", "recall", "f1")} == span_prf(*tags)
 
 
 def test_pearson_and_spearman_by_hand():

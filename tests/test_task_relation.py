@@ -107,3 +107,64 @@ def test_the_real_wsc_files_read_every_row():
     val = read_examples(shared_data("superglue", "WSC", "val.jsonl"), "wsc")
     assert (len(train), len(val)) == (554, 104)
     assert sum(e.label == "false" for e in val) == 66  # the majority class: 63.5%
+
+
+def cluewsc_rows() -> list[dict]:
+    """CLUEWSC2020's layout: character offsets, labels as the strings "true"/"false", an idx per row."""
+    rows = []
+    for giver, taker in [("小明", "小红"), ("老王", "小李"), ("张三", "李四"), ("妈妈", "姐姐")]:
+        text = f"{giver}把书给了{taker}，因为她想看。"
+        pronoun = text.index("她")
+        for noun, label in ((taker, "true"), (giver, "false")):
+            rows.append({"target": {"span2_index": pronoun, "span1_index": text.index(noun), "span1_text": noun,
+                                    "span2_text": "她"}, "idx": len(rows), "label": label, "text": text})
+    return rows
+
+
+def test_cluewsc_spans_are_located_by_character_offset_and_its_labels_read(tmp_path):
+    from bertkit.tasks.relation import mark_spans
+
+    text = "这时候放在床上枕头旁边的手机响了，我感到奇怪，因为欠费已被停机两个月，现在它突然响了。"
+    target = {"span2_index": 37, "span1_index": 5, "span1_text": "床", "span2_text": "它"}  # CLUEWSC2020 train idx 0
+    assert text[37] == "它" and mark_spans(text, target) == (
+        "这时候放在 <e1> 床 </e1> 上枕头旁边的手机响了，我感到奇怪，因为欠费已被停机两个月，"
+        "现在 <e2> 它 </e2> 突然响了。")
+    # one off: the nearest occurrence; a spaced text whose spans sit at character offsets, not token indices
+    assert mark_spans("他说他会来", {**target, "span1_index": 1, "span1_text": "他", "span2_index": 2,
+                                  "span2_text": "他"}) == " <e1> 他 </e1> 说 <e2> 他 </e2> 会来"
+    assert mark_spans("ab 是 cd", {"span1_index": 0, "span1_text": "ab", "span2_index": 5, "span2_text": "cd"}) == \
+        " <e1> ab </e1>  是  <e2> cd </e2> "
+    path = tmp_path / "train.json"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cluewsc_rows()), encoding="utf-8")
+    examples = read_examples(path, "wsc")
+    assert [e.label for e in examples[:2]] == ["true", "false"] and len(examples) == 8
+    assert examples[0].text == "小明把书给了 <e1> 小红 </e1> ，因为 <e2> 她 </e2> 想看。"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**cluewsc_rows()[0], "label": "maybe"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r'bad\.json:1: label must be true or false \(or "true"/"false"\), got '
+                                        r"'maybe'"):
+        read_examples(bad, "wsc")
+
+
+def test_a_file_whose_every_row_is_skipped_says_so_and_why(tmp_path):
+    rows = [{**r, "target": {**r["target"], "span1_text": "王五"}} for r in cluewsc_rows()[:3]]
+    path = tmp_path / "wsc.json"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=r"wsc\.json: every record was skipped, so none is left: 3 row\(s\) whose span "
+                                        r"is not in the text \('王五'\) \(lines 1, 2, 3\)"):
+        read_examples(path, "wsc")
+
+
+def test_a_cluewsc_file_trains_and_evaluates(tmp_path):
+    data = tmp_path / "train.json"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cluewsc_rows() * 3), encoding="utf-8")
+    Tokenizer.train([r["text"] for r in cluewsc_rows()], vocab_size=80, min_frequency=1).save_pretrained(
+        tmp_path / "vocab")
+    config = TrainConfig(output_dir=str(tmp_path / "run"), batch_size=8, max_steps=40, lr=3e-3, warmup=2,
+                         log_every=10, progress=False, bf16=False, seed=0)
+    result = relation.finetune(data, config, eval_file=data, fmt="wsc", tokenizer=tmp_path / "vocab",
+                               model_size="tiny", max_seq_len=32)
+    assert result.metrics["accuracy"] == 1.0
+    from bertkit.predict import Predictor
+
+    assert Predictor(tmp_path / "run" / "model", device="cpu").evaluate(data, "wsc")["accuracy"] == 1.0

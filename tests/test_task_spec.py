@@ -71,6 +71,11 @@ def test_the_finetune_flags_come_from_the_specs(capsys):
         for f in dataclasses.fields(spec.options) if spec.options else ():
             assert f"--{f.name.replace('_', '-')}" in help_text
     assert "ner, intent_slot: a CRF layer" in help_text  # one flag, the tasks that take it named in its help
+    # --head: one flag, each task's own heads and help; a head of another task is refused, naming this task's
+    assert "--head {tagger,global_pointer,pipeline,gplinker}" in help_text
+    assert "(default: ner tagger, triples pipeline)" in help_text and "; triples: pipeline: an entity" in help_text
+    assert main(["finetune", "--task", "triples", "--head", "global_pointer", "--train", "x.json"]) != 0
+    assert "--head global_pointer: choose one of pipeline, gplinker here" in capsys.readouterr().err
 
 
 # ---- fill-mask -----------------------------------------------------------------------------------------------

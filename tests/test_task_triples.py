@@ -13,6 +13,7 @@ from bertkit import BertConfig, DataError, Tokenizer
 from bertkit.cli import main
 from bertkit.predict import Predictor
 from bertkit.tasks import triples as kg
+from bertkit.tasks import triples_data as kgdata
 from tests.conftest import randomize_, shared_data
 from tests.serving import duie_line, make_triples_checkpoint
 
@@ -26,19 +27,19 @@ def test_duie_reader_and_its_errors(tmp_path):
     path = tmp_path / "duie.json"
     path.write_text(_duie("许巍：曾经的你", ("曾经的你", "歌曲", "歌手", "许巍", "人物")) + "\n\n"
                     + json.dumps({"text": "无", "spo_list": [{"subject": "a", "predicate": "p", "object": "b"}]}))
-    first, second = kg.read_records(path, "duie")
-    assert first.triples == [kg.Triple("曾经的你", "歌手", "许巍", "歌曲", "人物")] and first.line == 1
-    assert second.triples == [kg.Triple("a", "p", "b", kg.UNTYPED, kg.UNTYPED)] and second.line == 3
+    first, second = kgdata.read_records(path, "duie")
+    assert first.triples == [kgdata.Triple("曾经的你", "歌手", "许巍", "歌曲", "人物")] and first.line == 1
+    assert second.triples == [kgdata.Triple("a", "p", "b", kgdata.UNTYPED, kgdata.UNTYPED)] and second.line == 3
     path.write_text(_duie("x", ("x", "t", "p", "y", "t")) + "\n" + json.dumps({"text": "x", "spo_list": [{}]}))
     with pytest.raises(DataError, match=r"duie.json:2: bad duie record: subject must be a non-empty string"):
-        kg.read_records(path, "duie")
+        kgdata.read_records(path, "duie")
     with pytest.warns(UserWarning, match=r"duie.json: skipped 1 malformed record\(s\) \(line 2\)"):
-        assert len(kg.read_records(path, "duie", skip_bad_lines=True)) == 1
+        assert len(kgdata.read_records(path, "duie", skip_bad_lines=True)) == 1
     path.write_text(_duie("x", ("x", "t", "p", "y", "t")) + "\n{not json\n")
     with pytest.raises(DataError, match=r"duie.json:2: bad duie record: not JSON \(Expecting property name"):
-        kg.read_records(path, "duie")
+        kgdata.read_records(path, "duie")
     with pytest.warns(UserWarning, match=r"skipped 1 malformed record\(s\) \(line 2\)"):
-        assert len(kg.read_records(path, "duie", skip_bad_lines=True)) == 1
+        assert len(kgdata.read_records(path, "duie", skip_bad_lines=True)) == 1
 
 
 def test_webnlg_reader_gives_the_line_each_record_starts_on(tmp_path):
@@ -46,30 +47,30 @@ def test_webnlg_reader_gives_the_line_each_record_starts_on(tmp_path):
     records = [{"text": "Texas demonym is Tejano .", "triple_list": [["Texas", "demonym", "Tejano"]]},
                {"text": "A is in B .", "triple_list": [["A", "location", "B"], ["B", "contains", "A"]]}]
     path.write_text(json.dumps(records, indent=4))
-    texas, other = kg.read_records(path, "webnlg")
+    texas, other = kgdata.read_records(path, "webnlg")
     assert texas.line == 2 and other.line == 2 + json.dumps(records[0], indent=4).count("\n") + 1
-    assert other.triples[1] == kg.Triple("B", "contains", "A")
+    assert other.triples[1] == kgdata.Triple("B", "contains", "A")
     path.write_text(json.dumps(records[0]) + "\n" + json.dumps({"text": "x", "triple_list": [["x", "r"]]}) + "\n")
     with pytest.raises(DataError, match=r"webnlg.json:2: .*\[subject, relation, object\]"):
-        kg.read_records(path, "webnlg")
+        kgdata.read_records(path, "webnlg")
     path.write_text('[{"text": "x", "triple_list": []}')
     with pytest.raises(DataError, match="not closed"):
-        kg.read_records(path, "webnlg")
+        kgdata.read_records(path, "webnlg")
 
 
 def test_locate_counts_what_cannot_be_extracted():
-    record = kg.Record("The manager of 1 . FC Köln is Peter , 1 . FC Köln won .", [
-        kg.Triple("1 . FC Köln", "manager", "Peter"),
-        kg.Triple("1 . FC", "manager", "Peter"),  # only inside the longer entity
-        kg.Triple("Köln", "country", "Germany"),  # Germany is not in the text; Köln only inside
-        kg.Triple("Pet", "alias", "Peter")], 7)  # "Pet" is not at word boundaries
-    loc = kg.locate(record, "space")
+    record = kgdata.Record("The manager of 1 . FC Köln is Peter , 1 . FC Köln won .", [
+        kgdata.Triple("1 . FC Köln", "manager", "Peter"),
+        kgdata.Triple("1 . FC", "manager", "Peter"),  # only inside the longer entity
+        kgdata.Triple("Köln", "country", "Germany"),  # Germany is not in the text; Köln only inside
+        kgdata.Triple("Pet", "alias", "Peter")], 7)  # "Pet" is not at word boundaries
+    loc = kgdata.locate(record, "space")
     assert [(s[1], s[2], s[3]) for s in loc.spans] == [(3, 6, "1 . FC Köln"), (8, 8, "Peter"), (10, 13, "1 . FC Köln")]
     assert loc.trainable == record.triples[:1]
     assert loc.problems == {"triple(s) with an entity only inside a longer one": 1,
                             "triple(s) with an entity not in the text at word boundaries": 2}
-    typed = kg.locate(kg.Record("张三的父亲是张大", [kg.Triple("张三", "父亲", "张大", "人物", "人物"),
-                                                   kg.Triple("张大", "职业", "张三", "职业", "人物")], 1), "char")
+    typed = kgdata.locate(kgdata.Record("张三的父亲是张大", [kgdata.Triple("张三", "父亲", "张大", "人物", "人物"),
+                                                   kgdata.Triple("张大", "职业", "张三", "职业", "人物")], 1), "char")
     assert [s[:3] for s in typed.spans] == [("人物", 0, 1), ("人物", 6, 7)]
     assert typed.problems == {"second type(s) of an entity in one record (its first type kept)": 1}
 
@@ -78,12 +79,12 @@ def test_triple_prf_by_hand():
     gold = [{("a", "p", "b"), ("a", "q", "c")}, {("x", "p", "y")}, set()]
     pred = [{("a", "p", "b"), ("b", "p", "a")}, set(), {("m", "p", "n")}]
     # tp 1; fp 2 (b p a, m p n); fn 2 (a q c, x p y)
-    metrics = kg.triple_prf(gold, pred)
+    metrics = kgdata.triple_prf(gold, pred)
     assert metrics["precision"] == pytest.approx(1 / 3) and metrics["recall"] == pytest.approx(1 / 3)
     assert metrics["f1"] == pytest.approx(1 / 3)
-    assert kg.triple_prf([set()], [set()]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert kgdata.triple_prf([set()], [set()]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     with pytest.raises(ValueError, match="2 gold sentences but 1 predicted"):
-        kg.triple_prf([set(), set()], [set()])
+        kgdata.triple_prf([set(), set()], [set()])
 
 
 def _info(predicates, max_seq_len=32):
@@ -92,7 +93,7 @@ def _info(predicates, max_seq_len=32):
 
 def test_pair_targets_and_chunked_triples_are_counted(tmp_path):
     tok = Tokenizer.train(["张三的父亲是张大，曾经的你是许巍演唱的歌曲"], vocab_size=60, min_frequency=1)
-    record = kg.Record("张三的父亲是张大", [kg.Triple("张三", "父亲", "张大", "人物", "人物")], 4)
+    record = kgdata.Record("张三的父亲是张大", [kgdata.Triple("张三", "父亲", "张大", "人物", "人物")], 4)
     [row] = kg.encode(tok, [record], _info(["歌手", "父亲"]), source="train.json")
     assert [e[1:] for e in row.entities] == [(0, 1, "张三"), (6, 7, "张大")]
     assert row.pairs == [(0, 1, (1,)), (1, 0, ())]  # 张三 -父亲-> 张大; the reverse pair is a negative
@@ -107,11 +108,11 @@ def test_pair_targets_and_chunked_triples_are_counted(tmp_path):
 
 
 def test_the_real_duie_and_webnlg_files_read():
-    duie = kg.read_records(shared_data("kg", "duie", "duie_train.json"), "duie")
+    duie = kgdata.read_records(shared_data("kg", "duie", "duie_train.json"), "duie")
     assert len(duie) == 4000 and sum(len(r.triples) for r in duie) == 7227
-    webnlg = kg.read_records(shared_data("kg", "webnlg", "test_triples.json"), "webnlg")
+    webnlg = kgdata.read_records(shared_data("kg", "webnlg", "test_triples.json"), "webnlg")
     assert len(webnlg) == 703 and sum(len(r.triples) for r in webnlg) == 1607
-    schema = kg.read_schema(shared_data("kg", "duie", "duie_schema.json"))
+    schema = kgdata.read_schema(shared_data("kg", "duie", "duie_schema.json"))
     assert len(schema) == 48 and ["娱乐人物", "配音", "人物"] in schema
 
 
@@ -135,7 +136,7 @@ def test_tiny_end_to_end_predict_json_and_schema(tmp_path, capsys):
     checkpoint = make_triples_checkpoint(tmp_path)
     predictor = Predictor(checkpoint, precision="fp32")
     assert predictor.task == "triples"
-    records = kg.read_records(tmp_path / "train.json", "duie")
+    records = kgdata.read_records(tmp_path / "train.json", "duie")
     metrics = kg.score(predictor.model, predictor.tokenizer, predictor.info, records)
     assert metrics["f1"] == 1.0 and metrics["entity_f1"] == 1.0
     assert main(["evaluate", str(checkpoint), "--data", str(tmp_path / "train.json")]) == 0

@@ -10,6 +10,7 @@ from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 from bertkit.config import SIZE_LIMITS
+from bertkit.errors import BertkitError
 
 
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -99,10 +100,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
     type from its metadata), its value stored under the field's name for `options_from_args`.
 
     With `owners` (one name per class, e.g. the tasks whose options these are), a field that several classes share
-    is one flag: its help names the owners that take it and is the same for each; the flag's default is None (the
-    class's default applies), so a caller can tell which flags were given. With `defaults` (an instance of the one
-    class), its values are the flags' defaults instead of the class's (a command that trains with its own learning
-    rate, say)."""
+    is one flag: its help names the owners that take it (one help for all where they say the same, else each
+    owner's own), and its choices are every owner's (`options_from_args` checks the owner's own); the flag's
+    default is None (the class's default applies), so a caller can tell which flags were given. With `defaults` (an
+    instance of the one class), its values are the flags' defaults instead of the class's (a command that trains
+    with its own learning rate, say)."""
     if defaults is not None and (owners or len(classes) != 1 or not isinstance(defaults, classes[0])):
         raise ValueError("defaults is an instance of the one class given, without owners")
     shared: dict[str, list[tuple[str, Field[Any]]]] = {}
@@ -113,8 +115,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
         first = found[0][1]
         default = _default(first, defaults)
         helps = {f.metadata["help"] for _, f in found}
-        if len(helps) > 1:
-            raise ValueError(f"the flag of {name!r} has different help texts in {[o for o, _ in found]}: {helps}")
+        if len(helps) > 1 and not owners:
+            raise ValueError(f"the flag of {name!r} has different help texts: {helps}")
         owner_defaults = {owner: _default(f, defaults) for owner, f in found}
         negation = first.metadata.get("negation")
         switch = isinstance(default, bool) or negation is not None
@@ -123,8 +125,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
         if owners:
             same = len({repr(value) for value in owner_defaults.values()}) == 1
             shown = str(default) if same else ", ".join(f"{owner} {value}" for owner, value in owner_defaults.items())
-            kwargs["help"] = (f"{', '.join(owner_defaults)}: {first.metadata['help']}"
-                              f"{'' if quiet else f' (default: {shown})'}")
+            said = (f"{', '.join(owner_defaults)}: {first.metadata['help']}" if len(helps) == 1 else
+                    "; ".join(f"{owner}: {f.metadata['help']}" for owner, f in found))
+            kwargs["help"] = f"{said}{'' if quiet else f' (default: {shown})'}"
             kwargs["default"] = None  # the class's default applies; None tells a caller the flag was not given
         else:
             kwargs["help"] = first.metadata["help"] + ("" if quiet else " (default: %(default)s)")
@@ -136,15 +139,25 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, *classes: type, owners:
         if switch:
             kwargs["action"] = "store_false" if default else "store_true"
         else:
-            for key in ("choices", "type", "nargs", "metavar"):
+            for key in ("type", "nargs", "metavar"):
                 if first.metadata.get(key) is not None:
                     kwargs[key] = first.metadata[key]
+            # every owner's choices (heads differ by task); options_from_args checks the owner's own
+            choices = list(dict.fromkeys(c for _, f in found for c in f.metadata.get("choices") or ()))
+            if choices:
+                kwargs["choices"] = choices
         parser.add_argument(_flag_name(first, default), **kwargs)
 
 
 def options_from_args(cls: type, args: argparse.Namespace) -> Any:
     """An instance of the options dataclass `cls` from parsed flags (`add_dataclass_flags`): a flag left at None
-    keeps the class's default."""
+    keeps the class's default; a value outside the field's own choices (a flag several classes share) is an
+    error."""
     values = {f.name: getattr(args, f.name) for f in flag_fields(cls)
               if getattr(args, f.name, None) is not None}
+    for f in flag_fields(cls):
+        choices = f.metadata.get("choices")
+        if f.name in values and choices and values[f.name] not in choices:  # a shared flag's other owner's choice
+            raise BertkitError(f"{_flag_name(f, _default(f))} {values[f.name]}: choose one of "
+                               f"{', '.join(choices)} here")
     return cls(**values)

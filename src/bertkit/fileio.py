@@ -1,5 +1,6 @@
 """Files in and out: crash-safe writing (every file bertkit produces is written to a temporary name, synced, then
-renamed), and reading text files and stdin line by line with errors that name the path and line."""
+renamed), and reading text files, JSON lines and JSON arrays, and stdin line by line with errors that name the path and
+line."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import json
 import os
 import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bertkit.errors import DataError
 
@@ -95,6 +97,46 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     DataError naming the file (and the line)."""
     for number, line, _ in read_line_pieces(path, None):
         yield number, line
+
+
+class NotJSON(str):
+    """A line that is not JSON (why), in place of its value: the reader refuses or skips it."""
+
+
+def json_lines(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; a line that is not JSON gives a NotJSON."""
+    items: list[tuple[int, Any]] = []
+    for number, line in read_lines(path):
+        if line.strip():
+            try:
+                items.append((number, json.loads(line)))
+            except (json.JSONDecodeError, RecursionError) as exc:
+                items.append((number, NotJSON(f"not JSON ({exc})")))
+    return items
+
+
+def json_items(path: str | Path) -> list[tuple[int, Any]]:
+    """The elements of a (pretty-printed) JSON array with the line each starts on; JSON lines are read too."""
+    text = "\n".join(line for _, line in read_lines(path))
+    start = len(text) - len(text.lstrip())
+    if text[start:start + 1] != "[":
+        return json_lines(path)
+    decoder, items = json.JSONDecoder(), []
+    position, line, counted = start + 1, 1, 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text):
+            raise DataError("the JSON array is not closed with ]", str(path), text.count("\n") + 1)
+        line += text.count("\n", counted, position)
+        counted = position
+        if text[position] == "]":
+            return items
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise DataError(f"not JSON: {exc}", str(path), line) from exc
+        items.append((line, value))
 
 
 # bytes read at a time from a line that has no end in sight: what a reader of a corpus without newlines holds

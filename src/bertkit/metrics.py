@@ -1,5 +1,6 @@
-"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition),
-Pearson and Spearman correlation, recall@k and MRR@k of ranks."""
+"""Pure metric functions: accuracy, per-class and macro P/R/F1, MCC, entity-span P/R/F1 (seqeval's definition; exact
+(type, start, end) matches, nested entities included, overall and per type), Pearson and Spearman correlation,
+recall@k and MRR@k of ranks."""
 
 from __future__ import annotations
 
@@ -144,3 +145,20 @@ def span_prf(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> di
         found.update((i, *e) for e in get_entities(p))
     precision, recall, f1 = prf(len(true & found), len(found - true), len(true - found))
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def entity_prf(gold: Sequence[Iterable[tuple[str, int, int]]], pred: Sequence[Iterable[tuple[str, int, int]]],
+               types: Iterable[str] | None = None) -> dict[str, float]:
+    """Exact-match micro P/R/F1 of (type, start, end) entities over texts (nested and overlapping entities count
+    each), then each type's as `TYPE_precision`, `TYPE_recall`, `TYPE_f1` (`types`: which, in order; default every
+    type in gold or pred). For flat entities the overall numbers are `span_prf`'s."""
+    _same_length(gold, pred)
+    true = {(i, *e) for i, entities in enumerate(gold) for e in entities}
+    found = {(i, *e) for i, entities in enumerate(pred) for e in entities}
+    precision, recall, f1 = prf(len(true & found), len(found - true), len(true - found))
+    out = {"precision": precision, "recall": recall, "f1": f1}
+    kinds = list(types) if types is not None else sorted({e[1] for e in true | found})
+    for kind in kinds:
+        t, f = {e for e in true if e[1] == kind}, {e for e in found if e[1] == kind}
+        out[f"{kind}_precision"], out[f"{kind}_recall"], out[f"{kind}_f1"] = prf(len(t & f), len(f - t), len(t - f))
+    return out

@@ -85,7 +85,8 @@ class Predictor:
             if self.spec.load is not None:
                 self.model = self.spec.load(self.directory, config).eval()
             else:
-                self.model = self.spec.model.from_pretrained(self.directory, strict=True, config=config).eval()
+                model_class = self.spec.model_for(self.info)
+                self.model = model_class.from_pretrained(self.directory, strict=True, config=config).eval()
         self.task = self.spec.name
         encoder = self.model.bert if hasattr(self.model, "bert") else self.model
         self.fingerprint: str | None = None

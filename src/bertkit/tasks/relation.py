@@ -6,11 +6,14 @@ Input formats (`--format`):
 - `semeval`: `relation<TAB>sentence`, entities marked in the sentence as `<e1> ... </e1>` and `<e2> ... </e2>`.
 - `chinese_nre` (FinRE, SanWen): `head<TAB>tail<TAB>relation<TAB>sentence`; the first occurrences of head and
   tail in the sentence are marked (non-overlapping); blank lines are ignored.
-- `wsc` (SuperGLUE WSC, a span-pair task): JSON lines `{"text", "target": {"span1_text", "span1_index", "span2_text",
-  "span2_index"}, "label": true|false}`; the noun phrase (span 1) is marked <e1>, the pronoun (span 2) <e2>, at their
-  whitespace-token indices; where a span's tokens are not at its index (an off-by-one index, a name split across
-  the text) the nearest occurrence of its words is marked, and a span found nowhere skips the row, counted. The
-  label is "true" (the pronoun refers to the noun phrase) or "false".
+- `wsc` (SuperGLUE WSC and CLUEWSC2020, a span-pair task): JSON lines `{"text", "target": {"span1_text",
+  "span1_index", "span2_text", "span2_index"}, "label": true|false}`; the noun phrase (span 1) is marked <e1>, the
+  pronoun (span 2) <e2>, at their whitespace-token indices (SuperGLUE), or at their character offsets where the
+  text has no spaces (CLUEWSC2020's Chinese; also a spaced text whose spans are at their character offsets and not
+  at their token indices); where a span is not at its index (an off-by-one index, a name split across the text)
+  its nearest occurrence is marked, and a span found nowhere skips the row, counted (a file whose every row is
+  skipped is an error saying why). The label is true (the pronoun refers to the noun phrase) or false, as JSON
+  booleans or the strings "true"/"false".
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: boo
         try:
             if fmt == "wsc":
                 record = json.loads(line)
-                label = {True: "true", False: "false", None: ""}[record.get("label")]
+                label = wsc_label(record.get("label"))
                 text = mark_spans(record["text"], record["target"])
             elif fmt == "semeval":
                 if len(cells) != 2:
@@ -188,7 +191,7 @@ def read_examples(path: str | Path, fmt: str = "semeval", *, skip_bad_lines: boo
             if not skip_bad_lines:
                 raise DataError(reason(exc), str(path), number) from exc
             report.skip(number, "malformed line(s)")
-    report.report()
+    report.report(len(examples))
     return examples
 
 
@@ -211,17 +214,62 @@ def _find_span(tokens: list[str], words: list[str], index: int) -> int:
     return min(starts, key=lambda i: abs(i - index))
 
 
-def mark_spans(text: str, target: dict[str, Any]) -> str:
-    """WSC: <e1> around the noun phrase (span 1) and <e2> around the pronoun (span 2), located by token index."""
+def wsc_label(value: Any) -> str:
+    """A WSC label as stored: JSON true/false (SuperGLUE) or the strings "true"/"false" (CLUEWSC2020); absent or
+    null: no label (a test file)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower()
+    raise ValueError(f'label must be true or false (or "true"/"false"), got {value!r:.40}')
+
+
+def _at_characters(text: str, parts: list[str], indices: list[int]) -> bool:
+    """Whether the span indices count characters (CLUEWSC2020) rather than whitespace-separated tokens (SuperGLUE):
+    a text without spaces has only characters; a text with spaces, where both spans are at their character offsets
+    and not both at their token indices."""
+    if not any(c.isspace() for c in text.strip()):
+        return True
     tokens = text.split()
+    at_tokens = all([_word(t) for t in tokens[i : i + len(p.split())]] == [_word(w) for w in p.split()]
+                    for p, i in zip(parts, indices, strict=True))
+    return not at_tokens and all(text.startswith(p, i) for p, i in zip(parts, indices, strict=True))
+
+
+def _find_characters(text: str, part: str, index: int) -> int:
+    """The start of `part` in `text`: at `index` where it is there, else its nearest occurrence."""
+    if not part:
+        raise SpanNotFound("an empty span")
+    starts = _occurrences(text, part)
+    if not starts:
+        raise SpanNotFound(f"{part!r:.40}")
+    return min(starts, key=lambda i: abs(i - index))
+
+
+def mark_spans(text: str, target: dict[str, Any]) -> str:
+    """WSC: <e1> around the noun phrase (span 1) and <e2> around the pronoun (span 2), located by token index, or
+    by character offset (`_at_characters`: CLUEWSC2020's Chinese texts)."""
+    parts = [str(target[f"span{k}_text"]) for k in (1, 2)]
+    indices = [int(target[f"span{k}_index"]) for k in (1, 2)]
+    characters = _at_characters(text, parts, indices)
     spans = []
-    for k in (1, 2):
-        words = str(target[f"span{k}_text"]).split()
-        start = _find_span(tokens, words, int(target[f"span{k}_index"]))
-        spans.append((start, start + len(words), k))
+    if characters:
+        for k, (part, index) in enumerate(zip(parts, indices, strict=True), start=1):
+            start = _find_characters(text, part, index)
+            spans.append((start, start + len(part), k))
+    else:
+        tokens = text.split()
+        for k, (part, index) in enumerate(zip(parts, indices, strict=True), start=1):
+            words = part.split()
+            start = _find_span(tokens, words, index)
+            spans.append((start, start + len(words), k))
     inside = [a for a in spans for b in spans if a is not b and b[0] <= a[0] and a[1] <= b[1]]
     if spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1] and not inside:
         raise SpanNotFound("the two spans cross")
+    if characters:
+        return "".join(_with_markers(list(text), spans, lambda marker: f" {marker} "))
     return " ".join(_with_markers(tokens, spans))
 
 

@@ -42,7 +42,7 @@ class TaskSpec:
     - `config_extra(info) -> dict`: the config.json entries derived from info (id2label for transformers), written
       when the model is saved and checked when it is loaded;
     - `load(directory, config) -> model`, for tasks whose model class depends on the checkpoint (else the model
-      class is loaded strictly);
+      class, `model_for(info)`, is loaded strictly);
     - `pretrained_info(directory, config) -> info`, for a task that runs on any pre-trained checkpoint (one without
       task.json: fill-mask, sentence vectors): its info for that checkpoint (`defaults_for` gives the info class's
       defaults, max_seq_len at most the checkpoint's positions);
@@ -54,7 +54,8 @@ class TaskSpec:
       run before the input is batched with others.
     `view` tells the web page how to show a result: which result keys hold a label, probabilities, spans (and over
     which input field), a corrected text, fill-mask candidates, graph edges (subject, predicate, object with
-    their types) or a vector.
+    their types) or a vector. `heads`: a task with more than one head names each head's model class, and its
+    info's `head` field says which one a checkpoint holds (`model` is the default head's class).
     """
 
     name: str
@@ -80,6 +81,11 @@ class TaskSpec:
     validate: Callable[[dict[str, Any], int], None] | None = None
     distill: DistillHead | None = None  # how `bertkit distill` teaches this task to a student; None: it does not
     not_distilled: str = ""  # where `distill` is None: why (said to a user who asks to distil the task)
+    heads: dict[str, type[nn.Module]] = field(default_factory=dict)
+
+    def model_for(self, info: Any) -> type[nn.Module]:
+        """The model class of a checkpoint with this info: the head its `head` field names, else `model`."""
+        return self.heads.get(getattr(info, "head", ""), self.model)
 
     @property
     def trainable(self) -> bool:

@@ -83,6 +83,23 @@ def spans_to_tags(length: int, spans: list[tuple[str, int, int]]) -> list[str]:
     return tags
 
 
+def flatten_spans(spans: list[tuple[str, int, int]]) -> tuple[list[tuple[str, int, int]], int, int]:
+    """The (type, first, last) spans one tag per word can hold, outermost first: each span is kept unless it
+    overlaps one kept before it (taken by start, longest first). Returns (kept, how many dropped were inside a kept
+    span (nested, or the same words with another type), how many dropped crossed one)."""
+    kept: list[tuple[str, int, int]] = []
+    nested = crossing = 0
+    for span in sorted(spans, key=lambda s: (s[1], -s[2], s[0])):
+        over = [k for k in kept if k[1] <= span[2] and span[1] <= k[2]]
+        if not over:
+            kept.append(span)
+        elif any(k[1] <= span[1] and span[2] <= k[2] for k in over):
+            nested += 1
+        else:
+            crossing += 1
+    return sorted(kept, key=lambda s: s[1]), nested, crossing
+
+
 @dataclass
 class Piece:
     """One model input: a chunk of a sentence. `positions` are the word indices that have a first word piece."""

@@ -1,25 +1,15 @@
 """Knowledge-graph triples from raw text: (subject, predicate, object) with entity types, for a graph's nodes and
-edges. One encoder, two heads, one checkpoint: a word-level BIO tagger finds the typed entities, then a pair head
-scores every ordered pair of entities found in one sequence against every predicate (sigmoid: a pair may hold
-several), kept where the schema allows the pair's types for the predicate. Trained jointly (gold entities feed the
-pair head), decoded as a pipeline. Scored as DuIE and WebNLG are: exact string match of (subject, predicate, object),
-micro P/R/F1 over sentences.
-
-Input formats (`--format`):
-- `duie` (DuIE 2.0): JSON lines `{"text", "spo_list": [{"subject", "subject_type", "predicate", "object": {"@value":
-  ...}, "object_type": {"@value": ...}}]}` (a plain string object and object_type are read too). Complex objects'
-  extra slots (inWork, onDate, ...) are not extracted: a triple is its main value. Characters are the words.
-- `webnlg` (the exact-match WebNLG of CasRel / TPLinker): a JSON array (or JSON lines) of `{"text", "triple_list":
-  [[subject, relation, object], ...]}`; untyped (every entity is ENTITY); whitespace-separated words.
-
-Gold triples whose subject or object does not occur in the text (at word boundaries), or only inside a longer
-entity, or whose two entities fall in different max_seq_len chunks, cannot be extracted: they are counted in one
-warning per file, left out of training and kept in scoring (they count as misses).
+edges. Two heads (`--head`, recorded in the checkpoint). `pipeline` (this file): a word-level BIO tagger finds the
+typed entities, then a pair head scores every ordered pair of entities found in one sequence against every predicate
+(sigmoid: a pair may hold several), kept where the schema allows the pair's types for the predicate; trained jointly
+(gold entities feed the pair head), decoded as a pipeline. `gplinker` (tasks/gplinker.py): span pointers for
+subjects and objects, and per-predicate pointers from subject to object, over every pair of a window. Scored as DuIE
+and WebNLG are: exact string match of (subject, predicate, object), micro P/R/F1 over sentences. The formats, the
+schema and how entities are located: tasks/triples_data.py.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +20,10 @@ from torch import Tensor, nn
 
 from bertkit.argtypes import flag
 from bertkit.config import BertConfig
-from bertkit.errors import DataError, reason
-from bertkit.fileio import read_lines
-from bertkit.metrics import get_entities, prf
+from bertkit.errors import DataError
+from bertkit.metrics import get_entities
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
-from bertkit.tasks import tagging
+from bertkit.tasks import gplinker, tagging
 from bertkit.tasks.base import FinetuneTask, SkipReport, require_examples, run_batches, take
 from bertkit.tasks.spec import (
     InputField,
@@ -45,205 +34,27 @@ from bertkit.tasks.spec import (
     labels_field,
     seq_len_field,
 )
-from bertkit.tasks.tagging import Piece, TaggingHead, encode_sentences, spans_to_tags, tag_set, words_of
+from bertkit.tasks.tagging import Piece, TaggingHead, encode_sentences, spans_to_tags, tag_set
+from bertkit.tasks.triples_data import (
+    FORMATS,
+    WORD_LEVEL,
+    Located,
+    Record,
+    locate,
+    read_records,
+    read_schema,
+    score_extracted,
+)
 from bertkit.tokenizer import Tokenizer
 
 NAME = "triples"
-FORMATS = ("duie", "webnlg")
-WORD_LEVEL = {"duie": "char", "webnlg": "space"}
-UNTYPED = "ENTITY"
-SECOND_TYPE = "second type(s) of an entity in one record (its first type kept)"
+PIPELINE = "pipeline"
+HEADS = (PIPELINE, gplinker.HEAD)
 # Entity pairs scored per chunk of text, at most: the nearest ones where the tagger found more entities than that
 # many pairs need (23 entities: 506 pairs). A text of one repeated name tags an entity every few words, and every
 # ordered pair of 255 entities is 64,770 pairs a chunk, 64 chunks a batch: gigabytes, and seconds of Python.
 MAX_PAIRS = 512
 PAIR_BATCH = 16_384  # pairs through the pair head at once
-
-
-@dataclass(frozen=True)
-class Triple:
-    subject: str
-    predicate: str
-    object: str
-    subject_type: str = UNTYPED
-    object_type: str = UNTYPED
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return self.subject, self.predicate, self.object
-
-
-@dataclass
-class Record:
-    text: str
-    triples: list[Triple]
-    line: int
-
-
-# ---- readers ------------------------------------------------------------------------------------------------------
-
-def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = False) -> list[Record]:
-    """Texts with their gold triples; a malformed record is an error naming the file and line (or, with
-    `skip_bad_lines`, skipped and counted)."""
-    if fmt not in FORMATS:
-        raise DataError(f"unknown triples format {fmt!r}; choose one of {FORMATS}")
-    report = SkipReport(path)
-    records = []
-    for number, item in (_json_lines(path) if fmt == "duie" else _json_items(path)):
-        try:
-            if isinstance(item, NotJSON):
-                raise ValueError(str(item))
-            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise ValueError('expected an object with a string "text"')
-            parse = _duie_triples if fmt == "duie" else _webnlg_triples
-            records.append(Record(item["text"], parse(item), number))
-        except (ValueError, KeyError, TypeError) as exc:
-            if not skip_bad_lines:
-                raise DataError(f"bad {fmt} record: {reason(exc)}", str(path), number) from exc
-            report.skip(number, "malformed record(s)")
-    report.report()
-    return records
-
-
-class NotJSON(str):
-    """A line that is not JSON (why), in place of its value: the reader refuses or skips it."""
-
-
-def _json_lines(path: str | Path) -> list[tuple[int, Any]]:
-    items: list[tuple[int, Any]] = []
-    for number, line in read_lines(path):
-        if line.strip():
-            try:
-                items.append((number, json.loads(line)))
-            except (json.JSONDecodeError, RecursionError) as exc:
-                items.append((number, NotJSON(f"not JSON ({exc})")))
-    return items
-
-
-def _json_items(path: str | Path) -> list[tuple[int, Any]]:
-    """The elements of a (pretty-printed) JSON array with the line each starts on; JSON lines are read too."""
-    text = "\n".join(line for _, line in read_lines(path))
-    start = len(text) - len(text.lstrip())
-    if text[start:start + 1] != "[":
-        return _json_lines(path)
-    decoder, items = json.JSONDecoder(), []
-    position, line, counted = start + 1, 1, 0
-    while True:
-        while position < len(text) and text[position] in " \t\r\n,":
-            position += 1
-        if position >= len(text):
-            raise DataError("the JSON array is not closed with ]", str(path), text.count("\n") + 1)
-        line += text.count("\n", counted, position)
-        counted = position
-        if text[position] == "]":
-            return items
-        try:
-            value, position = decoder.raw_decode(text, position)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise DataError(f"not JSON: {exc}", str(path), line) from exc
-        items.append((line, value))
-
-
-def _value(value: Any, what: str) -> str:
-    """A DuIE field: a string, or an object whose "@value" is one (complex objects' other slots are not read)."""
-    if isinstance(value, dict):
-        value = value.get("@value")
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string (or an object with one in \"@value\"), got {value!r:.60}")
-    return value.strip()
-
-
-def _duie_triples(item: dict[str, Any]) -> list[Triple]:
-    spo = item.get("spo_list", [])
-    if not isinstance(spo, list):
-        raise ValueError(f'"spo_list" must be a list, got {type(spo).__name__}')
-    triples = []
-    for t in spo:
-        if not isinstance(t, dict):
-            raise ValueError(f"each spo_list item must be an object, got {t!r:.60}")
-        triples.append(Triple(_value(t.get("subject"), "subject"), _value(t.get("predicate"), "predicate"),
-                              _value(t.get("object"), "object"),
-                              _value(t.get("subject_type", UNTYPED), "subject_type"),
-                              _value(t.get("object_type", UNTYPED), "object_type")))
-    return triples
-
-
-def _webnlg_triples(item: dict[str, Any]) -> list[Triple]:
-    listed = item.get("triple_list", [])
-    if not isinstance(listed, list):
-        raise ValueError(f'"triple_list" must be a list, got {type(listed).__name__}')
-    triples = []
-    for t in listed:
-        if not (isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) and x.strip() for x in t)):
-            raise ValueError(f"each triple must be [subject, relation, object] strings, got {t!r:.80}")
-        triples.append(Triple(t[0].strip(), t[1].strip(), t[2].strip()))
-    return triples
-
-
-def read_schema(path: str | Path) -> list[list[str]]:
-    """DuIE's schema file (JSON lines `{"subject_type", "predicate", "object_type": {"@value": ...}}`) as
-    [subject_type, predicate, object_type] rows."""
-    rows = []
-    for number, item in _json_lines(path):
-        try:
-            if isinstance(item, NotJSON):
-                raise ValueError(str(item))
-            rows.append([_value(item["subject_type"], "subject_type"), _value(item["predicate"], "predicate"),
-                         _value(item["object_type"], "object_type")])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"bad schema row: {reason(exc)}", str(path), number) from exc
-    return rows
-
-
-# ---- locating entities --------------------------------------------------------------------------------------------
-
-@dataclass
-class Located:
-    """A record's words and its entities' word spans: (type, first, last, name), every non-overlapping occurrence."""
-
-    words: list[str]
-    offsets: list[tuple[int, int]]
-    spans: list[tuple[str, int, int, str]]
-    trainable: list[Triple]  # the gold triples whose two entities were found
-    problems: dict[str, int] = field(default_factory=dict)  # why other triples cannot be extracted
-
-
-def locate(record: Record, word_level: str) -> Located:
-    """Find every occurrence of each entity name at word boundaries; a longer entity wins an overlap (1 . FC Köln
-    over 1 . FC); an entity given two types in one record keeps the first."""
-    words, offsets = words_of(record.text, word_level)
-    starts = {s: i for i, (s, _) in enumerate(offsets)}
-    ends = {e: i for i, (_, e) in enumerate(offsets)}
-    types: dict[str, str] = {}
-    problems: dict[str, int] = {}
-    for t in record.triples:
-        for name, kind in ((t.subject, t.subject_type), (t.object, t.object_type)):
-            if types.setdefault(name, kind) != kind:
-                problems[SECOND_TYPE] = problems.get(SECOND_TYPE, 0) + 1
-    taken = [False] * len(words)
-    spans, found, inside = [], set(), set()
-    for name in sorted(types, key=lambda n: (-len(n), n)):
-        position = record.text.find(name)
-        while position >= 0:
-            first, last = starts.get(position), ends.get(position + len(name))
-            if first is not None and last is not None and first <= last:
-                if any(taken[first : last + 1]):
-                    inside.add(name)
-                else:
-                    taken[first : last + 1] = [True] * (last - first + 1)
-                    spans.append((types[name], first, last, name))
-                    found.add(name)
-            position = record.text.find(name, position + 1)
-    trainable = []
-    for t in record.triples:
-        missing = [n for n in (t.subject, t.object) if n not in found]
-        if not missing:
-            trainable.append(t)
-            continue
-        reason = ("triple(s) with an entity only inside a longer one" if all(n in inside for n in missing)
-                  else "triple(s) with an entity not in the text at word boundaries")
-        problems[reason] = problems.get(reason, 0) + 1
-    return Located(words, offsets, sorted(spans, key=lambda s: s[1]), trainable, problems)
 
 
 # ---- the model ----------------------------------------------------------------------------------------------------
@@ -477,31 +288,10 @@ def extract(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, texts: li
     return results
 
 
-def triple_prf(gold: list[set[tuple[str, str, str]]], pred: list[set[tuple[str, str, str]]]) -> dict[str, float]:
-    """Exact-match micro precision / recall / F1 over sentences: a triple counts only with subject, predicate and
-    object all equal to a gold one (strings compared exactly)."""
-    if len(gold) != len(pred):
-        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
-    tp = sum(len(g & p) for g, p in zip(gold, pred, strict=True))
-    fp = sum(len(p - g) for g, p in zip(gold, pred, strict=True))
-    fn = sum(len(g - p) for g, p in zip(gold, pred, strict=True))
-    precision, recall, f1 = prf(tp, fp, fn)
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
 def score(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, records: list[Record], batch_size: int = 64
           ) -> dict[str, float]:
-    """Triple P/R/F1 against every gold triple (those that cannot be extracted count as misses), plus entity F1
-    (entity names per sentence)."""
-    predicted = extract(model, tokenizer, info, [r.text for r in records], batch_size)
-    gold = [{t.key for t in r.triples} for r in records]
-    pred = [{(t["subject"], t["predicate"], t["object"]) for t in p["triples"]} for p in predicted]
-    metrics = triple_prf(gold, pred)
-    gold_entities = [{n for t in r.triples for n in (t.subject, t.object)} for r in records]
-    pred_entities = [{e["text"] for e in p["entities"]} for p in predicted]
-    tp = sum(len(g & p) for g, p in zip(gold_entities, pred_entities, strict=True))
-    entity = prf(tp, sum(map(len, pred_entities)) - tp, sum(map(len, gold_entities)) - tp)
-    return {**metrics, "entity_f1": entity[2]}
+    """Triple P/R/F1 and entity F1 of the checkpoint's head on labelled records (`score_extracted`)."""
+    return score_extracted(records, extractor(info)(model, tokenizer, info, [r.text for r in records], batch_size))
 
 
 # ---- the task -----------------------------------------------------------------------------------------------------
@@ -513,7 +303,8 @@ def _schema_rows(value: Any) -> bool:
 
 @dataclass
 class TriplesInfo:
-    labels: list[str] = labels_field("the entity tag set (O, then B-/I- per entity type)")
+    labels: list[str] = labels_field("the entity labels: the tagger's tags (O, then B-/I- per entity type) with "
+                                     "the pipeline head, the span types subject and object with gplinker")
     predicates: list[str] = labels_field("the predicate set, in the pair head's order")
     max_seq_len: int = seq_len_field()
     word_level: str = choice_field(("char", "space"), help="how raw text is split into words")
@@ -523,12 +314,16 @@ class TriplesInfo:
     threshold: float = field(default=0.5, metadata={
         "check": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
         "expected": "a number between 0 and 1", "help": "a predicate is kept above this probability"})
+    head: str = choice_field(HEADS, PIPELINE, help="which head the checkpoint holds (the model class)")
 
 
 @dataclass
 class TriplesOptions:
     schema: str | None = flag("DuIE's schema file (JSON lines subject_type / predicate / object_type): the type "
                                 "combinations a predicted triple may have, besides those seen in training")
+    head: str = flag("pipeline: an entity tagger, then a classifier of each pair of tagged entities; gplinker: "
+                     "span pointers for subjects and objects, linked per predicate by subject-to-object pointers "
+                     "(every entity pair of a window scored)", PIPELINE, choices=HEADS)
 
 
 def label_sets(located: list[Located]) -> tuple[list[str], list[str], set[tuple[str, str, str]]]:
@@ -586,26 +381,37 @@ class TriplesTask(FinetuneTask):
 def finetune(train_file: str | Path, config: Any, *, eval_file: str | Path | None = None, fmt: str = "duie",
              init_from: str | Path | None = None, tokenizer: str | Path | None = None, model_size: str = "mini",
              max_seq_len: int = 128, limit: int | None = None, options: TriplesOptions | None = None) -> Any:
-    """Fine-tune the tagger and the pair head together on `train_file`; scores triple F1 on `eval_file`."""
+    """Fine-tune the tagger and the pair head together on `train_file` (or, with `options.head` gplinker, the
+    span and link pointers); scores triple F1 on `eval_file`."""
     from bertkit.tasks.base import build_task_model, encoder_config, finetune_tokenizer
     from bertkit.train import fit
 
+    options = options or TriplesOptions()
     tok = finetune_tokenizer(init_from, tokenizer)
     train = require_examples(take(read_records(train_file, fmt), limit), train_file, "training")
     heldout = require_examples(read_records(eval_file, fmt), eval_file, "evaluation") if eval_file else []
     word_level = WORD_LEVEL[fmt]
     located = [locate(r, word_level) for r in train]
-    labels, predicates, combos = label_sets(located)
-    if labels == ["O"]:
-        raise DataError("no entity of any training triple was found in its text", str(train_file))
-    schema = (options or TriplesOptions()).schema
-    if schema is not None:
-        combos |= {tuple(r) for r in read_schema(schema) if r[1] in predicates}
-    info = TriplesInfo(labels, predicates, max_seq_len, word_level, [list(c) for c in sorted(combos)])
+    task: FinetuneTask
+    if options.head == gplinker.HEAD:
+        predicates = sorted({t.predicate for loc in located for t in loc.trainable})
+        if not predicates:
+            raise DataError("no training triple has both its subject and its object in its text", str(train_file))
+        info = TriplesInfo(list(gplinker.ROLES), predicates, max_seq_len, word_level,
+                           gplinker.schema_rows(located, predicates, options.schema), head=gplinker.HEAD)
+        task = gplinker.GPLinkerTask(tok, train, heldout, info, source=str(train_file), located=located)
+    else:
+        labels, predicates, combos = label_sets(located)
+        if labels == ["O"]:
+            raise DataError("no entity of any training triple was found in its text", str(train_file))
+        if options.schema is not None:
+            combos |= {tuple(r) for r in read_schema(options.schema) if r[1] in predicates}
+        info = TriplesInfo(labels, predicates, max_seq_len, word_level, [list(c) for c in sorted(combos)])
+        task = TriplesTask(tok, train, heldout, info, source=str(train_file), located=located)
     model_config = encoder_config(init_from, tok, model_size, max_seq_len, **SPEC.config_extra(info))
-    model = build_task_model(BertForTriples, init_from, model_config, config.seed)
-    task = TriplesTask(tok, train, heldout, info, source=str(train_file), located=located)
-    return fit(model, task, config, title=f"triples ({Path(train_file).parent.name or 'data'})")
+    model = build_task_model(SPEC.model_for(info), init_from, model_config, config.seed)
+    head = f", {info.head}" if info.head != PIPELINE else ""
+    return fit(model, task, config, title=f"triples{head} ({Path(train_file).parent.name or 'data'})")
 
 
 def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, path: str | Path, fmt: str
@@ -618,7 +424,12 @@ def evaluate_file(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, pat
 def predict(model: nn.Module, tokenizer: Tokenizer, info: TriplesInfo, inputs: list[dict[str, Any]]
             ) -> list[dict[str, Any]]:
     """The triples (and the entities) of each raw text."""
-    return extract(model, tokenizer, info, [i["text"] for i in inputs])
+    return extractor(info)(model, tokenizer, info, [i["text"] for i in inputs])
+
+
+def extractor(info: TriplesInfo) -> Any:
+    """The `extract` of the checkpoint's head: raw texts -> triples and entities."""
+    return gplinker.extract if info.head == gplinker.HEAD else extract
 
 
 SPEC = TaskSpec(
@@ -637,6 +448,9 @@ SPEC = TaskSpec(
     evaluate=evaluate_file,
     headline="f1",
     work=chunks,
-    config_extra=lambda info: {**id2label(info.labels), "bertkit_predicates": info.predicates},
-    not_distilled="its GlobalPointer scores each span with an independent sigmoid, not one softmax to soften",
+    heads={PIPELINE: BertForTriples, gplinker.HEAD: gplinker.BertForGPLinker},
+    config_extra=lambda info: {**id2label(info.labels), "bertkit_predicates": info.predicates,
+                               **({"bertkit_head": info.head} if info.head != PIPELINE else {})},
+    not_distilled="its pair head scores each predicate with an independent sigmoid (gplinker's pointers each span "
+                  "and link), not one softmax to soften",
 )
