@@ -183,6 +183,27 @@ def test_layer_wise_fallback_keeps_named_layers_in_fp32():
 ROWS = CLASSIFIER_ROWS
 
 
+@pytest.mark.parametrize(("flags", "expected"), [(ICE_LAKE, "int8"), (HASWELL, "fp32")])
+def test_quantize_auto_is_what_the_precision_flag_runs(monkeypatch, flags, expected):
+    from bertkit import BertConfig
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_precision("auto", torch.device("cpu"))[0] == expected
+
+    def fresh() -> BertModel:
+        torch.manual_seed(0)
+        return BertModel(BertConfig.preset("tiny", vocab_size=200))
+
+    auto, explicit = quantize(fresh(), "auto"), quantize(fresh(), expected)
+    assert [type(m).__name__ for m in auto.modules()] == [type(m).__name__ for m in explicit.modules()]
+    assert any(isinstance(m, Int8Linear) for m in auto.modules()) == (expected == "int8")
+    ids = torch.randint(5, 200, (2, 9))
+    with torch.inference_mode():
+        assert torch.equal(auto(ids).last_hidden_state, explicit(ids).last_hidden_state)
+    with pytest.raises(ValueError, match="precision must be auto, int8, bf16 or fp32, got 'fp8'"):
+        quantize(fresh(), "fp8")
+
+
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     return finetune_tiny_classifier(tmp_path_factory.mktemp("q"), "--device", "cpu")

@@ -82,9 +82,13 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
     "*.ffn_out") that stay float32 (the layer-wise fallback for a model that loses accuracy): a layer with a kept
     Linear stays a float layer whose other Linears are Int8Linears. `compile`: the int8 functions run through
     torch.compile (compiled at their first call; `warm_up` does it ahead). bf16: the model in bf16, its encoder
-    Linears packed for oneDNN on a CPU with native bf16 (`pack_bf16`)."""
+    Linears packed for oneDNN on a CPU with native bf16 (`pack_bf16`). "auto": what `--precision auto` runs for the
+    model's device (`resolve_precision`)."""
+    if precision == "auto":
+        device = next(model.parameters()).device
+        precision, _ = resolve_precision(precision, device)
     if precision not in ("int8", "bf16", "fp32"):
-        raise ValueError(f"precision must be int8, bf16 or fp32, got {precision!r}")
+        raise ValueError(f"precision must be auto, int8, bf16 or fp32, got {precision!r}")
     model.eval()
     if precision == "bf16":
         model.to(torch.bfloat16)
