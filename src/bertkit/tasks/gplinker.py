@@ -27,9 +27,17 @@ from bertkit.errors import DataError
 from bertkit.global_pointer import GlobalPointer, span_loss
 from bertkit.model import BertModel, CheckpointIO, Dropout, init_weights
 from bertkit.tasks import tagging
-from bertkit.tasks.base import MAX_BATCH_TOKENS, FinetuneTask, SkipReport, run_batches
+from bertkit.tasks.base import MAX_BATCH_TOKENS, SkipReport, run_batches
 from bertkit.tasks.tagging import Piece, encode_sentences
-from bertkit.tasks.triples_data import UNTYPED, Located, Record, locate, read_schema, score_extracted
+from bertkit.tasks.triples_data import (
+    UNTYPED,
+    Located,
+    Record,
+    TriplesTrainTask,
+    locate,
+    read_schema,
+    score_extracted,
+)
 from bertkit.tokenizer import Tokenizer
 
 HEAD = "gplinker"
@@ -254,31 +262,18 @@ def extract(model: nn.Module, tokenizer: Tokenizer, info: Any, texts: list[str],
 
 # ---- the task -----------------------------------------------------------------------------------------------------
 
-class GPLinkerTask(FinetuneTask):
-    task_name = "triples"
-
-    def __init__(self, tokenizer: Tokenizer, train: list[Record], heldout: list[Record], info: Any,
-                 eval_batch_size: int = 64, source: str | None = None, located: list[Located] | None = None
-                 ) -> None:
-        self.tokenizer, self.info = tokenizer, info
-        self.train = encode(tokenizer, train, info, source, located=located) if train else []
-        self.heldout = heldout
-        self.eval_batch_size = eval_batch_size
+class GPLinkerTask(TriplesTrainTask):
+    encode = staticmethod(encode)
+    collate = staticmethod(collate)
 
     def fingerprint(self) -> str:
         from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint([(w.piece, w.spans, w.links) for w in self.train])
 
-    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
-        return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id, len(self.info.predicates))
-
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
         rows = float(len(batch["input_ids"]))
         return {"entity": rows, "head": rows, "tail": rows}
-
-    def tokens(self, batch: dict[str, Any]) -> int:
-        return int(batch["attention_mask"].sum())
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Each pointer's multi-label span loss summed over its types and the rows (GPLinker's: a mean over types

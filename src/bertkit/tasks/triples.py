@@ -40,6 +40,7 @@ from bertkit.tasks.triples_data import (
     WORD_LEVEL,
     Located,
     Record,
+    TriplesTrainTask,
     locate,
     read_records,
     read_schema,
@@ -338,31 +339,18 @@ def label_sets(located: list[Located]) -> tuple[list[str], list[str], set[tuple[
     return tag_set([[f"B-{k}" for k in types]], "bio"), predicates, combos
 
 
-class TriplesTask(FinetuneTask):
-    task_name = NAME
-
-    def __init__(self, tokenizer: Tokenizer, train: list[Record], heldout: list[Record], info: TriplesInfo,
-                 eval_batch_size: int = 64, source: str | None = None, located: list[Located] | None = None
-                 ) -> None:
-        self.tokenizer, self.info = tokenizer, info
-        self.train = encode(tokenizer, train, info, source, located=located) if train else []
-        self.heldout = heldout
-        self.eval_batch_size = eval_batch_size
+class TriplesTask(TriplesTrainTask):
+    encode = staticmethod(encode)
+    collate = staticmethod(collate)
 
     def fingerprint(self) -> str:
         from bertkit.resume import data_fingerprint  # the encoded training examples: --resume refuses other data
 
         return data_fingerprint([(r.piece, r.entities, r.pairs) for r in self.train])
 
-    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
-        return collate([self.train[i] for i in indices], self.tokenizer.pad_token_id, len(self.info.predicates))
-
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
         return {"tag": float(((batch["tags"] != -100) & batch["word_mask"]).sum()),
                 "pair": float(len(batch["pairs"]))}
-
-    def tokens(self, batch: dict[str, Any]) -> int:
-        return int(batch["attention_mask"].sum())
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         emissions, logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],

@@ -15,14 +15,15 @@ warning per file, left out of training and kept in scoring (they count as misses
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bertkit.errors import DataError, reason
 from bertkit.fileio import NotJSON, json_items, json_lines
 from bertkit.metrics import prf
-from bertkit.tasks.base import SkipReport
+from bertkit.tasks.base import FinetuneTask, SkipReport
 from bertkit.tasks.tagging import words_of
 
 FORMATS = ("duie", "webnlg")
@@ -201,3 +202,27 @@ def score_extracted(records: list[Record], predicted: list[dict[str, Any]]) -> d
     tp = sum(len(g & p) for g, p in zip(gold_entities, pred_entities, strict=True))
     entity = prf(tp, sum(map(len, pred_entities)) - tp, sum(map(len, gold_entities)) - tp)
     return {**metrics, "entity_f1": entity[2]}
+
+
+class TriplesTrainTask(FinetuneTask):
+    """What both triples heads' TrainTasks share: the training records encoded by the head's `encode` (into rows of
+    at most max_seq_len tokens) and batched by its `collate`; the held-out records kept as they are, for scoring."""
+
+    task_name = "triples"
+    encode: ClassVar[Callable[..., list[Any]]]
+    collate: ClassVar[Callable[..., dict[str, Any]]]
+
+    def __init__(self, tokenizer: Any, train: list[Record], heldout: list[Record], info: Any,
+                 eval_batch_size: int = 64, source: str | None = None, located: list[Located] | None = None
+                 ) -> None:
+        self.tokenizer, self.info = tokenizer, info
+        self.train = type(self).encode(tokenizer, train, info, source, located=located) if train else []
+        self.heldout = heldout
+        self.eval_batch_size = eval_batch_size
+
+    def make_batch(self, epoch: int, indices: list[int]) -> dict[str, Any]:
+        return type(self).collate([self.train[i] for i in indices], self.tokenizer.pad_token_id,
+                                  len(self.info.predicates))
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
