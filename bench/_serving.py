@@ -60,7 +60,12 @@ def free_port() -> int:
 class Server:
     """`bertkit serve` in a child process; stopped on exit."""
 
-    def __init__(self, checkpoint: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, checkpoint: Path, *extra: str, env: dict[str, str] | None = None, auto_compile: bool = False,
+                 start_timeout: float = 60.0) -> None:
+        """`auto_compile`: serve as `bertkit serve` does with no --compile flag (compiled int8 where `auto` compiles,
+        tens of seconds to start where nothing is cached); else `--no-compile` unless `extra` says --compile."""
+        if not auto_compile and not any(flag in extra for flag in ("--compile", "--no-compile")):
+            extra = (*extra, "--no-compile")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # a file, not a pipe: a server that logs more than a pipe holds would block on its next write
@@ -70,7 +75,7 @@ class Server:
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
         self.headers: dict[str, str] = {}  # sent with every request (e.g. an Authorization header)
         self.timeout = 60.0  # seconds a request may take before the client gives up
-        deadline = time.time() + 60
+        deadline = time.time() + start_timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
                 break

@@ -1,4 +1,6 @@
-"""CPU inference at int8, in one process: bertkit int8 against onnxruntime int8 (its best: BERT graph optimizer, then
+"""CPU inference at int8, in one process: bertkit `--precision auto` (what `bertkit serve` runs with no flags:
+compiled int8 where the CPU's row of AUTO_TABLE says so and a C++ compiler is here) and bertkit int8 against
+onnxruntime int8 (its best: BERT graph optimizer, then
 dynamic quantization with int8 weights per channel), transformers fp32 (SDPA) and bertkit fp32, at base and mini,
 on var-len (32 x 16..128), full (32 x 128) and 1 x 128 batches; int8 MFU against the int8 GEMM peak (the best of
 `torch._int_mm` and oneDNN's GEMM on packed weights) measured in the same run. On a CPU with native bf16 (AMX,
@@ -8,7 +10,8 @@ packed once for oneDNN, the GELU fused into the first FFN GEMM) is timed too, an
 
     .venv/bin/python bench/int8.py            (`make bench`; ~10 minutes on 2 cores)
 
-Writes bench/results/int8.{json,md}. Same weights everywhere (one checkpoint), timings alternate in
+Writes bench/results/int8_<family>.{json,md}, one table per CPU family (amx: AMX; vnni: int8 dot products without
+AMX; other). Same weights everywhere (one checkpoint), timings alternate in
 turns of 4 calls after 0.3 s idle (a thread pool still spinning from one engine's call slowed the next engine);
 each engine is timed for at least 6 s a cell, up to 120 calls (the small cells' medians over 30 turns, since this
 VM's speed drifts by tens of percent from second to second). `--keep-freed-memory`: the whole process, every
@@ -104,8 +107,9 @@ def main() -> int:
     from bertkit.export import export_onnx, quantize_onnx
     from bertkit.hardware import cpu_flags, cpu_name, native_bf16
     from bertkit.memory import keep_freed_memory
-    from bertkit.precision import choose_precision, quantize
+    from bertkit.precision import plan_inference, quantize
     from bertkit.precision.bf16 import packed_bf16_available
+    from bertkit.precision.policy import AMX_FAMILY, VNNI_FAMILY, cpu_family
 
     transformers.logging.set_verbosity_error()
     kept = keep_freed_memory() if args.keep_freed_memory else False  # process-wide: every engine alike
@@ -122,6 +126,7 @@ def main() -> int:
             directory = work / size
             BertModel(config).save_pretrained(directory)
             fp32 = BertModel.from_pretrained(directory).eval()
+            auto = quantize(BertModel.from_pretrained(directory), "auto")
             int8 = quantize(BertModel.from_pretrained(directory), "int8")
             int8c = quantize(BertModel.from_pretrained(directory), "int8", compile=True)
             bf16 = quantize(BertModel.from_pretrained(directory), "bf16") if time_bf16 else None
@@ -140,7 +145,8 @@ def main() -> int:
                 batch = one_by_128(speed.VOCAB) if kind == "1x128" else speed.make_batch(kind)
                 ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
                 feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
-                fns = {"bertkit int8": lambda: int8(ids, mask, types),
+                fns = {"bertkit auto": lambda: auto(ids, mask, types),
+                       "bertkit int8": lambda: int8(ids, mask, types),
                        "bertkit int8 compiled": lambda: int8c(ids, mask, types),
                        "onnxruntime int8": lambda feeds=feeds: session.run(None, feeds),
                        "transformers fp32": lambda: hf(input_ids=ids, attention_mask=mask, token_type_ids=types),
@@ -166,6 +172,7 @@ def main() -> int:
                 flops = speed.forward_flops(config, batch["lengths"])
                 row = {"size": size, "batch": kind, "real_tokens": tokens,
                        **{f"{n} tokens_per_s": tokens / s for n, s in seconds.items()},
+                       "auto vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit auto"],
                        "int8 vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit int8"],
                        "compiled vs onnxruntime int8": seconds["onnxruntime int8"] / seconds["bertkit int8 compiled"],
                        "compiled vs transformers fp32": seconds["transformers fp32"] / seconds["bertkit int8 compiled"],
@@ -184,23 +191,27 @@ def main() -> int:
                        "worst-token cosine to fp32": cos}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    precision, why = choose_precision()
+    plan = plan_inference("auto", torch.device("cpu"), compile=None)
+    precision, why = plan.precision + (" compiled" if plan.compile else ""), plan.why
+    family = {AMX_FAMILY: "amx", VNNI_FAMILY: "vnni"}.get(cpu_family(), "other")
     flags = sorted(f for f in cpu_flags() if "vnni" in f or "bf16" in f or "amx" in f)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name(), "flags": flags,
               "threads": torch.get_num_threads(), "torch": torch.__version__, "onnxruntime": ort.__version__,
               "malloc keeps freed memory": kept,
-              "peaks_tops": {k: v / 1e12 for k, v in peaks.items()}, "auto": [precision, why], "rows": rows}
+              "peaks_tops": {k: v / 1e12 for k, v in peaks.items()}, "auto": [precision, why], "family": family,
+              "rows": rows}
     shown = ", ".join(flags) or "no VNNI/AMX/bf16 flags"
     lines = [f"Measured {result['date']} on {result['cpu']} ({result['threads']} threads; {shown}), "
              f"torch {result['torch']}, onnxruntime {result['onnxruntime']}. int8 GEMM peak "
              f"(best of torch._int_mm and oneDNN on packed weights) {peaks['int8'] / 1e12:.3f} TOP/s, fp32 "
              f"matmul peak {peaks['fp32'] / 1e12:.3f} "
              f"TFLOP/s. `--precision auto` here: **{precision}** ({why}).", "",
-             "| size | batch | bertkit int8 tok/s | + compile | onnxruntime int8 | transformers fp32 | bertkit fp32 | "
-             "torchao int8 | int8 vs onnxruntime int8 (eager / compiled) | vs transformers fp32 (eager / compiled) | "
+             "| size | batch | bertkit auto tok/s | auto vs onnxruntime int8 | bertkit int8 tok/s | + compile | "
+             "onnxruntime int8 | transformers fp32 | bertkit fp32 | torchao int8 | int8 vs onnxruntime int8 (eager / "
+             "compiled) | vs transformers fp32 (eager / compiled) | "
              "int8 MFU (eager / compiled) | bertkit bf16 | bf16 vs onnxruntime int8 / transformers fp32 | "
              "bf16 packed vs plain |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torchao = r.get("torchao int8 tokens_per_s")
         bf16_cells = (f"{r['bertkit bf16 tokens_per_s']:,.0f} | **{r['bf16 vs onnxruntime int8']:.2f}x / "
@@ -208,14 +219,17 @@ def main() -> int:
                       + (f"{r['bf16 packed vs plain']:.2f}x" if "bf16 packed vs plain" in r else "– (not packed)")
                       if "bertkit bf16 tokens_per_s" in r else "– | – (bf16 not native here) | –")
         lines.append(
-            f"| {r['size']} | {r['batch']} | {r['bertkit int8 tokens_per_s']:,.0f} | "
+            f"| {r['size']} | {r['batch']} | {r['bertkit auto tokens_per_s']:,.0f} | "
+            f"**{r['auto vs onnxruntime int8']:.2f}x** | {r['bertkit int8 tokens_per_s']:,.0f} | "
             f"{r['bertkit int8 compiled tokens_per_s']:,.0f} | {r['onnxruntime int8 tokens_per_s']:,.0f} | "
             f"{r['transformers fp32 tokens_per_s']:,.0f} | {r['bertkit fp32 tokens_per_s']:,.0f} | "
             f"{format(torchao, ',.0f') if torchao else '–'} | "
             f"**{r['int8 vs onnxruntime int8']:.2f}x / {r['compiled vs onnxruntime int8']:.2f}x** | "
             f"**{r['int8 vs transformers fp32']:.2f}x / {r['compiled vs transformers fp32']:.2f}x** | "
             f"{r['bertkit int8 MFU (int8 peak)']:.0%} / {r['compiled MFU (int8 peak)']:.0%} | {bf16_cells} |")
-    lines += ["", "tok/s counts real tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
+    lines += ["", "`bertkit auto` = `quantize(model, \"auto\")`, what `bertkit serve` runs with no flags (its "
+              "compilation, at load, is not timed: bench/serve_start.py times a server's start). tok/s counts real "
+              "tokens; `var` = 32 sequences of 16..128 tokens, `full` = 32 x 128, "
               "`1x128` = one sequence. Random weights (BERT-base / mini shapes); `+ compile` = `--compile` "
               "(torch.compile fuses the int8 layers' quantization and rescaling; its one-time compilation is not "
               "timed); on AMX, int8 products run on weights packed once for oneDNN (eager int8: those of at least "
@@ -233,7 +247,7 @@ def main() -> int:
               f"median call. Memory: {ALLOCATOR[kept]}. Accuracy on real models and tasks: the accuracy table and "
               "tests/test_quantize.py."]
     OUT.mkdir(parents=True, exist_ok=True)
-    name = "int8_keep" if args.keep_freed_memory else "int8"
+    name = "int8_keep" if args.keep_freed_memory else f"int8_{family}"
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bertkit import resources
+from bertkit import precompile, resources
 from bertkit.argtypes import (
     POSITIVE,
     SEQ_LEN,
@@ -341,7 +341,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a Host-header name to answer besides loopback and --host (repeatable; '*' for any)")
     add_dataclass_flags(p, ServeConfig)
-    _device_arg(p)
+    _device_arg(p, serve=True)
 
 
 def _rerank_args(p: argparse.ArgumentParser) -> None:
@@ -393,7 +393,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     _device_arg(p)
 
 
-def _device_arg(p: argparse.ArgumentParser, precision: bool = True) -> None:
+def _device_arg(p: argparse.ArgumentParser, precision: bool = True, serve: bool = False) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto: CUDA where available, else "
                    "the CPU; default: %(default)s)")
     if precision:
@@ -404,11 +404,11 @@ def _device_arg(p: argparse.ArgumentParser, precision: bool = True) -> None:
         p.add_argument("--int8-keep", action="append", default=[], metavar="LAYER",
                        help="with int8: an encoder layer (name or glob, e.g. 'bert.layers.11.*') kept in fp32 "
                        "(repeatable)")
-        p.add_argument("--compile", action="store_true",
-                       help="with int8: fuse each encoder layer's int8 GEMMs with the work around them "
-                       "(quantizing, rescaling, GELU, residual, LayerNorm) through torch.compile; compiled when the "
-                       "model loads (up to a minute the first time, then torch caches it on disk); eager, "
-                       "with a warning, where it cannot compile)")
+        how = ("with int8: the layers through torch.compile (GEMMs fused with the work around them), compiled at "
+               "load (a minute for BERT-base, seconds once on disk: `bertkit compile DIR`); eager where it cannot")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction if serve else "store_true",
+                       default=None if serve else False, help=how + (" (default: as --precision auto decides; "
+                       "`bertkit info` says)" if serve else ""))
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -580,6 +580,7 @@ COMMANDS.update({
     "index": (cmd_index, _index_args),
     "search": (cmd_search, _search_args),
     "serve": (cmd_serve, _serve_args),
+    "compile": (precompile.run, precompile.add_arguments),
     "export": (cmd_export, _export_args),
     "info": (cmd_info, _info_args),
     "extend-vocab": (cmd_extend_vocab, _extend_vocab_args),

@@ -1,5 +1,5 @@
 """`bertkit info`: a checkpoint directory described line by line (weights, shape, vocabulary, task and where it
-comes from, whether every tensor is finite, what `auto` runs here)."""
+comes from, whether every tensor is finite, what `auto` runs here for each batch shape)."""
 
 from __future__ import annotations
 
@@ -36,9 +36,14 @@ def describe_checkpoint(checkpoint: str | Path) -> tuple[list[str], bool]:
         return lines, False
     lines.append("finite       yes")
     from bertkit.device import describe, resolve_device
-    from bertkit.precision import resolve_precision
+    from bertkit.precision import plan_inference
 
     device = resolve_device("auto")
-    precision, why = resolve_precision("auto", device)
-    lines.append(f"here         --device auto: {describe(device)}; --precision auto: {precision} ({why})")
+    served, once = plan_inference("auto", device, compile=None), plan_inference("auto", device)
+    lines.append(f"here         --device auto: {describe(device)}; --precision auto: {served.precision}"
+                 f"{' compiled' if served.compile else ''} in `bertkit serve` ({served.why})")
+    lines += [f"  {shape:23s}{what}" for shape, what in served.shapes().items()]
+    if once != served:
+        lines.append(f"  one-shot commands      {once.precision} without --compile (predict, evaluate, embed, index, "
+                     "search: a compilation costs more than it saves on a few inputs)")
     return lines, True

@@ -32,7 +32,7 @@ class Predictor:
 
     def __init__(self, directory: str | Path, dtype: torch.dtype | None = None, onnx: str | Path | None = None,
                  device: str | torch.device | None = "auto", precision: str = "fp32",
-                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False, task: str | None = None,
+                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool | None = False, task: str | None = None,
                  fingerprint: bool = False) -> None:
         """`directory`: a fine-tuned checkpoint (its task.json names the task), or any pre-trained one: fill-mask
         where it has an MLM head, else sentence embeddings (`task` picks one of those two explicitly).
@@ -42,8 +42,9 @@ class Predictor:
         `bertkit.quantize`) or auto (`precision.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
         where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
         `compile`: int8 layers through torch.compile (see `precision.int8`), compiled here rather than in
-        the first request. A checkpoint transformers fine-tuned (a `BertFor*` head, no task.json) has its task info
-        derived from config.json (`bertkit.tasks.derived`; `self.derived` says how). `fingerprint`: also take the
+        the first request; None: where `auto` compiles (`precision.plan_inference`: a server's default). A
+        checkpoint transformers fine-tuned (a `BertFor*` head, no task.json) has its task info derived from
+        config.json (`bertkit.tasks.derived`; `self.derived` says how). `fingerprint`: also take the
         encoder's fingerprint (`export.fingerprint`, of its float32 weights, before any precision change) as
         `self.fingerprint`: what binds a file made with this model (a search index) to it.
 
@@ -105,8 +106,9 @@ class Predictor:
                 self.model.bert = onnx_encoder
         if dtype is not None:
             self.model.to(dtype)
-        self.precision, self.precision_reason = prepare_for_inference(self.model, encoder, self.device, precision,
-                                                                      int8_keep, compile, onnx is not None)
+        self.plan = prepare_for_inference(self.model, encoder, self.device, precision, int8_keep, compile,
+                                          onnx is not None)
+        self.precision, self.precision_reason = self.plan.precision, self.plan.why
         self.tokenizer = Tokenizer.from_pretrained(self.directory)
         self.loaded_at = time.time()
 

@@ -148,7 +148,7 @@ def new_index(kind: str, dimension: int) -> Any:
 
 
 def open_model(directory: str | Path, *, device: str = "auto", precision: str = "auto",
-               int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False) -> Predictor:
+               int8_keep: tuple[str, ...] | list[str] = (), compile: bool | None = False) -> Predictor:
     """The sentence-embedding model of an index, set up for inference as every command sets one up (its
     fingerprint taken before any precision change)."""
     return Predictor(directory, task=EMBEDDING_TASK, device=device, precision=precision, int8_keep=tuple(int8_keep),
@@ -205,7 +205,7 @@ def count_texts(corpus: str | Path) -> tuple[int, list[int]]:
 
 def build_index(model: str | Path, corpus: str | Path, output: str | Path, *, kind: str = "auto",
                 pooling: str | None = None, max_seq_len: int = 128, batch_size: int = 64, device: str = "auto",
-                precision: str = "auto", int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False,
+                precision: str = "auto", int8_keep: tuple[str, ...] | list[str] = (), compile: bool | None = False,
                 overwrite: bool = False, progress: bool = True) -> IndexInfo:
     """Index the non-blank lines of `corpus` (UTF-8, or .gz) with `model`'s sentence vectors: read and encoded
     CHUNK_TEXTS at a time and added to the FAISS index as they come, the texts written to disk (not kept in
@@ -358,7 +358,7 @@ class Reranker:
     """Scores (query, candidate text) pairs with a cross-encoder and re-orders the candidates by that score."""
 
     def __init__(self, rerank: Rerank, *, device: str = "auto", precision: str = "auto",
-                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False) -> None:
+                 int8_keep: tuple[str, ...] | list[str] = (), compile: bool | None = False) -> None:
         self.predictor = Predictor(rerank.directory, device=device, precision=precision, int8_keep=tuple(int8_keep),
                                    compile=compile)
         if self.predictor.task != CLASSIFIER_TASK:
@@ -396,7 +396,7 @@ class Searcher:
     server's batches as `Predictor.predict` does."""
 
     def __init__(self, directory: str | Path, *, model: str | Path | None = None, device: str = "auto",
-                 precision: str = "auto", int8_keep: tuple[str, ...] | list[str] = (), compile: bool = False,
+                 precision: str = "auto", int8_keep: tuple[str, ...] | list[str] = (), compile: bool | None = False,
                  rerank: Rerank | None = None) -> None:
         self.directory = Path(directory)
         self.info = read_index_info(self.directory)

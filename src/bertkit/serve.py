@@ -373,7 +373,7 @@ def _host_name(header: str) -> str:
 def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: str | Path | None = None, *,
                api_key: str | None = None, allowed_hosts: Collection[str] | None = LOOPBACK_NAMES,
                device: str | None = "auto", precision: str = "auto", int8_keep: Collection[str] = (),
-               compile: bool = False, task: str | None = None, rerank: Rerank | None = None):
+               compile: bool | None = None, task: str | None = None, rerank: Rerank | None = None):
     """The FastAPI application serving one checkpoint directory, or a search index (`bertkit.search`: POST /search
     too, its model serving sentence vectors at /predict; `rerank`: a cross-encoder re-orders the hits).
 
@@ -474,7 +474,8 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
                 "labels": predictor.labels,
                 "version": bertkit.__version__, "backend": "onnxruntime" if onnx else f"torch {torch.__version__}",
                 "device": describe(predictor.device), "precision": predictor.precision,
-                "precision_reason": predictor.precision_reason, "limits": asdict(config),
+                "precision_reason": predictor.precision_reason, "compiled": predictor.plan.compile,
+                "shapes": predictor.plan.shapes(), "limits": asdict(config),
                 "search": searcher.describe() if searcher is not None else None}
 
     @app.get("/metrics")
@@ -559,7 +560,7 @@ def attention_view(predictor: Predictor, text: str, pair: str | None, max_tokens
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           onnx: str | Path | None = None, *, api_key: str | None = None, insecure: bool = False,
           allow_hosts: Collection[str] = (), device: str | None = "auto", precision: str = "auto",
-          int8_keep: Collection[str] = (), compile: bool = False, task: str | None = None,
+          int8_keep: Collection[str] = (), compile: bool | None = None, task: str | None = None,
           rerank: Rerank | None = None) -> None:
     """Run the server (blocking); `directory` a checkpoint or a search index (`create_app`). A non-loopback `host`
     needs `api_key` or `insecure` (`check_exposure`), and warns on stderr either way; `allow_hosts`: Host-header names

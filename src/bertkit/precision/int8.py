@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit import hardware
-from bertkit.compiled import failure_line
+from bertkit.compiled import compile_cache, compiling_options, failure_line
 from bertkit.model import LayerStack, Layout
 from bertkit.precision.int8_ops import (
     COMPILED_FORM,
@@ -225,6 +225,7 @@ class FrozenInt8Layers(nn.Module):
         def frozen_layers(x: Tensor, batch: int) -> Tensor:
             return self.run(x, batch)
 
+        compile_cache()
         self.compiled = torch.compile(_own_code(frozen_layers), dynamic=True, options=FROZEN_OPTIONS)
 
     def source_state(self) -> list[int]:
@@ -248,7 +249,7 @@ class FrozenInt8Layers(nn.Module):
         """The layers over (B * T, H) rows of `batch` sequences, compiled with freezing (inference only)."""
         import torch._inductor.config as inductor_config
 
-        with torch.no_grad(), inductor_config.patch(FROZEN_CONFIG):
+        with torch.no_grad(), inductor_config.patch(FROZEN_CONFIG), compiling_options():
             return self.compiled(x, batch)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit import hardware
-from bertkit.compiled import failure_line
+from bertkit.compiled import compile_cache, compiling_options, failure_line
 from bertkit.model import dense_attention, gelu_tanh
 from bertkit.precision.state import STATE
 
@@ -76,10 +76,16 @@ def quantize_range(values: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, T
     return q, inverse.reciprocal(), -128.0 - low * inverse
 
 
+def row_bounds(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Each (M, K) row's (min, max), (M, 1) each: two reductions, since torch.aminmax over the last dimension runs
+    several times slower than amin and amax apart on a CPU (bench/int8_ops.py)."""
+    return rows.amin(dim=-1, keepdim=True), rows.amax(dim=-1, keepdim=True)
+
+
 def quantize_tokens(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """`quantize_range` of (M, K) rows over each row's own bounds: per-token int8, so an outlier token does not
     flatten the others."""
-    return quantize_range(rows, *torch.aminmax(rows, dim=-1, keepdim=True))
+    return quantize_range(rows, *row_bounds(rows))
 
 
 def gelu_rational(x: Tensor) -> Tensor:
@@ -128,7 +134,7 @@ def quantize_activation(rows: Tensor, act: Callable[[Tensor], Tensor]) -> tuple[
     if act not in ACTIVATION_MINIMA:
         return quantize_tokens(act(rows))
     floor, start = ACTIVATION_MINIMA[act]
-    low, high = torch.aminmax(rows, dim=-1, keepdim=True)
+    low, high = row_bounds(rows)
     low = torch.where(low >= start, act(low), floor)
     return quantize_range(act(rows), low, act(high).clamp(min=0))
 
@@ -189,27 +195,34 @@ def _int8_matmul_shape(q: Tensor, weight_t: Tensor, weight_scale: Tensor) -> Ten
     return q.new_empty((q.shape[0], weight_t.shape[1]), dtype=torch.float32)
 
 
-def int8_gemm(q: Tensor, scale: Tensor, weight_t: Tensor, weight_scale: Tensor) -> Tensor:
+def int8_gemm(q: Tensor, scale: Tensor, weight_t: Tensor, weight_scale: Tensor) -> Tensor | None:
     """(M, K) int8 rows with (M, 1) scales times an int8 weight -> (M, N) float32 s w (q Q^T), accumulated exactly in
-    int32; the one choice of kernel, which changes no number (but the order of two float products):
+    int32, by a kernel other than plain torch._int_mm; None where plain torch._int_mm is the kernel (then
+    `int8_product` rescales in place). The one choice of kernel, which changes no number (but the order of float
+    products):
     - a frozen stack's weight (an nn.Parameter, a constant to inductor): the form inductor's freezing pass
       recognizes, which packs the weight once and puts in its own AMX GEMM with both products in its epilogue;
     - compiled, or a large eager product, where the packed GEMM is available: `int8_matmul`;
-    - else torch._int_mm."""
+    - else None."""
     if isinstance(weight_t, nn.Parameter):
         return torch._int_mm(q, weight_t).to(torch.float32) * scale * weight_scale
     if STATE.packed_int8 and (torch.compiler.is_compiling()
                               or q.shape[0] * q.shape[1] * weight_t.shape[1] >= PACKED_INT8_MIN_WORK):
         return int8_matmul(q, weight_t, weight_scale).mul_(scale)
-    return torch._int_mm(q, weight_t).float().mul_(scale).mul_(weight_scale)
+    return None
 
 
 def int8_product(quantized: tuple[Tensor, Tensor, Tensor], weights: Int8Weights) -> Tensor:
     """Quantized (M, K) rows (q, scale, zero) times an int8 Linear -> (M, N):
-    x ≈ s (q - z), W ≈ diag(w) Q  =>  x W^T + b ≈ s w (q Q^T) - s z w colsum(Q) + b."""
+    x ≈ s (q - z), W ≈ diag(w) Q  =>  x W^T + b ≈ s (w (q Q^T) - z w colsum(Q)) + b.
+    On torch._int_mm every pass after the product runs in place on its output (an out-of-place rank-one update
+    allocates and writes a second (M, N) array, slower than these four passes: bench/int8_ops.py)."""
     q, scale, zero = quantized
     y = int8_gemm(q, scale, weights.weight_t, weights.weight_scale)
-    return torch.addr(y, (zero * scale).reshape(-1), weights.weight_sum, alpha=-1).add_(weights.bias)
+    if y is not None:
+        return torch.addr(y, (zero * scale).reshape(-1), weights.weight_sum, alpha=-1).add_(weights.bias)
+    y = torch._int_mm(q, weights.weight_t).float().mul_(weights.weight_scale)
+    return y.addr_(zero.reshape(-1), weights.weight_sum, alpha=-1).mul_(scale).add_(weights.bias)
 
 
 def int8_linear(rows: Tensor, weights: Int8Weights) -> Tensor:
@@ -254,14 +267,17 @@ def int8_dense_stack(x: Tensor, batch: int, num_heads: int, layers: Sequence[Int
 def run_int8(fn: Callable[..., Tensor], *args: Any, act: Callable[[Tensor], Tensor] | None = None,
              compile: bool = False) -> Tensor:
     """`fn(*args)` (with `act` appended where given), through torch.compile with `compile`: compiled at its first
-    call (cached on disk by torch), the activation in its compiled form (COMPILED_FORM). Where compiling fails (no
-    C++ compiler, an unsupported op), every function runs eagerly from then on in this process, with one warning."""
+    call (cached on disk: `compiled.compile_cache`), the activation in its compiled form (COMPILED_FORM). Where
+    compiling fails (no C++ compiler, an unsupported op), every function runs eagerly from then on in this process,
+    with one warning."""
     if compile and STATE.compile_failed is None:
         compiled = STATE.compiled.get(fn.__name__)
         if compiled is None:
+            compile_cache()
             compiled = STATE.compiled[fn.__name__] = torch.compile(fn, dynamic=True)
         try:
-            return compiled(*args) if act is None else compiled(*args, COMPILED_FORM.get(act, act))
+            with compiling_options():
+                return compiled(*args) if act is None else compiled(*args, COMPILED_FORM.get(act, act))
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # compiling happens at the first call

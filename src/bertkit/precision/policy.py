@@ -1,9 +1,11 @@
 """What `--precision` means on this machine, and the conversion of a model to it.
 
 `choose_precision` is the one place that decides what `auto` means: it reads CPU features, never assumes them (an
-Ice Lake has VNNI but emulates bf16 at a fraction of fp32's speed; with AMX, bf16 matmuls run on the tiles at about
-int8's speed and skip int8's quantize and rescale passes: bench/int8.py). `quantize(model, precision)` converts a
-model in place; `prepare_for_inference` is the one inference set-up (the Predictor's, `bertkit embed`'s).
+Ice Lake has VNNI but emulates bf16 at a fraction of fp32's speed). Where a C++ compiler is at hand and the caller
+lives long enough to compile (a server, `bertkit compile`, the Python API's `quantize(model, "auto")`), `auto`
+compiles int8 (`plan_inference`): AUTO_TABLE says what runs fastest for each batch shape on each CPU family it was
+measured on. `quantize(model, precision)` converts a model in place; `prepare_for_inference` is the one inference
+set-up (the Predictor's, `bertkit embed`'s).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,15 +29,40 @@ INT8_FEATURES = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags w
 AMX_BF16 = "amx_bf16"
 
 
-def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
-                     cuda_bf16: bool = False) -> tuple[str, str]:
-    """(precision, why) for `auto`: on a GPU bf16 where it has bf16, else fp32; on a CPU bf16 with AMX, else int8
-    where it has VNNI, else bf16 where bf16 is native (AVX512-BF16), else fp32. Never a precision the machine
-    emulates."""
+SHAPES = ("one sequence", "batch without padding", "batch with padding")
+
+# The fastest of bertkit's engines for each batch shape (SHAPES) on each CPU family measured, BERT-base and mini
+# alike, against onnxruntime int8 in the same process (bench/int8.py; the file each row cites keeps the run).
+# `auto` takes a row's engine where it can run it (compiled int8 needs a C++ compiler and a caller that compiles).
+AUTO_TABLE: dict[str, tuple[dict[str, str], str]] = {
+    "AMX (amx_int8, amx_bf16)": (
+        {"one sequence": "int8 compiled", "batch without padding": "int8 compiled", "batch with padding": "bf16"},
+        "bench/results/int8_amx.json, Intel Xeon (Sapphire Rapids), 2026-12-02: BERT-base 1 x 128 compiled int8 "
+        "1.22x onnxruntime int8, bf16 0.94x; 32 x 128 1.49x and 1.44x; padded batches 2.13x and 2.81x"),
+    "int8 dot products without AMX (avx512_vnni, avx_vnni)": (
+        {shape: "int8 compiled" for shape in SHAPES},
+        "bench/results/int8_vnni.json, AMD EPYC (avx512_vnni, avx512_bf16), 2026-12-07"),
+}
+AMX_FAMILY, VNNI_FAMILY = AUTO_TABLE
+
+
+def cpu_family(flags: Iterable[str] | None = None) -> str | None:
+    """The AUTO_TABLE row of this CPU (None: a CPU without int8 dot products)."""
+    flags = frozenset(hardware.cpu_flags() if flags is None else flags)
+    if "amx_int8" in flags and AMX_BF16 in flags:
+        return AMX_FAMILY
+    return VNNI_FAMILY if any(f in flags for f in INT8_FEATURES) else None
+
+
+def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False, cuda_bf16: bool = False,
+                     compiled: bool = False) -> tuple[str, str]:
+    """(precision, why) for `auto`: on a GPU bf16 where it has bf16, else fp32; on a CPU with AMX bf16 (int8 where
+    the caller compiles it: `compiled`), else int8 where it has VNNI, else bf16 where bf16 is native (AVX512-BF16),
+    else fp32. Never a precision the machine emulates."""
     if cuda:
         return ("bf16", "CUDA with bf16") if cuda_bf16 else ("fp32", "CUDA without bf16 (int8 is a CPU path)")
     flags = frozenset(hardware.cpu_flags() if flags is None else flags)
-    if AMX_BF16 in flags:
+    if AMX_BF16 in flags and not (compiled and "amx_int8" in flags):
         return "bf16", "CPU with AMX (amx_bf16): bf16 matmuls on AMX tiles, faster here than bertkit's eager int8"
     int8 = [f for f in INT8_FEATURES if f in flags]
     if int8:
@@ -45,9 +73,11 @@ def choose_precision(flags: Iterable[str] | None = None, *, cuda: bool = False,
     return "fp32", "CPU without int8 dot products (VNNI/AMX) or native bf16"
 
 
-def resolve_precision(precision: str, device: torch.device, onnx: bool = False) -> tuple[str, str]:
-    """(precision, why) for a model about to run on `device`: `auto` by `choose_precision`; an explicit choice the
-    device cannot run (int8 on a GPU or on an ONNX encoder) is an error, one it runs slowly a warning."""
+def resolve_precision(precision: str, device: torch.device, onnx: bool = False, compiled: bool = False
+                      ) -> tuple[str, str]:
+    """(precision, why) for a model about to run on `device`: `auto` by `choose_precision` (`compiled`: the caller
+    compiles int8); an explicit choice the device cannot run (int8 on a GPU or on an ONNX encoder) is an error, one
+    it runs slowly a warning."""
     from bertkit.errors import DeviceError
 
     if precision not in PRECISIONS:
@@ -59,7 +89,8 @@ def resolve_precision(precision: str, device: torch.device, onnx: bool = False) 
         return "fp32", "ONNX encoder (onnxruntime)"
     cuda = device.type == "cuda"
     if precision == "auto":
-        return choose_precision(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False))
+        return choose_precision(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(including_emulation=False),
+                                compiled=compiled)
     if precision == "int8" and cuda:
         raise DeviceError("--precision int8 is a CPU path (int8 GEMMs through oneDNN); on a GPU use bf16 or fp32")
     if precision == "bf16" and not cuda and not hardware.native_bf16():
@@ -68,11 +99,52 @@ def resolve_precision(precision: str, device: torch.device, onnx: bool = False) 
     return precision, "chosen explicitly"
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a model runs at inference: its precision, whether its int8 layers compile, and why."""
+
+    precision: str
+    compile: bool
+    why: str
+
+    def shapes(self) -> dict[str, str]:
+        """What runs for each of SHAPES."""
+        if self.precision != "int8":
+            return {shape: f"{self.precision}, the whole model" for shape in SHAPES}
+        how = "int8 compiled (fused around each GEMM)" if self.compile else "int8 eager"
+        stack = f", {Int8LayerStack.chunk} layers a call" if self.compile else ""
+        return {"one sequence": how + stack, "batch without padding": f"{how}, whole sequences{stack}",
+                "batch with padding": f"{how}, layer by layer, attention over the real tokens only"}
+
+
+def plan_inference(precision: str, device: torch.device, onnx: bool = False, compile: bool | None = False) -> Plan:
+    """The Plan for a model about to run on `device` at `precision`. `compile`: True or False as the caller says;
+    None (a server's default, `quantize(model, "auto")`): compiled int8 where this CPU's AUTO_TABLE row runs it and
+    a C++ compiler is at hand."""
+    from bertkit.compiled import compile_cache, compiler_available
+
+    family = cpu_family() if device.type == "cpu" and not onnx else None
+    fastest = AUTO_TABLE[family][0] if family else {}
+    compiler = compiler_available()
+    want = compile if compile is not None else "int8 compiled" in fastest.values() and compiler
+    chosen, why = resolve_precision(precision, device, onnx, compiled=want)
+    compiled = want and chosen == "int8"
+    if compile is None and compiled:
+        why += f"; compiled, as AUTO_TABLE's row {family} says ({AUTO_TABLE[family][1]}); graphs cached in " \
+               f"{compile_cache()}"
+        other = [f"{shape}: {engine}" for shape, engine in fastest.items() if engine != "int8 compiled"]
+        if other:
+            why += f"; one precision a model, so not the row's {', '.join(other)}"
+    elif compile is None and "int8 compiled" in fastest.values() and not compiler:
+        why += "; not compiled int8 (AUTO_TABLE's fastest here): no C++ compiler for torch.compile"
+    return Plan(chosen, compiled, why)
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p for p in patterns)
 
 
-def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = (), compile: bool = False
+def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = (), compile: bool | None = None
              ) -> nn.Module:
     """Convert `model` in place for inference at `precision` ("int8", "bf16" or "fp32") and return it, in eval mode.
 
@@ -82,11 +154,12 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
     "*.ffn_out") that stay float32 (the layer-wise fallback for a model that loses accuracy): a layer with a kept
     Linear stays a float layer whose other Linears are Int8Linears. `compile`: the int8 functions run through
     torch.compile (compiled at their first call; `warm_up` does it ahead). bf16: the model in bf16, its encoder
-    Linears packed for oneDNN on a CPU with native bf16 (`pack_bf16`). "auto": what `--precision auto` runs for the
-    model's device (`resolve_precision`)."""
+    Linears packed for oneDNN on a CPU with native bf16 (`pack_bf16`). "auto": what `bertkit serve --precision auto`
+    runs for the model's device (`plan_inference`: compiled int8 where this CPU's AUTO_TABLE row says so and a C++
+    compiler is here); `compile` None: as "auto" decides (False for an explicit precision)."""
     if precision == "auto":
-        device = next(model.parameters()).device
-        precision, _ = resolve_precision(precision, device)
+        plan = plan_inference(precision, next(model.parameters()).device, compile=compile)
+        precision, compile = plan.precision, plan.compile
     if precision not in ("int8", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, int8, bf16 or fp32, got {precision!r}")
     model.eval()
@@ -96,6 +169,7 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
         return model
     if precision == "fp32":
         return model
+    compile = bool(compile)
     patterns = list(keep)
     kept, converted = [], 0
     replaced: set[int] = set()  # layers swapped for an Int8EncoderLayer: their old children are not visited
@@ -140,14 +214,14 @@ def warm_up(encoder: nn.Module) -> None:
 
 
 def prepare_for_inference(model: nn.Module, encoder: nn.Module, device: torch.device, precision: str,
-                          keep: Iterable[str] = (), compile: bool = False, onnx: bool = False) -> tuple[str, str]:
+                          keep: Iterable[str] = (), compile: bool | None = False, onnx: bool = False) -> Plan:
     """The one inference set-up of a loaded model (the Predictor's, `bertkit embed`'s): moved to `device`, converted
-    to `precision` (`resolve_precision`: "auto" picks one), and with int8 and `compile`, its `encoder` compiled now
-    rather than in the first request. Returns (precision, why it was chosen)."""
+    to `precision` (`plan_inference`: "auto" picks one, and `compile` None lets it pick whether int8 compiles), and
+    compiled int8 warmed up now rather than in the first request. Returns the Plan."""
     model.to(device)
-    chosen, why = resolve_precision(precision, device, onnx)
-    if chosen != "fp32":
-        quantize(model, chosen, keep=keep, compile=compile)
-        if compile and chosen == "int8":
+    plan = plan_inference(precision, device, onnx, compile)
+    if plan.precision != "fp32":
+        quantize(model, plan.precision, keep=keep, compile=plan.compile)
+        if plan.compile:
             warm_up(encoder)  # quantize converted it in place
-    return chosen, why
+    return plan
