@@ -1,5 +1,6 @@
-"""bertkit beside a busy neighbour: `--precision auto` and onnxruntime int8 on the same batches, in one process, with
-no neighbour and with a CPU-bound neighbour process (a busy loop, one per `--neighbours`) at niceness 0 and 19.
+"""bertkit beside a busy neighbour: `--precision auto` (as `bertkit serve` runs it) and onnxruntime int8 on the same
+batches, in one process, with no neighbour and with a CPU-bound neighbour process (a busy loop, one per
+`--neighbours`) at niceness 0 and 19.
 
     .venv/bin/python bench/colocated.py [--sizes mini base] [--neighbours 1]
 
@@ -67,9 +68,10 @@ def main() -> int:
     from bertkit import BertConfig, BertModel
     from bertkit.export import export_onnx, quantize_onnx
     from bertkit.hardware import cpu_name
-    from bertkit.precision import choose_precision, quantize
+    from bertkit.precision import plan_inference, quantize
 
-    precision, why = choose_precision()
+    plan = plan_inference("auto", torch.device("cpu"), compile=None)  # what `bertkit serve` runs
+    precision, why = plan.precision + (" compiled" if plan.compile else ""), plan.why
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -77,7 +79,7 @@ def main() -> int:
             torch.manual_seed(0)
             directory = Path(tmp) / size
             BertModel(config).save_pretrained(directory)
-            ours = quantize(BertModel.from_pretrained(directory), precision)  # what `auto` picks
+            ours = quantize(BertModel.from_pretrained(directory), "auto")  # compiled at its first (untimed) calls
             exported = export_onnx(BertModel.from_pretrained(directory).eval(), Path(tmp) / f"{size}.onnx")
             quantized = quantize_onnx(exported, Path(tmp) / f"{size}.int8.onnx",
                                       num_heads=config.num_attention_heads, hidden_size=config.hidden_size)

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("tasks", "speed", "speed_amx", "malloc", "int8", "int8_keep", "int8_gelu", "int8_accuracy", "serve_load",
-          "attention", "parity", "scale", "pretrain_zh", "serve_hostile", "serve_costly_tiny", "serve_costly_base",
-          "fuzz_server", "fuzz_readers", "prepare_shapes", "grad_checkpointing", "search", "search_lcqmc",
-          "distill", "colocated")
+TABLES = ("tasks", "speed", "speed_amx", "malloc", "int8_vnni", "int8_amx", "int8_keep", "int8_ops", "serve_start",
+          "int8_gelu", "int8_accuracy", "serve_load", "attention", "parity", "scale", "pretrain_zh", "serve_hostile",
+          "serve_costly_tiny", "serve_costly_base", "fuzz_server", "fuzz_readers", "prepare_shapes",
+          "grad_checkpointing", "search", "search_lcqmc", "distill", "colocated")
 
 
 def documents(root: Path = ROOT) -> list[Path]:

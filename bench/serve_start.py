@@ -50,7 +50,6 @@ def start(checkpoint: Path, cache: Path, *flags: str) -> dict:
 def main() -> int:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     from _serving import random_checkpoint
-
     from bertkit.hardware import cpu_flags, cpu_name
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bench._serving import random_checkpoint
+
 from bertkit.compiled import CACHE_ENV, compiler_available
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -398,7 +398,7 @@ def _device_arg(p: argparse.ArgumentParser, precision: bool = True, serve: bool 
                    "the CPU; default: %(default)s)")
     if precision:
         p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
-                       help="inference precision; auto: bf16 on CPUs with AMX, int8 on CPUs with VNNI, "
+                       help="inference precision; auto: int8 on CPUs with VNNI or AMX (AMX uncompiled: bf16), "
                        "bf16 where native (AVX512-BF16, CUDA), else fp32; `bertkit info` says what auto picks here "
                        "(default: auto)")
         p.add_argument("--int8-keep", action="append", default=[], metavar="LAYER",

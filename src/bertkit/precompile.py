@@ -11,8 +11,8 @@ import time
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory (what `bertkit serve` will serve)")
-    p.add_argument("--task", default=None, help="for a pre-trained checkpoint: fill_mask or sentence_embedding, as "
-                   "`bertkit serve --task` will serve it")
+    p.add_argument("--task", default=None, help="for a pre-trained checkpoint: the task `bertkit serve --task` "
+                   "will serve it as")
     p.add_argument("--precision", default="auto", choices=("auto", "int8"),
                    help="auto: what `bertkit serve` runs here (int8 on CPUs with int8 dot products) (default: auto)")
     p.add_argument("--int8-keep", action="append", default=[], metavar="LAYER",

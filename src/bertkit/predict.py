@@ -39,8 +39,8 @@ class Predictor:
         `onnx`: an encoder exported by `bertkit export --onnx` from this checkpoint (its fingerprint is checked);
         the encoder then runs in onnxruntime, on the CPU. `device`: auto (CUDA where available), cpu, cuda, cuda:N;
         inputs are batched on the CPU and moved there. `precision`: fp32, bf16, int8 (CPU: int8 encoder Linears, see
-        `bertkit.quantize`) or auto (`precision.choose_precision`: bf16 on CPUs with AMX, int8 with VNNI, bf16
-        where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
+        `bertkit.quantize`) or auto (`precision.plan_inference`: int8 with VNNI or AMX, bf16 on AMX uncompiled,
+        bf16 where native, else fp32); `int8_keep`: encoder layers (names or globs) kept in float32 under int8;
         `compile`: int8 layers through torch.compile (see `precision.int8`), compiled here rather than in
         the first request; None: where `auto` compiles (`precision.plan_inference`: a server's default). A
         checkpoint transformers fine-tuned (a `BertFor*` head, no task.json) has its task info derived from
