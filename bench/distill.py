@@ -45,6 +45,7 @@ ROWS: dict[str, dict[str, Any]] = {
                  teacher_flags=["--epochs", "1", "--lr", "5e-5", "--batch-size", "32", "--max-seq-len", "64"],
                  students={"tiny": ["--max-steps", "2000", "--lr", "5e-4", "--batch-size", "32"],
                            "mini": ["--max-steps", "800", "--lr", "5e-4", "--batch-size", "32"]},
+                 cut={1: ["--max-steps", "2000", "--lr", "1e-4", "--batch-size", "32"]},
                  distill_flags=["--augment", "2", "--temperature", "2"]),
     "chnsenticorp": dict(task="classification", train="chnsenticorp/train.tsv", eval="chnsenticorp/test.tsv",
                          fmt="chnsenticorp", limit=4000, teacher="chinese-demo", metric="accuracy",
@@ -78,7 +79,9 @@ def teacher_start(kind: str, chinese: Path) -> Path:
 
 
 def commands(name: str, row: dict[str, Any], start: Path) -> dict[str, list[str]]:
-    """Role -> the bertkit argv that trains it: the teacher, then per student size the direct and distilled runs."""
+    """Role -> the bertkit argv that trains it: the teacher, then per student size the direct and distilled runs, then
+    the students cut from the teacher's own layers (distilled only: no pre-trained start of that shape exists to
+    fine-tune directly)."""
     data = ["--train", str(DATA / row["train"]), "--eval", str(DATA / row["eval"]), "--format", row["fmt"]]
     limit = ["--limit", str(row["limit"])] if row["limit"] else []
     common = ["--no-progress", "--log-every", "50", "--warmup", "0.1", "--save-every", "200", "--overwrite", *limit]
@@ -94,6 +97,10 @@ def commands(name: str, row: dict[str, Any], start: Path) -> dict[str, list[str]
         out[f"{size} distilled"] = ["distill", "--teacher", str(teacher / "model"), *data, "--student-size", size,
                                     *row["distill_flags"], *flags,
                                     "--output-dir", str(RUNS_DIR / name / f"{size}-distilled"), *common]
+    for layers, flags in row.get("cut", {}).items():  # students cut from the teacher (`--student-layers`)
+        out[f"{layers}-layer cut from the teacher, distilled"] = [
+            "distill", "--teacher", str(teacher / "model"), *data, "--student-layers", str(layers),
+            *row["distill_flags"], *flags, "--output-dir", str(RUNS_DIR / name / f"cut{layers}-distilled"), *common]
     return out
 
 

@@ -467,3 +467,33 @@ def test_what_distillation_refuses_says_why(toy, teachers, tmp_path, capsys):
     assert main(["distill", "--teacher", str(relation), "--train", str(data), "--unlabeled", str(unlabeled),
                  "--student-size", "tiny", "--output-dir", str(tmp_path / "r"), "--no-progress"]) == 2
     assert "a relation input is more than a text" in capsys.readouterr().err
+
+
+def test_a_student_cut_from_the_teacher_keeps_its_embeddings_and_every_kth_layer(toy, tmp_path, capsys):
+    """`--student-layers N`: the teacher's float32 embeddings and pooler, its layers 0, L/N, 2L/N, ... (DistilBERT's
+    start), a fresh head; N must be below the teacher's depth; the result distils like any student."""
+    from bertkit.distill.run import cut_teacher, teacher_layers_kept
+    from bertkit.distill.teacher import load_teacher
+    from bertkit.errors import DataError
+    from bertkit.model import BertModel
+
+    assert teacher_layers_kept(12, 6) == [0, 2, 4, 6, 8, 10] and teacher_layers_kept(6, 1) == [0]
+    assert teacher_layers_kept(6, 2) == [0, 3] and teacher_layers_kept(4, 3) == [0, 1, 2]
+    directory = toy / "teacher" / "model"
+    teacher = load_teacher(directory, torch.device("cpu"), "int8", False)  # weights come from the checkpoint
+    source = BertModel.from_pretrained(directory).state_dict()
+    model = cut_teacher(teacher, 1, seed=0)
+    assert model.bert.config.num_hidden_layers == 1 and len(model.bert.layers) == 1
+    for name, value in model.bert.state_dict().items():
+        torch.testing.assert_close(value, source[name], rtol=0, atol=0)  # layers.0.* is the teacher's layers.0.*
+    teacher_head = dict(teacher.model.named_parameters())
+    head = [(p, teacher_head[n]) for n, p in model.named_parameters()
+            if not n.startswith("bert.") and n in teacher_head]
+    assert head and any(not torch.equal(ours, theirs) for ours, theirs in head)
+    with pytest.raises(DataError, match="student keeps 1 to 1"):
+        cut_teacher(teacher, 2, seed=0)
+    run = tmp_path / "cut"
+    assert main(["distill", "--teacher", str(directory), "--train", str(toy / "train.tsv"), "--eval",
+                 str(toy / "eval.tsv"), "--student-layers", "1", "--augment", "2", "--max-steps", "60", "--lr",
+                 "2e-3", "--output-dir", str(run), *TRAIN_FLAGS]) == 0
+    assert _accuracy(run / "model", toy / "eval.tsv", capsys) >= _accuracy(directory, toy / "eval.tsv", capsys) - 0.05

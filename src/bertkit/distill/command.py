@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          help="a preset student, from random weights")
     student.add_argument("--student-init", default=None, help="a pre-trained checkpoint to start the student from "
                          "(its vocabulary must be the teacher's)")
+    student.add_argument("--student-layers", type=POSITIVE, default=None, metavar="N",
+                         help="a student cut from the teacher: its embeddings and N of its layers (every L/N-th from "
+                         "the first, as DistilBERT starts), a fresh task head")
     p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N training examples (N >= 1)")
     add_dataclass_flags(p, DistillOptions)
     add_train_arguments(p, TrainConfig(output_dir="runs/distill", lr=5e-4, epochs=3.0, warmup=0.1))
@@ -35,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = distill(args.teacher, args.train, config_from_args(args), eval_file=args.eval, fmt=args.format,
                      unlabeled=args.unlabeled, student_size=args.student_size, student_init=args.student_init,
-                     limit=args.limit, options=options_from_args(DistillOptions, args))
+                     limit=args.limit, options=options_from_args(DistillOptions, args),
+                     student_layers=args.student_layers)
     print_result(result, "evaluation")
     return 0

@@ -205,14 +205,19 @@ def distill_head(spec: TaskSpec) -> DistillHead:
     raise DataError(f"distillation covers {', '.join(covered)}; not {spec.name}: {why}")
 
 
-def build_student(teacher: Teacher, size: str | None, init: str | Path | None, seed: int) -> nn.Module:
+def build_student(teacher: Teacher, size: str | None, init: str | Path | None, seed: int,
+                  layers: int | None = None) -> nn.Module:
     """The student task model: the teacher's task, labels (config.json's entries) and vocabulary; a `size` preset
-    (random weights), or the encoder of pre-trained checkpoint `init` (its vocabulary must be the teacher's, or its
-    beginning: the teacher's added tokens are appended). A CRF starts from the teacher's transitions."""
+    (random weights), the encoder of pre-trained checkpoint `init` (its vocabulary must be the teacher's, or its
+    beginning: the teacher's added tokens are appended), or the teacher's own encoder cut to `layers` layers
+    (`cut_teacher`). The task head starts fresh; a CRF starts from the teacher's transitions."""
     spec, tc = teacher.spec, teacher.config
-    if (size is None) == (init is None):
-        raise DataError("give the student a size (--student-size) or a pre-trained checkpoint (--student-init)")
-    if init is None:
+    if sum(x is not None for x in (size, init, layers)) != 1:
+        raise DataError("give the student one of: a size (--student-size), a pre-trained checkpoint (--student-init) "
+                        "or a number of the teacher's layers (--student-layers)")
+    if layers is not None:
+        model = cut_teacher(teacher, layers, seed)
+    elif init is None:
         config = BertConfig.preset(size, vocab_size=tc.vocab_size, pad_token_id=tc.pad_token_id,
                                    type_vocab_size=tc.type_vocab_size,
                                    max_position_embeddings=tc.max_position_embeddings)
@@ -226,13 +231,50 @@ def build_student(teacher: Teacher, size: str | None, init: str | Path | None, s
             raise CheckpointError(f"--student-init {init}: it has {config.type_vocab_size} segment types and "
                                   f"{config.max_position_embeddings} positions; the teacher's task needs "
                                   f"{tc.type_vocab_size} and {teacher.info.max_seq_len}")
-    config.extra.update(spec.config_extra(teacher.info))
-    model = build_task_model(spec.model, init, config, seed)
+    if layers is None:
+        config.extra.update(spec.config_extra(teacher.info))
+        model = build_task_model(spec.model, init, config, seed)
     if model.bert.embeddings.word.num_embeddings < tc.vocab_size:
         model.bert.resize_token_embeddings(tc.vocab_size)
     student_crf, teacher_crf = (getattr(getattr(m, "head", None), "crf", None) for m in (model, teacher.model))
     if student_crf is not None and teacher_crf is not None:
         student_crf.load_state_dict({k: v.float() for k, v in teacher_crf.state_dict().items()})
+    return model
+
+
+def teacher_layers_kept(total: int, layers: int) -> list[int]:
+    """Which of the teacher's `total` layers a student of `layers` keeps: every total/layers-th from the first, as
+    DistilBERT initialises its student (6 of 12: 0, 2, ..., 10; 1 of 6: 0)."""
+    return [i * total // layers for i in range(layers)]
+
+
+def cut_teacher(teacher: Teacher, layers: int, seed: int) -> nn.Module:
+    """A student task model whose encoder is the teacher's (float32 weights, read from its checkpoint): its
+    embeddings and pooler and `teacher_layers_kept` of its layers, with a fresh task head."""
+    import copy
+
+    from bertkit.model import BertModel
+
+    total = teacher.config.num_hidden_layers
+    if not 1 <= layers < total:
+        raise DataError(f"--student-layers {layers}: the teacher has {total} layers; a student keeps 1 to {total - 1}")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = layers
+    config.extra.update(teacher.spec.config_extra(teacher.info))
+    model = build_task_model(teacher.spec.model, None, config, seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(newly initialised|not used by).*")  # the task head's weights
+        source = BertModel.from_pretrained(teacher.directory).state_dict()
+    kept = {f"layers.{old}.": f"layers.{new}." for new, old in enumerate(teacher_layers_kept(total, layers))}
+    state = {}
+    for name, value in source.items():
+        if not name.startswith("layers."):
+            state[name] = value
+            continue
+        prefix = name[: name.index(".", len("layers.")) + 1]
+        if prefix in kept:
+            state[kept[prefix] + name[len(prefix):]] = value
+    model.bert.load_state_dict(state)
     return model
 
 
@@ -270,8 +312,9 @@ def _token_rows(rows: list[Any]) -> list[list[int]]:
 def distill(teacher_dir: str | Path, train_file: str | Path, config: Any, *, eval_file: str | Path | None = None,
             fmt: str | None = None, unlabeled: str | Path | None = None, student_size: str | None = None,
             student_init: str | Path | None = None, limit: int | None = None,
-            options: DistillOptions | None = None) -> Any:
-    """Distil the fine-tuned checkpoint `teacher_dir` into a student (a `student_size` preset, or `student_init`) on
+            options: DistillOptions | None = None, student_layers: int | None = None) -> Any:
+    """Distil the fine-tuned checkpoint `teacher_dir` into a student (a `student_size` preset, `student_init`, or
+    `student_layers` of the teacher's own layers) on
     `train_file` (read as the teacher's task reads it, `fmt` its format), plus the texts of `unlabeled` (one a line)
     and `options.augment` augmented copies for the soft targets; evaluated on `eval_file`. `config`: the TrainConfig
     of `fit`, whose run directory gets the student as `model/`, an ordinary checkpoint of the teacher's task."""
@@ -298,7 +341,7 @@ def distill(teacher_dir: str | Path, train_file: str | Path, config: Any, *, eva
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*truncated")  # counted below, as soft targets only
             head.unlabeled(task, [(n, line) for n, line in read_lines(unlabeled) if line.strip()], str(unlabeled))
-    model = build_student(teacher, student_size, student_init, config.seed)
+    model = build_student(teacher, student_size, student_init, config.seed, student_layers)
     student = Student(model, head, teacher.config.hidden_size, options)
     output = Path(config.output_dir)
     with claim_run_dir(output, resume=config.resume, overwrite=config.overwrite, rank=rank, own=(CACHE_DIR,)):
