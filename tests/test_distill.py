@@ -472,7 +472,7 @@ def test_what_distillation_refuses_says_why(toy, teachers, tmp_path, capsys):
 def test_a_student_cut_from_the_teacher_keeps_its_embeddings_and_every_kth_layer(toy, tmp_path, capsys):
     """`--student-layers N`: the teacher's float32 embeddings and pooler, its layers 0, L/N, 2L/N, ... (DistilBERT's
     start), a fresh head; N must be below the teacher's depth; the result distils like any student."""
-    from bertkit.distill.run import cut_teacher, teacher_layers_kept
+    from bertkit.distill.run import build_student, teacher_layers_kept
     from bertkit.distill.teacher import load_teacher
     from bertkit.errors import DataError
     from bertkit.model import BertModel
@@ -482,7 +482,7 @@ def test_a_student_cut_from_the_teacher_keeps_its_embeddings_and_every_kth_layer
     directory = toy / "teacher" / "model"
     teacher = load_teacher(directory, torch.device("cpu"), "int8", False)  # weights come from the checkpoint
     source = BertModel.from_pretrained(directory).state_dict()
-    model = cut_teacher(teacher, 1, seed=0)
+    model = build_student(teacher, None, None, 0, layers=1)
     assert model.bert.config.num_hidden_layers == 1 and len(model.bert.layers) == 1
     for name, value in model.bert.state_dict().items():
         torch.testing.assert_close(value, source[name], rtol=0, atol=0)  # layers.0.* is the teacher's layers.0.*
@@ -491,7 +491,7 @@ def test_a_student_cut_from_the_teacher_keeps_its_embeddings_and_every_kth_layer
             if not n.startswith("bert.") and n in teacher_head]
     assert head and any(not torch.equal(ours, theirs) for ours, theirs in head)
     with pytest.raises(DataError, match="student keeps 1 to 1"):
-        cut_teacher(teacher, 2, seed=0)
+        build_student(teacher, None, None, 0, layers=2)
     run = tmp_path / "cut"
     assert main(["distill", "--teacher", str(directory), "--train", str(toy / "train.tsv"), "--eval",
                  str(toy / "eval.tsv"), "--student-layers", "1", "--augment", "2", "--max-steps", "60", "--lr",

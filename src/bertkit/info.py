@@ -42,7 +42,7 @@ def describe_checkpoint(checkpoint: str | Path) -> tuple[list[str], bool]:
     served, once = plan_inference("auto", device, compile=None), plan_inference("auto", device)
     lines.append(f"here         --device auto: {describe(device)}; --precision auto: {served.precision}"
                  f"{' compiled' if served.compile else ''} in `bertkit serve` ({served.why})")
-    lines += [f"  {shape:23s}{what}" for shape, what in served.shapes().items()]
+    lines += served.shape_lines(indent="  ")
     if once != served:
         lines.append(f"  one-shot commands      {once.precision} without --compile (predict, evaluate, embed, index, "
                      "search: a compilation costs more than it saves on a few inputs)")

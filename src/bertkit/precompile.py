@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if STATE.compile_failed or STATE.frozen_failed:
         raise BertkitError(f"torch.compile failed here ({STATE.compile_failed or STATE.frozen_failed}): "
                            "`bertkit serve` will run the int8 layers eagerly")
-    for shape, what in plan.shapes().items():
-        print(f"{shape:22s} {what}", file=sys.stderr)
+    print("\n".join(plan.shape_lines()), file=sys.stderr)
     print(f"compiled {args.checkpoint} ({plan.precision}, {plan.why}) in {time.perf_counter() - start:.1f} s; "
           f"cached in {compile_cache()}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ Shape legend: B batch, T tokens, H hidden.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -210,13 +211,18 @@ def build_student(teacher: Teacher, size: str | None, init: str | Path | None, s
     """The student task model: the teacher's task, labels (config.json's entries) and vocabulary; a `size` preset
     (random weights), the encoder of pre-trained checkpoint `init` (its vocabulary must be the teacher's, or its
     beginning: the teacher's added tokens are appended), or the teacher's own encoder cut to `layers` layers
-    (`cut_teacher`). The task head starts fresh; a CRF starts from the teacher's transitions."""
+    (`teacher_layers_kept`, `load_teacher_layers`). The task head starts fresh; a CRF starts from the teacher's
+    transitions."""
     spec, tc = teacher.spec, teacher.config
     if sum(x is not None for x in (size, init, layers)) != 1:
         raise DataError("give the student one of: a size (--student-size), a pre-trained checkpoint (--student-init) "
                         "or a number of the teacher's layers (--student-layers)")
     if layers is not None:
-        model = cut_teacher(teacher, layers, seed)
+        if not 1 <= layers < tc.num_hidden_layers:
+            raise DataError(f"--student-layers {layers}: the teacher has {tc.num_hidden_layers} layers; a student "
+                            f"keeps 1 to {tc.num_hidden_layers - 1}")
+        config = copy.deepcopy(tc)
+        config.num_hidden_layers = layers
     elif init is None:
         config = BertConfig.preset(size, vocab_size=tc.vocab_size, pad_token_id=tc.pad_token_id,
                                    type_vocab_size=tc.type_vocab_size,
@@ -231,9 +237,10 @@ def build_student(teacher: Teacher, size: str | None, init: str | Path | None, s
             raise CheckpointError(f"--student-init {init}: it has {config.type_vocab_size} segment types and "
                                   f"{config.max_position_embeddings} positions; the teacher's task needs "
                                   f"{tc.type_vocab_size} and {teacher.info.max_seq_len}")
-    if layers is None:
-        config.extra.update(spec.config_extra(teacher.info))
-        model = build_task_model(spec.model, init, config, seed)
+    config.extra.update(spec.config_extra(teacher.info))
+    model = build_task_model(spec.model, init, config, seed)
+    if layers is not None:
+        load_teacher_layers(model, teacher, teacher_layers_kept(tc.num_hidden_layers, layers))
     if model.bert.embeddings.word.num_embeddings < tc.vocab_size:
         model.bert.resize_token_embeddings(tc.vocab_size)
     student_crf, teacher_crf = (getattr(getattr(m, "head", None), "crf", None) for m in (model, teacher.model))
@@ -248,34 +255,18 @@ def teacher_layers_kept(total: int, layers: int) -> list[int]:
     return [i * total // layers for i in range(layers)]
 
 
-def cut_teacher(teacher: Teacher, layers: int, seed: int) -> nn.Module:
-    """A student task model whose encoder is the teacher's (float32 weights, read from its checkpoint): its
-    embeddings and pooler and `teacher_layers_kept` of its layers, with a fresh task head."""
-    import copy
-
+def load_teacher_layers(model: nn.Module, teacher: Teacher, kept: list[int]) -> None:
+    """Give a student's encoder the teacher's float32 weights (read from its checkpoint): its embeddings and pooler,
+    and teacher layer `kept[i]` as student layer i."""
     from bertkit.model import BertModel
 
-    total = teacher.config.num_hidden_layers
-    if not 1 <= layers < total:
-        raise DataError(f"--student-layers {layers}: the teacher has {total} layers; a student keeps 1 to {total - 1}")
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = layers
-    config.extra.update(teacher.spec.config_extra(teacher.info))
-    model = build_task_model(teacher.spec.model, None, config, seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(newly initialised|not used by).*")  # the task head's weights
-        source = BertModel.from_pretrained(teacher.directory).state_dict()
-    kept = {f"layers.{old}.": f"layers.{new}." for new, old in enumerate(teacher_layers_kept(total, layers))}
-    state = {}
-    for name, value in source.items():
-        if not name.startswith("layers."):
-            state[name] = value
-            continue
-        prefix = name[: name.index(".", len("layers.")) + 1]
-        if prefix in kept:
-            state[kept[prefix] + name[len(prefix):]] = value
+        source = BertModel.from_pretrained(teacher.directory)
+    state = {name: value for name, value in source.state_dict().items() if not name.startswith("layers.")}
+    for new, old in enumerate(kept):
+        state.update({f"layers.{new}.{name}": value for name, value in source.layers[old].state_dict().items()})
     model.bert.load_state_dict(state)
-    return model
 
 
 def add_augmented(task: Any, head: DistillHead, options: DistillOptions, seed: int) -> int:

@@ -116,6 +116,10 @@ class Plan:
         return {"one sequence": how + stack, "batch without padding": f"{how}, whole sequences{stack}",
                 "batch with padding": f"{how}, layer by layer, attention over the real tokens only"}
 
+    def shape_lines(self, indent: str = "") -> list[str]:
+        """`shapes()` as aligned lines (`bertkit info`, `bertkit compile`)."""
+        return [f"{indent}{shape:23s}{what}" for shape, what in self.shapes().items()]
+
 
 def plan_inference(precision: str, device: torch.device, onnx: bool = False, compile: bool | None = False) -> Plan:
     """The Plan for a model about to run on `device` at `precision`. `compile`: True or False as the caller says;
@@ -125,8 +129,8 @@ def plan_inference(precision: str, device: torch.device, onnx: bool = False, com
 
     family = cpu_family() if device.type == "cpu" and not onnx else None
     fastest = AUTO_TABLE[family][0] if family else {}
-    compiler = compiler_available()
-    want = compile if compile is not None else "int8 compiled" in fastest.values() and compiler
+    table_compiles = "int8 compiled" in fastest.values()
+    want = compile if compile is not None else table_compiles and compiler_available()
     chosen, why = resolve_precision(precision, device, onnx, compiled=want)
     compiled = want and chosen == "int8"
     if compile is None and compiled:
@@ -135,7 +139,7 @@ def plan_inference(precision: str, device: torch.device, onnx: bool = False, com
         other = [f"{shape}: {engine}" for shape, engine in fastest.items() if engine != "int8 compiled"]
         if other:
             why += f"; one precision a model, so not the row's {', '.join(other)}"
-    elif compile is None and "int8 compiled" in fastest.values() and not compiler:
+    elif compile is None and table_compiles and not want:
         why += "; not compiled int8 (AUTO_TABLE's fastest here): no C++ compiler for torch.compile"
     return Plan(chosen, compiled, why)
 
