@@ -124,6 +124,7 @@ def test_taps_record_each_layer_and_its_attention_map():
     from bertkit.distill.taps import Taps
 
     teacher, _ = _encoder_pair()
+    teacher.eval()  # at inference a [CLS] head's last layer runs on the [CLS] rows only, except while tapped
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 11, 3, 0, 0]])
     mask = (ids != 0).long()
     taps = Taps(teacher.bert)
@@ -132,7 +133,9 @@ def test_taps_record_each_layer_and_its_attention_map():
         recorded = taps.hidden()
         expected = _layers_by_hand(teacher, ids, mask)
         maps = teacher.bert.attention_maps(ids, mask)  # (L, B, N, T, T): what the model itself computes
-    assert len(recorded) == 5
+    assert len(recorded) == 5 and not teacher.bert.narrow_last_layer
+    taps.remove()
+    assert teacher.bert.narrow_last_layer
     for ours, theirs in zip(recorded, expected, strict=True):
         torch.testing.assert_close(ours * mask[..., None], theirs * mask[..., None], atol=1e-5, rtol=1e-5)
     for layer, qkv in enumerate(taps.projections()):

@@ -77,3 +77,40 @@ def test_pretraining_output_shapes():
     model = BertForPreTraining(CONFIG)
     out = model(torch.randint(0, 100, (3, 9)))
     assert out.mlm_logits.shape == (3, 9, 100) and out.nsp_logits.shape == (3, 2)
+
+
+def _rows_into_last_ffn(model):
+    """A hook that records how many rows the last layer's feed-forward block receives at each forward."""
+    seen = []
+    model.layers[len(model.layers) - 1].ffn_in.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    return seen
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+def test_pooled_runs_the_last_layer_on_the_cls_rows_only(unpad):
+    """`pooled` (what a [CLS] classifier reads) equals forward's pooler output on a padded batch (packed or masked
+    dense) and an unpadded one, while the last layer's feed-forward sees one row per sequence; in training, with
+    `narrow_last_layer` off, and through `forward`, every row."""
+    torch.manual_seed(0)
+    model = BertModel(CONFIG).eval()
+    model.unpad = unpad
+    seen = _rows_into_last_ffn(model)
+    ids = torch.randint(4, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 5:], mask[2, 7:] = 0, 0
+    types = torch.zeros_like(ids)
+    types[1, 4:] = 1
+    for batch in ((ids, mask, types), (ids, torch.ones_like(ids), types)):
+        with torch.no_grad():
+            expected = model(*batch).pooler_output
+            rows_full = seen.pop()
+            narrowed = model.pooled(*batch)
+        assert seen.pop() == 3 and rows_full in (int(batch[1].sum()), 27)
+        torch.testing.assert_close(narrowed, expected, atol=1e-6, rtol=1e-5)
+    model.narrow_last_layer = False
+    model.pooled(ids, mask, types)
+    assert seen.pop() > 3
+    model.narrow_last_layer = True
+    model.train()
+    model.pooled(ids, mask, types)
+    assert seen.pop() > 3

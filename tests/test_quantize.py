@@ -488,6 +488,44 @@ def test_an_unpadded_batch_runs_the_layer_stack_in_chunks(monkeypatch):
         fused.train()(*full)
 
 
+def test_int8_pooled_runs_the_last_layer_on_the_cls_rows_only(monkeypatch):
+    """At int8 (eager, and compiled through the layer-stack functions), `pooled` runs every layer but the last as
+    `forward` does, then the last one's attention output and feed-forward block on one row per sequence: the pooler
+    output of `forward` on padded and unpadded batches."""
+    import copy
+
+    from bertkit.config import BertConfig
+
+    rows = []
+
+    def recording(fn, **kwargs):  # stands in for torch.compile: records each call's rows, runs eagerly
+        def run(*args):
+            rows.append((fn.__name__, len(args[3]) if fn.__name__ == "int8_dense_stack" else args[0].shape[0]))
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording)
+    _fresh_compile_state(monkeypatch, packed=False)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=100, num_hidden_layers=5, hidden_act="gelu_new"))
+    ids = torch.randint(5, 100, (3, 9))
+    padded_mask = torch.ones_like(ids)
+    padded_mask[1, 6:] = 0
+    for compile in (False, True):
+        int8 = quantize(copy.deepcopy(model), "int8", compile=compile)
+        for mask in (torch.ones_like(ids), padded_mask):
+            with torch.no_grad():
+                expected = int8(ids, mask).pooler_output
+                rows[:] = []
+                got = int8.pooled(ids, mask)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            if compile:
+                last = [r for name, r in rows if name == "int8_feed_forward"][-1]
+                assert last == 3  # one row per sequence
+                if bool(mask.all()):
+                    assert [r for name, r in rows if name == "int8_dense_stack"] == [4]  # layers 0-3 in one call
+
+
 def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
     """Where frozen stacks are available (AMX), an unpadded batch runs each `chunk` of layers as one compiled
     FrozenInt8Layers (its tensors parameters sharing the layers' storage, so inductor's freezing treats them as

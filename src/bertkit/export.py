@@ -251,3 +251,7 @@ class OnnxEncoder(nn.Module):
 
     def pool(self, x: Tensor, layout: Any) -> Tensor:
         return self._pooled
+
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+               token_type_ids: Tensor | None = None) -> Tensor:
+        return self.forward(input_ids, attention_mask, token_type_ids).pooler_output

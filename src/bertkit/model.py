@@ -176,14 +176,18 @@ class Layout:
     def __init__(self, attention_mask: Tensor | None, batch: int, seq_len: int, dtype: torch.dtype,
                  unpad: bool = True) -> None:
         self.batch, self.seq_len = batch, seq_len
+        self.dtype = dtype
         self.record: list[Tensor] | None = None  # when a list: attention probabilities are computed and kept
         self.indices: Tensor | None = None  # (S,) positions of the real tokens in the flattened (B * T) batch
         self.bias: Tensor | None = None  # (B, 1, 1, T) additive mask for the dense path
+        self.keep: Tensor | None = None  # (B, T) the attention mask as booleans, where it has padding
+        self.first_only = False  # True once the rows are each sequence's first token only, (B, H)
         if attention_mask is None:
             return
         keep = attention_mask.to(torch.bool)  # (B, T)
         if bool(keep.all()):
             return
+        self.keep = keep
         lengths = keep.sum(dim=1)  # (B,)
         # Packing needs every sequence to start with a real token (its [CLS], read by the pooler).
         if unpad and bool(keep[:, 0].all()):
@@ -193,12 +197,7 @@ class Layout:
             self.starts = ends - lengths  # (B,) row of each sequence's first token
             self.offsets = F.pad(ends, (1, 0))  # (B + 1,) for the var-len kernel
             return
-        # Additive (not boolean) so a fully padded row stays finite instead of NaN, as transformers does.
-        low = torch.finfo(dtype).min
-        kind = keep.device.type
-        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16:
-            low = torch.finfo(torch.float16).min  # fp32's min would become -inf in fp16 (NaN on an all-pad row)
-        self.bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, low)[:, None, None, :]
+        self.bias = additive_mask(keep, dtype)
 
     @property
     def packed(self) -> bool:
@@ -217,10 +216,25 @@ class Layout:
         return out.index_copy(0, self.indices, x).view(self.batch, self.seq_len, *x.shape[1:])
 
     def first_tokens(self, x: Tensor) -> Tensor:
-        """(S, H) -> (B, H): the [CLS] row of each sequence."""
+        """(S, H) -> (B, H): the [CLS] row of each sequence (rows already narrowed to them: as they are)."""
+        if self.first_only:
+            return x
         if self.indices is None:
             return x.view(self.batch, self.seq_len, -1)[:, 0]
         return x.index_select(0, self.starts)
+
+    def first_token_attention(self, qkv: Tensor, num_heads: int, dropout: float) -> Tensor:
+        """(S, 3H) fused projections -> (B, H): the attention output of each sequence's first token only (its
+        query against all of its keys), in one call over the padded batch."""
+        H = qkv.shape[1] // 3
+        bias = self.bias
+        if self.indices is not None:
+            assert self.keep is not None
+            bias = additive_mask(self.keep, self.dtype)
+        padded = self.pad(qkv).reshape(-1, 3 * H)  # (B * T, 3H), zeros at padding
+        q, k, v = split_heads(padded, self.batch, num_heads)  # (B, N, T, D) each
+        y = attend(q[:, :, :1], k, v, bias, dropout)  # (B, N, 1, D)
+        return y.reshape(self.batch, H)
 
     def attention(self, qkv: Tensor, num_heads: int, dropout: float) -> Tensor:
         """(S, 3H) fused projections -> (S, H) attention output."""
@@ -243,6 +257,16 @@ class Layout:
         for part in torch.split(qkv, self.lengths):  # (L, 3H) per sequence
             outputs.append(dense_attention(part, 1, num_heads, None, dropout))  # (L, H)
         return torch.cat(outputs)  # (S, H)
+
+
+def additive_mask(keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T) booleans (True: a real token) -> (B, 1, 1, T) additive attention mask in `dtype`. Additive (not
+    boolean) so a fully padded row stays finite instead of NaN, as transformers does."""
+    low = torch.finfo(dtype).min
+    kind = keep.device.type
+    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16:
+        low = torch.finfo(torch.float16).min  # fp32's min would become -inf in fp16 (NaN on an all-pad row)
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, low)[:, None, None, :]
 
 
 def split_heads(qkv: Tensor, batch: int, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -345,6 +369,14 @@ class EncoderLayer(nn.Module):
         h = self.ffn_out(self.act(self.ffn_in(x)))  # (S, I) -> (S, H)
         return self.ffn_norm(x + self.dropout(h))
 
+    def forward_first(self, x: Tensor, layout: Layout) -> Tensor:
+        """(S, H) -> (B, H): this layer's output at each sequence's first token only, the same numbers as
+        `forward`'s rows there (keys and values still come from every token)."""
+        dropout = self.attn_dropout if self.training else 0.0
+        y = layout.first_token_attention(self.qkv(x), self.num_heads, dropout)  # (B, H)
+        x = self.attn_norm(layout.first_tokens(x) + self.dropout(self.attn_out(y)))  # (B, H)
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+
 
 class LayerStack(nn.ModuleList):
     """The encoder layers, run in order over one layout (`quantize(..., compile=True)` swaps in a subclass that runs
@@ -357,10 +389,18 @@ class LayerStack(nn.ModuleList):
 
     checkpointing = False
 
-    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+    def forward(self, x: Tensor, layout: Layout, first_only: bool = False) -> Tensor:
+        """The layers over (S, H) rows; `first_only`: the last layer computes each sequence's first token only and
+        `layout.first_only` says so (a stack may decline and return every row: then it stays False)."""
         rerun = self.checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self:
-            x = torch.utils.checkpoint.checkpoint(layer, x, layout, use_reentrant=False) if rerun else layer(x, layout)
+        last = len(self) - 1
+        for i, layer in enumerate(self):
+            if first_only and i == last and hasattr(layer, "forward_first"):
+                x, layout.first_only = layer.forward_first(x, layout), True
+            elif rerun:
+                x = torch.utils.checkpoint.checkpoint(layer, x, layout, use_reentrant=False)
+            else:
+                x = layer(x, layout)
         return x
 
 
@@ -386,14 +426,18 @@ class BertModel(CheckpointIO, nn.Module):
         # transformers' BertForMaskedLM has no pooler (add_pooling_layer=False); neither does ours
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         self.unpad = True  # False: compute on padding too (the reference path transformers takes)
+        # `pooled` at inference runs the last layer on the [CLS] rows only (what the pooler reads); False: every row
+        # (a reader of the layers' outputs, such as distillation's taps, turns it off)
+        self.narrow_last_layer = True
         init_weights(self, config)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-        record_attention: list[Tensor] | None = None,
+        record_attention: list[Tensor] | None = None, first_only: bool = False,
     ) -> tuple[Tensor, Layout]:
         """The encoder's output rows (S, H) and the layout that places them in the (B, T) batch. With a list as
-        `record_attention`, each layer appends its (B, N, T, T) attention probabilities to it."""
+        `record_attention`, each layer appends its (B, N, T, T) attention probabilities to it. `first_only`: the
+        last layer may compute each sequence's first token only ((B, H) rows, `layout.first_only` then True)."""
         check_inputs(self.config, input_ids, attention_mask, token_type_ids)
         input_ids = input_ids.long()
         token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.long()
@@ -402,6 +446,8 @@ class BertModel(CheckpointIO, nn.Module):
                         unpad=self.unpad and record_attention is None)
         layout.record = record_attention
         x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
+        if first_only and record_attention is None:
+            return self.layers(x, layout, first_only=True), layout
         return self.layers(x, layout), layout
 
     def resize_token_embeddings(self, size: int) -> None:
@@ -429,6 +475,14 @@ class BertModel(CheckpointIO, nn.Module):
     ) -> BertOutput:
         x, layout = self.encode(input_ids, attention_mask, token_type_ids)
         return BertOutput(layout.pad(x), self.pool(x, layout) if self.pooler is not None else x.new_zeros(0))
+
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+               ) -> Tensor:
+        """(B, H) pooler output alone: `forward(...).pooler_output`, where at inference (and with
+        `narrow_last_layer`) the last layer computes the [CLS] rows only, which are all the pooler reads."""
+        first_only = self.narrow_last_layer and not self.training
+        x, layout = self.encode(input_ids, attention_mask, token_type_ids, first_only=first_only)
+        return self.pool(x, layout)
 
     @torch.no_grad()
     def attention_maps(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -21,6 +21,8 @@ class Taps:
     def __init__(self, encoder: nn.Module) -> None:
         if not all(isinstance(layer, EncoderLayer) for layer in encoder.layers):
             raise ValueError("intermediate layers can be read from float (fp32 or bf16) encoder layers only")
+        self.encoder = encoder
+        encoder.narrow_last_layer = False  # every layer's every row, the last one's too
         self.layout: Layout | None = None
         self.rows: list[Tensor] = []  # (S, H): the embeddings' output, then each layer's
         self.qkv: list[Tensor] = []  # (S, 3H) per layer
@@ -53,3 +55,4 @@ class Taps:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        self.encoder.narrow_last_layer = True

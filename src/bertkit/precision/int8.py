@@ -159,6 +159,17 @@ class Int8EncoderLayer(nn.Module):
                                   compile=compile))
         return _joined(parts).to(dtype)
 
+    def forward_first(self, x: Tensor, layout: Layout) -> Tensor:
+        """(S, H) -> (B, H): the layer at each sequence's first token only (as `EncoderLayer.forward_first`)."""
+        if self.training:
+            raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
+        dtype, x = x.dtype, x.float()
+        w, compile = self.weights, self.compile
+        y = layout.first_token_attention(self.qkv(x), self.num_heads, 0.0)  # (B, H)
+        h = run_int8(int8_attention_output, layout.first_tokens(x), y, w.attn_out, w.attn_norm, compile=compile)
+        return run_int8(int8_feed_forward, h, w.ffn_in, w.ffn_out, w.ffn_norm, act=self.act,
+                        compile=compile).to(dtype)
+
 
 def _flat(weights: Int8LayerWeights) -> Iterator[tuple[str, Tensor]]:
     """(field, tensor) of a layer's tensors in Int8LayerWeights order (the eps floats left out)."""
@@ -268,10 +279,11 @@ class Int8LayerStack(LayerStack):
         super().__init__(layers)
         self.compile = compile
 
-    def chunks(self) -> list[list[nn.Module]]:
-        """The layers in calls: runs of Int8EncoderLayers cut every `chunk` layers, any other layer alone."""
+    def chunks(self, layers: list[nn.Module] | None = None) -> list[list[nn.Module]]:
+        """The layers (all of them by default) in calls: runs of Int8EncoderLayers cut every `chunk` layers, any
+        other layer alone."""
         out: list[list[nn.Module]] = []
-        for layer in self:
+        for layer in self if layers is None else layers:
             if isinstance(layer, Int8EncoderLayer) and out and isinstance(out[-1][0], Int8EncoderLayer) \
                     and len(out[-1]) < self.chunk:
                 out[-1].append(layer)
@@ -279,15 +291,17 @@ class Int8LayerStack(LayerStack):
                 out.append([layer])
         return out
 
-    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+    def forward(self, x: Tensor, layout: Layout, first_only: bool = False) -> Tensor:
         if not unpadded(layout):
-            return super().forward(x, layout)
+            return super().forward(x, layout, first_only)
         if self.training:
             raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
         dtype, start = x.dtype, x
         x = x.float()
-        chunks = self.chunks()
         frozen = self.frozen() if self.compile and frozen_int8_available() else None
+        # the last layer at the first tokens only, after the others (not where frozen stacks hold every layer)
+        last = self[len(self) - 1] if first_only and frozen is None else None
+        chunks = self.chunks(list(self)[:-1]) if last is not None else self.chunks()
         for i, layers in enumerate(chunks):
             first = layers[0]
             if not isinstance(first, Int8EncoderLayer):
@@ -308,6 +322,8 @@ class Int8LayerStack(LayerStack):
                                     compile=self.compile)
                 parts.append(rows)
             x = _joined(parts)
+        if last is not None:
+            x, layout.first_only = last.forward_first(x, layout).float(), True
         return x.to(dtype)
 
     def frozen(self) -> list[FrozenInt8Layers | None]:

@@ -177,16 +177,15 @@ def build_task_model(cls: type[nn.Module], init_from: str | Path | None, config:
 def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Sequence[int]] | None = None
                   ) -> dict[str, torch.Tensor]:
     """(input_ids, token_type_ids, attention_mask), padded to the longest row."""
-    B, T = len(rows), max(len(r) for r in rows)
-    out = {"input_ids": torch.full((B, T), pad_id, dtype=torch.long),
-           "token_type_ids": torch.zeros((B, T), dtype=torch.long),
-           "attention_mask": torch.zeros((B, T), dtype=torch.long)}
-    for i, row in enumerate(rows):
-        out["input_ids"][i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        out["attention_mask"][i, : len(row)] = 1
-        if types is not None:
-            out["token_type_ids"][i, : len(row)] = torch.tensor(types[i], dtype=torch.long)
-    return out
+    T = max(len(r) for r in rows)
+    # padded Python lists, then one tensor each: a tensor per row costs more than the model's embedding lookup
+    ids = [[*row, *[pad_id] * (T - len(row))] for row in rows]
+    mask = [[1] * len(row) + [0] * (T - len(row)) for row in rows]
+    segments = ([[*kinds, *[0] * (T - len(kinds))] for kinds in types] if types is not None
+                else [[0] * T for _ in rows])
+    return {"input_ids": torch.tensor(ids, dtype=torch.long),
+            "token_type_ids": torch.tensor(segments, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long)}
 
 
 # Padded tokens per forward pass at most: a batch of 64 rows of 512 tokens held 64 x heads x 512 x 512 attention

@@ -122,7 +122,7 @@ class BertForSequenceClassification(CheckpointIO, nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> Tensor:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, H)
+        pooled = self.bert.pooled(input_ids, attention_mask, token_type_ids)  # (B, H)
         return self.classifier(self.dropout(pooled))  # (B, C)
 
 

@@ -171,7 +171,7 @@ class BertForMultipleChoice(CheckpointIO, nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None,
                 choice_mask: Tensor) -> Tensor:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (N, H)
+        pooled = self.bert.pooled(input_ids, attention_mask, token_type_ids)  # (N, H)
         scores = self.classifier(self.dropout(pooled)).squeeze(-1).float()  # (N,)
         out = torch.full(choice_mask.shape, float("-inf"), device=scores.device)  # (B, C)
         return out.masked_scatter(choice_mask, scores)
