@@ -66,6 +66,7 @@ TEACHERS = {"minilm": "MiniLM-L6-H384 (all-MiniLM-L6-v2's encoder), fine-tuned",
             "chinese-mini": "bertkit's Chinese mini (L4/H256, pre-trained by bench/pretrain_zh.py: 5,600 steps on "
                             "10.8M characters), fine-tuned"}
 SPEED_TEXTS = 256  # evaluation texts per timed call
+EVERY_ROW = "last layer on every row"
 
 
 def teacher_start(kind: str, chinese: Path) -> Path:
@@ -191,6 +192,11 @@ def measure(name: str, row: dict[str, Any], runs: dict[str, dict[str, Any]]) -> 
         if role != "teacher":
             predictors[role] = Predictor(runs[role]["model"], device="cpu", precision="auto")
     auto = predictors[next(r for r in runs if r != "teacher")].precision
+    if row["task"] == "classification":  # a [CLS] head: each model again with its last layer on every row
+        for timed in list(predictors):
+            every = predictors[f"{timed} {EVERY_ROW}"] = Predictor(predictors[timed].directory, device="cpu",
+                                                                    precision=predictors[timed].precision)
+            every.model.bert.narrow_last_layer = False
     load_before = os.getloadavg()[0]
     seconds = alternate({role: (lambda p=p: p.predict(texts)) for role, p in predictors.items()}, repeats=5,
                         min_seconds=2.0)
@@ -208,7 +214,9 @@ def measure(name: str, row: dict[str, Any], runs: dict[str, dict[str, Any]]) -> 
             **run, "parameters": sum(t.numel() for t in weights.values()), "metric_fp32": scores["fp32"],
             "metric_auto": scores["auto"],
             "speed": {t: {"seconds": seconds[t], "vs_teacher_fp32": seconds["teacher fp32"] / seconds[t],
-                          "vs_teacher_int8": seconds["teacher int8"] / seconds[t]} for t in timed}}
+                          "vs_teacher_int8": seconds["teacher int8"] / seconds[t],
+                          **({"narrowing": seconds[f"{t} {EVERY_ROW}"] / seconds[t]}
+                             if f"{t} {EVERY_ROW}" in seconds else {})} for t in timed}}
     out["soft_target_int8_vs_fp32"] = soft_target_gap(Path(runs["teacher"]["model"]), row)
     return out
 
@@ -218,10 +226,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Measured {first['date']} on {first['machine']} ({first['threads']} threads, shared with other work: "
              "speeds are ratios within one process, never absolute). Accuracy / F1 on the evaluation file at fp32 "
              f"and at `--precision auto` (here: {first['auto']}); speed: texts per second at `auto` (the teacher "
-             "also at fp32 and int8) over the first 256 evaluation texts, as a ratio to the teacher's.", "",
+             "also at fp32 and int8) over the first 256 evaluation texts, as a ratio to the teacher's. Last layer "
+             "on [CLS]: how much faster the same model runs with its last layer computing the [CLS] rows only "
+             "(what `bertkit.BertModel.pooled` does at inference, and every speed here includes) than on every row "
+             "(classifiers only).", "",
              "| dataset | model | parameters | metric fp32 | metric auto | % of teacher (auto vs fp32) | "
-             "speed vs teacher fp32 | speed vs teacher int8 | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "speed vs teacher fp32 | speed vs teacher int8 | last layer on [CLS] | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, result in results.items():
         models = result["models"]
         teacher = models["teacher"]["metric_fp32"]
@@ -229,9 +240,10 @@ def markdown(results: dict[str, Any]) -> str:
             for timed, speed in m["speed"].items():
                 label = f"{role} ({timed.split()[-1]})" if role == "teacher" else role
                 share = m["metric_auto"] / teacher if teacher else 0.0
+                narrowing = f"{speed['narrowing']:.2f}x" if "narrowing" in speed else "–"
                 lines.append(f"| {name} | {label} | {m['parameters'] / 1e6:.1f}M | {100 * m['metric_fp32']:.1f} | "
                              f"{100 * m['metric_auto']:.1f} | {100 * share:.1f}% | {speed['vs_teacher_fp32']:.2f}x | "
-                             f"{speed['vs_teacher_int8']:.2f}x | {m.get('minutes', '–')} |")
+                             f"{speed['vs_teacher_int8']:.2f}x | {narrowing} | {m.get('minutes', '–')} |")
     lines += ["", "Teachers, and the 1-minute load average before and after each row's speed measurement (the "
               "machine's other work):", ""]
     for name, result in results.items():
