@@ -3,6 +3,7 @@ and with a warning, where it cannot; where compiled code is kept between process
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -51,8 +52,14 @@ def compiling_options() -> Any:
     """The dynamo settings bertkit's inference graphs compile under: float arguments (a LayerNorm's eps, the
     activation's constants) as constants of the graph, not symbols. A symbolic float makes dynamo trace a graph
     twice (it restarts to turn the scalar into a tensor), and the graph it ends with is not one AOTAutograd's cache
-    keeps, so a second process traced it again."""
-    return torch._dynamo.config.patch(specialize_float=True)
+    keeps, so a second process traced it again. And the generated C++ asks OpenMP for its thread count at each
+    call rather than fixing the count it compiled with, so it follows `torch.set_num_threads` (bertkit.threads)."""
+    import torch._inductor.config as inductor_config
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch._dynamo.config.patch(specialize_float=True))
+    stack.enter_context(inductor_config.patch({"cpp.dynamic_threads": True}))
+    return stack
 
 
 def failure_line(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.threads import GOVERNOR
 
 
 class BertOutput(NamedTuple):
@@ -445,10 +446,15 @@ class BertModel(CheckpointIO, nn.Module):
         layout = Layout(attention_mask, B, T, self.embeddings.word.weight.dtype,
                         unpad=self.unpad and record_attention is None)
         layout.record = record_attention
-        x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
-        if first_only and record_attention is None:
-            return self.layers(x, layout, first_only=True), layout
-        return self.layers(x, layout), layout
+        # one thread for a packed batch while another process takes our cores (bertkit.threads)
+        token = GOVERNOR.begin(layout.packed) if GOVERNOR.active(input_ids.device) and not self.training else None
+        try:
+            x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
+            x = self.layers(x, layout, first_only=True) if first_only and record_attention is None \
+                else self.layers(x, layout)
+        finally:
+            GOVERNOR.end(token)
+        return x, layout
 
     def resize_token_embeddings(self, size: int) -> None:
         """Grow the vocabulary to `size` rows (new tokens start at the mean embedding, as a neutral point)."""
