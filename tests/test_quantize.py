@@ -511,19 +511,28 @@ def test_int8_pooled_runs_the_last_layer_on_the_cls_rows_only(monkeypatch):
     ids = torch.randint(5, 100, (3, 9))
     padded_mask = torch.ones_like(ids)
     padded_mask[1, 6:] = 0
+    from bertkit.precision import int8 as int8_module
+
+    feed_forward = int8_module.int8_feed_forward
+
+    def eager_feed_forward(x, *args):  # the eager path's feed-forward blocks, their rows recorded
+        rows.append(("int8_feed_forward", x.shape[0]))
+        return feed_forward(x, *args)
+
     for compile in (False, True):
         int8 = quantize(copy.deepcopy(model), "int8", compile=compile)
         for mask in (torch.ones_like(ids), padded_mask):
-            with torch.no_grad():
+            with torch.no_grad(), monkeypatch.context() as patched:
                 expected = int8(ids, mask).pooler_output
+                if not compile:
+                    patched.setattr(int8_module, "int8_feed_forward", eager_feed_forward)
                 rows[:] = []
                 got = int8.pooled(ids, mask)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-            if compile:
-                last = [r for name, r in rows if name == "int8_feed_forward"][-1]
-                assert last == 3  # one row per sequence
-                if bool(mask.all()):
-                    assert [r for name, r in rows if name == "int8_dense_stack"] == [4]  # layers 0-3 in one call
+            last = [r for name, r in rows if name == "int8_feed_forward"][-1]
+            assert last == 3  # one row per sequence
+            if compile and bool(mask.all()):
+                assert [r for name, r in rows if name == "int8_dense_stack"] == [4]  # layers 0-3 in one call
 
 
 def test_on_amx_an_unpadded_batch_runs_frozen_layer_stacks(monkeypatch):
@@ -679,21 +688,29 @@ def test_a_compiled_predictor_compiles_when_loaded_not_in_the_first_request(clas
     from bertkit.precision.int8 import frozen_int8_available
     from bertkit.predict import Predictor
 
-    compiled = []
+    compiled, graphs = [], set()
 
     def recording(fn, **kwargs):  # stands in for torch.compile: records what was compiled, runs it eagerly
         compiled.append(fn.__name__)
-        return fn
+
+        def run(*args):
+            # what makes dynamo compile a graph again: a batch of one row (specialised), another number of layers
+            stack = fn.__name__ == "int8_dense_stack"
+            graphs.add((fn.__name__, (args[1] == 1, len(args[3])) if stack else args[0].shape[0] == 1))
+            return fn(*args)
+        return run
 
     monkeypatch.setattr(torch, "compile", recording)
     _fresh_compile_state(monkeypatch)
     predictor = Predictor(classifier / "run" / "model", device="cpu", precision="int8", compile=True)
-    # the warm-up runs a padded batch (layer by layer) and an unpadded one (the layer stack: frozen on AMX)
+    # the warm-up runs a padded batch (layer by layer) and an unpadded one (the layer stack: frozen on AMX), each
+    # with every row and with the last layer on the [CLS] rows only (what the classifier runs)
     stack = "frozen_layers" if frozen_int8_available() else "int8_dense_stack"
     assert sorted(compiled) == sorted(["int8_attention_output", stack, "int8_feed_forward", "int8_linear"])
+    warmed = set(graphs)
     predictor.predict(["a first request"])
     predictor.predict(["a first request", "and a second, longer one"])
-    assert len(compiled) == 4
+    assert len(compiled) == 4 and graphs == warmed  # no graph the warm-up did not already compile
 
 
 @pytest.mark.slow

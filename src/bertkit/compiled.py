@@ -10,7 +10,7 @@ import platform
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,17 @@ def compiler_available() -> bool:
     return any(shutil.which(name) for name in names)
 
 
-def compiling_options() -> Any:
-    """The dynamo settings bertkit's inference graphs compile under: float arguments (a LayerNorm's eps, the
-    activation's constants) as constants of the graph, not symbols. A symbolic float makes dynamo trace a graph
-    twice (it restarts to turn the scalar into a tensor), and the graph it ends with is not one AOTAutograd's cache
-    keeps, so a second process traced it again. And the generated C++ asks OpenMP for its thread count at each
-    call rather than fixing the count it compiled with, so it follows `torch.set_num_threads` (bertkit.threads)."""
+@contextlib.contextmanager
+def compiling_options() -> Iterator[None]:
+    """The settings bertkit's inference graphs compile under: float arguments (a LayerNorm's eps, the activation's
+    constants) as constants of the graph, not symbols. A symbolic float makes dynamo trace a graph twice (it restarts
+    to turn the scalar into a tensor), and the graph it ends with is not one AOTAutograd's cache keeps, so a second
+    process traced it again. And the generated C++ asks OpenMP for its thread count at each call rather than fixing
+    the count it compiled with, so it follows `torch.set_num_threads` (bertkit.threads)."""
     import torch._inductor.config as inductor_config
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch._dynamo.config.patch(specialize_float=True))
-    stack.enter_context(inductor_config.patch({"cpp.dynamic_threads": True}))
-    return stack
+    with torch._dynamo.config.patch(specialize_float=True), inductor_config.patch({"cpp.dynamic_threads": True}):
+        yield
 
 
 def failure_line(exc: BaseException) -> str:

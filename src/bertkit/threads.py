@@ -10,7 +10,9 @@ the next `HOLD` seconds, then the share is measured again on all of them; a batc
 operations) keeps every thread. A neighbour at low priority (nice 19) yields its core and leaves the share near
 zero: nothing changes. The thread count goes back after each narrowed pass.
 
-`BERTKIT_ADAPTIVE_THREADS=0` turns it off; it never acts in training, on a GPU, or with one thread.
+`BERTKIT_ADAPTIVE_THREADS=0` turns it off; it never acts in training, on a GPU, or with one thread. The thread
+count is process-wide: it governs one thread running the model at a time (a Predictor's, a server's batcher); threads
+that run models at once share one decision and may see each other's narrowed count.
 """
 
 from __future__ import annotations

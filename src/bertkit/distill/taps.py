@@ -22,6 +22,7 @@ class Taps:
         if not all(isinstance(layer, EncoderLayer) for layer in encoder.layers):
             raise ValueError("intermediate layers can be read from float (fp32 or bf16) encoder layers only")
         self.encoder = encoder
+        self.narrowed = getattr(encoder, "narrow_last_layer", True)  # put back by `remove`
         encoder.narrow_last_layer = False  # every layer's every row, the last one's too
         self.layout: Layout | None = None
         self.rows: list[Tensor] = []  # (S, H): the embeddings' output, then each layer's
@@ -55,4 +56,4 @@ class Taps:
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        self.encoder.narrow_last_layer = True
+        self.encoder.narrow_last_layer = self.narrowed

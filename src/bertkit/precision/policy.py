@@ -207,14 +207,17 @@ def quantize(model: nn.Module, precision: str = "int8", keep: Iterable[str] = ()
 @torch.no_grad()
 def warm_up(encoder: nn.Module) -> None:
     """Run an int8 encoder once on a small padded batch and once on unpadded ones (the layer-by-layer path and the
-    layer stack), so `--compile`'s one-time compilation happens at start-up, not in the first request."""
+    layer stack), every row and (with a pooler) the [CLS]-only last layer of `pooled`, so `--compile`'s one-time
+    compilation happens at start-up, not in the first request."""
     vocab = encoder.config.vocab_size
     ids = torch.arange(24, dtype=torch.long).remainder(vocab).view(2, 12)
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
-    encoder(ids, mask, torch.zeros_like(ids))
-    for rows in (2, 1):  # torch.compile specialises a batch of one: both sizes compiled now
-        encoder(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
+    passes = [encoder] + ([encoder.pooled] if getattr(encoder, "pooler", None) is not None else [])
+    for run in passes:
+        run(ids, mask, torch.zeros_like(ids))
+        for rows in (2, 1):  # torch.compile specialises a batch of one: both sizes compiled now
+            run(ids[:rows], torch.ones_like(ids[:rows]), torch.zeros_like(ids[:rows]))
 
 
 def prepare_for_inference(model: nn.Module, encoder: nn.Module, device: torch.device, precision: str,

@@ -178,6 +178,8 @@ def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Se
                   ) -> dict[str, torch.Tensor]:
     """(input_ids, token_type_ids, attention_mask), padded to the longest row."""
     T = max(len(r) for r in rows)
+    if types is not None and [len(t) for t in types] != [len(r) for r in rows]:
+        raise ValueError("pad_sequences: every row needs one segment id per token")
     # padded Python lists, then one tensor each: a tensor per row costs more than the model's embedding lookup
     ids = [[*row, *[pad_id] * (T - len(row))] for row in rows]
     mask = [[1] * len(row) + [0] * (T - len(row)) for row in rows]
