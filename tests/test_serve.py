@@ -43,6 +43,7 @@ def test_health_predict_metrics_page(server):
     status, metrics, _ = server.get("/metrics")
     assert status == 200 and metrics["inputs_predicted"] >= 2 and metrics["latency_ms"]["p50"] is not None
     assert metrics["batch_size"]["forward_passes"] >= 1
+    assert metrics["threads"]["adaptive"] is True and metrics["threads"]["one_thread_passes"] >= 0  # bertkit.threads
     with urllib.request.urlopen(server.url + "/") as response:
         page = response.read().decode()
     assert "<canvas id=\"heatmap\"" in page and "http" not in page.split("<script>")[1].split("fetch(")[0]

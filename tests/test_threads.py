@@ -61,9 +61,11 @@ def test_packed_batches_narrow_while_the_caller_waits_and_unpadded_ones_do_not(g
         model(ids, padded)  # measured: contended from now on
         reference = model(ids, padded).last_hidden_state  # narrowed
         assert seen[-1] == 1 and governor.narrowed == 1 and torch.get_num_threads() == 2  # restored after
+        assert governor.state() == {"adaptive": True, "contended": True, "one_thread_passes": 1}
         model(ids, torch.ones_like(ids))  # no padding: all threads
         assert seen[-1] == 2
         governor.contended_until = 0.0  # HOLD passed: measured again at full width
+        assert governor.state()["contended"] is False
         wait[0] = 0.0
         again = model(ids, padded).last_hidden_state
         model(ids, padded)

@@ -44,6 +44,7 @@ from bertkit.predict import Predictor, check_encodable
 from bertkit.search import DEFAULT_TOP_K, Rerank, Searcher, is_index, query_problem, top_k_problem
 from bertkit.tasks.base import pad_sequences
 from bertkit.tasks.embed import NAME as EMBEDDING_TASK
+from bertkit.threads import GOVERNOR
 
 
 @dataclass
@@ -480,7 +481,7 @@ def create_app(directory: str | Path, config: ServeConfig | None = None, onnx: s
 
     @app.get("/metrics")
     async def get_metrics() -> dict[str, Any]:
-        return metrics.snapshot(batcher)
+        return {**metrics.snapshot(batcher), "threads": GOVERNOR.state()}  # bertkit.threads: one-thread passes
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:

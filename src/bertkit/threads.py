@@ -49,6 +49,12 @@ class ThreadGovernor:
         self.narrowed = 0  # passes run on one thread (for tests and /health)
         self._lock = threading.Lock()
 
+    def state(self) -> dict[str, object]:
+        """What the governor does now (the server's /metrics): on or off, whether packed batches run on one thread,
+        and how many passes have."""
+        return {"adaptive": self.enabled, "contended": time.monotonic() < self.contended_until,
+                "one_thread_passes": self.narrowed}
+
     def active(self, device: torch.device) -> bool:
         return self.enabled and device.type == "cpu" and not torch.is_grad_enabled() and torch.get_num_threads() > 1
 
