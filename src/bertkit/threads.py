@@ -4,11 +4,11 @@ torch runs each operation on a team of OpenMP threads that meet at a barrier whe
 process shares the cores, one of those threads is often off its core, and every barrier waits for it: a batch with
 padding (packed: attention once per sequence, hundreds of small operations a layer) then ran ~3x slower beside one
 busy neighbour while onnxruntime ran ~1.8x slower (bench/colocated.py). So the process watches how long the thread
-that calls the model waits for a CPU while the encoder runs (`run_delay` in /proc/self/task/TID/schedstat: time
-runnable but not running). Where that share passes `THRESHOLD`, packed batches run their encoder on one thread for
-the next `HOLD` seconds, then the share is measured again on all of them; a batch without padding (a few large
-operations) keeps every thread. A neighbour at low priority (nice 19) yields its core and leaves the share near
-zero: nothing changes. The thread count goes back after each narrowed pass.
+that calls the model waits for a CPU while the encoder runs a packed batch (`run_delay` in
+/proc/self/task/TID/schedstat: time runnable but not running). Where that share passes `THRESHOLD`, packed batches run
+their encoder on one thread for the next `HOLD` seconds, then the share is measured again on all of them; a batch
+without padding (a few large operations) keeps every thread. A neighbour at low priority (nice 19) yields its core and
+leaves the share near zero: nothing changes. The thread count goes back after each narrowed pass.
 
 `BERTKIT_ADAPTIVE_THREADS=0` turns it off; it never acts in training, on a GPU, or with one thread. The thread
 count is process-wide: it governs one thread running the model at a time (a Predictor's, a server's batcher); threads
@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,7 +32,8 @@ def run_delay(tid: int) -> int | None:
     """Nanoseconds thread `tid` of this process has spent runnable but waiting for a CPU; None where the kernel
     does not say (no schedstat)."""
     try:
-        return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[1])
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            return int(f.read().split()[1])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -60,9 +60,12 @@ class ThreadGovernor:
 
     def begin(self, packed: bool) -> tuple[int, float, int] | tuple[int] | None:
         """Before the pass: (the thread count to restore,) where narrowed; (threads, wall, run delay) where measured;
-        None where this thread's waiting cannot be read."""
+        None for an unpadded batch (never narrowed, so not measured either: two file reads a pass are ~5% of a
+        small model's one sequence) or where this thread's waiting cannot be read."""
+        if not packed:
+            return None
         full = torch.get_num_threads()
-        if packed and time.monotonic() < self.contended_until:
+        if time.monotonic() < self.contended_until:
             torch.set_num_threads(1)
             self.narrowed += 1
             return (full,)
