@@ -366,17 +366,21 @@ class EncoderLayer(nn.Module):
     def forward(self, x: Tensor, layout: Layout) -> Tensor:
         dropout = self.attn_dropout if self.training else 0.0
         y = layout.attention(self.qkv(x), self.num_heads, dropout)  # (S, 3H) -> (S, H)
-        x = self.attn_norm(x + self.dropout(self.attn_out(y)))  # (S, H)
-        h = self.ffn_out(self.act(self.ffn_in(x)))  # (S, I) -> (S, H)
-        return self.ffn_norm(x + self.dropout(h))
+        return self._after_attention(x, y)
 
     def forward_first(self, x: Tensor, layout: Layout) -> Tensor:
         """(S, H) -> (B, H): this layer's output at each sequence's first token only, the same numbers as
         `forward`'s rows there (keys and values still come from every token)."""
         dropout = self.attn_dropout if self.training else 0.0
         y = layout.first_token_attention(self.qkv(x), self.num_heads, dropout)  # (B, H)
-        x = self.attn_norm(layout.first_tokens(x) + self.dropout(self.attn_out(y)))  # (B, H)
-        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+        return self._after_attention(layout.first_tokens(x), y)
+
+    def _after_attention(self, x: Tensor, y: Tensor) -> Tensor:
+        """The attention output, residual and LayerNorm, then the feed-forward block, on rows `x` whose attention
+        output is `y`."""
+        x = self.attn_norm(x + self.dropout(self.attn_out(y)))  # (rows, H)
+        h = self.ffn_out(self.act(self.ffn_in(x)))  # (rows, I) -> (rows, H)
+        return self.ffn_norm(x + self.dropout(h))
 
 
 class LayerStack(nn.ModuleList):
@@ -450,8 +454,7 @@ class BertModel(CheckpointIO, nn.Module):
         token = GOVERNOR.begin(layout.packed) if GOVERNOR.active(input_ids.device) and not self.training else None
         try:
             x = self.embeddings(input_ids, token_type_ids, layout)  # (S, H)
-            x = self.layers(x, layout, first_only=True) if first_only and record_attention is None \
-                else self.layers(x, layout)
+            x = self.layers(x, layout, first_only=first_only and record_attention is None)
         finally:
             GOVERNOR.end(token)
         return x, layout

@@ -46,7 +46,7 @@ class ThreadGovernor:
         self.enabled = os.environ.get("BERTKIT_ADAPTIVE_THREADS", "1") != "0"
         self.contended_until = 0.0
         self.waited = self.ran = 0.0  # seconds in the current window
-        self.narrowed = 0  # passes run on one thread (for tests and /health)
+        self.narrowed = 0  # passes run on one thread (a server's /metrics)
         self._lock = threading.Lock()
 
     def state(self) -> dict[str, object]:

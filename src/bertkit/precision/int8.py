@@ -144,11 +144,22 @@ class Int8EncoderLayer(nn.Module):
         return max(self.qkv.out_features, self.ffn_in.out_features)
 
     def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        return self._layer(x, layout, first_only=False)
+
+    def forward_first(self, x: Tensor, layout: Layout) -> Tensor:
+        """(S, H) -> (B, H): the layer at each sequence's first token only (as `EncoderLayer.forward_first`)."""
+        return self._layer(x, layout, first_only=True)
+
+    def _layer(self, x: Tensor, layout: Layout, first_only: bool) -> Tensor:
         if self.training:
             raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
         dtype, x = x.dtype, x.float()
         w, compile = self.weights, self.compile
-        y = layout.attention(self.qkv(x), self.num_heads, 0.0)  # (S, H)
+        qkv = self.qkv(x)
+        if first_only:  # (B, H): the [CLS] rows and their attention output
+            x, y = layout.first_tokens(x), layout.first_token_attention(qkv, self.num_heads, 0.0)
+        else:
+            y = layout.attention(qkv, self.num_heads, 0.0)  # (S, H)
         # the rest is row by row: groups of rows, evened out (no 1-row remainder to compile anew in a request)
         step = evened(x.shape[0], GROUP_BYTES // (4 * self.widest))
         parts = []
@@ -158,17 +169,6 @@ class Int8EncoderLayer(nn.Module):
             parts.append(run_int8(int8_feed_forward, h, w.ffn_in, w.ffn_out, w.ffn_norm, act=self.act,
                                   compile=compile))
         return _joined(parts).to(dtype)
-
-    def forward_first(self, x: Tensor, layout: Layout) -> Tensor:
-        """(S, H) -> (B, H): the layer at each sequence's first token only (as `EncoderLayer.forward_first`)."""
-        if self.training:
-            raise RuntimeError("Int8EncoderLayer is for inference (quantize puts the model in eval mode)")
-        dtype, x = x.dtype, x.float()
-        w, compile = self.weights, self.compile
-        y = layout.first_token_attention(self.qkv(x), self.num_heads, 0.0)  # (B, H)
-        h = run_int8(int8_attention_output, layout.first_tokens(x), y, w.attn_out, w.attn_norm, compile=compile)
-        return run_int8(int8_feed_forward, h, w.ffn_in, w.ffn_out, w.ffn_norm, act=self.act,
-                        compile=compile).to(dtype)
 
 
 def _flat(weights: Int8LayerWeights) -> Iterator[tuple[str, Tensor]]:

@@ -183,10 +183,9 @@ def pad_sequences(rows: Sequence[Sequence[int]], pad_id: int, types: Sequence[Se
     # padded Python lists, then one tensor each: a tensor per row costs more than the model's embedding lookup
     ids = [[*row, *[pad_id] * (T - len(row))] for row in rows]
     mask = [[1] * len(row) + [0] * (T - len(row)) for row in rows]
-    segments = ([[*kinds, *[0] * (T - len(kinds))] for kinds in types] if types is not None
-                else [[0] * T for _ in rows])
-    return {"input_ids": torch.tensor(ids, dtype=torch.long),
-            "token_type_ids": torch.tensor(segments, dtype=torch.long),
+    segments = (torch.tensor([[*kinds, *[0] * (T - len(kinds))] for kinds in types], dtype=torch.long)
+                if types is not None else torch.zeros(len(rows), T, dtype=torch.long))
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "token_type_ids": segments,
             "attention_mask": torch.tensor(mask, dtype=torch.long)}
 
 
