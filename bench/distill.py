@@ -236,8 +236,9 @@ def measure(name: str, row: dict[str, Any], runs: dict[str, dict[str, Any]]) -> 
 
 def markdown(results: dict[str, Any]) -> str:
     first = next(iter(results.values()))
-    lines = [f"Measured {first['date']} on {first['machine']} ({first['threads']} threads, shared with other work: "
-             "speeds are ratios within one process, never absolute). Accuracy / F1 on the evaluation file at fp32 "
+    threads = f"{first['threads']} thread{'s' if first['threads'] != 1 else ''}"
+    lines = [f"Measured {first['date']} on {first['machine']} ({threads}, shared with other work: speeds are ratios "
+             "within one process, never absolute). Accuracy / F1 on the evaluation file at fp32 "
              f"and at `--precision auto` (here: {first['auto']}); speed: texts per second at `auto` (the teacher "
              "also at fp32 and int8) over the first 256 evaluation texts, as a ratio to the teacher's. Last layer "
              "on [CLS]: how much faster the same model runs with its last layer computing the [CLS] rows only "
@@ -270,7 +271,7 @@ def markdown(results: dict[str, Any]) -> str:
                 share = m["metric_auto"] / result["models"]["teacher"]["metric_fp32"]
                 speed = m["speed"][role]["vs_teacher_int8"]
                 met = "met" if share >= 0.95 and speed >= 5 else "not met"
-                lines.append(f"- {name}, {role}: {100 * share:.1f}% of the teacher, {speed:.1f}x its int8 speed: "
+                lines.append(f"- {name}, {role}: {100 * share:.1f}% of the teacher, {speed:.2f}x its int8 speed: "
                              f"**{met}**")
     lines += ["", "The teacher's soft targets at int8 against fp32 (`--teacher-precision auto` is int8 on this CPU), "
               "on the first 512 training examples:", "",
