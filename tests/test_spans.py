@@ -168,3 +168,39 @@ def test_an_evaluation_file_with_a_type_the_model_lacks_names_it(tmp_path):
     with pytest.raises(DataError, match=r"e\.json:9: entity 'DRUG' at 4\.\.6 has a type that is not among the "
                                         r"model's entity types \(LOC, ORG\)"):
         check_types(texts, ["LOC", "ORG"], tmp_path / "e.json", "the model's entity types")
+
+
+@pytest.mark.parametrize("fmt", ["doccano", "cmeee", "label_studio"])
+def test_skip_bad_lines_skips_and_counts_a_malformed_record(tmp_path, fmt):
+    good = {"doccano": {"text": "北京", "label": [[0, 2, "LOC"]]},
+            "cmeee": {"text": "北京", "entities": [{"start_idx": 0, "end_idx": 1, "type": "LOC", "entity": "北京"}]},
+            "label_studio": {"data": {"text": "北京"}, "annotations": [{"result": [
+                {"type": "labels", "value": {"start": 0, "end": 2, "labels": ["LOC"]}}]}]}}[fmt]
+    broken = {"doccano": {"text": "北京", "label": [[0, 9, "LOC"]]},  # past the end of the text
+              "cmeee": {"text": "北京", "entities": [{"start_idx": 0, "end_idx": 8, "type": "LOC"}]},  # inclusive
+              "label_studio": {"data": {"text": "北京"}, "annotations": [{"result": [
+                  {"type": "labels", "value": {"start": 0, "end": 9, "labels": ["LOC"]}}]}]}}[fmt]
+    path = tmp_path / "d"
+
+    def write(records):
+        if fmt == "doccano":
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        else:
+            path.write_text("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]",
+                            encoding="utf-8")
+
+    write([good, broken, good])
+    first = 1 if fmt == "doccano" else 2  # an array's first record is on the line after its "["
+    with pytest.raises(DataError, match=rf"d:{first + 1}: bad .*end 9 is past the end of the text"):
+        read_span_texts(path, fmt)
+    with pytest.warns(UserWarning, match=rf"skipped 1 malformed record\(s\) \(line {first + 1}\)"):
+        read = read_span_texts(path, fmt, skip_bad_lines=True)
+    assert [(t.text, t.spans, t.line) for t in read] == [("北京", [("LOC", 0, 2)], first),
+                                                          ("北京", [("LOC", 0, 2)], first + 2)]
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):  # the NER task's readers pass it on
+        assert len(ner.read_sentences(path, fmt, skip_bad_lines=True)) == 2
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):
+        assert len(ner.read_texts(path, fmt, skip_bad_lines=True)) == 2
+    write([broken])
+    with pytest.raises(DataError, match="every record was skipped"):
+        read_span_texts(path, fmt, skip_bad_lines=True)

@@ -109,23 +109,23 @@ class Sentence:
 def read_sentences(path: str | Path, fmt: str = "conll", *, skip_bad_lines: bool = False, word_level: str = "char"
                    ) -> list[Sentence]:
     """Sentences with one tag per word (characters for Chinese); errors name the file, line and expectation. A span
-    format's texts are split into words by `word_level` (`words_of`); `skip_bad_lines` is the tagged formats' (a
-    span format's bad record is always an error)."""
+    format's texts are split into words by `word_level` (`words_of`). `skip_bad_lines`: a malformed line (a span
+    format's record) is skipped and counted instead of an error."""
     if fmt not in FORMATS:
         raise DataError(f"unknown NER format {fmt!r}; choose one of {FORMATS}")
     if fmt in SPAN_FORMATS:
-        return [_span_sentence(t, word_level) for t in read_span_texts(path, fmt)]
+        return [_span_sentence(t, word_level) for t in read_span_texts(path, fmt, skip_bad_lines=skip_bad_lines)]
     return {"conll": _read_conll, "msra": _read_msra, "cluener": _read_cluener,
             "peoples_daily": _read_peoples_daily}[fmt](path, skip_bad_lines)
 
 
-def read_texts(path: str | Path, fmt: str = "conll") -> list[SpanText]:
+def read_texts(path: str | Path, fmt: str = "conll", *, skip_bad_lines: bool = False) -> list[SpanText]:
     """Texts with character spans (the span head's input): a span format as it is, a tagged format's sentences as
     their words joined (by nothing where every word is one character, else by spaces) and their entities."""
     if fmt in SPAN_FORMATS:
-        return read_span_texts(path, fmt)
+        return read_span_texts(path, fmt, skip_bad_lines=skip_bad_lines)
     texts = []
-    for s in read_sentences(path, fmt):
+    for s in read_sentences(path, fmt, skip_bad_lines=skip_bad_lines):
         joiner = "" if all(len(w) == 1 for w in s.words) else " "
         starts, position = [], 0
         for word in s.words:

@@ -44,11 +44,30 @@ class BadSpan(ValueError):
     """An entity that does not fit its text; the message says which entity and why."""
 
 
-def read_span_texts(path: str | Path, fmt: str) -> list[SpanText]:
-    """The texts of a span-annotated file; a malformed record or entity is a DataError naming file and line."""
+def read_span_texts(path: str | Path, fmt: str, *, skip_bad_lines: bool = False) -> list[SpanText]:
+    """The texts of a span-annotated file; a malformed record or entity is a DataError naming file and line (or,
+    with `skip_bad_lines`, its record is skipped and counted; a file that is not JSON at all stays an error)."""
     if fmt not in SPAN_FORMATS:
         raise DataError(f"unknown span format {fmt!r}; choose one of {SPAN_FORMATS}")
-    return {"doccano": _read_doccano, "label_studio": _read_label_studio, "cmeee": _read_cmeee}[fmt](path)
+    report = SkipReport(path)
+    reader = {"doccano": _read_doccano, "label_studio": _read_label_studio, "cmeee": _read_cmeee}[fmt]
+    texts = reader(path, _Bad(path, skip_bad_lines, report))
+    report.report(len(texts))
+    return texts
+
+
+@dataclass
+class _Bad:
+    """What a reader does with a malformed record: raise the DataError naming file and line, or skip and count it."""
+
+    path: str | Path
+    skip: bool
+    report: SkipReport
+
+    def __call__(self, what: str, exc: Exception, number: int) -> None:
+        if not self.skip:
+            raise DataError(f"bad {what}: {reason(exc)}", str(self.path), number) from exc
+        self.report.skip(number, "malformed record(s)")
 
 
 def checked_span(text: str, kind: Any, start: Any, end: Any, entity: str) -> Span:
@@ -97,7 +116,7 @@ def _unique(spans: Iterable[Span]) -> list[Span]:
     return list(dict.fromkeys(spans))
 
 
-def _read_doccano(path: str | Path) -> list[SpanText]:
+def _read_doccano(path: str | Path, bad: _Bad) -> list[SpanText]:
     texts = []
     for number, line in read_lines(path):
         if not line.strip():
@@ -127,7 +146,7 @@ def _read_doccano(path: str | Path) -> list[SpanText]:
                     spans.append(checked_span(text, kind, start, end, _entity_name(i, kind)))
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-            raise DataError(f"bad doccano record: {reason(exc)}", str(path), number) from exc
+            bad("doccano record", exc, number)
     return texts
 
 
@@ -169,7 +188,7 @@ def json_array(path: str | Path) -> Iterator[tuple[int, Any]]:
         position = _SPACE.match(text, position + 1).end()  # type: ignore[union-attr]
 
 
-def _read_cmeee(path: str | Path) -> list[SpanText]:
+def _read_cmeee(path: str | Path, bad: _Bad) -> list[SpanText]:
     texts = []
     for number, record in json_array(path):
         try:
@@ -190,7 +209,7 @@ def _read_cmeee(path: str | Path) -> list[SpanText]:
                 spans.append(span)
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"bad CMeEE record: {reason(exc)}", str(path), number) from exc
+            bad("CMeEE record", exc, number)
     return texts
 
 
@@ -206,9 +225,8 @@ def _task_text(task: dict[str, Any]) -> str:
     return strings[0]
 
 
-def _read_label_studio(path: str | Path) -> list[SpanText]:
+def _read_label_studio(path: str | Path, bad: _Bad) -> list[SpanText]:
     texts = []
-    report = SkipReport(path)
     for number, task in json_array(path):
         try:
             if not isinstance(task, dict):
@@ -217,7 +235,7 @@ def _read_label_studio(path: str | Path) -> list[SpanText]:
             annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)
                            and not a.get("was_cancelled")]
             if not annotations:
-                report.skip(number, "task(s) without an annotation")
+                bad.report.skip(number, "task(s) without an annotation")
                 continue
             results = annotations[0].get("result") or []
             if not isinstance(results, list):
@@ -237,8 +255,7 @@ def _read_label_studio(path: str | Path) -> list[SpanText]:
                     spans.append(span)
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"bad Label Studio task: {reason(exc)}", str(path), number) from exc
-    report.report(len(texts))
+            bad("Label Studio task", exc, number)
     return texts
 
 
