@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
-from bertkit.errors import CheckpointError, DataError
+from bertkit.errors import CheckpointError, DataError, reason
 from bertkit.fileio import atomic_write_text
 from bertkit.masking import IGNORE_INDEX
 from bertkit.tokenizer import Tokenizer
@@ -232,8 +232,15 @@ class SkipReport:
         self.path = str(path)
         self.reasons: dict[str, list[int]] = {}
 
-    def skip(self, line: int, reason: str) -> None:
-        self.reasons.setdefault(reason, []).append(line)
+    def skip(self, line: int, why: str) -> None:
+        self.reasons.setdefault(why, []).append(line)
+
+    def bad(self, skip: bool, what: str, exc: Exception, line: int, why: str = "malformed record(s)") -> None:
+        """A malformed record at `line` (`exc` says why): the DataError naming the file, the line and `what` was
+        bad, or, with `skip` (a reader's `skip_bad_lines`), skipped and counted under `why`."""
+        if not skip:
+            raise DataError(f"bad {what}: {reason(exc)}", self.path, line) from exc
+        self.skip(line, why)
 
     def summary(self) -> str:
         return "; ".join(f"{len(lines)} {reason} (line{'s' if len(lines) > 1 else ''} "

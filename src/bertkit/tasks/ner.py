@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from bertkit.argtypes import flag, float_range, int_range
 from bertkit.config import BertConfig
-from bertkit.errors import DataError, reason
+from bertkit.errors import DataError
 from bertkit.fileio import read_lines
 from bertkit.metrics import entity_prf, get_entities
 from bertkit.model import BertModel, CheckpointIO
@@ -243,9 +243,7 @@ def _read_cluener(path: str | Path, skip_bad_lines: bool) -> list[Sentence]:
             spans = list(dict.fromkeys(spans))
             sentences.append(Sentence(list(text), spans_to_tags(len(text), flatten_spans(spans)[0]), number, spans))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
-            if not skip_bad_lines:
-                raise DataError(f"bad CLUENER record: {reason(exc)}", str(path), number) from exc
-            report.skip(number, "bad record(s)")
+            report.bad(skip_bad_lines, "CLUENER record", exc, number, "bad record(s)")
     report.report()
     return sentences
 

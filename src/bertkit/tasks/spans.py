@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertkit.errors import DataError, reason
+from bertkit.errors import DataError
 from bertkit.fileio import read_lines, read_text
 from bertkit.tasks.base import SkipReport
 
@@ -51,23 +51,9 @@ def read_span_texts(path: str | Path, fmt: str, *, skip_bad_lines: bool = False)
         raise DataError(f"unknown span format {fmt!r}; choose one of {SPAN_FORMATS}")
     report = SkipReport(path)
     reader = {"doccano": _read_doccano, "label_studio": _read_label_studio, "cmeee": _read_cmeee}[fmt]
-    texts = reader(path, _Bad(path, skip_bad_lines, report))
+    texts = reader(path, skip_bad_lines, report)
     report.report(len(texts))
     return texts
-
-
-@dataclass
-class _Bad:
-    """What a reader does with a malformed record: raise the DataError naming file and line, or skip and count it."""
-
-    path: str | Path
-    skip: bool
-    report: SkipReport
-
-    def __call__(self, what: str, exc: Exception, number: int) -> None:
-        if not self.skip:
-            raise DataError(f"bad {what}: {reason(exc)}", str(self.path), number) from exc
-        self.report.skip(number, "malformed record(s)")
 
 
 def checked_span(text: str, kind: Any, start: Any, end: Any, entity: str) -> Span:
@@ -116,7 +102,7 @@ def _unique(spans: Iterable[Span]) -> list[Span]:
     return list(dict.fromkeys(spans))
 
 
-def _read_doccano(path: str | Path, bad: _Bad) -> list[SpanText]:
+def _read_doccano(path: str | Path, skip_bad_lines: bool, report: SkipReport) -> list[SpanText]:
     texts = []
     for number, line in read_lines(path):
         if not line.strip():
@@ -146,7 +132,7 @@ def _read_doccano(path: str | Path, bad: _Bad) -> list[SpanText]:
                     spans.append(checked_span(text, kind, start, end, _entity_name(i, kind)))
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-            bad("doccano record", exc, number)
+            report.bad(skip_bad_lines, "doccano record", exc, number)
     return texts
 
 
@@ -188,7 +174,7 @@ def json_array(path: str | Path) -> Iterator[tuple[int, Any]]:
         position = _SPACE.match(text, position + 1).end()  # type: ignore[union-attr]
 
 
-def _read_cmeee(path: str | Path, bad: _Bad) -> list[SpanText]:
+def _read_cmeee(path: str | Path, skip_bad_lines: bool, report: SkipReport) -> list[SpanText]:
     texts = []
     for number, record in json_array(path):
         try:
@@ -209,7 +195,7 @@ def _read_cmeee(path: str | Path, bad: _Bad) -> list[SpanText]:
                 spans.append(span)
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError) as exc:
-            bad("CMeEE record", exc, number)
+            report.bad(skip_bad_lines, "CMeEE record", exc, number)
     return texts
 
 
@@ -225,7 +211,7 @@ def _task_text(task: dict[str, Any]) -> str:
     return strings[0]
 
 
-def _read_label_studio(path: str | Path, bad: _Bad) -> list[SpanText]:
+def _read_label_studio(path: str | Path, skip_bad_lines: bool, report: SkipReport) -> list[SpanText]:
     texts = []
     for number, task in json_array(path):
         try:
@@ -235,7 +221,7 @@ def _read_label_studio(path: str | Path, bad: _Bad) -> list[SpanText]:
             annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)
                            and not a.get("was_cancelled")]
             if not annotations:
-                bad.report.skip(number, "task(s) without an annotation")
+                report.skip(number, "task(s) without an annotation")
                 continue
             results = annotations[0].get("result") or []
             if not isinstance(results, list):
@@ -255,7 +241,7 @@ def _read_label_studio(path: str | Path, bad: _Bad) -> list[SpanText]:
                     spans.append(span)
             texts.append(SpanText(text, _unique(spans), number))
         except (ValueError, KeyError, TypeError) as exc:
-            bad("Label Studio task", exc, number)
+            report.bad(skip_bad_lines, "Label Studio task", exc, number)
     return texts
 
 

@@ -70,9 +70,7 @@ def read_records(path: str | Path, fmt: str = "duie", *, skip_bad_lines: bool = 
             parse = _duie_triples if fmt == "duie" else _webnlg_triples
             records.append(Record(item["text"], parse(item), number))
         except (ValueError, KeyError, TypeError) as exc:
-            if not skip_bad_lines:
-                raise DataError(f"bad {fmt} record: {reason(exc)}", str(path), number) from exc
-            report.skip(number, "malformed record(s)")
+            report.bad(skip_bad_lines, f"{fmt} record", exc, number)
     report.report()
     return records
 
